@@ -1,0 +1,468 @@
+//! JSON-RPC 2.0 envelopes.
+//!
+//! Inbound messages are classified by hand from a [`serde_json::Value`]
+//! rather than by a derived `Deserialize`: a derived parser would reject a
+//! whole request because of a malformed optional field (a `trace` carrier of
+//! the wrong type, say), while Skein must answer every request it can and
+//! treat a bad carrier as absent. `"jsonrpc": "2.0"` is optional inbound and
+//! always written outbound.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use skein_protocol::W3cTraceContext;
+
+/// The only protocol version Skein speaks.
+pub const JSONRPC_VERSION: &str = "2.0";
+
+/// Invalid JSON was received.
+pub const PARSE_ERROR: i64 = -32700;
+/// The JSON sent is not a valid request object.
+pub const INVALID_REQUEST: i64 = -32600;
+/// The method does not exist.
+pub const METHOD_NOT_FOUND: i64 = -32601;
+/// Invalid method parameters.
+pub const INVALID_PARAMS: i64 = -32602;
+/// Internal server error.
+pub const INTERNAL_ERROR: i64 = -32603;
+/// The server is too busy to take the request; retry later.
+pub const SERVER_OVERLOADED: i64 = -32001;
+/// A request other than `initialize` arrived before `initialize`.
+pub const NOT_INITIALIZED: i64 = -32002;
+
+/// A request id: a number or a string.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RequestId {
+    /// A numeric id.
+    Integer(i64),
+    /// A string id.
+    String(String),
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestId::Integer(n) => write!(f, "{n}"),
+            RequestId::String(s) => f.write_str(s),
+        }
+    }
+}
+
+impl RequestId {
+    fn from_json(value: &Value) -> Option<RequestId> {
+        match value {
+            Value::Number(n) => n.as_i64().map(RequestId::Integer),
+            Value::String(s) => Some(RequestId::String(s.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// An inbound request: it has an id and expects a response.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    /// The id the response will carry.
+    pub id: RequestId,
+    /// The method name.
+    pub method: String,
+    /// The parameters; `None` when absent or `null`.
+    pub params: Option<Value>,
+    /// The envelope's `trace` carrier exactly as received, whatever its
+    /// shape. Interpreting it (strictly) is the tracing layer's job.
+    pub trace: Option<Value>,
+}
+
+/// An inbound notification: no id, no response.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Notification {
+    /// The method name.
+    pub method: String,
+    /// The parameters; `None` when absent or `null`.
+    pub params: Option<Value>,
+}
+
+/// A JSON-RPC error object.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorObject {
+    /// The error code.
+    pub code: i64,
+    /// A short description a person can act on.
+    pub message: String,
+    /// Extra detail, when there is any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+impl ErrorObject {
+    /// An error with a code and a message.
+    pub fn new(code: i64, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    /// `-32700`: the bytes were not JSON.
+    pub fn parse_error(detail: impl fmt::Display) -> Self {
+        Self::new(PARSE_ERROR, format!("parse error: {detail}"))
+    }
+
+    /// `-32600`: the JSON was not a valid request.
+    pub fn invalid_request(detail: impl fmt::Display) -> Self {
+        Self::new(INVALID_REQUEST, format!("invalid request: {detail}"))
+    }
+
+    /// `-32601`: no such method.
+    pub fn method_not_found(method: &str) -> Self {
+        let shown = crate::truncate_for_display(method, 128);
+        Self::new(METHOD_NOT_FOUND, format!("method not found: {shown}"))
+    }
+
+    /// `-32602`: the parameters were wrong.
+    pub fn invalid_params(detail: impl fmt::Display) -> Self {
+        Self::new(INVALID_PARAMS, format!("invalid params: {detail}"))
+    }
+
+    /// `-32603`: the server failed.
+    pub fn internal(detail: impl fmt::Display) -> Self {
+        Self::new(INTERNAL_ERROR, format!("internal error: {detail}"))
+    }
+}
+
+/// One inbound message, classified.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Incoming {
+    /// A request.
+    Request(Request),
+    /// A notification.
+    Notification(Notification),
+    /// A response to a request the server sent. Skein sends none yet, so
+    /// these are logged and dropped.
+    Response {
+        /// The id it answers.
+        id: Option<RequestId>,
+    },
+    /// Not a valid message. `id` is the message's id when one could be read,
+    /// so the error response can carry it.
+    Invalid {
+        /// The id to answer with (`null` when unknown).
+        id: Option<RequestId>,
+        /// What was wrong.
+        error: ErrorObject,
+    },
+}
+
+/// A whole inbound frame or line: one message or a batch.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Frame {
+    /// A single message.
+    Single(Incoming),
+    /// A JSON-RPC batch: the array's elements, each classified on its own.
+    Batch(Vec<Incoming>),
+}
+
+/// Parses one frame (a stdio line or a WebSocket text message).
+///
+/// Returns `Err` with a `-32700` error when the bytes are not JSON at all.
+/// Everything else, including an empty batch, is classified into a [`Frame`].
+pub fn parse_frame(bytes: &[u8]) -> Result<Frame, ErrorObject> {
+    let value: Value = serde_json::from_slice(bytes).map_err(ErrorObject::parse_error)?;
+    Ok(match value {
+        Value::Array(items) if items.is_empty() => Frame::Single(Incoming::Invalid {
+            id: None,
+            error: ErrorObject::invalid_request("empty batch"),
+        }),
+        Value::Array(items) => Frame::Batch(items.into_iter().map(classify).collect()),
+        other => Frame::Single(classify(other)),
+    })
+}
+
+/// Classifies one JSON value as a request, notification, response or
+/// invalid message.
+pub fn classify(value: Value) -> Incoming {
+    let Value::Object(mut obj) = value else {
+        return Incoming::Invalid {
+            id: None,
+            error: ErrorObject::invalid_request("a message must be a JSON object"),
+        };
+    };
+
+    let raw_id = obj.remove("id");
+    let id = raw_id.as_ref().and_then(RequestId::from_json);
+
+    if let Some(version) = obj.get("jsonrpc")
+        && version.as_str() != Some(JSONRPC_VERSION)
+    {
+        return Incoming::Invalid {
+            id,
+            error: ErrorObject::invalid_request("`jsonrpc` must be \"2.0\" when present"),
+        };
+    }
+
+    let method = match obj.remove("method") {
+        Some(Value::String(method)) => method,
+        Some(_) => {
+            return Incoming::Invalid {
+                id,
+                error: ErrorObject::invalid_request("`method` must be a string"),
+            };
+        }
+        None if obj.contains_key("result") || obj.contains_key("error") => {
+            return Incoming::Response { id };
+        }
+        None => {
+            return Incoming::Invalid {
+                id,
+                error: ErrorObject::invalid_request("missing `method`"),
+            };
+        }
+    };
+
+    let params = match take_params(&mut obj) {
+        Ok(params) => params,
+        Err(error) => return Incoming::Invalid { id, error },
+    };
+
+    match raw_id {
+        None => Incoming::Notification(Notification { method, params }),
+        Some(raw) => match id {
+            Some(id) => Incoming::Request(Request {
+                id,
+                method,
+                params,
+                trace: obj.remove("trace"),
+            }),
+            None => Incoming::Invalid {
+                id: None,
+                error: ErrorObject::invalid_request(format!(
+                    "`id` must be an integer or a string, got {}",
+                    json_type_name(&raw)
+                )),
+            },
+        },
+    }
+}
+
+fn take_params(obj: &mut Map<String, Value>) -> Result<Option<Value>, ErrorObject> {
+    match obj.remove("params") {
+        None | Some(Value::Null) => Ok(None),
+        Some(params @ (Value::Object(_) | Value::Array(_))) => Ok(Some(params)),
+        Some(other) => Err(ErrorObject::invalid_request(format!(
+            "`params` must be an object or an array, got {}",
+            json_type_name(&other)
+        ))),
+    }
+}
+
+/// The JSON type of a value, for error messages.
+pub fn json_type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// An outbound message. Serializes with `"jsonrpc": "2.0"`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outgoing {
+    /// A successful response.
+    Response {
+        /// The request's id.
+        id: RequestId,
+        /// The result.
+        result: Value,
+    },
+    /// An error response.
+    Error {
+        /// The request's id, or `null` when it could not be read.
+        id: Option<RequestId>,
+        /// The error.
+        error: ErrorObject,
+    },
+    /// A server-to-client notification.
+    Notification {
+        /// The method name.
+        method: String,
+        /// The parameters.
+        params: Value,
+        /// The trace context the notification belongs to (for turn
+        /// notifications, the turn span's).
+        trace: Option<W3cTraceContext>,
+    },
+}
+
+impl Outgoing {
+    /// The JSON form of the message.
+    pub fn to_value(&self) -> Value {
+        let mut obj = Map::with_capacity(4);
+        obj.insert("jsonrpc".into(), Value::from(JSONRPC_VERSION));
+        match self {
+            Outgoing::Response { id, result } => {
+                obj.insert("id".into(), id_to_value(id));
+                obj.insert("result".into(), result.clone());
+            }
+            Outgoing::Error { id, error } => {
+                obj.insert("id".into(), id.as_ref().map_or(Value::Null, id_to_value));
+                obj.insert(
+                    "error".into(),
+                    serde_json::to_value(error).unwrap_or(Value::Null),
+                );
+            }
+            Outgoing::Notification {
+                method,
+                params,
+                trace,
+            } => {
+                obj.insert("method".into(), Value::from(method.as_str()));
+                obj.insert("params".into(), params.clone());
+                if let Some(trace) = trace {
+                    obj.insert(
+                        "trace".into(),
+                        serde_json::to_value(trace).unwrap_or(Value::Null),
+                    );
+                }
+            }
+        }
+        Value::Object(obj)
+    }
+
+    /// The error's code, for an error response.
+    pub fn error_code(&self) -> Option<i64> {
+        match self {
+            Outgoing::Error { error, .. } => Some(error.code),
+            _ => None,
+        }
+    }
+}
+
+fn id_to_value(id: &RequestId) -> Value {
+    match id {
+        RequestId::Integer(n) => Value::from(*n),
+        RequestId::String(s) => Value::from(s.as_str()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn single(bytes: &str) -> Incoming {
+        match parse_frame(bytes.as_bytes()).expect("valid json") {
+            Frame::Single(incoming) => incoming,
+            Frame::Batch(_) => panic!("expected a single message"),
+        }
+    }
+
+    #[test]
+    fn request_is_accepted_with_or_without_jsonrpc_field() {
+        for text in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"model/list"}"#,
+            r#"{"id":1,"method":"model/list"}"#,
+        ] {
+            let Incoming::Request(req) = single(text) else {
+                panic!("not a request: {text}");
+            };
+            assert_eq!(req.id, RequestId::Integer(1));
+            assert_eq!(req.method, "model/list");
+        }
+    }
+
+    #[test]
+    fn wrong_jsonrpc_version_is_an_invalid_request_keeping_the_id() {
+        let Incoming::Invalid { id, error } = single(r#"{"jsonrpc":"1.0","id":"a","method":"x"}"#)
+        else {
+            panic!("expected invalid");
+        };
+        assert_eq!(id, Some(RequestId::String("a".into())));
+        assert_eq!(error.code, INVALID_REQUEST);
+    }
+
+    #[test]
+    fn trace_of_any_shape_is_kept_raw() {
+        let Incoming::Request(req) = single(r#"{"id":1,"method":"m","trace":42}"#) else {
+            panic!("expected request");
+        };
+        assert_eq!(req.trace, Some(json!(42)));
+    }
+
+    #[test]
+    fn duplicate_keys_do_not_fail_the_request() {
+        let text = r#"{"id":1,"method":"m","trace":{"traceparent":"a","traceparent":"b"}}"#;
+        let Incoming::Request(req) = single(text) else {
+            panic!("expected request");
+        };
+        assert_eq!(req.trace, Some(json!({"traceparent": "b"})));
+    }
+
+    #[test]
+    fn message_without_id_is_a_notification() {
+        assert_eq!(
+            single(r#"{"method":"initialized"}"#),
+            Incoming::Notification(Notification {
+                method: "initialized".into(),
+                params: None
+            })
+        );
+    }
+
+    #[test]
+    fn non_json_is_a_parse_error() {
+        let err = parse_frame(b"{not json").expect_err("must fail");
+        assert_eq!(err.code, PARSE_ERROR);
+    }
+
+    #[test]
+    fn batch_elements_are_classified_independently() {
+        let Frame::Batch(items) =
+            parse_frame(br#"[{"id":1,"method":"a"},{"id":null,"method":"b"},7]"#).expect("json")
+        else {
+            panic!("expected batch");
+        };
+        assert!(matches!(items[0], Incoming::Request(_)));
+        assert!(matches!(items[1], Incoming::Invalid { id: None, .. }));
+        assert!(matches!(items[2], Incoming::Invalid { id: None, .. }));
+    }
+
+    #[test]
+    fn empty_batch_is_an_invalid_request() {
+        let Frame::Single(Incoming::Invalid { error, .. }) = parse_frame(b"[]").expect("json")
+        else {
+            panic!("expected invalid");
+        };
+        assert_eq!(error.code, INVALID_REQUEST);
+    }
+
+    #[test]
+    fn scalar_params_are_rejected() {
+        let Incoming::Invalid { error, .. } = single(r#"{"id":1,"method":"m","params":3}"#) else {
+            panic!("expected invalid");
+        };
+        assert!(error.message.contains("`params`"), "{}", error.message);
+    }
+
+    #[test]
+    fn outgoing_messages_carry_jsonrpc_version() {
+        let out = Outgoing::Response {
+            id: RequestId::Integer(3),
+            result: json!({}),
+        };
+        assert_eq!(
+            out.to_value(),
+            json!({"jsonrpc": "2.0", "id": 3, "result": {}})
+        );
+        let err = Outgoing::Error {
+            id: None,
+            error: ErrorObject::parse_error("eof"),
+        };
+        assert_eq!(err.to_value()["id"], Value::Null);
+        assert_eq!(err.to_value()["error"]["code"], json!(PARSE_ERROR));
+    }
+}

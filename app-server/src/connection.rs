@@ -1,0 +1,143 @@
+//! What every connection does with an inbound frame, whatever the
+//! transport: parse, route each message (each batch element on its own)
+//! through the traced service, and queue the reply.
+//!
+//! Messages of one connection are handled one after another, in arrival
+//! order; connections run concurrently. That keeps per-connection state
+//! (`initialize` first) simple and needs no task per request.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use serde_json::Value;
+use skein_app_server_protocol::{ErrorObject, Frame, Incoming, Outgoing, parse_frame};
+use tower::{Service, ServiceExt};
+
+use crate::processor::MessageProcessor;
+use crate::session::{ConnectionSession, OutboundItem};
+use crate::tracing_layer::{RequestTracing, RpcCall, TracedReply};
+
+/// The service every request goes through: the router wrapped in request
+/// tracing.
+pub type RpcService = RequestTracing<MessageProcessor>;
+
+/// Handles inbound frames for one connection.
+#[derive(Debug)]
+pub struct ConnectionHandler {
+    session: Arc<ConnectionSession>,
+    service: RpcService,
+    processor: MessageProcessor,
+}
+
+impl ConnectionHandler {
+    /// A handler for `session`, routing through `service`.
+    pub fn new(
+        session: Arc<ConnectionSession>,
+        service: RpcService,
+        processor: MessageProcessor,
+    ) -> Self {
+        Self {
+            session,
+            service,
+            processor,
+        }
+    }
+
+    /// The connection's state.
+    pub fn session(&self) -> &Arc<ConnectionSession> {
+        &self.session
+    }
+
+    /// Handles one frame (a stdio line, a WebSocket text message) and queues
+    /// its reply, if it has one. Returns false when the connection's writer
+    /// is gone.
+    pub async fn handle_frame(&mut self, bytes: &[u8]) -> bool {
+        match self.process_frame(bytes).await {
+            Some(item) => self.session.outbound().send(item).await.is_ok(),
+            None => true,
+        }
+    }
+
+    /// Queues an error reply with a `null` id (for input that never became a
+    /// message: too large, binary...). Returns false when the writer is gone.
+    pub async fn reject(&self, error: ErrorObject) -> bool {
+        let item = OutboundItem {
+            text: Outgoing::Error { id: None, error }.to_value().to_string(),
+            spans: Vec::new(),
+        };
+        self.session.outbound().send(item).await.is_ok()
+    }
+
+    async fn process_frame(&mut self, bytes: &[u8]) -> Option<OutboundItem> {
+        let frame = match parse_frame(bytes) {
+            Ok(frame) => frame,
+            Err(error) => {
+                tracing::debug!(connection = self.session.id(), %error.message, "unparseable message");
+                return Some(OutboundItem {
+                    text: Outgoing::Error { id: None, error }.to_value().to_string(),
+                    spans: Vec::new(),
+                });
+            }
+        };
+        match frame {
+            Frame::Single(incoming) => {
+                let reply = self.process_incoming(incoming).await?;
+                Some(OutboundItem {
+                    text: reply.message.to_value().to_string(),
+                    spans: vec![reply.span],
+                })
+            }
+            Frame::Batch(items) => {
+                let mut values = Vec::with_capacity(items.len());
+                let mut spans = Vec::with_capacity(items.len());
+                for incoming in items {
+                    if let Some(reply) = self.process_incoming(incoming).await {
+                        values.push(reply.message.to_value());
+                        spans.push(reply.span);
+                    }
+                }
+                // A batch of notifications only gets no reply at all.
+                (!values.is_empty()).then(|| OutboundItem {
+                    text: Value::Array(values).to_string(),
+                    spans,
+                })
+            }
+        }
+    }
+
+    async fn process_incoming(&mut self, incoming: Incoming) -> Option<TracedReply> {
+        match incoming {
+            Incoming::Request(request) => {
+                let call = RpcCall {
+                    request,
+                    session: Arc::clone(&self.session),
+                };
+                let reply: Result<TracedReply, Infallible> = match self.service.ready().await {
+                    Ok(service) => service.call(call).await,
+                    Err(never) => match never {},
+                };
+                match reply {
+                    Ok(reply) => Some(reply),
+                    Err(never) => match never {},
+                }
+            }
+            Incoming::Notification(notification) => {
+                self.processor
+                    .handle_notification(notification, &self.session);
+                None
+            }
+            Incoming::Response { id } => {
+                tracing::debug!(
+                    connection = self.session.id(),
+                    ?id,
+                    "ignoring response from client"
+                );
+                None
+            }
+            Incoming::Invalid { id, error } => Some(TracedReply {
+                message: Outgoing::Error { id, error },
+                span: tracing::Span::none(),
+            }),
+        }
+    }
+}

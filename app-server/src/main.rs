@@ -1,0 +1,123 @@
+//! The `skein` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use skein_app_server::{DEFAULT_MAX_MESSAGE_BYTES, ListenAddr, ServerConfig};
+use skein_otel::telemetry::{self, TelemetryConfig, sdk_disabled_by_env};
+
+/// Skein: a tracing-native JSON-RPC app-server for agent runtimes.
+#[derive(Debug, Parser)]
+#[command(name = "skein", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the app-server.
+    ///
+    /// Speaks JSON-RPC 2.0 over stdio (newline-delimited JSON; stdout carries
+    /// protocol messages only, logs go to stderr) or WebSocket (one message
+    /// per text frame). A request may carry a W3C trace carrier as
+    /// `"trace": {"traceparent": ..., "tracestate": ...}`; its span then
+    /// continues the client's trace. Spans are written to a local store of
+    /// OTLP/JSON lines.
+    ///
+    /// Logs: set RUST_LOG (default `info`). It filters logs only, never
+    /// which spans are recorded. The environment's TRACEPARENT/TRACESTATE
+    /// parent requests that carry no carrier of their own.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Where to listen: `stdio://`, or `ws://IP:PORT` (port 0 picks a free
+    /// port; the address is printed to stderr as `listening on ws://IP:PORT`).
+    #[arg(long, value_name = "URL", default_value = "stdio://")]
+    listen: ListenAddr,
+
+    /// Directory of the local trace store, or `none` to write no spans.
+    /// Default: $SKEIN_HOME/traces, with SKEIN_HOME defaulting to ~/.skein.
+    /// OTEL_SDK_DISABLED=true also turns the store off.
+    #[arg(long, value_name = "DIR", env = "SKEIN_TRACE_DIR")]
+    trace_dir: Option<String>,
+
+    /// Largest inbound message accepted, in bytes. Larger ones are refused
+    /// with an error, without being read into memory.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES as u64,
+          value_parser = clap::value_parser!(u64).range(1024..=1024 * 1024 * 1024))]
+    max_message_bytes: u64,
+
+    /// How long shutdown may spend flushing spans, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    shutdown_timeout: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("skein: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `$SKEIN_HOME`, defaulting to `~/.skein`.
+fn skein_home() -> anyhow::Result<PathBuf> {
+    if let Some(home) = std::env::var_os("SKEIN_HOME").filter(|h| !h.is_empty()) {
+        return Ok(PathBuf::from(home));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .context("neither SKEIN_HOME nor HOME is set; set SKEIN_HOME or pass --trace-dir")?;
+    Ok(PathBuf::from(home).join(".skein"))
+}
+
+fn trace_dir(arg: Option<String>) -> anyhow::Result<Option<PathBuf>> {
+    if sdk_disabled_by_env() {
+        return Ok(None);
+    }
+    match arg.as_deref() {
+        Some("none") => Ok(None),
+        Some("") | None => Ok(Some(skein_home()?.join("traces"))),
+        Some(dir) => Ok(Some(PathBuf::from(dir))),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let telemetry = telemetry::init(TelemetryConfig {
+        trace_dir: trace_dir(args.trace_dir)?,
+        log_filter: std::env::var("RUST_LOG").ok().filter(|f| !f.is_empty()),
+        ..TelemetryConfig::default()
+    })?;
+    if let Some(file) = telemetry.store_file() {
+        tracing::info!(file = %file.display(), "writing spans to the local trace store");
+    }
+
+    let config = ServerConfig {
+        listen: args.listen,
+        max_message_bytes: usize::try_from(args.max_message_bytes)
+            .context("--max-message-bytes does not fit this platform")?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let served = runtime.block_on(skein_app_server::serve(config));
+    // Everything that matters has finished; a blocked stdin read must not
+    // hold the exit.
+    runtime.shutdown_background();
+    // Flush spans from this plain thread, never from a runtime worker.
+    telemetry.shutdown(Duration::from_secs(args.shutdown_timeout));
+    served.map_err(Into::into)
+}

@@ -1,0 +1,186 @@
+//! Server assembly: the shared context, the listen address, and the run
+//! loop with graceful shutdown.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use skein_core::ThreadManager;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::Layer;
+
+use crate::connection::RpcService;
+use crate::processor::MessageProcessor;
+use crate::tracing_layer::RequestTracingLayer;
+use crate::transport::{stdio, websocket};
+
+/// Default limit on one inbound message: 8 MiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Where the server listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// stdin/stdout (`stdio://`).
+    Stdio,
+    /// WebSocket on a TCP address (`ws://IP:PORT`).
+    WebSocket(SocketAddr),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Stdio => f.write_str("stdio://"),
+            ListenAddr::WebSocket(addr) => write!(f, "ws://{addr}"),
+        }
+    }
+}
+
+/// Why a listen address did not parse.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "invalid listen address {given:?}: {reason} (expected `stdio://` or `ws://IP:PORT`, e.g. `ws://127.0.0.1:4500`)"
+)]
+pub struct ListenAddrError {
+    given: String,
+    reason: String,
+}
+
+impl FromStr for ListenAddr {
+    type Err = ListenAddrError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let error = |reason: &str| ListenAddrError {
+            given: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if s == "stdio://" || s == "stdio" {
+            return Ok(ListenAddr::Stdio);
+        }
+        let Some(rest) = s.strip_prefix("ws://") else {
+            return Err(error("unknown scheme"));
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        rest.parse::<SocketAddr>()
+            .map(ListenAddr::WebSocket)
+            .map_err(|e| error(&format!("{e}; give a numeric IP and a port")))
+    }
+}
+
+/// Everything `serve` needs.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where to listen.
+    pub listen: ListenAddr,
+    /// Limit on one inbound message, in bytes.
+    pub max_message_bytes: usize,
+}
+
+/// What every connection shares. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ServerContext {
+    processor: MessageProcessor,
+    max_message_bytes: usize,
+}
+
+impl ServerContext {
+    /// A context around a fresh thread registry.
+    pub fn new(max_message_bytes: usize) -> Self {
+        Self {
+            processor: MessageProcessor::new(ThreadManager::new()),
+            max_message_bytes,
+        }
+    }
+
+    /// The traced request service for a new connection.
+    pub fn service(&self) -> RpcService {
+        RequestTracingLayer.layer(self.processor.clone())
+    }
+
+    /// The router, for notifications.
+    pub fn processor(&self) -> MessageProcessor {
+        self.processor.clone()
+    }
+
+    /// Limit on one inbound message, in bytes.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The TCP address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Runs the server until its input ends (stdio) or SIGINT / SIGTERM, then
+/// finishes in-flight requests and returns.
+pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
+    let ctx = ServerContext::new(config.max_message_bytes);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let signals = shutdown_signals().map_err(ServeError::Signals)?;
+    tokio::spawn(async move {
+        signals.await;
+        let _ = stop_tx.send(true);
+    });
+
+    match config.listen {
+        ListenAddr::Stdio => stdio::serve_stdio(ctx, stop_rx).await,
+        ListenAddr::WebSocket(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| ServeError::Bind { addr, source })?;
+            // The one line clients wait for; printed whatever RUST_LOG says.
+            eprintln!("listening on ws://{local}");
+            websocket::serve_websocket(listener, ctx, stop_rx).await;
+        }
+    }
+    Ok(())
+}
+
+/// A future that resolves on the first SIGINT or SIGTERM.
+fn shutdown_signals() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_parse() {
+        assert_eq!(
+            "stdio://".parse::<ListenAddr>().ok(),
+            Some(ListenAddr::Stdio)
+        );
+        assert_eq!(
+            "ws://127.0.0.1:0".parse::<ListenAddr>().ok(),
+            Some(ListenAddr::WebSocket("127.0.0.1:0".parse().expect("addr")))
+        );
+        let err = "http://x".parse::<ListenAddr>().expect_err("bad scheme");
+        assert!(err.to_string().contains("expected `stdio://`"), "{err}");
+        assert!("ws://localhost:80".parse::<ListenAddr>().is_err());
+    }
+}

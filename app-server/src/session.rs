@@ -1,0 +1,106 @@
+//! Per-connection state.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use skein_app_server_protocol::Outgoing;
+use skein_app_server_protocol::v2::ClientInfo;
+use skein_otel::names::value;
+use tokio::sync::mpsc;
+
+/// How a connection reaches the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Newline-delimited JSON on stdin/stdout.
+    Stdio,
+    /// One JSON message per WebSocket text frame.
+    WebSocket,
+}
+
+impl Transport {
+    /// The `rpc.transport` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Stdio => value::TRANSPORT_STDIO,
+            Transport::WebSocket => value::TRANSPORT_WEBSOCKET,
+        }
+    }
+}
+
+/// One serialized message on its way to the client, with the request spans
+/// it completes. The writer drops the spans once the bytes are written, so a
+/// request span ends when its response has been written.
+#[derive(Debug)]
+pub struct OutboundItem {
+    /// The JSON text, without a trailing newline.
+    pub text: String,
+    /// Request spans that end when this item is written.
+    pub spans: Vec<tracing::Span>,
+}
+
+/// Capacity of a connection's outbound queue.
+pub const OUTBOUND_QUEUE: usize = 256;
+
+/// What the server knows about one connection.
+#[derive(Debug)]
+pub struct ConnectionSession {
+    id: u64,
+    transport: Transport,
+    client: OnceLock<ClientInfo>,
+    outbound: mpsc::Sender<OutboundItem>,
+}
+
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+impl ConnectionSession {
+    /// A new connection with a fresh id, writing to `outbound`.
+    pub fn new(transport: Transport, outbound: mpsc::Sender<OutboundItem>) -> Self {
+        Self {
+            id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
+            transport,
+            client: OnceLock::new(),
+            outbound,
+        }
+    }
+
+    /// The connection id, unique within this process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// The client, once `initialize` succeeded.
+    pub fn client(&self) -> Option<&ClientInfo> {
+        self.client.get()
+    }
+
+    /// True once `initialize` succeeded.
+    pub fn is_initialized(&self) -> bool {
+        self.client.get().is_some()
+    }
+
+    /// Records the client from `initialize`. Returns false when the
+    /// connection was already initialized.
+    pub fn initialize(&self, client: ClientInfo) -> bool {
+        self.client.set(client).is_ok()
+    }
+
+    /// Queues a notification for the client. Returns false when the
+    /// connection is gone.
+    pub async fn notify(&self, message: Outgoing) -> bool {
+        let item = OutboundItem {
+            text: message.to_value().to_string(),
+            spans: Vec::new(),
+        };
+        self.outbound.send(item).await.is_ok()
+    }
+
+    /// The sender of the outbound queue.
+    pub fn outbound(&self) -> &mpsc::Sender<OutboundItem> {
+        &self.outbound
+    }
+}

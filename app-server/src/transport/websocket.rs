@@ -1,0 +1,375 @@
+//! The WebSocket transport: one JSON-RPC message per text frame.
+//!
+//! Each TCP connection starts with an HTTP request head, read here (bounded
+//! in size and time) before anything else:
+//! - `GET /healthz` answers `200 ok` and closes;
+//! - a request carrying an `Origin` header is refused with `403`, so that a
+//!   web page in a browser cannot drive a local server;
+//! - a WebSocket upgrade is handed to tokio-tungstenite, replaying the bytes
+//!   already read;
+//! - anything else gets `400`.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+
+use crate::connection::ConnectionHandler;
+use crate::server::ServerContext;
+use crate::session::{ConnectionSession, OUTBOUND_QUEUE, OutboundItem, Transport};
+use crate::transport::too_large_error;
+use skein_app_server_protocol::ErrorObject;
+
+/// Largest HTTP request head accepted.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// How long a client may take to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for open connections to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts WebSocket connections on `listener` until shutdown, then waits
+/// (bounded) for open connections to finish their in-flight requests.
+pub async fn serve_websocket(
+    listener: TcpListener,
+    ctx: ServerContext,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    let for_connections = shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let ctx = ctx.clone();
+                    let shutdown = for_connections.clone();
+                    connections.spawn(async move {
+                        if let Err(err) = handle_socket(stream, ctx, shutdown).await {
+                            tracing::debug!(%peer, %err, "connection ended with an error");
+                        }
+                    });
+                }
+                Err(err) => {
+                    // Usually out of file descriptors: keep serving the
+                    // connections already open.
+                    tracing::warn!(%err, "accepting a connection failed");
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = connections.len(),
+            "connections still open after the drain timeout; closing them"
+        );
+        connections.shutdown().await;
+    }
+}
+
+/// What the request head asked for.
+enum Route {
+    Health,
+    Upgrade,
+    Forbidden,
+    BadRequest(&'static str),
+}
+
+async fn handle_socket(
+    mut stream: TcpStream,
+    ctx: ServerContext,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
+        Ok(head) => head?,
+        Err(_) => return Ok(()),
+    };
+    match route(&head) {
+        Route::Health => write_http(&mut stream, "200 OK", "ok\n").await,
+        Route::Forbidden => {
+            write_http(
+                &mut stream,
+                "403 Forbidden",
+                "requests from web pages (with an Origin header) are refused\n",
+            )
+            .await
+        }
+        Route::BadRequest(why) => write_http(&mut stream, "400 Bad Request", why).await,
+        Route::Upgrade => {
+            let limit = ctx.max_message_bytes();
+            let config = WebSocketConfig::default()
+                .max_message_size(Some(limit))
+                .max_frame_size(Some(limit));
+            let replay = Replay::new(head, stream);
+            match tokio_tungstenite::accept_async_with_config(replay, Some(config)).await {
+                Ok(ws) => {
+                    serve_connection(ws, ctx, shutdown).await;
+                    Ok(())
+                }
+                Err(err) => Err(io::Error::other(err)),
+            }
+        }
+    }
+}
+
+async fn read_head(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed before the request head",
+            ));
+        }
+        head.extend_from_slice(&chunk[..n]);
+        if head.windows(4).any(|w| w == b"\r\n\r\n") {
+            return Ok(head);
+        }
+        if head.len() > MAX_HEAD_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request head too large",
+            ));
+        }
+    }
+}
+
+fn route(head: &[u8]) -> Route {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Route::BadRequest("malformed HTTP request\n"),
+    }
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+    };
+    if request.method == Some("GET") && request.path == Some("/healthz") {
+        return Route::Health;
+    }
+    if header("origin").is_some() {
+        return Route::Forbidden;
+    }
+    let upgrade = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if request.method == Some("GET") && upgrade {
+        Route::Upgrade
+    } else {
+        Route::BadRequest("this endpoint speaks WebSocket (JSON-RPC) and serves GET /healthz\n")
+    }
+}
+
+async fn write_http(stream: &mut TcpStream, status: &str, body: &str) -> io::Result<()> {
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+type WsSink = SplitSink<WebSocketStream<Replay<TcpStream>>, Message>;
+
+async fn serve_connection(
+    ws: WebSocketStream<Replay<TcpStream>>,
+    ctx: ServerContext,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (sink, mut stream) = ws.split();
+    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let writer = tokio::spawn(write_frames(sink, rx));
+    let session = Arc::new(ConnectionSession::new(Transport::WebSocket, tx));
+    let connection = session.id();
+    tracing::info!(connection, "websocket connection open");
+    let mut handler = ConnectionHandler::new(session, ctx.service(), ctx.processor());
+
+    let limit = ctx.max_message_bytes();
+    let mut close = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    };
+    loop {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            _ = shutdown.wait_for(|stop| *stop) => {
+                close = CloseFrame { code: CloseCode::Away, reason: "server shutting down".into() };
+                break;
+            }
+        };
+        let keep_going = match next {
+            Some(Ok(Message::Text(text))) => handler.handle_frame(text.as_bytes()).await,
+            Some(Ok(Message::Binary(_))) => handler
+                .reject(ErrorObject::invalid_request(
+                    "binary frames are not supported: send each JSON-RPC message as a text frame",
+                ))
+                .await,
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => true,
+            Some(Ok(Message::Close(_))) | None => break,
+            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                // The rest of the oversized frame is still on the wire, so
+                // the stream cannot be resynchronized: answer, then close.
+                tracing::warn!(connection, size, max_size, "refusing an oversized message");
+                handler.reject(too_large_error(limit)).await;
+                close = CloseFrame {
+                    code: CloseCode::Size,
+                    reason: "message too large".into(),
+                };
+                break;
+            }
+            Some(Err(err)) => {
+                tracing::debug!(connection, %err, "websocket read failed");
+                break;
+            }
+        };
+        if !keep_going {
+            break;
+        }
+    }
+    drop(handler);
+    match writer.await {
+        Ok(Some(mut sink)) => {
+            let _ = sink.send(Message::Close(Some(close))).await;
+            let _ = sink.close().await;
+        }
+        Ok(None) => {}
+        Err(err) => tracing::error!(connection, %err, "websocket writer failed"),
+    }
+    tracing::info!(connection, "websocket connection closed");
+}
+
+/// Writes queued items as text frames until the queue closes; returns the
+/// sink for the closing handshake, or `None` when the peer is gone.
+async fn write_frames(mut sink: WsSink, mut rx: mpsc::Receiver<OutboundItem>) -> Option<WsSink> {
+    while let Some(item) = rx.recv().await {
+        let sent = sink.send(Message::text(item.text)).await;
+        // The request spans end here, after their response was written.
+        drop(item.spans);
+        if let Err(err) = sent {
+            tracing::debug!(%err, "websocket peer gone; dropping further output");
+            return None;
+        }
+    }
+    Some(sink)
+}
+
+/// A stream that first yields bytes already read from it, then reads on.
+#[derive(Debug)]
+pub struct Replay<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S> Replay<S> {
+    /// Replays `prefix` before reading from `inner`.
+    pub fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Self {
+            prefix,
+            pos: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let rest = &self.prefix[self.pos..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_health_upgrade_and_browser_requests() {
+        assert!(matches!(
+            route(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Route::Health
+        ));
+        assert!(matches!(
+            route(
+                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+            ),
+            Route::Upgrade
+        ));
+        assert!(matches!(
+            route(
+                b"GET / HTTP/1.1\r\nHost: x\r\nOrigin: http://evil\r\nUpgrade: websocket\r\n\r\n"
+            ),
+            Route::Forbidden
+        ));
+        assert!(matches!(
+            route(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Route::BadRequest(_)
+        ));
+        assert!(matches!(
+            route(b"\x00\x01garbage\r\n\r\n"),
+            Route::BadRequest(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn replay_yields_prefix_then_inner() {
+        let mut r = Replay::new(b"abc".to_vec(), &b"def"[..]);
+        let mut out = String::new();
+        r.read_to_string(&mut out).await.expect("read");
+        assert_eq!(out, "abcdef");
+    }
+}

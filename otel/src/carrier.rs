@@ -1,0 +1,318 @@
+//! Trace carriers: reading them, choosing among them, parenting spans from
+//! them, and writing the current span back into one.
+//!
+//! Parsing is strict (see [`crate::w3c`]). An invalid carrier is never an
+//! error for the caller: it is logged as a warning with the reason and
+//! treated as absent, so the next source gets its turn.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use opentelemetry::Context;
+use opentelemetry::trace::{SpanContext, TraceContextExt};
+use serde_json::Value;
+use skein_protocol::W3cTraceContext;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::w3c::{self, W3cError};
+
+/// Where a carrier came from, in precedence order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CarrierSource {
+    /// The JSON-RPC envelope's `trace` field.
+    Envelope,
+    /// `params._meta.traceparent` / `tracestate` (the MCP convention).
+    ParamsMeta,
+    /// The process environment's `TRACEPARENT` / `TRACESTATE`.
+    Environment,
+    /// `Submission.trace`, handed from the app-server to core.
+    Submission,
+}
+
+impl fmt::Display for CarrierSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CarrierSource::Envelope => "envelope `trace`",
+            CarrierSource::ParamsMeta => "`params._meta`",
+            CarrierSource::Environment => "TRACEPARENT environment variable",
+            CarrierSource::Submission => "`Submission.trace`",
+        })
+    }
+}
+
+/// Why a carrier was ignored.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CarrierError {
+    /// The carrier was not a JSON object.
+    #[error("carrier must be an object with `traceparent`, got {0}")]
+    NotAnObject(&'static str),
+    /// A field had the wrong JSON type.
+    #[error("`{field}` must be a string, got {got}")]
+    NotAString {
+        /// The field.
+        field: &'static str,
+        /// Its JSON type.
+        got: &'static str,
+    },
+    /// `tracestate` without `traceparent`.
+    #[error("`tracestate` given without `traceparent`")]
+    MissingTraceparent,
+    /// The traceparent broke the W3C grammar.
+    #[error("invalid traceparent: {0}")]
+    Traceparent(#[from] W3cError),
+}
+
+/// Reads a carrier object (`{"traceparent": ..., "tracestate": ...}`) of
+/// any JSON shape.
+///
+/// Returns `Ok(None)` when there is nothing to read (`null`, or an object
+/// with neither field), and an error when the shape is wrong.
+pub fn carrier_from_json(value: &Value) -> Result<Option<W3cTraceContext>, CarrierError> {
+    let obj = match value {
+        Value::Null => return Ok(None),
+        Value::Object(obj) => obj,
+        other => return Err(CarrierError::NotAnObject(json_type(other))),
+    };
+    let field = |name: &'static str| -> Result<Option<String>, CarrierError> {
+        match obj.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(CarrierError::NotAString {
+                field: name,
+                got: json_type(other),
+            }),
+        }
+    };
+    let carrier = W3cTraceContext {
+        traceparent: field("traceparent")?,
+        tracestate: field("tracestate")?,
+    };
+    Ok((!carrier.is_empty()).then_some(carrier))
+}
+
+/// Parses a carrier into a remote span context.
+///
+/// An invalid `tracestate` is dropped with a warning; it does not
+/// invalidate the `traceparent`.
+pub fn span_context_from_carrier(carrier: &W3cTraceContext) -> Result<SpanContext, CarrierError> {
+    let traceparent = carrier
+        .traceparent
+        .as_deref()
+        .ok_or(CarrierError::MissingTraceparent)?;
+    let (cx, tracestate_error) = w3c::span_context(traceparent, carrier.tracestate.as_deref())?;
+    if let Some(reason) = tracestate_error {
+        tracing::warn!(%reason, "dropping invalid tracestate; the traceparent is still used");
+    }
+    Ok(cx)
+}
+
+/// Parses a carrier into an OpenTelemetry [`Context`] whose active span is
+/// the remote parent.
+pub fn context_from_carrier(carrier: &W3cTraceContext) -> Result<Context, CarrierError> {
+    span_context_from_carrier(carrier).map(|sc| Context::new().with_remote_span_context(sc))
+}
+
+/// The carrier from the process environment (`TRACEPARENT`, `TRACESTATE`),
+/// read once and remembered.
+pub fn env_carrier() -> Option<&'static W3cTraceContext> {
+    static ENV: OnceLock<Option<W3cTraceContext>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let carrier = W3cTraceContext {
+            traceparent: std::env::var("TRACEPARENT").ok(),
+            tracestate: std::env::var("TRACESTATE").ok(),
+        };
+        (!carrier.is_empty()).then_some(carrier)
+    })
+    .as_ref()
+}
+
+/// The outcome of choosing a parent among carriers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ParentChoice {
+    /// The chosen remote parent, if any carrier was valid.
+    pub parent: Option<SpanContext>,
+    /// Which source it came from.
+    pub source: Option<CarrierSource>,
+    /// The carriers that were present but invalid, tried before the chosen
+    /// one, with the reason each was ignored. The caller logs them, in the
+    /// context it knows (the request, say).
+    pub rejected: Vec<(CarrierSource, CarrierError)>,
+}
+
+/// Chooses a remote parent: the first valid carrier among `candidates`, in
+/// order, then the environment's. Invalid carriers are skipped and listed in
+/// [`ParentChoice::rejected`]. With none valid, the choice has no parent
+/// and the span will be a root.
+///
+/// A candidate is a raw JSON carrier (the envelope's `trace` value or the
+/// `params._meta` object), so any JSON shape is handled here.
+pub fn choose_parent<'a>(
+    candidates: impl IntoIterator<Item = (CarrierSource, Option<&'a Value>)>,
+) -> ParentChoice {
+    let mut choice = ParentChoice::default();
+    for (source, raw) in candidates {
+        let Some(raw) = raw else { continue };
+        match carrier_from_json(raw)
+            .and_then(|c| c.map(|c| span_context_from_carrier(&c)).transpose())
+        {
+            Ok(Some(parent)) => {
+                choice.parent = Some(parent);
+                choice.source = Some(source);
+                return choice;
+            }
+            Ok(None) => {}
+            Err(reason) => choice.rejected.push((source, reason)),
+        }
+    }
+    if let Some(carrier) = env_carrier() {
+        match span_context_from_carrier(carrier) {
+            Ok(parent) => {
+                choice.parent = Some(parent);
+                choice.source = Some(CarrierSource::Environment);
+            }
+            Err(reason) => choice.rejected.push((CarrierSource::Environment, reason)),
+        }
+    }
+    choice
+}
+
+fn warn_invalid(source: CarrierSource, reason: &CarrierError) {
+    tracing::warn!(%source, %reason, "ignoring invalid trace carrier");
+}
+
+/// Makes `parent` the OTel parent of a freshly created tracing span.
+///
+/// Must be called before the span is entered or its context read. When the
+/// span is disabled or the OTel layer is absent there is nothing to parent,
+/// and the call does nothing.
+pub fn set_remote_parent(span: &tracing::Span, parent: SpanContext) {
+    let cx = Context::new().with_remote_span_context(parent);
+    if let Err(err) = span.set_parent(cx) {
+        tracing::debug!(%err, "could not set a span's remote parent");
+    }
+}
+
+/// Parents a span from an explicit carrier (such as `Submission.trace`).
+///
+/// An invalid carrier is logged as a warning and the span keeps the parent
+/// it was created with (the current context).
+pub fn set_parent_from_carrier(
+    span: &tracing::Span,
+    source: CarrierSource,
+    carrier: &W3cTraceContext,
+) {
+    match span_context_from_carrier(carrier) {
+        Ok(parent) => set_remote_parent(span, parent),
+        Err(reason) => warn_invalid(source, &reason),
+    }
+}
+
+/// The span context of a tracing span, when it has a valid one.
+pub fn span_context_of(span: &tracing::Span) -> Option<SpanContext> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then_some(sc)
+}
+
+/// The carrier for a tracing span: its trace id and span id as a
+/// `traceparent`, and its `tracestate`.
+pub fn carrier_for_span(span: &tracing::Span) -> Option<W3cTraceContext> {
+    span_context_of(span).and_then(|sc| carrier_for_span_context(&sc))
+}
+
+/// The carrier for a span context.
+pub fn carrier_for_span_context(sc: &SpanContext) -> Option<W3cTraceContext> {
+    w3c::to_headers(sc).map(|(traceparent, tracestate)| W3cTraceContext {
+        traceparent: Some(traceparent),
+        tracestate,
+    })
+}
+
+/// The carrier for the current span, or `None` outside any traced span.
+pub fn current_carrier() -> Option<W3cTraceContext> {
+    carrier_for_span(&tracing::Span::current())
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const TP: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    #[test]
+    fn carrier_of_wrong_shape_is_an_error_not_a_panic() {
+        for bad in [json!(42), json!("x"), json!([TP])] {
+            assert!(matches!(
+                carrier_from_json(&bad),
+                Err(CarrierError::NotAnObject(_))
+            ));
+        }
+        assert!(matches!(
+            carrier_from_json(&json!({"traceparent": 7})),
+            Err(CarrierError::NotAString {
+                field: "traceparent",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn empty_carrier_reads_as_absent() {
+        assert_eq!(carrier_from_json(&json!(null)), Ok(None));
+        assert_eq!(carrier_from_json(&json!({})), Ok(None));
+        assert_eq!(carrier_from_json(&json!({"baggage": "k=v"})), Ok(None));
+    }
+
+    #[test]
+    fn first_valid_candidate_wins() {
+        let bad = json!({"traceparent": "00-XYZ"});
+        let meta = json!({"traceparent": TP});
+        let choice = choose_parent([
+            (CarrierSource::Envelope, Some(&bad)),
+            (CarrierSource::ParamsMeta, Some(&meta)),
+        ]);
+        assert_eq!(choice.source, Some(CarrierSource::ParamsMeta));
+        assert_eq!(choice.rejected.len(), 1);
+        assert_eq!(choice.rejected[0].0, CarrierSource::Envelope);
+        let parent = choice.parent.expect("parent");
+        assert_eq!(
+            parent.trace_id().to_string(),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        assert!(parent.is_remote());
+    }
+
+    #[test]
+    fn tracestate_alone_is_invalid() {
+        let c = W3cTraceContext {
+            traceparent: None,
+            tracestate: Some("a=b".into()),
+        };
+        assert_eq!(
+            span_context_from_carrier(&c),
+            Err(CarrierError::MissingTraceparent)
+        );
+    }
+
+    #[test]
+    fn span_context_round_trips_through_a_carrier() {
+        let c = W3cTraceContext {
+            traceparent: Some(TP.into()),
+            tracestate: Some("congo=t61rcWkgMzE".into()),
+        };
+        let sc = span_context_from_carrier(&c).expect("valid");
+        assert_eq!(carrier_for_span_context(&sc), Some(c));
+    }
+}

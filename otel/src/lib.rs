@@ -1,0 +1,24 @@
+//! All of Skein's W3C Trace Context and OpenTelemetry logic.
+//!
+//! No other crate parses a carrier, builds an OTel context or configures an
+//! exporter; they call in here.
+//!
+//! - [`w3c`]: strict W3C Trace Context Level 2 parsing and rendering.
+//! - [`carrier`]: carriers from JSON and the environment, choosing a parent
+//!   among them, parenting spans, and the current span back to a carrier.
+//! - [`names`]: every span name and attribute key, as constants.
+//! - [`telemetry`]: the tracer provider, exporters and the `tracing`
+//!   subscriber.
+//! - [`local_store`]: the OTLP/JSON-lines span store on disk.
+
+pub mod carrier;
+pub mod local_store;
+pub mod names;
+pub mod telemetry;
+pub mod w3c;
+
+pub use carrier::{
+    CarrierError, CarrierSource, ParentChoice, carrier_for_span, choose_parent, current_carrier,
+    set_parent_from_carrier, set_remote_parent,
+};
+pub use telemetry::{Telemetry, TelemetryConfig, TelemetryError};

@@ -1,0 +1,119 @@
+//! Every span name and attribute key Skein emits, in one place.
+//!
+//! Code that creates spans uses these constants with `tracing`'s
+//! `{ CONST } = value` field syntax, so a key is spelled exactly once.
+
+/// Span names (the `tracing` names; the exported OTel name may differ, see
+/// [`attr::OTEL_NAME`]).
+pub mod span {
+    /// One inbound JSON-RPC request. Exported under the method's name.
+    pub const APP_SERVER_REQUEST: &str = "app_server.request";
+    /// Core's short-lived span for one submission. Exported as
+    /// `op.dispatch.<op kind>`.
+    pub const SUBMISSION_DISPATCH: &str = "submission.dispatch";
+    /// Core's long-lived span for one turn. Exported as `invoke_agent skein`.
+    pub const TURN: &str = "turn";
+    /// One model call inside a turn. Exported as `chat <model>`.
+    pub const MODEL_CALL: &str = "model.call";
+}
+
+/// Attribute keys.
+pub mod attr {
+    // Fields tracing-opentelemetry interprets rather than exports.
+    /// Overrides the exported span name.
+    pub const OTEL_NAME: &str = "otel.name";
+    /// The span kind: `server`, `client`, `internal`...
+    pub const OTEL_KIND: &str = "otel.kind";
+    /// The span status: `ok` or `error`.
+    pub const OTEL_STATUS_CODE: &str = "otel.status_code";
+    /// The status message that goes with an error status.
+    pub const OTEL_STATUS_DESCRIPTION: &str = "otel.status_description";
+
+    // OTel RPC conventions, current and legacy names.
+    /// Legacy RPC system attribute, still what many backends group by.
+    pub const RPC_SYSTEM: &str = "rpc.system";
+    /// Current RPC system attribute.
+    pub const RPC_SYSTEM_NAME: &str = "rpc.system.name";
+    /// The service answering.
+    pub const RPC_SERVICE: &str = "rpc.service";
+    /// The method, or `_OTHER` for an unknown one.
+    pub const RPC_METHOD: &str = "rpc.method";
+    /// The method as sent, when `rpc.method` is `_OTHER`.
+    pub const RPC_METHOD_ORIGINAL: &str = "rpc.method_original";
+    /// `stdio` or `websocket`.
+    pub const RPC_TRANSPORT: &str = "rpc.transport";
+    /// The request id (legacy name).
+    pub const RPC_REQUEST_ID: &str = "rpc.request_id";
+    /// The error code of a failed response.
+    pub const RPC_RESPONSE_STATUS_CODE: &str = "rpc.response.status_code";
+    /// The request id (current JSON-RPC convention).
+    pub const JSONRPC_REQUEST_ID: &str = "jsonrpc.request.id";
+    /// Always `2.0`.
+    pub const JSONRPC_PROTOCOL_VERSION: &str = "jsonrpc.protocol.version";
+    /// The class of error: for RPC errors, the JSON-RPC code.
+    pub const ERROR_TYPE: &str = "error.type";
+
+    // Skein's own.
+    /// The connection the request arrived on.
+    pub const APP_SERVER_CONNECTION_ID: &str = "app_server.connection_id";
+    /// The API version, `v2`.
+    pub const APP_SERVER_API_VERSION: &str = "app_server.api_version";
+    /// `clientInfo.name` from `initialize`.
+    pub const APP_SERVER_CLIENT_NAME: &str = "app_server.client_name";
+    /// `clientInfo.version` from `initialize`.
+    pub const APP_SERVER_CLIENT_VERSION: &str = "app_server.client_version";
+    /// The agent thread concerned.
+    pub const THREAD_ID: &str = "thread.id";
+    /// The turn concerned.
+    pub const TURN_ID: &str = "turn.id";
+    /// `regular`, `review` or `compact`.
+    pub const TURN_KIND: &str = "turn.kind";
+    /// How the turn ended.
+    pub const TURN_STATUS: &str = "turn.status";
+    /// The submission's id.
+    pub const SUBMISSION_ID: &str = "submission.id";
+    /// The submitted operation's kind.
+    pub const OP: &str = "op";
+
+    // OTel GenAI conventions.
+    /// `invoke_agent`, `chat`, `execute_tool`...
+    pub const GEN_AI_OPERATION_NAME: &str = "gen_ai.operation.name";
+    /// The agent's name.
+    pub const GEN_AI_AGENT_NAME: &str = "gen_ai.agent.name";
+    /// The conversation: Skein's thread id.
+    pub const GEN_AI_CONVERSATION_ID: &str = "gen_ai.conversation.id";
+    /// The model asked for.
+    pub const GEN_AI_REQUEST_MODEL: &str = "gen_ai.request.model";
+    /// The provider serving the model.
+    pub const GEN_AI_PROVIDER_NAME: &str = "gen_ai.provider.name";
+    /// Tokens read.
+    pub const GEN_AI_USAGE_INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
+    /// Tokens written.
+    pub const GEN_AI_USAGE_OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
+}
+
+/// Fixed attribute values.
+pub mod value {
+    /// `rpc.system` / `rpc.system.name`.
+    pub const JSONRPC: &str = "jsonrpc";
+    /// `rpc.service`, and the default `service.name`.
+    pub const SERVICE_NAME: &str = "skein-app-server";
+    /// `jsonrpc.protocol.version`.
+    pub const JSONRPC_VERSION: &str = "2.0";
+    /// `app_server.api_version`.
+    pub const API_VERSION: &str = "v2";
+    /// `rpc.method` for a method the server does not know.
+    pub const METHOD_OTHER: &str = "_OTHER";
+    /// Exported span name for a request whose method is unknown.
+    pub const UNKNOWN_METHOD_SPAN_NAME: &str = "jsonrpc";
+    /// `otel.kind` of a request span.
+    pub const KIND_SERVER: &str = "server";
+    /// `otel.kind` of a model call span.
+    pub const KIND_CLIENT: &str = "client";
+    /// `otel.status_code` of a failed span.
+    pub const STATUS_ERROR: &str = "error";
+    /// `rpc.transport` over stdin/stdout.
+    pub const TRANSPORT_STDIO: &str = "stdio";
+    /// `rpc.transport` over WebSocket.
+    pub const TRANSPORT_WEBSOCKET: &str = "websocket";
+}

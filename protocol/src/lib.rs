@@ -1,0 +1,289 @@
+//! The handoff between Skein's app-server and its core.
+//!
+//! This crate holds plain, serializable data only. It knows nothing of
+//! OpenTelemetry: a trace context crosses the boundary as a W3C carrier
+//! ([`W3cTraceContext`]), and the `skein-otel` crate is the only place that
+//! turns one into a live context or back.
+//!
+//! The app-server hands work to a thread's submission loop as a
+//! [`Submission`]; the loop reports progress as [`Event`]s.
+
+use serde::{Deserialize, Serialize};
+
+/// A W3C Trace Context carrier: the `traceparent` and `tracestate` values,
+/// exactly as a client or a parent span wrote them.
+///
+/// The values are kept as strings; nothing is validated here. Parsing (which
+/// is strict) happens in `skein-otel`, when the carrier is used.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct W3cTraceContext {
+    /// The `traceparent` value, e.g. `00-<trace-id>-<parent-id>-01`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The `tracestate` value: vendor-specific key/value pairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
+}
+
+impl W3cTraceContext {
+    /// A carrier with a `traceparent` and no `tracestate`.
+    pub fn from_traceparent(traceparent: impl Into<String>) -> Self {
+        Self {
+            traceparent: Some(traceparent.into()),
+            tracestate: None,
+        }
+    }
+
+    /// True when the carrier holds neither value.
+    pub fn is_empty(&self) -> bool {
+        self.traceparent.is_none() && self.tracestate.is_none()
+    }
+}
+
+/// One unit of work handed to a thread's submission loop.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Submission {
+    /// Unique id of this submission, for correlating logs and spans.
+    pub id: String,
+    /// What to do.
+    pub op: Op,
+    /// The trace context the work continues. Filled from the current span by
+    /// the thread handle's `submit` when the caller gives none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<W3cTraceContext>,
+}
+
+/// One piece of user input to a turn.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum UserInput {
+    /// Plain text.
+    Text {
+        /// The text itself.
+        text: String,
+    },
+}
+
+/// The kind of a turn, which decides what the model is asked to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TurnKind {
+    /// A normal turn answering user input.
+    Regular,
+    /// A review of the thread so far.
+    Review,
+    /// A compaction: the thread's history summarised.
+    Compact,
+}
+
+impl TurnKind {
+    /// The lowercase name used in attributes and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TurnKind::Regular => "regular",
+            TurnKind::Review => "review",
+            TurnKind::Compact => "compact",
+        }
+    }
+}
+
+/// An operation submitted to a thread's submission loop.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Op {
+    /// Start a turn with user input.
+    UserTurn {
+        /// Id the turn will carry.
+        turn_id: String,
+        /// The user's input.
+        input: Vec<UserInput>,
+    },
+    /// Start a review turn.
+    Review {
+        /// Id the turn will carry.
+        turn_id: String,
+    },
+    /// Start a compaction turn.
+    Compact {
+        /// Id the turn will carry.
+        turn_id: String,
+    },
+    /// Add input to the running turn.
+    Steer {
+        /// The turn to steer.
+        turn_id: String,
+        /// The extra input.
+        input: Vec<UserInput>,
+    },
+    /// Interrupt the running turn.
+    Interrupt {
+        /// The turn to interrupt.
+        turn_id: String,
+    },
+    /// Stop the loop, interrupting any running turn.
+    Shutdown,
+}
+
+impl Op {
+    /// The operation's kind in snake case, as used in `op.dispatch.<kind>`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::UserTurn { .. } => "user_turn",
+            Op::Review { .. } => "review",
+            Op::Compact { .. } => "compact",
+            Op::Steer { .. } => "steer",
+            Op::Interrupt { .. } => "interrupt",
+            Op::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// How a turn ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TurnStatus {
+    /// Still running.
+    InProgress,
+    /// Finished normally.
+    Completed,
+    /// Stopped by `turn/interrupt` or by shutdown.
+    Interrupted,
+    /// The model or a tool failed.
+    Failed,
+}
+
+impl TurnStatus {
+    /// The lowercase name used in the `turn.status` attribute.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TurnStatus::InProgress => "inProgress",
+            TurnStatus::Completed => "completed",
+            TurnStatus::Interrupted => "interrupted",
+            TurnStatus::Failed => "failed",
+        }
+    }
+}
+
+/// Token usage reported by a model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenUsage {
+    /// Tokens read by the model.
+    pub input_tokens: u64,
+    /// Tokens written by the model.
+    pub output_tokens: u64,
+}
+
+impl TokenUsage {
+    /// Adds another usage to this one.
+    pub fn add(&mut self, other: TokenUsage) {
+        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+    }
+}
+
+/// Something that happened in a thread, reported by core.
+///
+/// Every turn event carries the turn span's context so that the app-server
+/// can stamp it on the outgoing notification.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// The thread the event belongs to.
+    pub thread_id: String,
+    /// What happened.
+    pub msg: EventMsg,
+    /// The turn span's context, when the event belongs to a turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<W3cTraceContext>,
+}
+
+/// The payload of an [`Event`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventMsg {
+    /// A turn began.
+    TurnStarted {
+        /// The turn's id.
+        turn_id: String,
+        /// The turn's kind.
+        kind: TurnKind,
+    },
+    /// An item (such as an agent message) began.
+    ItemStarted {
+        /// The turn's id.
+        turn_id: String,
+        /// The item's id.
+        item_id: String,
+    },
+    /// A piece of an agent message streamed in.
+    AgentMessageDelta {
+        /// The turn's id.
+        turn_id: String,
+        /// The item's id.
+        item_id: String,
+        /// The new text.
+        delta: String,
+    },
+    /// An item finished.
+    ItemCompleted {
+        /// The turn's id.
+        turn_id: String,
+        /// The item's id.
+        item_id: String,
+        /// The item's full text.
+        text: String,
+    },
+    /// A turn ended.
+    TurnCompleted {
+        /// The turn's id.
+        turn_id: String,
+        /// How it ended.
+        status: TurnStatus,
+        /// Why it failed, when it did.
+        error: Option<String>,
+        /// Tokens used over the whole turn.
+        usage: TokenUsage,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn submission_round_trips_with_its_trace() {
+        let sub = Submission {
+            id: "s1".into(),
+            op: Op::UserTurn {
+                turn_id: "t1".into(),
+                input: vec![UserInput::Text { text: "hi".into() }],
+            },
+            trace: Some(W3cTraceContext::from_traceparent(
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )),
+        };
+        let json = serde_json::to_string(&sub).expect("serialize");
+        let back: Submission = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, sub);
+    }
+
+    #[test]
+    fn empty_carrier_serializes_without_fields() {
+        let json = serde_json::to_value(W3cTraceContext::default()).expect("serialize");
+        assert_eq!(json, serde_json::json!({}));
+        assert!(W3cTraceContext::default().is_empty());
+    }
+
+    #[test]
+    fn op_kind_names_match_dispatch_span_suffixes() {
+        assert_eq!(
+            Op::UserTurn {
+                turn_id: String::new(),
+                input: vec![]
+            }
+            .kind(),
+            "user_turn"
+        );
+        assert_eq!(Op::Shutdown.kind(), "shutdown");
+    }
+}
