@@ -56,6 +56,14 @@ methods! {
     ThreadStart => "thread/start",
     ThreadList => "thread/list",
     ThreadRead => "thread/read",
+    ThreadResume => "thread/resume",
+    ThreadFork => "thread/fork",
+    ThreadUnsubscribe => "thread/unsubscribe",
+    ThreadCompactStart => "thread/compact/start",
+    TurnStart => "turn/start",
+    TurnSteer => "turn/steer",
+    TurnInterrupt => "turn/interrupt",
+    ReviewStart => "review/start",
 }
 
 /// Name of the notification a client sends after `initialize`.

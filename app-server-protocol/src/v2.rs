@@ -183,3 +183,95 @@ pub struct ThreadReadResponse {
     /// The thread.
     pub thread: Thread,
 }
+
+/// One input item of a turn.
+pub use skein_protocol::UserInput;
+
+/// A turn as clients see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Turn {
+    /// Stable id.
+    pub id: String,
+    /// `inProgress`, `completed`, `interrupted` or `failed`.
+    pub status: skein_protocol::TurnStatus,
+    /// The turn's items (filled by `thread/read` with `includeTurns`).
+    pub items: Vec<Value>,
+    /// Why the turn failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<TurnError>,
+    /// The trace of the turn span, for jumping from history to the trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The turn span's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
+}
+
+/// A turn's failure.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TurnError {
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Parameters naming just a thread: `thread/resume`, `thread/unsubscribe`,
+/// `review/start`, `thread/compact/start`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThreadIdParams {
+    /// The thread.
+    pub thread_id: String,
+}
+
+/// Parameters of `thread/fork`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThreadForkParams {
+    /// The thread to fork.
+    pub thread_id: String,
+    /// Copy history up to and including this turn; all of it when absent.
+    #[serde(default)]
+    pub turn_id: Option<String>,
+}
+
+/// Parameters of `turn/start`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TurnStartParams {
+    /// The thread.
+    pub thread_id: String,
+    /// The user's input.
+    pub input: Vec<UserInput>,
+}
+
+/// Parameters of `turn/steer`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TurnSteerParams {
+    /// The thread.
+    pub thread_id: String,
+    /// The running turn.
+    pub turn_id: String,
+    /// The extra input.
+    pub input: Vec<UserInput>,
+}
+
+/// Parameters of `turn/interrupt`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TurnInterruptParams {
+    /// The thread.
+    pub thread_id: String,
+    /// The running turn.
+    pub turn_id: String,
+}
+
+/// Result of `turn/start`, `review/start` and `thread/compact/start`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TurnStartResponse {
+    /// The new turn, `inProgress`.
+    pub turn: Turn,
+}

@@ -14,6 +14,7 @@
 //!    request span once the bytes are written.
 
 pub mod connection;
+pub mod events;
 pub mod processor;
 pub mod request_span;
 pub mod server;
@@ -22,3 +23,4 @@ pub mod tracing_layer;
 pub mod transport;
 
 pub use server::{DEFAULT_MAX_MESSAGE_BYTES, ListenAddr, ServerConfig, serve};
+pub use skein_core::CoreConfig;

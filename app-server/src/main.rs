@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use skein_app_server::{DEFAULT_MAX_MESSAGE_BYTES, ListenAddr, ServerConfig};
+use skein_app_server::{CoreConfig, DEFAULT_MAX_MESSAGE_BYTES, ListenAddr, ServerConfig};
 use skein_otel::telemetry::{self, TelemetryConfig, sdk_disabled_by_env};
 
 /// Skein: a tracing-native JSON-RPC app-server for agent runtimes.
@@ -52,6 +52,11 @@ struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES as u64,
           value_parser = clap::value_parser!(u64).range(1024..=1024 * 1024 * 1024))]
     max_message_bytes: u64,
+
+    /// Delay of the offline `echo` model between streamed words, in
+    /// milliseconds. A larger delay holds turns open longer.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    echo_delay_ms: u64,
 
     /// How long shutdown may spend flushing spans, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
@@ -108,6 +113,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listen: args.listen,
         max_message_bytes: usize::try_from(args.max_message_bytes)
             .context("--max-message-bytes does not fit this platform")?,
+        core: CoreConfig {
+            echo_delay: Duration::from_millis(args.echo_delay_ms),
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -12,14 +12,18 @@ use std::task::{Context, Poll};
 
 use serde::Serialize;
 use serde_json::Value;
+use serde_json::json;
 use skein_app_server_protocol::jsonrpc::{INVALID_REQUEST, NOT_INITIALIZED};
 use skein_app_server_protocol::v2::{
     InitializeParams, InitializeResponse, Model, ModelListParams, ModelListResponse, ServerInfo,
-    Thread, ThreadListParams, ThreadListResponse, ThreadReadParams, ThreadReadResponse,
-    ThreadStartParams, ThreadStartResponse, ThreadStartedNotification,
+    Thread, ThreadForkParams, ThreadIdParams, ThreadListParams, ThreadListResponse,
+    ThreadReadParams, ThreadReadResponse, ThreadStartParams, ThreadStartResponse,
+    ThreadStartedNotification, Turn, TurnError, TurnInterruptParams, TurnStartParams,
+    TurnStartResponse, TurnSteerParams,
 };
 use skein_app_server_protocol::{ErrorObject, Method, Notification, Outgoing, parse_params};
-use skein_core::{MODELS, ThreadError, ThreadInfo, ThreadManager};
+use skein_core::{MODELS, ThreadError, ThreadInfo, ThreadManager, TurnRecord};
+use skein_protocol::{TurnKind, TurnStatus, UserInput};
 use tower::Service;
 
 use crate::session::ConnectionSession;
@@ -84,7 +88,32 @@ impl MessageProcessor {
             Method::ThreadStart => self.thread_start(parse_params(params)?, session).await,
             Method::ThreadList => self.thread_list(parse_params(params)?),
             Method::ThreadRead => self.thread_read(parse_params(params)?),
+            Method::ThreadResume => self.thread_resume(parse_params(params)?, session),
+            Method::ThreadFork => self.thread_fork(parse_params(params)?, session).await,
+            Method::ThreadUnsubscribe => self.thread_unsubscribe(parse_params(params)?, session),
+            Method::TurnStart => {
+                let params: TurnStartParams = parse_params(params)?;
+                self.start_turn(&params.thread_id, TurnKind::Regular, params.input, session)
+                    .await
+            }
+            Method::ReviewStart => {
+                let params: ThreadIdParams = parse_params(params)?;
+                self.start_turn(&params.thread_id, TurnKind::Review, Vec::new(), session)
+                    .await
+            }
+            Method::ThreadCompactStart => {
+                let params: ThreadIdParams = parse_params(params)?;
+                self.start_turn(&params.thread_id, TurnKind::Compact, Vec::new(), session)
+                    .await
+            }
+            Method::TurnSteer => self.turn_steer(parse_params(params)?).await,
+            Method::TurnInterrupt => self.turn_interrupt(parse_params(params)?).await,
         }
+    }
+
+    /// The thread registry.
+    pub fn threads(&self) -> &ThreadManager {
+        &self.threads
     }
 
     /// Handles a client notification. Unknown ones are logged and dropped,
@@ -111,7 +140,19 @@ impl MessageProcessor {
             .threads
             .start_thread(params.model.as_deref(), params.ephemeral.unwrap_or(false))
             .map_err(thread_error)?;
-        let thread = thread_to_wire(&info);
+        self.announce_new_thread(&info, session).await
+    }
+
+    /// Subscribes the connection to a new thread, sends `thread/started`
+    /// and builds the response shared by `thread/start` and `thread/fork`.
+    async fn announce_new_thread(
+        &self,
+        info: &ThreadInfo,
+        session: &ConnectionSession,
+    ) -> HandlerResult {
+        session.subscribe(&self.threads.handle(&info.id).map_err(thread_error)?);
+        let turns = self.threads.turns(&info.id).map_err(thread_error)?;
+        let thread = thread_to_wire(info, &turns);
         session
             .notify(Outgoing::Notification {
                 method: "thread/started".into(),
@@ -128,6 +169,93 @@ impl MessageProcessor {
         })
     }
 
+    fn thread_resume(&self, params: ThreadIdParams, session: &ConnectionSession) -> HandlerResult {
+        let handle = self
+            .threads
+            .handle(&params.thread_id)
+            .map_err(thread_error)?;
+        let info = self.threads.read(&params.thread_id).map_err(thread_error)?;
+        let turns = self
+            .threads
+            .turns(&params.thread_id)
+            .map_err(thread_error)?;
+        session.subscribe(&handle);
+        to_value(ThreadStartResponse {
+            model: info.model.name.to_owned(),
+            model_provider: info.model.provider.to_owned(),
+            thread: thread_to_wire(&info, &turns),
+        })
+    }
+
+    async fn thread_fork(
+        &self,
+        params: ThreadForkParams,
+        session: &ConnectionSession,
+    ) -> HandlerResult {
+        let info = self
+            .threads
+            .fork_thread(&params.thread_id, params.turn_id.as_deref())
+            .map_err(thread_error)?;
+        self.announce_new_thread(&info, session).await
+    }
+
+    fn thread_unsubscribe(
+        &self,
+        params: ThreadIdParams,
+        session: &ConnectionSession,
+    ) -> HandlerResult {
+        self.threads
+            .handle(&params.thread_id)
+            .map_err(thread_error)?;
+        let status = if session.unsubscribe(&params.thread_id) {
+            "unsubscribed"
+        } else {
+            "notSubscribed"
+        };
+        Ok(json!({ "status": status }))
+    }
+
+    async fn start_turn(
+        &self,
+        thread_id: &str,
+        kind: TurnKind,
+        input: Vec<UserInput>,
+        session: &ConnectionSession,
+    ) -> HandlerResult {
+        session.subscribe(&self.threads.handle(thread_id).map_err(thread_error)?);
+        let started = self
+            .threads
+            .start_turn(thread_id, kind, input)
+            .await
+            .map_err(thread_error)?;
+        to_value(TurnStartResponse {
+            turn: Turn {
+                id: started.turn_id,
+                status: TurnStatus::InProgress,
+                items: Vec::new(),
+                error: None,
+                trace_id: None,
+                span_id: None,
+            },
+        })
+    }
+
+    async fn turn_steer(&self, params: TurnSteerParams) -> HandlerResult {
+        self.threads
+            .steer(&params.thread_id, &params.turn_id, params.input)
+            .await
+            .map_err(thread_error)?;
+        Ok(json!({ "turnId": params.turn_id }))
+    }
+
+    async fn turn_interrupt(&self, params: TurnInterruptParams) -> HandlerResult {
+        self.threads
+            .interrupt(&params.thread_id, &params.turn_id)
+            .await
+            .map_err(thread_error)?;
+        Ok(json!({}))
+    }
+
     fn thread_list(&self, params: ThreadListParams) -> HandlerResult {
         let limit = params.limit.map(|l| l as usize);
         let page = self
@@ -135,15 +263,26 @@ impl MessageProcessor {
             .list(params.cursor.as_deref(), limit)
             .map_err(thread_error)?;
         to_value(ThreadListResponse {
-            data: page.threads.iter().map(thread_to_wire).collect(),
+            data: page
+                .threads
+                .iter()
+                .map(|t| thread_to_wire(t, &[]))
+                .collect(),
             next_cursor: page.next_cursor,
         })
     }
 
     fn thread_read(&self, params: ThreadReadParams) -> HandlerResult {
         let info = self.threads.read(&params.thread_id).map_err(thread_error)?;
+        let turns = if params.include_turns {
+            self.threads
+                .turns(&params.thread_id)
+                .map_err(thread_error)?
+        } else {
+            Vec::new()
+        };
         to_value(ThreadReadResponse {
-            thread: thread_to_wire(&info),
+            thread: thread_to_wire(&info, &turns),
         })
     }
 }
@@ -182,7 +321,7 @@ fn model_list(_params: ModelListParams) -> HandlerResult {
     })
 }
 
-fn thread_to_wire(info: &ThreadInfo) -> Thread {
+fn thread_to_wire(info: &ThreadInfo, turns: &[TurnRecord]) -> Thread {
     Thread {
         id: info.id.clone(),
         preview: info.preview.clone(),
@@ -191,15 +330,41 @@ fn thread_to_wire(info: &ThreadInfo) -> Thread {
         created_at: info.created_at,
         updated_at: info.updated_at,
         ephemeral: info.ephemeral,
-        turns: Vec::new(),
+        turns: turns
+            .iter()
+            .filter_map(|t| serde_json::to_value(turn_to_wire(t)).ok())
+            .collect(),
+    }
+}
+
+fn turn_to_wire(record: &TurnRecord) -> Turn {
+    let mut items = Vec::with_capacity(2);
+    if !record.input.is_empty() {
+        items.push(
+            json!({"type": "userMessage", "content": [{"type": "text", "text": record.input}]}),
+        );
+    }
+    items.push(json!({"type": "agentMessage", "text": record.output}));
+    Turn {
+        id: record.id.clone(),
+        status: record.status,
+        items,
+        error: record.error.clone().map(|message| TurnError { message }),
+        trace_id: record.trace_id.clone(),
+        span_id: record.span_id.clone(),
     }
 }
 
 fn thread_error(err: ThreadError) -> ErrorObject {
     match err {
-        ThreadError::NotFound(_) | ThreadError::UnknownModel(_) | ThreadError::InvalidCursor(_) => {
-            ErrorObject::invalid_params(err)
-        }
+        ThreadError::NotFound(_)
+        | ThreadError::UnknownModel(_)
+        | ThreadError::InvalidCursor(_)
+        | ThreadError::TurnNotFound { .. }
+        | ThreadError::EmptyInput => ErrorObject::invalid_params(err),
+        ThreadError::TurnRunning { .. }
+        | ThreadError::TurnNotRunning { .. }
+        | ThreadError::ShuttingDown => ErrorObject::invalid_request(err),
     }
 }
 

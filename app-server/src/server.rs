@@ -5,7 +5,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
-use skein_core::ThreadManager;
+use std::time::Duration;
+
+use skein_core::{CoreConfig, ThreadManager};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::Layer;
@@ -14,6 +16,9 @@ use crate::connection::RpcService;
 use crate::processor::MessageProcessor;
 use crate::tracing_layer::RequestTracingLayer;
 use crate::transport::{stdio, websocket};
+
+/// How long a closing connection waits for its threads' final events.
+pub const EVENT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default limit on one inbound message: 8 MiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
@@ -74,6 +79,8 @@ pub struct ServerConfig {
     pub listen: ListenAddr,
     /// Limit on one inbound message, in bytes.
     pub max_message_bytes: usize,
+    /// Core runtime settings.
+    pub core: CoreConfig,
 }
 
 /// What every connection shares. Cheap to clone.
@@ -85,9 +92,9 @@ pub struct ServerContext {
 
 impl ServerContext {
     /// A context around a fresh thread registry.
-    pub fn new(max_message_bytes: usize) -> Self {
+    pub fn new(max_message_bytes: usize, core: CoreConfig) -> Self {
         Self {
-            processor: MessageProcessor::new(ThreadManager::new()),
+            processor: MessageProcessor::new(ThreadManager::new(core)),
             max_message_bytes,
         }
     }
@@ -125,18 +132,31 @@ pub enum ServeError {
 }
 
 /// Runs the server until its input ends (stdio) or SIGINT / SIGTERM, then
-/// finishes in-flight requests and returns.
+/// shuts down gracefully and returns:
+///
+/// 1. transports stop reading (no new requests) and finish in-flight ones;
+/// 2. core interrupts running turns; their final `turn/completed`
+///    notifications still reach connected clients;
+/// 3. each connection's writer drains its queue, which ends the last spans.
 pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
-    let ctx = ServerContext::new(config.max_message_bytes);
+    let ctx = ServerContext::new(config.max_message_bytes, config.core);
     let (stop_tx, stop_rx) = watch::channel(false);
     let signals = shutdown_signals().map_err(ServeError::Signals)?;
+    let signal_stop = stop_tx.clone();
     tokio::spawn(async move {
         signals.await;
-        let _ = stop_tx.send(true);
+        let _ = signal_stop.send(true);
+    });
+    let threads = ctx.processor().threads().clone();
+    let mut core_stop = stop_rx.clone();
+    let core_shutdown = tokio::spawn(async move {
+        if core_stop.wait_for(|stop| *stop).await.is_ok() {
+            threads.shutdown().await;
+        }
     });
 
     match config.listen {
-        ListenAddr::Stdio => stdio::serve_stdio(ctx, stop_rx).await,
+        ListenAddr::Stdio => stdio::serve_stdio(ctx, stop_rx, stop_tx.clone()).await,
         ListenAddr::WebSocket(addr) => {
             let listener = TcpListener::bind(addr)
                 .await
@@ -148,6 +168,12 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
             eprintln!("listening on ws://{local}");
             websocket::serve_websocket(listener, ctx, stop_rx).await;
         }
+    }
+    // Normally already stopping; make sure core is told when a transport
+    // ended on its own.
+    let _ = stop_tx.send(true);
+    if let Err(err) = core_shutdown.await {
+        tracing::error!(%err, "core shutdown failed");
     }
     Ok(())
 }

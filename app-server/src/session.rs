@@ -1,12 +1,18 @@
 //! Per-connection state.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use skein_app_server_protocol::Outgoing;
 use skein_app_server_protocol::v2::ClientInfo;
+use skein_core::ThreadHandle;
 use skein_otel::names::value;
 use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
+
+use crate::events::forward_events;
 
 /// How a connection reaches the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +54,14 @@ pub struct ConnectionSession {
     transport: Transport,
     client: OnceLock<ClientInfo>,
     outbound: mpsc::Sender<OutboundItem>,
+    subscriptions: Mutex<Subscriptions>,
+}
+
+/// The threads a connection follows: one forwarder task each.
+#[derive(Debug, Default)]
+struct Subscriptions {
+    by_thread: HashMap<String, AbortHandle>,
+    tasks: JoinSet<()>,
 }
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
@@ -60,7 +74,60 @@ impl ConnectionSession {
             transport,
             client: OnceLock::new(),
             outbound,
+            subscriptions: Mutex::default(),
         }
+    }
+
+    fn subscriptions(&self) -> MutexGuard<'_, Subscriptions> {
+        self.subscriptions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Follows `thread`'s events (a no-op if already following). Must be
+    /// called within the runtime: it spawns the forwarder.
+    pub fn subscribe(&self, thread: &ThreadHandle) {
+        let mut subs = self.subscriptions();
+        if subs.by_thread.contains_key(thread.id()) {
+            return;
+        }
+        let task = forward_events(thread.subscribe(), self.outbound.clone(), self.id);
+        let abort = subs.tasks.spawn(task);
+        subs.by_thread.insert(thread.id().to_owned(), abort);
+    }
+
+    /// Stops following thread `id`. Returns false when not following it.
+    pub fn unsubscribe(&self, id: &str) -> bool {
+        match self.subscriptions().by_thread.remove(id) {
+            Some(abort) => {
+                abort.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends the forwarders as the connection closes. On graceful shutdown
+    /// they run until their threads report shutdown (so final `turn/completed`
+    /// notifications reach the client), for at most `timeout`; otherwise
+    /// they are aborted.
+    pub async fn close_subscriptions(&self, graceful: bool, timeout: Duration) {
+        let mut tasks = {
+            let mut subs = self.subscriptions();
+            subs.by_thread.clear();
+            std::mem::take(&mut subs.tasks)
+        };
+        if graceful {
+            let drained = tokio::time::timeout(timeout, async {
+                while tasks.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!(
+                    connection = self.id,
+                    "event forwarders did not finish in time"
+                );
+            }
+        }
+        tasks.shutdown().await;
     }
 
     /// The connection id, unique within this process.

@@ -1,10 +1,17 @@
-//! Skein's core: threads, models and (growing) the turn runtime.
+//! Skein's core: threads, their submission loops, turns and models.
 //!
-//! Core owns execution once the app-server hands work over. The app-server
-//! calls in through [`ThreadManager`].
+//! Core owns execution once the app-server hands work over, and owns the
+//! long-lived turn spans. The app-server calls in through [`ThreadManager`];
+//! each thread's [`ThreadHandle::submit`] carries the caller's trace context
+//! in `Submission.trace`, so core's dispatch, turn and model spans continue
+//! the client's trace.
 
 pub mod models;
 pub mod threads;
+pub mod turn;
 
-pub use models::{DEFAULT_MODEL, MODELS, ModelInfo, find_model};
-pub use threads::{ThreadError, ThreadInfo, ThreadManager, ThreadPage};
+pub use models::{DEFAULT_MODEL, MODELS, Model, ModelInfo, find_model};
+pub use threads::{
+    CoreConfig, CoreEvent, StartedTurn, ThreadError, ThreadHandle, ThreadInfo, ThreadManager,
+    ThreadPage, TurnRecord,
+};

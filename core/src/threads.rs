@@ -1,10 +1,42 @@
-//! Threads: their registry and metadata.
+//! Threads: the registry, each thread's handle and its submission loop.
+//!
+//! Every thread has one submission loop task reading a bounded queue of
+//! [`Submission`]s. For each it opens a short-lived dispatch span parented
+//! from `Submission.trace`; a turn-producing operation then starts a turn
+//! task under a long-lived turn span (see [`crate::turn`]). Events go out on
+//! a broadcast channel to whoever subscribed.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::models::{DEFAULT_MODEL, ModelInfo, find_model};
+use skein_otel::CarrierSource;
+use skein_otel::names::{attr, span};
+use skein_protocol::{
+    Event, EventMsg, Op, Submission, TokenUsage, TurnKind, TurnStatus, UserInput, W3cTraceContext,
+};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::models::{DEFAULT_MODEL, ModelInfo, ModelRegistry, find_model};
+use crate::turn::{TurnTask, run_turn};
+
+/// Capacity of a thread's submission queue.
+pub const SUBMISSION_QUEUE: usize = 64;
+/// Capacity of a thread's event channel.
+pub const EVENT_CHANNEL: usize = 1024;
+/// Default page size of [`ThreadManager::list`].
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+/// Largest page size of [`ThreadManager::list`].
+pub const MAX_PAGE_SIZE: usize = 500;
+
+/// Runtime settings.
+#[derive(Clone, Debug, Default)]
+pub struct CoreConfig {
+    /// Delay of the echo model between words.
+    pub echo_delay: Duration,
+}
 
 /// A thread's metadata.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,6 +55,29 @@ pub struct ThreadInfo {
     pub ephemeral: bool,
 }
 
+/// One turn of a thread's history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TurnRecord {
+    /// The turn's id.
+    pub id: String,
+    /// Its kind.
+    pub kind: TurnKind,
+    /// How it ended (or `InProgress`).
+    pub status: TurnStatus,
+    /// The user's input.
+    pub input: String,
+    /// The agent's answer (partial if interrupted).
+    pub output: String,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Tokens used.
+    pub usage: TokenUsage,
+    /// The trace the turn span belongs to.
+    pub trace_id: Option<String>,
+    /// The turn span's id.
+    pub span_id: Option<String>,
+}
+
 /// Why a thread operation failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ThreadError {
@@ -35,6 +90,38 @@ pub enum ThreadError {
     /// A pagination cursor did not come from this server.
     #[error("invalid cursor {0:?}")]
     InvalidCursor(String),
+    /// A turn is already running on the thread.
+    #[error(
+        "thread {thread_id:?} already has a running turn {turn_id:?}; interrupt it or wait for `turn/completed`"
+    )]
+    TurnRunning {
+        /// The thread.
+        thread_id: String,
+        /// The running turn.
+        turn_id: String,
+    },
+    /// The turn is not the thread's running turn.
+    #[error("turn {turn_id:?} is not running on thread {thread_id:?}")]
+    TurnNotRunning {
+        /// The thread.
+        thread_id: String,
+        /// The turn asked for.
+        turn_id: String,
+    },
+    /// The turn is not in the thread's history.
+    #[error("thread {thread_id:?} has no turn {turn_id:?}")]
+    TurnNotFound {
+        /// The thread.
+        thread_id: String,
+        /// The turn asked for.
+        turn_id: String,
+    },
+    /// The input was empty.
+    #[error("input must contain at least one non-empty text item")]
+    EmptyInput,
+    /// The server is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
 }
 
 /// One page of threads.
@@ -46,31 +133,162 @@ pub struct ThreadPage {
     pub next_cursor: Option<String>,
 }
 
-/// Default page size of [`ThreadManager::list`].
-pub const DEFAULT_PAGE_SIZE: usize = 50;
-/// Largest page size of [`ThreadManager::list`].
-pub const MAX_PAGE_SIZE: usize = 500;
+/// An event as core emits it. `hold` keeps the turn span open: the turn span
+/// ends only once every subscriber has finished with the events that carry
+/// it (the app-server drops it after writing the notification).
+#[derive(Clone, Debug)]
+pub struct CoreEvent {
+    /// The event.
+    pub event: Event,
+    /// The span this event keeps open.
+    pub hold: tracing::Span,
+}
+
+/// A turn that was accepted and submitted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartedTurn {
+    /// The new turn's id.
+    pub turn_id: String,
+}
+
+pub(crate) struct ThreadState {
+    pub(crate) info: ThreadInfo,
+    pub(crate) turns: Vec<TurnRecord>,
+    /// The running turn's id, set when a turn is accepted and cleared when
+    /// it ends (before `TurnCompleted` goes out).
+    pub(crate) active_turn: Option<String>,
+    /// The previous turn span, for the link from the next one.
+    pub(crate) last_turn_span: Option<W3cTraceContext>,
+}
+
+pub(crate) struct ThreadEntry {
+    pub(crate) id: String,
+    state: Mutex<ThreadState>,
+    submissions: mpsc::Sender<Submission>,
+    pub(crate) events: broadcast::Sender<CoreEvent>,
+}
+
+impl ThreadEntry {
+    pub(crate) fn state(&self) -> MutexGuard<'_, ThreadState> {
+        // Critical sections are short and leave the state consistent, so a
+        // poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn emit(&self, msg: EventMsg, trace: Option<W3cTraceContext>, hold: &tracing::Span) {
+        let event = Event {
+            thread_id: self.id.clone(),
+            msg,
+            trace,
+        };
+        // No subscriber is fine: the event (and its hold) is dropped.
+        let _ = self.events.send(CoreEvent {
+            event,
+            hold: hold.clone(),
+        });
+    }
+}
+
+/// A handle to one thread's submission loop.
+#[derive(Clone)]
+pub struct ThreadHandle {
+    entry: Arc<ThreadEntry>,
+}
+
+impl std::fmt::Debug for ThreadHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThreadHandle")
+            .field("id", &self.entry.id)
+            .finish()
+    }
+}
+
+impl ThreadHandle {
+    /// The thread's id.
+    pub fn id(&self) -> &str {
+        &self.entry.id
+    }
+
+    /// Submits `op`, carrying the current span's context in
+    /// `Submission.trace` so that core's spans continue the caller's trace.
+    pub async fn submit(&self, op: Op) -> Result<String, ThreadError> {
+        self.submit_with_trace(op, None).await
+    }
+
+    /// Submits `op` with an explicit trace context; `None` captures the
+    /// current span's.
+    pub async fn submit_with_trace(
+        &self,
+        op: Op,
+        trace: Option<W3cTraceContext>,
+    ) -> Result<String, ThreadError> {
+        let submission = Submission {
+            id: uuid::Uuid::now_v7().to_string(),
+            op,
+            trace: trace.or_else(skein_otel::current_carrier),
+        };
+        let id = submission.id.clone();
+        self.entry
+            .submissions
+            .send(submission)
+            .await
+            .map_err(|_| ThreadError::ShuttingDown)?;
+        Ok(id)
+    }
+
+    /// Subscribes to the thread's events.
+    pub fn subscribe(&self) -> broadcast::Receiver<CoreEvent> {
+        self.entry.events.subscribe()
+    }
+}
+
+struct Registry {
+    threads: BTreeMap<String, ThreadHandle>,
+    loops: Vec<JoinHandle<()>>,
+    shutting_down: bool,
+}
 
 /// All threads of this server. Cheap to clone; clones share state.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone)]
 pub struct ThreadManager {
-    threads: Arc<Mutex<BTreeMap<String, ThreadInfo>>>,
+    registry: Arc<Mutex<Registry>>,
+    models: ModelRegistry,
+}
+
+impl std::fmt::Debug for ThreadManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThreadManager").finish_non_exhaustive()
+    }
 }
 
 impl ThreadManager {
     /// An empty registry.
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(config: CoreConfig) -> Self {
+        Self {
+            registry: Arc::new(Mutex::new(Registry {
+                threads: BTreeMap::new(),
+                loops: Vec::new(),
+                shutting_down: false,
+            })),
+            models: ModelRegistry::new(config.echo_delay),
+        }
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, ThreadInfo>> {
-        // A panic while holding this lock cannot leave the map half-updated
-        // (each critical section is a single insert or read), so a poisoned
-        // lock is safe to keep using.
-        self.threads.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts a thread with `model` (the default model when `None`).
+    /// The handle of thread `id`.
+    pub fn handle(&self, id: &str) -> Result<ThreadHandle, ThreadError> {
+        self.lock()
+            .threads
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ThreadError::NotFound(id.to_owned()))
+    }
+
+    /// Starts a thread with `model` (the default model when `None`). Must be
+    /// called within a tokio runtime: it spawns the thread's loop.
     pub fn start_thread(
         &self,
         model: Option<&str>,
@@ -87,16 +305,80 @@ impl ThreadManager {
             updated_at: now,
             ephemeral,
         };
-        self.lock().insert(info.id.clone(), info.clone());
+        self.insert(info.clone(), Vec::new())?;
         Ok(info)
+    }
+
+    /// Forks thread `id` into a new thread holding its history up to and
+    /// including `up_to_turn` (all of it when `None`).
+    pub fn fork_thread(
+        &self,
+        id: &str,
+        up_to_turn: Option<&str>,
+    ) -> Result<ThreadInfo, ThreadError> {
+        let source = self.handle(id)?;
+        let (mut info, turns) = {
+            let state = source.entry.state();
+            let mut turns: Vec<TurnRecord> = state
+                .turns
+                .iter()
+                .filter(|t| t.status != TurnStatus::InProgress)
+                .cloned()
+                .collect();
+            if let Some(turn_id) = up_to_turn {
+                let Some(pos) = turns.iter().position(|t| t.id == turn_id) else {
+                    return Err(ThreadError::TurnNotFound {
+                        thread_id: id.to_owned(),
+                        turn_id: turn_id.to_owned(),
+                    });
+                };
+                turns.truncate(pos + 1);
+            }
+            (state.info.clone(), turns)
+        };
+        let now = unix_now();
+        info.id = uuid::Uuid::now_v7().to_string();
+        info.created_at = now;
+        info.updated_at = now;
+        self.insert(info.clone(), turns)?;
+        Ok(info)
+    }
+
+    fn insert(&self, info: ThreadInfo, turns: Vec<TurnRecord>) -> Result<(), ThreadError> {
+        let (submissions, rx) = mpsc::channel(SUBMISSION_QUEUE);
+        let (events, _) = broadcast::channel(EVENT_CHANNEL);
+        let entry = Arc::new(ThreadEntry {
+            id: info.id.clone(),
+            state: Mutex::new(ThreadState {
+                info,
+                turns,
+                active_turn: None,
+                last_turn_span: None,
+            }),
+            submissions,
+            events,
+        });
+        let mut registry = self.lock();
+        if registry.shutting_down {
+            return Err(ThreadError::ShuttingDown);
+        }
+        let task = tokio::spawn(submission_loop(Arc::clone(&entry), rx, self.models.clone()));
+        registry.loops.retain(|l| !l.is_finished());
+        registry.loops.push(task);
+        registry
+            .threads
+            .insert(entry.id.clone(), ThreadHandle { entry });
+        Ok(())
     }
 
     /// A thread's metadata.
     pub fn read(&self, id: &str) -> Result<ThreadInfo, ThreadError> {
-        self.lock()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| ThreadError::NotFound(id.to_owned()))
+        Ok(self.handle(id)?.entry.state().info.clone())
+    }
+
+    /// A thread's turns, oldest first.
+    pub fn turns(&self, id: &str) -> Result<Vec<TurnRecord>, ThreadError> {
+        Ok(self.handle(id)?.entry.state().turns.clone())
     }
 
     /// Threads newest first, `limit` at a time, after `cursor` (the last
@@ -112,13 +394,18 @@ impl ThreadManager {
         {
             return Err(ThreadError::InvalidCursor(c.to_owned()));
         }
-        let threads = self.lock();
-        let mut page: Vec<ThreadInfo> = threads
+        let handles: Vec<ThreadHandle> = self
+            .lock()
+            .threads
             .values()
             .rev()
-            .filter(|t| cursor.is_none_or(|c| t.id.as_str() < c))
+            .filter(|t| cursor.is_none_or(|c| t.id() < c))
             .take(limit + 1)
             .cloned()
+            .collect();
+        let mut page: Vec<ThreadInfo> = handles
+            .iter()
+            .map(|h| h.entry.state().info.clone())
             .collect();
         let next_cursor = if page.len() > limit {
             page.truncate(limit);
@@ -131,6 +418,270 @@ impl ThreadManager {
             next_cursor,
         })
     }
+
+    /// Starts a turn of `kind` on thread `id`. Fails at once if a turn is
+    /// already running there. The submission carries the current span's
+    /// context.
+    pub async fn start_turn(
+        &self,
+        id: &str,
+        kind: TurnKind,
+        input: Vec<UserInput>,
+    ) -> Result<StartedTurn, ThreadError> {
+        let handle = self.handle(id)?;
+        if kind == TurnKind::Regular && input_text(&input).trim().is_empty() {
+            return Err(ThreadError::EmptyInput);
+        }
+        let turn_id = uuid::Uuid::now_v7().to_string();
+        {
+            let mut state = handle.entry.state();
+            if let Some(running) = &state.active_turn {
+                return Err(ThreadError::TurnRunning {
+                    thread_id: id.to_owned(),
+                    turn_id: running.clone(),
+                });
+            }
+            state.active_turn = Some(turn_id.clone());
+        }
+        let op = match kind {
+            TurnKind::Regular => Op::UserTurn {
+                turn_id: turn_id.clone(),
+                input,
+            },
+            TurnKind::Review => Op::Review {
+                turn_id: turn_id.clone(),
+            },
+            TurnKind::Compact => Op::Compact {
+                turn_id: turn_id.clone(),
+            },
+        };
+        if let Err(err) = handle.submit(op).await {
+            handle.entry.state().active_turn = None;
+            return Err(err);
+        }
+        Ok(StartedTurn { turn_id })
+    }
+
+    /// Adds input to the running turn `turn_id` of thread `id`.
+    pub async fn steer(
+        &self,
+        id: &str,
+        turn_id: &str,
+        input: Vec<UserInput>,
+    ) -> Result<(), ThreadError> {
+        let handle = self.running(id, turn_id)?;
+        if input_text(&input).trim().is_empty() {
+            return Err(ThreadError::EmptyInput);
+        }
+        handle
+            .submit(Op::Steer {
+                turn_id: turn_id.to_owned(),
+                input,
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Interrupts the running turn `turn_id` of thread `id`.
+    pub async fn interrupt(&self, id: &str, turn_id: &str) -> Result<(), ThreadError> {
+        let handle = self.running(id, turn_id)?;
+        handle
+            .submit(Op::Interrupt {
+                turn_id: turn_id.to_owned(),
+            })
+            .await
+            .map(drop)
+    }
+
+    fn running(&self, id: &str, turn_id: &str) -> Result<ThreadHandle, ThreadError> {
+        let handle = self.handle(id)?;
+        if handle.entry.state().active_turn.as_deref() != Some(turn_id) {
+            return Err(ThreadError::TurnNotRunning {
+                thread_id: id.to_owned(),
+                turn_id: turn_id.to_owned(),
+            });
+        }
+        Ok(handle)
+    }
+
+    /// Stops every thread: running turns end as interrupted (their
+    /// `TurnCompleted` events go out), then each loop emits
+    /// `ShutdownComplete` and exits. Returns when all loops have exited.
+    pub async fn shutdown(&self) {
+        let (handles, loops) = {
+            let mut registry = self.lock();
+            registry.shutting_down = true;
+            let handles: Vec<ThreadHandle> = registry.threads.values().cloned().collect();
+            (handles, std::mem::take(&mut registry.loops))
+        };
+        for handle in &handles {
+            // The loop may already be gone; nothing to stop then.
+            let _ = handle.submit_with_trace(Op::Shutdown, None).await;
+        }
+        for task in loops {
+            if let Err(err) = task.await {
+                tracing::error!(%err, "a thread loop failed");
+            }
+        }
+        // Dropping the handles closes every event channel, so subscribers
+        // that came too late for `ShutdownComplete` stop as well.
+        self.lock().threads.clear();
+    }
+}
+
+/// The text of a turn's input items, joined by newlines.
+pub fn input_text(input: &[UserInput]) -> String {
+    input
+        .iter()
+        .map(|item| match item {
+            UserInput::Text { text } => text.as_str(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+struct RunningTurn {
+    id: String,
+    interrupt: watch::Sender<bool>,
+    steer: mpsc::UnboundedSender<String>,
+    task: JoinHandle<()>,
+}
+
+/// Builds the dispatch span for a submission, parented from its trace.
+///
+/// With no carrier, or an invalid one (logged), the span keeps the current
+/// context as its parent.
+pub(crate) fn dispatch_span(submission: &Submission, thread_id: &str) -> tracing::Span {
+    let kind = submission.op.kind();
+    let span = tracing::info_span!(
+        target: "skein_core::dispatch",
+        span::SUBMISSION_DISPATCH,
+        { attr::OTEL_NAME } = format!("op.dispatch.{kind}"),
+        { attr::SUBMISSION_ID } = submission.id.as_str(),
+        { attr::THREAD_ID } = thread_id,
+        { attr::OP } = kind,
+    );
+    if let Some(trace) = &submission.trace {
+        skein_otel::set_parent_from_carrier(&span, CarrierSource::Submission, trace);
+    }
+    span
+}
+
+async fn submission_loop(
+    entry: Arc<ThreadEntry>,
+    mut rx: mpsc::Receiver<Submission>,
+    models: ModelRegistry,
+) {
+    let mut running: Option<RunningTurn> = None;
+    while let Some(submission) = rx.recv().await {
+        if running.as_ref().is_some_and(|r| r.task.is_finished()) {
+            running = None;
+        }
+        let span = dispatch_span(&submission, &entry.id);
+        let stop = matches!(submission.op, Op::Shutdown);
+        async {
+            match submission.op {
+                Op::UserTurn { turn_id, input } => {
+                    running = start_turn(
+                        &entry,
+                        &models,
+                        turn_id,
+                        TurnKind::Regular,
+                        input_text(&input),
+                    );
+                }
+                Op::Review { turn_id } => {
+                    running = start_turn(&entry, &models, turn_id, TurnKind::Review, String::new());
+                }
+                Op::Compact { turn_id } => {
+                    running =
+                        start_turn(&entry, &models, turn_id, TurnKind::Compact, String::new());
+                }
+                Op::Steer { turn_id, input } => match &running {
+                    Some(turn) if turn.id == turn_id => {
+                        let _ = turn.steer.send(input_text(&input));
+                    }
+                    _ => tracing::debug!(%turn_id, "steer for a turn that is no longer running"),
+                },
+                Op::Interrupt { turn_id } => match &running {
+                    Some(turn) if turn.id == turn_id => {
+                        let _ = turn.interrupt.send(true);
+                    }
+                    _ => {
+                        tracing::debug!(%turn_id, "interrupt for a turn that is no longer running")
+                    }
+                },
+                Op::Shutdown => {
+                    if let Some(turn) = running.take() {
+                        let _ = turn.interrupt.send(true);
+                        if let Err(err) = turn.task.await {
+                            tracing::error!(%err, "a turn task failed");
+                        }
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+        if stop {
+            break;
+        }
+    }
+    // Whether stopped by shutdown or by every handle going away, leave no
+    // turn running behind.
+    if let Some(turn) = running.take() {
+        let _ = turn.interrupt.send(true);
+        let _ = turn.task.await;
+    }
+    entry.emit(EventMsg::ShutdownComplete, None, &tracing::Span::none());
+}
+
+/// Opens the turn span (beneath the current dispatch span) and spawns the
+/// turn task inside it.
+fn start_turn(
+    entry: &Arc<ThreadEntry>,
+    models: &ModelRegistry,
+    turn_id: String,
+    kind: TurnKind,
+    input: String,
+) -> Option<RunningTurn> {
+    let (model_info, previous, history) = {
+        let state = entry.state();
+        (
+            state.info.model,
+            state.last_turn_span.clone(),
+            state.turns.iter().map(crate::turn::past_turn).collect(),
+        )
+    };
+    let span = crate::turn::turn_span(&entry.id, &turn_id, kind, model_info);
+    if let Some(previous) = &previous {
+        skein_otel::add_link_from_carrier(&span, previous);
+    }
+    let Some(model) = models.get(model_info.name) else {
+        tracing::error!(model = model_info.name, "thread's model is not available");
+        entry.state().active_turn = None;
+        return None;
+    };
+    let (interrupt, interrupted) = watch::channel(false);
+    let (steer, steer_rx) = mpsc::unbounded_channel();
+    let task = TurnTask {
+        entry: Arc::clone(entry),
+        turn_id: turn_id.clone(),
+        kind,
+        input,
+        history,
+        model,
+        interrupted,
+        steer: steer_rx,
+        span: span.clone(),
+    };
+    let task = tokio::spawn(run_turn(task).instrument(span));
+    Some(RunningTurn {
+        id: turn_id,
+        interrupt,
+        steer,
+        task,
+    })
 }
 
 /// Seconds since the Unix epoch.
@@ -144,48 +695,366 @@ pub fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::turn::turn_span;
+    use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+    use tracing_subscriber::layer::SubscriberExt;
 
-    #[test]
-    fn started_thread_can_be_read_back() {
-        let mgr = ThreadManager::new();
-        let t = mgr.start_thread(None, false).expect("start");
-        assert_eq!(t.model.name, DEFAULT_MODEL);
-        assert_eq!(mgr.read(&t.id), Ok(t));
+    const CLIENT_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    const CLIENT_SPAN: &str = "b7ad6b7169203331";
+
+    fn client_carrier() -> W3cTraceContext {
+        W3cTraceContext::from_traceparent(format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
     }
 
-    #[test]
-    fn unknown_model_and_thread_are_errors() {
-        let mgr = ThreadManager::new();
-        assert!(matches!(
-            mgr.start_thread(Some("gpt-nope"), false),
-            Err(ThreadError::UnknownModel(_))
-        ));
-        assert!(matches!(mgr.read("x"), Err(ThreadError::NotFound(_))));
+    /// Installs (for this thread) a subscriber exporting to memory.
+    ///
+    /// Every test here that creates spans installs one, even when it does
+    /// not look at them: `tracing` caches each callsite's interest across
+    /// threads, and a callsite first hit on a thread without a subscriber
+    /// could stay disabled for the tests that do look.
+    struct Capture {
+        provider: SdkTracerProvider,
+        exporter: InMemorySpanExporter,
+        _guard: tracing::subscriber::DefaultGuard,
     }
 
-    #[test]
-    fn list_pages_newest_first_without_overlap() {
-        let mgr = ThreadManager::new();
-        let ids: Vec<String> = (0..5)
-            .map(|_| mgr.start_thread(None, false).expect("start").id)
-            .collect();
-        let first = mgr.list(None, Some(2)).expect("page 1");
-        assert_eq!(
-            first.threads.iter().map(|t| &t.id).collect::<Vec<_>>(),
-            vec![&ids[4], &ids[3]]
+    impl Capture {
+        fn new() -> Self {
+            let exporter = InMemorySpanExporter::default();
+            let provider = SdkTracerProvider::builder()
+                .with_simple_exporter(exporter.clone())
+                .build();
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("test"))
+                .with_threads(false);
+            let guard =
+                tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+            Self {
+                provider,
+                exporter,
+                _guard: guard,
+            }
+        }
+
+        fn spans(&self) -> Vec<SpanData> {
+            let _ = self.provider.force_flush();
+            self.exporter.get_finished_spans().expect("finished spans")
+        }
+
+        fn named(&self, name: &str) -> Vec<SpanData> {
+            self.spans()
+                .into_iter()
+                .filter(|s| s.name == name)
+                .collect()
+        }
+    }
+
+    fn attr(span: &SpanData, key: &str) -> Option<String> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.to_string())
+    }
+
+    fn detached_handle() -> (ThreadHandle, mpsc::Receiver<Submission>) {
+        let (submissions, rx) = mpsc::channel(4);
+        let (events, _) = broadcast::channel(4);
+        let info = ThreadInfo {
+            id: "thread-1".into(),
+            model: &crate::models::MODELS[0],
+            preview: String::new(),
+            created_at: 0,
+            updated_at: 0,
+            ephemeral: true,
+        };
+        let entry = Arc::new(ThreadEntry {
+            id: info.id.clone(),
+            state: Mutex::new(ThreadState {
+                info,
+                turns: Vec::new(),
+                active_turn: None,
+                last_turn_span: None,
+            }),
+            submissions,
+            events,
+        });
+        (ThreadHandle { entry }, rx)
+    }
+
+    #[tokio::test]
+    async fn submit_captures_the_current_span_context() {
+        let capture = Capture::new();
+        let (handle, mut rx) = detached_handle();
+        let request = tracing::info_span!("request");
+        skein_otel::set_remote_parent(
+            &request,
+            skein_otel::w3c::span_context(&client_carrier().traceparent.expect("tp"), None)
+                .expect("valid")
+                .0,
         );
-        let second = mgr
-            .list(first.next_cursor.as_deref(), Some(2))
-            .expect("page 2");
-        assert_eq!(second.threads[0].id, ids[2]);
-        let last = mgr
-            .list(second.next_cursor.as_deref(), Some(2))
-            .expect("page 3");
-        assert_eq!(last.threads.len(), 1);
-        assert_eq!(last.next_cursor, None);
+        let expected = skein_otel::carrier_for_span(&request).expect("request context");
+        handle
+            .submit(Op::Shutdown)
+            .instrument(request.clone())
+            .await
+            .expect("submit");
+        let submission = rx.recv().await.expect("submission");
+        assert_eq!(submission.trace, Some(expected.clone()));
+        let traceparent = expected.traceparent.expect("traceparent");
+        assert!(traceparent.contains(CLIENT_TRACE), "{traceparent}");
+        drop(capture);
+    }
+
+    #[tokio::test]
+    async fn explicit_trace_wins_over_the_current_span() {
+        let _capture = Capture::new();
+        let (handle, mut rx) = detached_handle();
+        let request = tracing::info_span!("request");
+        handle
+            .submit_with_trace(Op::Shutdown, Some(client_carrier()))
+            .instrument(request)
+            .await
+            .expect("submit");
+        assert_eq!(
+            rx.recv().await.expect("submission").trace,
+            Some(client_carrier())
+        );
+    }
+
+    #[tokio::test]
+    async fn dispatch_span_is_parented_from_submission_trace() {
+        let capture = Capture::new();
+        let submission = Submission {
+            id: "sub-1".into(),
+            op: Op::Interrupt {
+                turn_id: "turn-1".into(),
+            },
+            trace: Some(client_carrier()),
+        };
+        drop(dispatch_span(&submission, "thread-1"));
+        let spans = capture.named("op.dispatch.interrupt");
+        assert_eq!(spans.len(), 1);
+        let span = &spans[0];
+        assert_eq!(
+            span.span_context.trace_id(),
+            TraceId::from_hex(CLIENT_TRACE).expect("hex")
+        );
+        assert_eq!(
+            span.parent_span_id,
+            SpanId::from_hex(CLIENT_SPAN).expect("hex")
+        );
+        assert_eq!(attr(span, attr::SUBMISSION_ID).as_deref(), Some("sub-1"));
+        assert_eq!(attr(span, attr::THREAD_ID).as_deref(), Some("thread-1"));
+        assert_eq!(attr(span, attr::OP).as_deref(), Some("interrupt"));
+    }
+
+    #[tokio::test]
+    async fn dispatch_span_with_invalid_trace_falls_back_to_the_current_context() {
+        let capture = Capture::new();
+        let submission = Submission {
+            id: "sub-1".into(),
+            op: Op::Shutdown,
+            trace: Some(W3cTraceContext::from_traceparent("00-BAD")),
+        };
+        let outer = tracing::info_span!("outer");
+        outer.in_scope(|| drop(dispatch_span(&submission, "thread-1")));
+        drop(outer);
+        let outer = &capture.named("outer")[0];
+        let dispatch = &capture.named("op.dispatch.shutdown")[0];
+        assert_eq!(dispatch.parent_span_id, outer.span_context.span_id());
+    }
+
+    #[tokio::test]
+    async fn turn_span_inherits_the_dispatch_context() {
+        let capture = Capture::new();
+        let submission = Submission {
+            id: "sub-1".into(),
+            op: Op::Review {
+                turn_id: "turn-1".into(),
+            },
+            trace: Some(client_carrier()),
+        };
+        let dispatch = dispatch_span(&submission, "thread-1");
+        let turn = dispatch.in_scope(|| {
+            turn_span(
+                "thread-1",
+                "turn-1",
+                TurnKind::Review,
+                &crate::models::MODELS[0],
+            )
+        });
+        drop(dispatch);
+        drop(turn);
+        let dispatch = &capture.named("op.dispatch.review")[0];
+        let turn = &capture.named("invoke_agent skein")[0];
+        assert_eq!(turn.parent_span_id, dispatch.span_context.span_id());
+        assert_eq!(
+            turn.span_context.trace_id(),
+            dispatch.span_context.trace_id()
+        );
+        assert_eq!(attr(turn, attr::TURN_KIND).as_deref(), Some("review"));
+    }
+
+    async fn wait_for_completion(
+        rx: &mut broadcast::Receiver<CoreEvent>,
+    ) -> (TurnStatus, Option<String>) {
+        loop {
+            let event = rx.recv().await.expect("event");
+            if let EventMsg::TurnCompleted { status, error, .. } = event.event.msg {
+                return (status, error);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_turn_nests_dispatch_turn_and_chat_under_the_caller() {
+        let capture = Capture::new();
+        let manager = ThreadManager::new(CoreConfig::default());
+        let thread = manager.start_thread(None, true).expect("thread");
+        let mut events = manager.handle(&thread.id).expect("handle").subscribe();
+        let request = tracing::info_span!("request");
+        manager
+            .start_turn(
+                &thread.id,
+                TurnKind::Regular,
+                vec![UserInput::Text {
+                    text: "hi there".into(),
+                }],
+            )
+            .instrument(request.clone())
+            .await
+            .expect("start");
+        drop(request);
+        assert_eq!(
+            wait_for_completion(&mut events).await,
+            (TurnStatus::Completed, None)
+        );
+        drop(events);
+        let turns = manager.turns(&thread.id).expect("turns");
+        manager.shutdown().await;
+
+        let request = &capture.named("request")[0];
+        let dispatch = &capture.named("op.dispatch.user_turn")[0];
+        let turn = &capture.named("invoke_agent skein")[0];
+        let chat = &capture.named("chat echo")[0];
+        assert_eq!(dispatch.parent_span_id, request.span_context.span_id());
+        assert_eq!(turn.parent_span_id, dispatch.span_context.span_id());
+        assert_eq!(chat.parent_span_id, turn.span_context.span_id());
+        assert_eq!(attr(turn, attr::TURN_STATUS).as_deref(), Some("completed"));
+        assert_eq!(
+            attr(turn, attr::GEN_AI_USAGE_OUTPUT_TOKENS).as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            attr(chat, attr::GEN_AI_USAGE_INPUT_TOKENS).as_deref(),
+            Some("2")
+        );
+        assert_eq!(turns[0].output, "hi there");
+        assert_eq!(
+            turns[0].span_id.as_deref(),
+            Some(turn.span_context.span_id().to_string().as_str())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_second_turn_while_one_runs_is_refused() {
+        let _capture = Capture::new();
+        let manager = ThreadManager::new(CoreConfig {
+            echo_delay: Duration::from_secs(3600),
+        });
+        let thread = manager.start_thread(None, true).expect("thread");
+        let mut events = manager.handle(&thread.id).expect("handle").subscribe();
+        let input = || {
+            vec![UserInput::Text {
+                text: "a b c".into(),
+            }]
+        };
+        let first = manager
+            .start_turn(&thread.id, TurnKind::Regular, input())
+            .await
+            .expect("first");
+        let second = manager
+            .start_turn(&thread.id, TurnKind::Regular, input())
+            .await;
+        assert!(
+            matches!(second, Err(ThreadError::TurnRunning { .. })),
+            "{second:?}"
+        );
+        manager
+            .interrupt(&thread.id, &first.turn_id)
+            .await
+            .expect("interrupt");
+        assert_eq!(
+            wait_for_completion(&mut events).await.0,
+            TurnStatus::Interrupted
+        );
         assert!(matches!(
-            mgr.list(Some("garbage"), None),
-            Err(ThreadError::InvalidCursor(_))
+            manager.interrupt(&thread.id, &first.turn_id).await,
+            Err(ThreadError::TurnNotRunning { .. })
         ));
+        manager.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn shutdown_interrupts_a_running_turn() {
+        let _capture = Capture::new();
+        let manager = ThreadManager::new(CoreConfig {
+            echo_delay: Duration::from_secs(3600),
+        });
+        let thread = manager.start_thread(None, true).expect("thread");
+        let mut events = manager.handle(&thread.id).expect("handle").subscribe();
+        manager
+            .start_turn(
+                &thread.id,
+                TurnKind::Regular,
+                vec![UserInput::Text { text: "a b".into() }],
+            )
+            .await
+            .expect("start");
+        manager.shutdown().await;
+        assert_eq!(
+            wait_for_completion(&mut events).await.0,
+            TurnStatus::Interrupted
+        );
+        assert_eq!(
+            events.recv().await.expect("event").event.msg,
+            EventMsg::ShutdownComplete
+        );
+        assert!(matches!(
+            manager.start_thread(None, true),
+            Err(ThreadError::ShuttingDown)
+        ));
+    }
+
+    #[tokio::test]
+    async fn failing_model_fails_the_turn_with_an_error_status() {
+        let capture = Capture::new();
+        let manager = ThreadManager::new(CoreConfig::default());
+        let thread = manager.start_thread(None, true).expect("thread");
+        let mut events = manager.handle(&thread.id).expect("handle").subscribe();
+        manager
+            .start_turn(
+                &thread.id,
+                TurnKind::Regular,
+                vec![UserInput::Text {
+                    text: "/fail now".into(),
+                }],
+            )
+            .await
+            .expect("start");
+        let (status, error) = wait_for_completion(&mut events).await;
+        assert_eq!(status, TurnStatus::Failed);
+        assert!(error.expect("error").contains("/fail"));
+        drop(events);
+        manager.shutdown().await;
+        let turn = &capture.named("invoke_agent skein")[0];
+        match &turn.status {
+            opentelemetry::trace::Status::Error { description } => {
+                assert!(description.contains("/fail"), "{description}")
+            }
+            other => panic!("turn span status is {other:?}, not an error"),
+        }
+        assert_eq!(attr(turn, attr::TURN_STATUS).as_deref(), Some("failed"));
     }
 }

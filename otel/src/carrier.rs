@@ -207,6 +207,15 @@ pub fn set_parent_from_carrier(
     }
 }
 
+/// Adds an OTel span link from a not-yet-started span to the span a
+/// carrier names (for example, from a turn to the thread's previous turn).
+/// An invalid carrier adds no link.
+pub fn add_link_from_carrier(span: &tracing::Span, carrier: &W3cTraceContext) {
+    if let Ok(target) = span_context_from_carrier(carrier) {
+        span.add_link(target);
+    }
+}
+
 /// The span context of a tracing span, when it has a valid one.
 pub fn span_context_of(span: &tracing::Span) -> Option<SpanContext> {
     let cx = span.context();

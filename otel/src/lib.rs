@@ -18,7 +18,7 @@ pub mod telemetry;
 pub mod w3c;
 
 pub use carrier::{
-    CarrierError, CarrierSource, ParentChoice, carrier_for_span, choose_parent, current_carrier,
-    set_parent_from_carrier, set_remote_parent,
+    CarrierError, CarrierSource, ParentChoice, add_link_from_carrier, carrier_for_span,
+    choose_parent, current_carrier, set_parent_from_carrier, set_remote_parent,
 };
 pub use telemetry::{Telemetry, TelemetryConfig, TelemetryError};

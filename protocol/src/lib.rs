@@ -244,6 +244,8 @@ pub enum EventMsg {
         /// Tokens used over the whole turn.
         usage: TokenUsage,
     },
+    /// The thread's loop stopped; no event follows.
+    ShutdownComplete,
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufRea
 use tokio::sync::{mpsc, watch};
 
 use crate::connection::ConnectionHandler;
-use crate::server::ServerContext;
+use crate::server::{EVENT_DRAIN_TIMEOUT, ServerContext};
 use crate::session::{ConnectionSession, OUTBOUND_QUEUE, OutboundItem, Transport};
 use crate::transport::too_large_error;
 
@@ -67,9 +67,14 @@ pub async fn read_line_limited<R: AsyncBufRead + Unpin>(
     }
 }
 
-/// Serves one connection on stdin/stdout until EOF or shutdown.
-pub async fn serve_stdio(ctx: ServerContext, shutdown: watch::Receiver<bool>) {
-    serve_lines(tokio::io::stdin(), tokio::io::stdout(), ctx, shutdown).await;
+/// Serves one connection on stdin/stdout until EOF or shutdown. EOF on
+/// stdin shuts the whole server down through `stop`.
+pub async fn serve_stdio(
+    ctx: ServerContext,
+    shutdown: watch::Receiver<bool>,
+    stop: watch::Sender<bool>,
+) {
+    serve_lines(tokio::io::stdin(), tokio::io::stdout(), ctx, shutdown, stop).await;
 }
 
 /// Serves one line-delimited connection over any reader and writer.
@@ -78,6 +83,7 @@ pub async fn serve_lines<R, W>(
     output: W,
     ctx: ServerContext,
     mut shutdown: watch::Receiver<bool>,
+    stop: watch::Sender<bool>,
 ) where
     R: tokio::io::AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -116,6 +122,12 @@ pub async fn serve_lines<R, W>(
             break;
         }
     }
+    // This connection is the server: its end is the server's end.
+    let _ = stop.send(true);
+    handler
+        .session()
+        .close_subscriptions(true, EVENT_DRAIN_TIMEOUT)
+        .await;
     // Dropping the handler drops the last sender, which lets the writer
     // finish the queue and stop.
     drop(handler);

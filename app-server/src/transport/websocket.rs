@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use crate::connection::ConnectionHandler;
-use crate::server::ServerContext;
+use crate::server::{EVENT_DRAIN_TIMEOUT, ServerContext};
 use crate::session::{ConnectionSession, OUTBOUND_QUEUE, OutboundItem, Transport};
 use crate::transport::too_large_error;
 use skein_app_server_protocol::ErrorObject;
@@ -248,6 +248,11 @@ async fn serve_connection(
             break;
         }
     }
+    let graceful = *shutdown.borrow();
+    handler
+        .session()
+        .close_subscriptions(graceful, EVENT_DRAIN_TIMEOUT)
+        .await;
     drop(handler);
     match writer.await {
         Ok(Some(mut sink)) => {

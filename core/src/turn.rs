@@ -1,0 +1,271 @@
+//! A turn: the long-lived turn span and the task that runs inside it.
+//!
+//! The turn span opens when the submission loop starts the turn and closes
+//! exactly once, when the turn completes, is interrupted (by
+//! `turn/interrupt` or by shutdown), or fails. Every event of the turn holds
+//! a handle to the span, so it ends only after the last `turn/completed`
+//! notification was delivered. Each model call runs inside its own
+//! `chat <model>` span beneath it.
+
+use std::sync::Arc;
+
+use skein_otel::names::{attr, span, value};
+use skein_protocol::{EventMsg, TokenUsage, TurnKind, TurnStatus};
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+use tracing::field::Empty;
+
+use crate::models::{Model, ModelInfo, ModelRequest, PastTurn};
+use crate::threads::{ThreadEntry, TurnRecord, unix_now};
+
+/// `gen_ai.agent.name` of Skein's agent.
+pub const AGENT_NAME: &str = "skein";
+
+/// Longest preview kept for a thread.
+const PREVIEW_CHARS: usize = 80;
+
+/// Builds a turn span. It is created inside the dispatch span, which
+/// becomes its parent.
+pub(crate) fn turn_span(
+    thread_id: &str,
+    turn_id: &str,
+    kind: TurnKind,
+    model: &ModelInfo,
+) -> tracing::Span {
+    tracing::info_span!(
+        target: "skein_core::turn",
+        span::TURN,
+        { attr::OTEL_NAME } = format!("invoke_agent {AGENT_NAME}"),
+        { attr::OTEL_STATUS_CODE } = Empty,
+        { attr::OTEL_STATUS_DESCRIPTION } = Empty,
+        { attr::GEN_AI_OPERATION_NAME } = "invoke_agent",
+        { attr::GEN_AI_AGENT_NAME } = AGENT_NAME,
+        { attr::GEN_AI_CONVERSATION_ID } = thread_id,
+        { attr::GEN_AI_REQUEST_MODEL } = model.name,
+        { attr::THREAD_ID } = thread_id,
+        { attr::TURN_ID } = turn_id,
+        { attr::TURN_KIND } = kind.as_str(),
+        { attr::TURN_STATUS } = Empty,
+        { attr::GEN_AI_USAGE_INPUT_TOKENS } = Empty,
+        { attr::GEN_AI_USAGE_OUTPUT_TOKENS } = Empty,
+    )
+}
+
+fn chat_span(model: &ModelInfo) -> tracing::Span {
+    tracing::info_span!(
+        target: "skein_core::model",
+        span::MODEL_CALL,
+        { attr::OTEL_NAME } = format!("chat {}", model.name),
+        { attr::OTEL_KIND } = value::KIND_CLIENT,
+        { attr::OTEL_STATUS_CODE } = Empty,
+        { attr::OTEL_STATUS_DESCRIPTION } = Empty,
+        { attr::GEN_AI_OPERATION_NAME } = "chat",
+        { attr::GEN_AI_PROVIDER_NAME } = model.provider,
+        { attr::GEN_AI_REQUEST_MODEL } = model.name,
+        { attr::GEN_AI_USAGE_INPUT_TOKENS } = Empty,
+        { attr::GEN_AI_USAGE_OUTPUT_TOKENS } = Empty,
+    )
+}
+
+fn record_usage(span: &tracing::Span, usage: TokenUsage) {
+    span.record(attr::GEN_AI_USAGE_INPUT_TOKENS, clamp(usage.input_tokens));
+    span.record(attr::GEN_AI_USAGE_OUTPUT_TOKENS, clamp(usage.output_tokens));
+}
+
+fn record_error(span: &tracing::Span, message: &str) {
+    span.record(attr::OTEL_STATUS_CODE, value::STATUS_ERROR);
+    span.record(attr::OTEL_STATUS_DESCRIPTION, message);
+}
+
+fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn past_turn(record: &TurnRecord) -> PastTurn {
+    PastTurn {
+        input: record.input.clone(),
+        output: record.output.clone(),
+    }
+}
+
+/// Everything a turn task needs.
+pub(crate) struct TurnTask {
+    pub(crate) entry: Arc<ThreadEntry>,
+    pub(crate) turn_id: String,
+    pub(crate) kind: TurnKind,
+    pub(crate) input: String,
+    pub(crate) history: Vec<PastTurn>,
+    pub(crate) model: Arc<dyn Model>,
+    pub(crate) interrupted: watch::Receiver<bool>,
+    pub(crate) steer: mpsc::UnboundedReceiver<String>,
+    pub(crate) span: tracing::Span,
+}
+
+enum Outcome {
+    Completed(TokenUsage),
+    Interrupted,
+    Failed(String),
+}
+
+/// Runs a turn to its end. Runs inside the turn span.
+pub(crate) async fn run_turn(task: TurnTask) {
+    let TurnTask {
+        entry,
+        turn_id,
+        kind,
+        input,
+        history,
+        model,
+        mut interrupted,
+        steer,
+        span,
+    } = task;
+    let trace = skein_otel::carrier_for_span(&span);
+    let (trace_id, span_id) = trace
+        .as_ref()
+        .and_then(|t| t.traceparent.as_deref())
+        .and_then(|tp| {
+            let mut parts = tp.split('-').skip(1);
+            Some((parts.next()?.to_owned(), parts.next()?.to_owned()))
+        })
+        .unzip();
+    {
+        let mut state = entry.state();
+        state.last_turn_span = trace.clone();
+        if kind == TurnKind::Regular && state.info.preview.is_empty() {
+            state.info.preview = input.chars().take(PREVIEW_CHARS).collect();
+        }
+        state.turns.push(TurnRecord {
+            id: turn_id.clone(),
+            kind,
+            status: TurnStatus::InProgress,
+            input: input.clone(),
+            output: String::new(),
+            error: None,
+            usage: TokenUsage::default(),
+            trace_id,
+            span_id,
+        });
+    }
+    entry.emit(
+        EventMsg::TurnStarted {
+            turn_id: turn_id.clone(),
+            kind,
+        },
+        trace.clone(),
+        &span,
+    );
+
+    let item_id = uuid::Uuid::now_v7().to_string();
+    entry.emit(
+        EventMsg::ItemStarted {
+            turn_id: turn_id.clone(),
+            item_id: item_id.clone(),
+        },
+        trace.clone(),
+        &span,
+    );
+
+    let chat = chat_span(model.info());
+    let (deltas_tx, mut deltas) = mpsc::channel::<String>(64);
+    let request = ModelRequest {
+        kind,
+        input,
+        history,
+        steer,
+    };
+    let call = model.call(request, deltas_tx).instrument(chat.clone());
+    tokio::pin!(call);
+    // Resolves on interrupt. If the loop drops its end without
+    // interrupting, the turn can no longer be interrupted: never resolve.
+    let interrupt = async move {
+        if interrupted.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(interrupt);
+    let mut text = String::new();
+    let mut on_delta = |delta: String| {
+        text.push_str(&delta);
+        entry.emit(
+            EventMsg::AgentMessageDelta {
+                turn_id: turn_id.clone(),
+                item_id: item_id.clone(),
+                delta,
+            },
+            trace.clone(),
+            &span,
+        );
+    };
+    let outcome = loop {
+        tokio::select! {
+            biased;
+            () = &mut interrupt => break Outcome::Interrupted,
+            Some(delta) = deltas.recv() => on_delta(delta),
+            result = &mut call => {
+                while let Ok(delta) = deltas.try_recv() {
+                    on_delta(delta);
+                }
+                break match result {
+                    Ok(usage) => Outcome::Completed(usage),
+                    Err(err) => Outcome::Failed(err.to_string()),
+                };
+            }
+        }
+    };
+
+    let (status, error, usage) = match outcome {
+        Outcome::Completed(usage) => {
+            record_usage(&chat, usage);
+            (TurnStatus::Completed, None, usage)
+        }
+        Outcome::Interrupted => (TurnStatus::Interrupted, None, TokenUsage::default()),
+        Outcome::Failed(message) => {
+            record_error(&chat, &message);
+            (TurnStatus::Failed, Some(message), TokenUsage::default())
+        }
+    };
+    drop(chat);
+
+    entry.emit(
+        EventMsg::ItemCompleted {
+            turn_id: turn_id.clone(),
+            item_id,
+            text: text.clone(),
+        },
+        trace.clone(),
+        &span,
+    );
+
+    span.record(attr::TURN_STATUS, status.as_str());
+    record_usage(&span, usage);
+    if let Some(message) = &error {
+        record_error(&span, message);
+    }
+    {
+        let mut state = entry.state();
+        if let Some(record) = state.turns.iter_mut().rev().find(|t| t.id == turn_id) {
+            record.status = status;
+            record.output = text;
+            record.error = error.clone();
+            record.usage = usage;
+        }
+        state.info.updated_at = unix_now();
+        // Cleared before `TurnCompleted` goes out, so a client reacting to
+        // it can start the next turn at once.
+        if state.active_turn.as_deref() == Some(turn_id.as_str()) {
+            state.active_turn = None;
+        }
+    }
+    entry.emit(
+        EventMsg::TurnCompleted {
+            turn_id,
+            status,
+            error,
+            usage,
+        },
+        trace,
+        &span,
+    );
+    // The span ends when the last event holding it has been delivered.
+}
