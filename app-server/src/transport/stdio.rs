@@ -190,6 +190,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_span_handed_to_the_writer_ends_only_after_its_bytes_are_written() {
+        use opentelemetry::trace::TracerProvider as _;
+        use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+        use tokio::io::AsyncReadExt;
+        use tracing_subscriber::layer::SubscriberExt;
+
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
+        let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+        let ended = || exporter.get_finished_spans().expect("spans").len();
+
+        // A pipe too small for the message: the write cannot finish until
+        // the reader drains it.
+        let (mut reader, writer) = tokio::io::duplex(8);
+        let (tx, rx) = mpsc::channel(4);
+        let writing = tokio::spawn(write_lines(writer, rx));
+        let text = "x".repeat(64);
+        tx.send(OutboundItem {
+            text: text.clone(),
+            spans: vec![tracing::info_span!("held")],
+        })
+        .await
+        .expect("queue");
+
+        let mut first = [0u8; 8];
+        reader.read_exact(&mut first).await.expect("first bytes");
+        assert_eq!(
+            ended(),
+            0,
+            "span ended before its message was fully written"
+        );
+
+        let mut rest = vec![0u8; text.len() + 1 - first.len()];
+        reader.read_exact(&mut rest).await.expect("rest");
+        drop(tx);
+        writing.await.expect("writer");
+        assert_eq!(ended(), 1, "span did not end once its message was written");
+    }
+
+    #[tokio::test]
     async fn line_of_exactly_the_limit_is_accepted() {
         assert_eq!(lines(b"12345\n", 5).await, vec![Ok("12345".into())]);
     }

@@ -5,9 +5,15 @@
 //! Synchronisation is event driven only (responses, stderr lines, process
 //! exit), every wait is bounded by [`TIMEOUT`]. Captured stderr is printed
 //! when a test panics while a [`Server`] or [`Finished`] is alive.
+//!
+//! Every test crate compiles this module on its own and uses only part of
+//! it, hence the crate-wide `dead_code` allowance.
+
+#![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::collections::hash_map::RandomState;
+use std::collections::hash_map::{Entry, HashMap};
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
@@ -30,8 +36,12 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// Upper bound for every wait on the server (response, stderr line, exit).
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// OTLP span kind of internal spans (dispatch and turn spans).
+pub const SPAN_KIND_INTERNAL: i64 = 1;
 /// OTLP span kind of request spans.
 pub const SPAN_KIND_SERVER: i64 = 2;
+/// OTLP span kind of outgoing calls (model calls).
+pub const SPAN_KIND_CLIENT: i64 = 3;
 /// OTLP status code for an errored span.
 pub const STATUS_CODE_ERROR: i64 = 2;
 
@@ -39,6 +49,13 @@ pub const STATUS_CODE_ERROR: i64 = 2;
 pub const PARSE_ERROR: i64 = -32700;
 pub const METHOD_NOT_FOUND: i64 = -32601;
 pub const NOT_INITIALIZED: i64 = -32002;
+pub const INVALID_REQUEST: i64 = -32600;
+pub const INVALID_PARAMS: i64 = -32602;
+
+/// Name of a turn span.
+pub const TURN_SPAN_NAME: &str = "invoke_agent skein";
+/// Name of the model call span of the `echo` model.
+pub const CHAT_SPAN_NAME: &str = "chat echo";
 
 /// Request ids are unique across the whole test process, so spans can be
 /// matched to requests by `rpc.request_id` even with several connections.
@@ -153,6 +170,45 @@ impl TraceContext {
     pub fn traceparent(&self) -> String {
         format!("00-{}-{}-01", self.trace_id, self.span_id)
     }
+
+    /// The envelope `trace` carrier continuing this context.
+    pub fn carrier(&self) -> Value {
+        json!({"traceparent": self.traceparent()})
+    }
+
+    /// Parses a version-00 `traceparent` (lowercase hex, non-zero ids).
+    pub fn parse(traceparent: &str) -> Option<Self> {
+        let parts: Vec<&str> = traceparent.split('-').collect();
+        let is_hex = |s: &str, len: usize| {
+            s.len() == len
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                && s.bytes().any(|b| b != b'0')
+        };
+        match parts.as_slice() {
+            ["00", trace_id, span_id, flags]
+                if is_hex(trace_id, 32) && is_hex(span_id, 16) && flags.len() == 2 =>
+            {
+                Some(Self {
+                    trace_id: (*trace_id).to_owned(),
+                    span_id: (*span_id).to_owned(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The context in the envelope `trace.traceparent` of a server message,
+    /// panicking when it is missing or malformed.
+    pub fn of_message(message: &Value) -> Self {
+        let traceparent = message
+            .get("trace")
+            .and_then(|t| t.get("traceparent"))
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("message lacks a string trace.traceparent: {message}"));
+        Self::parse(traceparent)
+            .unwrap_or_else(|| panic!("malformed trace.traceparent {traceparent:?}: {message}"))
+    }
 }
 
 /// A non-zero pseudo random number (no `rand` dependency needed).
@@ -173,12 +229,24 @@ fn random_u64() -> u64 {
 #[derive(Debug, Default, Clone)]
 pub struct ServerOptions {
     env: Vec<(String, String)>,
+    args: Vec<String>,
 }
 
 impl ServerOptions {
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_owned(), value.to_owned()));
         self
+    }
+
+    /// An extra `skein serve` argument.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_owned());
+        self
+    }
+
+    /// `--echo-delay-ms`: the echo model's wait between streamed words.
+    pub fn echo_delay_ms(self, millis: u64) -> Self {
+        self.arg("--echo-delay-ms").arg(&millis.to_string())
     }
 }
 
@@ -265,6 +333,7 @@ impl Server {
             Transport::WebSocket => "ws://127.0.0.1:0",
         });
         command.arg("--trace-dir").arg(&trace_dir);
+        command.args(&options.args);
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("OTEL_") {
                 command.env_remove(&key);
@@ -398,6 +467,7 @@ impl Server {
                         stdout,
                     },
                     stash: VecDeque::new(),
+                    notifications: VecDeque::new(),
                 }
             }
             Transport::WebSocket => {
@@ -411,6 +481,7 @@ impl Server {
                     label: format!("{} client", self.label),
                     conn: Conn::WebSocket(Box::new(ws)),
                     stash: VecDeque::new(),
+                    notifications: VecDeque::new(),
                 }
             }
         }
@@ -462,11 +533,12 @@ impl Server {
             self.label
         );
 
-        let spans = read_spans(&self.trace_dir);
+        let records = read_spans(&self.trace_dir);
         Finished {
             label: self.label.clone(),
             stderr: self.stderr.borrow().clone(),
-            spans,
+            spans: merge_records(&records),
+            records,
         }
     }
 }
@@ -487,7 +559,13 @@ impl Drop for Server {
 pub struct Finished {
     label: String,
     stderr: Vec<String>,
+    /// One entry per span (trace id, span id): its finished record when
+    /// the store has one, else its in-progress record.
     pub spans: Vec<Span>,
+    /// Every record of the store, in file order. Turn spans get an
+    /// in-progress record (end time 0) when they start, besides the
+    /// finished one written when they end.
+    pub records: Vec<Span>,
 }
 
 impl Finished {
@@ -521,11 +599,88 @@ impl Finished {
         }
     }
 
+    /// The one span with this span id.
+    pub fn span_with_id(&self, span_id: &str) -> &Span {
+        let found: Vec<&Span> = self.spans.iter().filter(|s| s.span_id == span_id).collect();
+        match found.as_slice() {
+            [one] => one,
+            _ => panic!(
+                "expected exactly one span with spanId {span_id}, found {}; all spans:\n{}",
+                found.len(),
+                self.dump()
+            ),
+        }
+    }
+
+    /// The parent span of `span`, which must be in the store.
+    pub fn parent_of(&self, span: &Span) -> &Span {
+        let parent = span
+            .parent_span_id
+            .as_deref()
+            .unwrap_or_else(|| panic!("expected a parent, got a root span: {span}"));
+        self.span_with_id(parent)
+    }
+
+    /// Every span whose parent is `span_id`.
+    pub fn children_of(&self, span_id: &str) -> Vec<&Span> {
+        self.spans
+            .iter()
+            .filter(|s| s.parent_span_id.as_deref() == Some(span_id))
+            .collect()
+    }
+
+    /// Every turn span (`invoke_agent skein`) of the turn with this id.
+    pub fn turn_spans(&self, turn_id: &str) -> Vec<&Span> {
+        self.spans
+            .iter()
+            .filter(|s| {
+                s.name == TURN_SPAN_NAME && s.attr_str("turn.id").as_deref() == Some(turn_id)
+            })
+            .collect()
+    }
+
+    /// The one turn span of the turn with this id, which must have ended
+    /// exactly once: the store holds exactly one finished record of it.
+    pub fn turn_span(&self, turn_id: &str) -> &Span {
+        let span = match self.turn_spans(turn_id).as_slice() {
+            [one] => *one,
+            found => panic!(
+                "expected exactly one {TURN_SPAN_NAME:?} span with turn.id={turn_id:?}, \
+                 found {}; all records:\n{}",
+                found.len(),
+                self.dump()
+            ),
+        };
+        let finished = self.finished_records(span).len();
+        assert_eq!(
+            finished,
+            1,
+            "the turn span of turn {turn_id} must end exactly once, but the store has {finished} \
+             finished records of it; all records:\n{}",
+            self.dump()
+        );
+        span
+    }
+
+    /// The finished records of `span` (same trace id and span id).
+    pub fn finished_records(&self, span: &Span) -> Vec<&Span> {
+        self.records
+            .iter()
+            .filter(|r| r.same_span(span) && !r.is_in_progress())
+            .collect()
+    }
+
+    /// The spans that never ended: only an in-progress record is stored.
+    pub fn open_spans(&self) -> Vec<&Span> {
+        self.spans.iter().filter(|s| s.is_in_progress()).collect()
+    }
+
+    /// Every record of the store, one per line.
     pub fn dump(&self) -> String {
-        if self.spans.is_empty() {
+        if self.records.is_empty() {
             return "  (no spans in the trace store)".to_owned();
         }
-        self.spans
+        self.records
             .iter()
             .map(|s| format!("  {s}"))
             .collect::<Vec<_>>()
@@ -572,6 +727,37 @@ impl Response {
     pub fn id_str(&self) -> String {
         self.id.to_string()
     }
+
+    /// `result.turn.id` of a turn-starting request.
+    pub fn turn_id(&self) -> String {
+        self.result()["turn"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("result lacks turn.id: {}", self.message))
+            .to_owned()
+    }
+
+    /// `result.thread.id` of `thread/start`.
+    pub fn thread_id(&self) -> String {
+        self.result()["thread"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("result lacks thread.id: {}", self.message))
+            .to_owned()
+    }
+}
+
+/// `turn/start` params with one text input.
+pub fn turn_start_params(thread_id: &str, text: &str) -> Value {
+    json!({"threadId": thread_id, "input": [{"type": "text", "text": text}]})
+}
+
+/// The turn id a turn notification is about (`params.turnId` or
+/// `params.turn.id`).
+pub fn notification_turn_id(message: &Value) -> Option<&str> {
+    let params = message.get("params")?;
+    params
+        .get("turnId")
+        .or_else(|| params.get("turn").and_then(|t| t.get("id")))
+        .and_then(Value::as_str)
 }
 
 /// The integer `error.code` of a JSON-RPC error message.
@@ -599,6 +785,8 @@ pub struct Client {
     conn: Conn,
     /// Responses received while waiting for another one.
     stash: VecDeque<Value>,
+    /// Notifications received while waiting for something else.
+    notifications: VecDeque<Value>,
 }
 
 impl Client {
@@ -672,8 +860,8 @@ impl Client {
         }
     }
 
-    /// The response with this id; notifications are skipped, other
-    /// responses are kept for later.
+    /// The response with this id; notifications and other responses are
+    /// kept for later.
     pub async fn recv_response(&mut self, id: i64) -> Response {
         let wanted = json!(id);
         let is_wanted = |m: &Value| m.get("method").is_none() && m.get("id") == Some(&wanted);
@@ -687,10 +875,77 @@ impl Client {
                 check_outbound(&message);
                 return Response { id, message };
             }
-            if !is_notification(&message) {
-                self.stash.push_back(message);
+            self.keep(message);
+        }
+    }
+
+    /// Keeps a message nobody waits for yet.
+    fn keep(&mut self, message: Value) {
+        if is_notification(&message) {
+            self.notifications.push_back(message);
+        } else {
+            self.stash.push_back(message);
+        }
+    }
+
+    /// Waits for the first notification (kept or new) matching `predicate`
+    /// and takes it; other messages are kept for later. `what` names the
+    /// awaited notification in the timeout panic.
+    pub async fn wait_for_notification(
+        &mut self,
+        what: &str,
+        predicate: impl Fn(&Value) -> bool,
+    ) -> Value {
+        if let Some(pos) = self.notifications.iter().position(&predicate) {
+            return self
+                .notifications
+                .remove(pos)
+                .expect("position is in range");
+        }
+        let found = tokio::time::timeout(TIMEOUT, async {
+            loop {
+                let message = self.recv().await;
+                if is_notification(&message) && predicate(&message) {
+                    return message;
+                }
+                self.keep(message);
+            }
+        })
+        .await;
+        match found {
+            Ok(message) => {
+                check_outbound(&message);
+                message
+            }
+            Err(_) => {
+                let kept: Vec<&str> = self
+                    .notifications
+                    .iter()
+                    .filter_map(|n| n.get("method").and_then(Value::as_str))
+                    .collect();
+                panic!(
+                    "{}: no {what} within {TIMEOUT:?}; notifications received meanwhile: {kept:?}",
+                    self.label
+                )
             }
         }
+    }
+
+    /// Waits for the `turn/completed` notification of this turn.
+    pub async fn wait_for_turn_completed(&mut self, turn_id: &str) -> Value {
+        self.wait_for_notification(&format!("turn/completed of turn {turn_id}"), |n| {
+            n["method"] == "turn/completed" && notification_turn_id(n) == Some(turn_id)
+        })
+        .await
+    }
+
+    /// Takes every kept notification matching `predicate`, in arrival order.
+    pub fn take_notifications(&mut self, predicate: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let (taken, kept): (Vec<Value>, Vec<Value>) = std::mem::take(&mut self.notifications)
+            .into_iter()
+            .partition(|n| predicate(n));
+        self.notifications = kept.into();
+        taken
     }
 
     /// The next message that is neither a notification nor a stashed one:
@@ -704,6 +959,7 @@ impl Client {
             if !is_notification(&message) {
                 return message;
             }
+            self.notifications.push_back(message);
         }
     }
 
@@ -718,13 +974,46 @@ impl Client {
     /// Sends a request with a fresh id and an optional envelope `trace`
     /// field (any JSON, to test invalid carriers), returns its response.
     pub async fn request(&mut self, method: &str, params: Value, trace: Option<Value>) -> Response {
+        let id = self.send_request(method, params, trace).await;
+        self.recv_response(id).await
+    }
+
+    /// Sends a request like [`Client::request`] without waiting for its
+    /// response; returns its id for [`Client::recv_response`].
+    pub async fn send_request(&mut self, method: &str, params: Value, trace: Option<Value>) -> i64 {
         let id = next_request_id();
         let mut message = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         if let Some(trace) = trace {
             message["trace"] = trace;
         }
         self.send(message).await;
-        self.recv_response(id).await
+        id
+    }
+
+    /// `thread/start {}`; returns the new thread's id.
+    pub async fn start_thread(&mut self) -> String {
+        self.request("thread/start", json!({}), None)
+            .await
+            .thread_id()
+    }
+
+    /// `turn/start` with one text input, continuing `parent` when given.
+    /// Checks the immediate result shape (`inProgress`, no items).
+    pub async fn start_turn(
+        &mut self,
+        thread_id: &str,
+        text: &str,
+        parent: Option<&TraceContext>,
+    ) -> Response {
+        let response = self
+            .request(
+                "turn/start",
+                turn_start_params(thread_id, text),
+                parent.map(TraceContext::carrier),
+            )
+            .await;
+        check_turn_started_result(&response);
+        response
     }
 
     /// `initialize` with this clientInfo, then the `initialized` notification.
@@ -773,6 +1062,19 @@ impl Client {
     }
 }
 
+/// A turn-starting request's result: `{turn: {id, status: "inProgress",
+/// items: []}}`.
+pub fn check_turn_started_result(response: &Response) {
+    let turn = &response.result()["turn"];
+    assert!(
+        turn["id"].as_str().is_some_and(|id| !id.is_empty())
+            && turn["status"] == "inProgress"
+            && turn["items"] == json!([]),
+        "expected {{turn: {{id, status: \"inProgress\", items: []}}}}: {}",
+        response.message
+    );
+}
+
 fn is_notification(message: &Value) -> bool {
     message.get("method").is_some() && message.get("id").is_none()
 }
@@ -798,6 +1100,16 @@ pub struct Span {
     pub attributes: Vec<(String, Value)>,
     pub status_code: i64,
     pub status_message: Option<String>,
+    pub links: Vec<SpanLink>,
+    pub start_time_unix_nano: u128,
+    pub end_time_unix_nano: u128,
+}
+
+/// A link from a span to another span context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpanLink {
+    pub trace_id: String,
+    pub span_id: String,
 }
 
 impl Span {
@@ -831,6 +1143,35 @@ impl Span {
                     .collect()
             })
             .unwrap_or_default();
+        let time_field = |key: &str| -> u128 {
+            let parsed = match span.get(key) {
+                Some(Value::String(s)) => s.parse().ok(),
+                Some(Value::Number(n)) => n.as_u64().map(u128::from),
+                _ => None,
+            };
+            parsed.unwrap_or_else(|| {
+                panic!("{origin}: span lacks an integer (or integer string) {key:?}: {span}")
+            })
+        };
+        let link_field = |link: &Value, key: &str| -> String {
+            link.get(key)
+                .and_then(Value::as_str)
+                .unwrap_or_else(|| panic!("{origin}: span link lacks string {key:?}: {span}"))
+                .to_owned()
+        };
+        let links = span
+            .get("links")
+            .and_then(Value::as_array)
+            .map(|links| {
+                links
+                    .iter()
+                    .map(|link| SpanLink {
+                        trace_id: link_field(link, "traceId"),
+                        span_id: link_field(link, "spanId"),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let status = span.get("status");
         Span {
             trace_id: string_field("traceId"),
@@ -851,6 +1192,9 @@ impl Span {
                 .and_then(|s| s.get("message"))
                 .and_then(Value::as_str)
                 .map(str::to_owned),
+            links,
+            start_time_unix_nano: time_field("startTimeUnixNano"),
+            end_time_unix_nano: time_field("endTimeUnixNano"),
         }
     }
 
@@ -885,6 +1229,33 @@ impl Span {
     pub fn is_root(&self) -> bool {
         self.parent_span_id.is_none()
     }
+
+    /// An in-progress record (end time 0): the span had started, not ended,
+    /// when the record was written.
+    pub fn is_in_progress(&self) -> bool {
+        self.end_time_unix_nano == 0
+    }
+
+    /// Whether both records are of the same span (trace id and span id).
+    pub fn same_span(&self, other: &Span) -> bool {
+        self.trace_id == other.trace_id && self.span_id == other.span_id
+    }
+
+    /// An integer attribute (`intValue`, which OTLP/JSON may render as a
+    /// string).
+    pub fn attr_int(&self, key: &str) -> Option<i64> {
+        match self.attr(key)?.get("intValue")? {
+            Value::String(s) => s.parse().ok(),
+            other => other.as_i64(),
+        }
+    }
+
+    /// Whether this span links to `other`.
+    pub fn links_to(&self, other: &Span) -> bool {
+        self.links
+            .iter()
+            .any(|l| l.trace_id == other.trace_id && l.span_id == other.span_id)
+    }
 }
 
 impl fmt::Display for Span {
@@ -902,6 +1273,18 @@ impl fmt::Display for Span {
         if let Some(message) = self.status_message.as_deref().filter(|m| !m.is_empty()) {
             write!(f, " status.message={message:?}")?;
         }
+        if self.is_in_progress() {
+            write!(f, " start={} IN-PROGRESS", self.start_time_unix_nano)?;
+        } else {
+            write!(
+                f,
+                " start={} end={}",
+                self.start_time_unix_nano, self.end_time_unix_nano
+            )?;
+        }
+        for link in &self.links {
+            write!(f, " link={}/{}", link.trace_id, link.span_id)?;
+        }
         for (key, _) in &self.attributes {
             write!(f, " {key}={}", self.attr_str(key).as_deref().unwrap_or("?"))?;
         }
@@ -909,7 +1292,31 @@ impl fmt::Display for Span {
     }
 }
 
-/// All spans of every `*.jsonl` file under `dir` (recursively).
+/// One span per (trace id, span id) from store records: a finished record
+/// supersedes an in-progress one; among records in the same state the first
+/// wins. The order is that of each span's first record.
+pub fn merge_records(records: &[Span]) -> Vec<Span> {
+    let mut merged: Vec<Span> = Vec::new();
+    let mut index: HashMap<(&str, &str), usize> = HashMap::new();
+    for record in records {
+        match index.entry((&record.trace_id, &record.span_id)) {
+            Entry::Occupied(entry) => {
+                let existing = &mut merged[*entry.get()];
+                if existing.is_in_progress() && !record.is_in_progress() {
+                    *existing = record.clone();
+                }
+            }
+            Entry::Vacant(entry) => {
+                entry.insert(merged.len());
+                merged.push(record.clone());
+            }
+        }
+    }
+    merged
+}
+
+/// All span records of every `*.jsonl` file under `dir` (recursively), in
+/// file order; see [`merge_records`] for one entry per span.
 pub fn read_spans(dir: &Path) -> Vec<Span> {
     let mut files = Vec::new();
     collect_jsonl(dir, &mut files);
