@@ -15,6 +15,7 @@
 
 pub mod connection;
 pub mod events;
+pub mod paths;
 pub mod processor;
 pub mod request_span;
 pub mod server;

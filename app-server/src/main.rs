@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use skein_app_server::paths;
 use skein_app_server::{CoreConfig, DEFAULT_MAX_MESSAGE_BYTES, ListenAddr, ServerConfig};
+use skein_otel::export::{OtlpProtocol, OtlpSettings};
 use skein_otel::telemetry::{self, TelemetryConfig, sdk_disabled_by_env};
 
 /// Skein: a tracing-native JSON-RPC app-server for agent runtimes.
@@ -41,11 +43,27 @@ struct ServeArgs {
     #[arg(long, value_name = "URL", default_value = "stdio://")]
     listen: ListenAddr,
 
-    /// Directory of the local trace store, or `none` to write no spans.
-    /// Default: $SKEIN_HOME/traces, with SKEIN_HOME defaulting to ~/.skein.
-    /// OTEL_SDK_DISABLED=true also turns the store off.
+    /// Directory of the local trace store, or `none` to write no local
+    /// store. Default: $SKEIN_HOME/traces, with SKEIN_HOME defaulting to
+    /// ~/.skein. The store and OTLP export can run side by side.
+    /// OTEL_SDK_DISABLED=true turns all span export off.
     #[arg(long, value_name = "DIR", env = "SKEIN_TRACE_DIR")]
     trace_dir: Option<String>,
+
+    /// Also export spans over OTLP to this collector endpoint (the base URL,
+    /// as in OTEL_EXPORTER_OTLP_ENDPOINT: `/v1/traces` is appended for the
+    /// HTTP protocols). Overrides the environment. Without this flag, OTLP
+    /// export is on when OTEL_EXPORTER_OTLP_ENDPOINT or
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set; the other standard
+    /// OTEL_EXPORTER_OTLP_* variables (headers, timeout), OTEL_SERVICE_NAME,
+    /// OTEL_RESOURCE_ATTRIBUTES and OTEL_TRACES_SAMPLER apply too.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+
+    /// OTLP protocol: http/protobuf (default), grpc or http/json. Overrides
+    /// OTEL_EXPORTER_OTLP_PROTOCOL.
+    #[arg(long, value_name = "PROTOCOL")]
+    otlp_protocol: Option<OtlpProtocol>,
 
     /// Largest inbound message accepted, in bytes. Larger ones are refused
     /// with an error, without being read into memory.
@@ -77,32 +95,23 @@ fn main() -> ExitCode {
     }
 }
 
-/// `$SKEIN_HOME`, defaulting to `~/.skein`.
-fn skein_home() -> anyhow::Result<PathBuf> {
-    if let Some(home) = std::env::var_os("SKEIN_HOME").filter(|h| !h.is_empty()) {
-        return Ok(PathBuf::from(home));
-    }
-    let home = std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .context("neither SKEIN_HOME nor HOME is set; set SKEIN_HOME or pass --trace-dir")?;
-    Ok(PathBuf::from(home).join(".skein"))
-}
-
-fn trace_dir(arg: Option<String>) -> anyhow::Result<Option<PathBuf>> {
-    if sdk_disabled_by_env() {
+/// The store directory `skein serve` writes: `None` when export is off.
+fn serve_trace_dir(arg: Option<String>) -> anyhow::Result<Option<PathBuf>> {
+    if sdk_disabled_by_env() || arg.as_deref() == Some("none") {
         return Ok(None);
     }
-    match arg.as_deref() {
-        Some("none") => Ok(None),
-        Some("") | None => Ok(Some(skein_home()?.join("traces"))),
-        Some(dir) => Ok(Some(PathBuf::from(dir))),
-    }
+    Ok(Some(paths::trace_dir(arg.as_deref())?))
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let telemetry = telemetry::init(TelemetryConfig {
-        trace_dir: trace_dir(args.trace_dir)?,
+        trace_dir: serve_trace_dir(args.trace_dir)?,
         log_filter: std::env::var("RUST_LOG").ok().filter(|f| !f.is_empty()),
+        otlp: OtlpSettings {
+            endpoint: args.otlp_endpoint,
+            protocol: args.otlp_protocol,
+        },
+        disabled: sdk_disabled_by_env(),
         ..TelemetryConfig::default()
     })?;
     if let Some(file) = telemetry.store_file() {

@@ -9,9 +9,12 @@
 //! - [`names`]: every span name and attribute key, as constants.
 //! - [`telemetry`]: the tracer provider, exporters and the `tracing`
 //!   subscriber.
-//! - [`local_store`]: the OTLP/JSON-lines span store on disk.
+//! - [`local_store`]: the OTLP/JSON-lines span store on disk, with
+//!   in-progress records of turns.
+//! - [`export`]: OTLP export and the accounting of dropped spans.
 
 pub mod carrier;
+pub mod export;
 pub mod local_store;
 pub mod names;
 pub mod telemetry;

@@ -6,53 +6,68 @@
 //! own serde implementation.
 //!
 //! Each server process writes its own file, `spans-<unix-ms>-<pid>.jsonl`,
-//! created on the first export, so several processes can share one store
+//! created on the first write, so several processes can share one store
 //! without interleaving lines.
+//!
+//! Long-lived agent spans (turns) are visible before they end: when one
+//! starts, [`InProgressRecorder`] writes it at once with `endTimeUnixNano`
+//! `"0"`. The finished record, written later with the same trace and span
+//! ids, supersedes it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use opentelemetry::Context;
+use opentelemetry::trace::Span as _;
 use opentelemetry_proto::tonic::trace::v1::TracesData;
 use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
 use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
+
+use crate::names::attr;
 
 /// File name extension of store files.
 pub const STORE_FILE_EXTENSION: &str = "jsonl";
 
-/// A span exporter that appends OTLP/JSON lines to a file in a directory.
+/// This process's file in a store directory.
 #[derive(Debug)]
-pub struct LocalStoreExporter {
+pub struct LocalStore {
     dir: PathBuf,
     file_name: String,
-    resource: ResourceAttributesWithSchema,
+    resource: Mutex<ResourceAttributesWithSchema>,
     writer: Mutex<Option<BufWriter<File>>>,
 }
 
-impl LocalStoreExporter {
-    /// An exporter writing under `dir`, which is created now if missing so
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Each critical section leaves the data whole, so a poisoned lock is
+    // still usable.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl LocalStore {
+    /// A store writing under `dir`, which is created now if missing so
     /// that a bad path is reported at start-up, not at the first export.
-    pub fn new(dir: impl Into<PathBuf>) -> std::io::Result<Self> {
+    pub fn new(dir: impl Into<PathBuf>) -> std::io::Result<Arc<Self>> {
         let dir = dir.into();
         fs::create_dir_all(&dir)?;
         let millis = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or_default();
-        Ok(Self {
+        Ok(Arc::new(Self {
             file_name: format!(
                 "spans-{millis}-{}.{STORE_FILE_EXTENSION}",
                 std::process::id()
             ),
             dir,
-            resource: ResourceAttributesWithSchema::default(),
+            resource: Mutex::new(ResourceAttributesWithSchema::default()),
             writer: Mutex::new(None),
-        })
+        }))
     }
 
     /// The file this exporter writes (it exists once a span was exported).
@@ -65,21 +80,19 @@ impl LocalStoreExporter {
         &self.dir
     }
 
-    fn write_batch(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+    /// Appends `batch` as one line.
+    pub fn write_batch(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         if batch.is_empty() {
             return Ok(());
         }
         let data = TracesData {
-            resource_spans: group_spans_by_resource_and_scope(batch, &self.resource),
+            resource_spans: group_spans_by_resource_and_scope(batch, &lock(&self.resource)),
         };
         let mut line = serde_json::to_vec(&data)
             .map_err(|e| OTelSdkError::InternalFailure(format!("encoding spans: {e}")))?;
         line.push(b'\n');
 
-        let mut guard = self
-            .writer
-            .lock()
-            .map_err(|_| OTelSdkError::InternalFailure("store writer poisoned".into()))?;
+        let mut guard = lock(&self.writer);
         if guard.is_none() {
             let path = self.path();
             let file = OpenOptions::new()
@@ -104,11 +117,9 @@ impl LocalStoreExporter {
             })
     }
 
-    fn sync(&self) -> OTelSdkResult {
-        let mut guard = self
-            .writer
-            .lock()
-            .map_err(|_| OTelSdkError::InternalFailure("store writer poisoned".into()))?;
+    /// Flushes and syncs the file.
+    pub fn sync(&self) -> OTelSdkResult {
+        let mut guard = lock(&self.writer);
         if let Some(writer) = guard.as_mut() {
             writer
                 .flush()
@@ -119,21 +130,84 @@ impl LocalStoreExporter {
     }
 }
 
+/// Exports finished spans to a [`LocalStore`].
+#[derive(Debug)]
+pub struct LocalStoreExporter {
+    store: Arc<LocalStore>,
+}
+
+impl LocalStoreExporter {
+    /// An exporter into `store`.
+    pub fn new(store: Arc<LocalStore>) -> Self {
+        Self { store }
+    }
+}
+
 impl SpanExporter for LocalStoreExporter {
     fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
-        std::future::ready(self.write_batch(batch))
+        std::future::ready(self.store.write_batch(batch))
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        self.sync()
+        self.store.sync()
     }
 
     fn shutdown_with_timeout(&self, _timeout: std::time::Duration) -> OTelSdkResult {
-        self.sync()
+        self.store.sync()
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        self.resource = resource.into();
+        *lock(&self.store.resource) = resource.into();
+    }
+}
+
+/// Writes an in-progress record of each agent span (`gen_ai.operation.name
+/// = invoke_agent`, i.e. a turn) to the store as it starts.
+#[derive(Debug)]
+pub struct InProgressRecorder {
+    store: Arc<LocalStore>,
+}
+
+impl InProgressRecorder {
+    /// A recorder writing into `store`.
+    pub fn new(store: Arc<LocalStore>) -> Self {
+        Self { store }
+    }
+}
+
+/// True for the spans that get an in-progress record.
+fn is_long_lived(data: &SpanData) -> bool {
+    data.attributes.iter().any(|kv| {
+        kv.key.as_str() == attr::GEN_AI_OPERATION_NAME && kv.value.as_str() == "invoke_agent"
+    })
+}
+
+impl SpanProcessor for InProgressRecorder {
+    fn on_start(&self, span: &mut Span, _cx: &Context) {
+        if !span.span_context().is_sampled() {
+            return;
+        }
+        let Some(mut data) = span.exported_data() else {
+            return;
+        };
+        if !is_long_lived(&data) {
+            return;
+        }
+        // An end time of zero marks the record as in progress.
+        data.end_time = UNIX_EPOCH;
+        if let Err(err) = self.store.write_batch(vec![data]) {
+            tracing::debug!(%err, "could not write an in-progress span record");
+        }
+    }
+
+    fn on_end(&self, _span: SpanData) {}
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: std::time::Duration) -> OTelSdkResult {
+        Ok(())
     }
 }
 
@@ -150,16 +224,16 @@ pub fn store_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::{Span as _, SpanKind, Tracer as _, TracerProvider as _};
+    use opentelemetry::trace::{SpanKind, Tracer as _, TracerProvider as _};
     use opentelemetry_sdk::trace::SdkTracerProvider;
 
     #[test]
     fn exported_spans_are_otlp_json_lines() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let exporter = LocalStoreExporter::new(dir.path().join("traces")).expect("exporter");
-        let path = exporter.path();
+        let store = LocalStore::new(dir.path().join("traces")).expect("store");
+        let path = store.path();
         let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter)
+            .with_simple_exporter(LocalStoreExporter::new(store))
             .with_resource(Resource::builder().with_service_name("svc").build())
             .build();
         let tracer = provider.tracer("test");
@@ -201,7 +275,46 @@ mod tests {
     #[test]
     fn no_file_is_created_before_a_span_is_exported() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let exporter = LocalStoreExporter::new(dir.path()).expect("exporter");
-        assert!(!exporter.path().exists());
+        let store = LocalStore::new(dir.path()).expect("store");
+        assert!(!store.path().exists());
+    }
+
+    #[test]
+    fn agent_spans_are_recorded_in_progress_when_they_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::new(dir.path()).expect("store");
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(InProgressRecorder::new(Arc::clone(&store)))
+            .with_simple_exporter(LocalStoreExporter::new(Arc::clone(&store)))
+            .build();
+        let tracer = provider.tracer("test");
+        let read = || -> Vec<serde_json::Value> {
+            fs::read_to_string(store.path())
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+                .map(|v| v["resourceSpans"][0]["scopeSpans"][0]["spans"][0].clone())
+                .collect()
+        };
+        let mut turn = tracer
+            .span_builder("invoke_agent skein")
+            .with_attributes([opentelemetry::KeyValue::new(
+                attr::GEN_AI_OPERATION_NAME,
+                "invoke_agent",
+            )])
+            .start(&tracer);
+        tracer.start("short").end();
+        let written = read();
+        assert_eq!(written.len(), 2, "in-progress turn and finished short span");
+        assert_eq!(written[0]["name"], "invoke_agent skein");
+        assert_eq!(written[0]["endTimeUnixNano"], "0");
+        assert_eq!(written[1]["name"], "short");
+
+        turn.end();
+        let written = read();
+        assert_eq!(written.len(), 3);
+        assert_eq!(written[2]["spanId"], written[0]["spanId"]);
+        assert_ne!(written[2]["endTimeUnixNano"], "0");
+        provider.shutdown().expect("shutdown");
     }
 }

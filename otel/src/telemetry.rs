@@ -12,20 +12,22 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
-};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Level;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::{EnvFilter, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::local_store::LocalStoreExporter;
+use crate::export::{
+    CountingProcessor, ExportSetupError, ExportStats, OtlpSettings, otlp_processor,
+};
+use crate::local_store::{InProgressRecorder, LocalStore, LocalStoreExporter};
 use crate::names::value;
 
 /// Instrumentation scope name of every Skein span.
@@ -40,6 +42,10 @@ pub struct TelemetryConfig {
     pub trace_dir: Option<PathBuf>,
     /// The log filter (`RUST_LOG` syntax); `None` means `info`.
     pub log_filter: Option<String>,
+    /// OTLP export; on when an endpoint is set by flag or environment.
+    pub otlp: OtlpSettings,
+    /// Export nothing at all (`OTEL_SDK_DISABLED=true`).
+    pub disabled: bool,
 }
 
 impl Default for TelemetryConfig {
@@ -48,6 +54,8 @@ impl Default for TelemetryConfig {
             service_name: value::SERVICE_NAME.to_owned(),
             trace_dir: None,
             log_filter: None,
+            otlp: OtlpSettings::default(),
+            disabled: false,
         }
     }
 }
@@ -71,6 +79,9 @@ pub enum TelemetryError {
         /// Why it is invalid.
         reason: String,
     },
+    /// OTLP export could not be set up.
+    #[error(transparent)]
+    Export(#[from] ExportSetupError),
     /// A global subscriber was already installed.
     #[error("a tracing subscriber is already installed: {0}")]
     AlreadyInstalled(String),
@@ -87,6 +98,7 @@ pub fn sdk_disabled_by_env() -> bool {
 pub struct Telemetry {
     provider: SdkTracerProvider,
     store_file: Option<PathBuf>,
+    pipelines: Vec<Arc<ExportStats>>,
 }
 
 impl Telemetry {
@@ -101,13 +113,35 @@ impl Telemetry {
     /// The batch processor exports on its own thread; this call blocks, so
     /// make it from a plain thread (after the runtime), never from a tokio
     /// worker.
+    ///
+    /// Logs one line per export pipeline that lost spans, with the count.
     pub fn shutdown(self, timeout: Duration) {
-        if let Err(err) = self.provider.force_flush() {
-            tracing::warn!(%err, "flushing spans failed");
-        }
         if let Err(err) = self.provider.shutdown_with_timeout(timeout) {
-            tracing::warn!(%err, "stopping the span exporter failed");
+            tracing::warn!(%err, "stopping the span exporters failed");
         }
+        for stats in &self.pipelines {
+            // Spans still pending after the timeout are lost too.
+            let lost = stats.dropped() + stats.pending();
+            if lost > 0 {
+                tracing::warn!(
+                    pipeline = stats.name(),
+                    dropped = lost,
+                    exported = stats.exported(),
+                    "spans were dropped: the destination was unreachable, too slow, or shutdown ran out of time"
+                );
+            } else {
+                tracing::debug!(
+                    pipeline = stats.name(),
+                    exported = stats.exported(),
+                    "all spans exported"
+                );
+            }
+        }
+    }
+
+    /// Each export pipeline's counters.
+    pub fn pipelines(&self) -> &[Arc<ExportStats>] {
+        &self.pipelines
     }
 }
 
@@ -123,29 +157,39 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
                 reason: e.to_string(),
             })?;
 
-    let resource = Resource::builder()
-        .with_service_name(config.service_name)
-        .build();
-    let mut builder = SdkTracerProvider::builder()
-        .with_resource(resource)
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
+    // The SDK reads OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES and
+    // OTEL_TRACES_SAMPLER(_ARG) itself (default sampler: parent-based
+    // always-on); the service name is only defaulted here.
+    let mut resource = Resource::builder();
+    if !service_name_from_env() {
+        resource = resource.with_service_name(config.service_name);
+    }
+    let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
 
     let mut store_file = None;
-    if let Some(dir) = config.trace_dir {
-        let exporter =
-            LocalStoreExporter::new(&dir).map_err(|source| TelemetryError::TraceDir {
+    let mut pipelines = Vec::new();
+    if !config.disabled {
+        if let Some(dir) = config.trace_dir {
+            let store = LocalStore::new(&dir).map_err(|source| TelemetryError::TraceDir {
                 path: dir.clone(),
                 source,
             })?;
-        store_file = Some(exporter.path());
-        let processor = BatchSpanProcessor::builder(exporter)
-            .with_batch_config(
-                BatchConfigBuilder::default()
-                    .with_scheduled_delay(Duration::from_millis(500))
-                    .build(),
-            )
-            .build();
-        builder = builder.with_span_processor(processor);
+            store_file = Some(store.path());
+            let stats = ExportStats::new("local store");
+            builder = builder
+                .with_span_processor(InProgressRecorder::new(Arc::clone(&store)))
+                .with_span_processor(CountingProcessor::new(
+                    LocalStoreExporter::new(store),
+                    Arc::clone(&stats),
+                    Duration::from_millis(500),
+                ));
+            pipelines.push(stats);
+        }
+        if config.otlp.enabled() {
+            let (processor, stats) = otlp_processor(&config.otlp)?;
+            builder = builder.with_span_processor(processor);
+            pipelines.push(stats);
+        }
     }
     let provider = builder.build();
     let tracer = provider.tracer(SCOPE_NAME);
@@ -173,5 +217,19 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     Ok(Telemetry {
         provider,
         store_file,
+        pipelines,
     })
+}
+
+/// True when the environment names the service, through
+/// `OTEL_SERVICE_NAME` or `service.name` in `OTEL_RESOURCE_ATTRIBUTES`.
+fn service_name_from_env() -> bool {
+    let named = |v: &String| !v.trim().is_empty();
+    std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| named(&v))
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|attrs| {
+            attrs.split(',').any(|kv| {
+                kv.split_once('=')
+                    .is_some_and(|(k, v)| k.trim() == "service.name" && !v.trim().is_empty())
+            })
+        })
 }

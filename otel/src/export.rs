@@ -1,0 +1,426 @@
+//! Span export pipelines: OTLP to a collector, and accounting of what was
+//! delivered and what was lost.
+//!
+//! Every pipeline is a batch processor wrapped in [`CountingProcessor`],
+//! whose exporter is wrapped in [`CountingExporter`]. The wrapper bounds the
+//! number of spans in flight itself, so a span is either queued or counted
+//! as dropped at once: export never blocks the code that ends a span, and a
+//! dead or slow collector costs bounded memory and a count, never a hang.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use opentelemetry::Context;
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Span, SpanData, SpanExporter, SpanProcessor,
+};
+
+/// Spans one pipeline holds at most (queued or being exported).
+pub const MAX_PENDING_SPANS: u64 = 2048;
+
+/// The OTLP wire protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// Protobuf over HTTP (`http/protobuf`), the default.
+    HttpProtobuf,
+    /// gRPC (`grpc`).
+    Grpc,
+    /// JSON over HTTP (`http/json`).
+    HttpJson,
+}
+
+impl fmt::Display for OtlpProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+            OtlpProtocol::Grpc => "grpc",
+            OtlpProtocol::HttpJson => "http/json",
+        })
+    }
+}
+
+/// An unknown protocol name.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown OTLP protocol {0:?}; expected http/protobuf, grpc or http/json")]
+pub struct UnknownProtocol(String);
+
+impl FromStr for OtlpProtocol {
+    type Err = UnknownProtocol;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
+            "grpc" => Ok(OtlpProtocol::Grpc),
+            "http/json" => Ok(OtlpProtocol::HttpJson),
+            other => Err(UnknownProtocol(other.to_owned())),
+        }
+    }
+}
+
+/// OTLP settings given on the command line; they override the standard
+/// `OTEL_EXPORTER_OTLP_*` environment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OtlpSettings {
+    /// Base endpoint, like `OTEL_EXPORTER_OTLP_ENDPOINT` (`/v1/traces` is
+    /// appended for the HTTP protocols).
+    pub endpoint: Option<String>,
+    /// The protocol, like `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    pub protocol: Option<OtlpProtocol>,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+impl OtlpSettings {
+    /// True when an OTLP endpoint is configured, by flag or environment.
+    pub fn enabled(&self) -> bool {
+        self.endpoint.is_some()
+            || env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
+            || env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+    }
+
+    /// The protocol in force: flag, then `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`,
+    /// then `OTEL_EXPORTER_OTLP_PROTOCOL`, then `http/protobuf`.
+    pub fn resolved_protocol(&self) -> Result<OtlpProtocol, UnknownProtocol> {
+        if let Some(protocol) = self.protocol {
+            return Ok(protocol);
+        }
+        match env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        {
+            Some(name) => name.parse(),
+            None => Ok(OtlpProtocol::HttpProtobuf),
+        }
+    }
+
+    /// The endpoint to give the exporter when a flag sets it; `None` lets
+    /// the exporter read the standard environment (where a signal-specific
+    /// endpoint is used as given and `/v1/traces` is appended to the base
+    /// one).
+    fn explicit_endpoint(&self, protocol: OtlpProtocol) -> Option<String> {
+        let base = self.endpoint.as_deref()?;
+        Some(match protocol {
+            OtlpProtocol::Grpc => base.to_owned(),
+            _ => format!("{}/v1/traces", base.trim_end_matches('/')),
+        })
+    }
+}
+
+/// Why an exporter could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportSetupError {
+    /// A protocol name did not parse.
+    #[error(transparent)]
+    Protocol(#[from] UnknownProtocol),
+    /// The OTLP exporter rejected its configuration.
+    #[error("cannot set up OTLP export ({protocol}): {reason}")]
+    Otlp {
+        /// The protocol.
+        protocol: OtlpProtocol,
+        /// Why.
+        reason: String,
+    },
+    /// The runtime for gRPC export could not start.
+    #[error("cannot start the gRPC export runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// What one pipeline delivered and lost.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    name: &'static str,
+    accepted: AtomicU64,
+    exported: AtomicU64,
+    failed: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl ExportStats {
+    /// Fresh counters for the pipeline called `name`.
+    pub fn new(name: &'static str) -> Arc<Self> {
+        Arc::new(Self {
+            name,
+            ..Self::default()
+        })
+    }
+
+    /// The pipeline's name (`local store`, `otlp`).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Spans delivered to the exporter's destination.
+    pub fn exported(&self) -> u64 {
+        self.exported.load(Ordering::Relaxed)
+    }
+
+    /// Spans lost so far: refused because too many were pending, or in a
+    /// batch the exporter failed to deliver.
+    pub fn dropped(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Spans accepted but neither delivered nor failed yet.
+    pub fn pending(&self) -> u64 {
+        self.accepted
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.exported() + self.failed.load(Ordering::Relaxed))
+    }
+}
+
+/// Counts what its exporter delivers and fails to deliver.
+#[derive(Debug)]
+pub struct CountingExporter<E> {
+    inner: E,
+    stats: Arc<ExportStats>,
+}
+
+impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let count = batch.len() as u64;
+        let result = self.inner.export(batch).await;
+        let counter = if result.is_ok() {
+            &self.stats.exported
+        } else {
+            &self.stats.failed
+        };
+        counter.fetch_add(count, Ordering::Relaxed);
+        result
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// A batch processor that refuses (and counts) spans beyond
+/// [`MAX_PENDING_SPANS`] instead of letting them vanish in a full queue.
+#[derive(Debug)]
+pub struct CountingProcessor {
+    inner: BatchSpanProcessor,
+    stats: Arc<ExportStats>,
+}
+
+impl CountingProcessor {
+    /// A batch pipeline to `exporter`, counting into `stats`.
+    pub fn new<E: SpanExporter + 'static>(
+        exporter: E,
+        stats: Arc<ExportStats>,
+        delay: Duration,
+    ) -> Self {
+        let exporter = CountingExporter {
+            inner: exporter,
+            stats: Arc::clone(&stats),
+        };
+        let inner = BatchSpanProcessor::builder(exporter)
+            .with_batch_config(
+                BatchConfigBuilder::default()
+                    .with_max_queue_size(MAX_PENDING_SPANS as usize + 64)
+                    .with_scheduled_delay(delay)
+                    .build(),
+            )
+            .build();
+        Self { inner, stats }
+    }
+}
+
+impl SpanProcessor for CountingProcessor {
+    fn on_start(&self, span: &mut Span, cx: &Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if !span.span_context.is_sampled() {
+            return;
+        }
+        if self.stats.pending() >= MAX_PENDING_SPANS {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        self.inner.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// Runs an async exporter (tonic's) on a runtime of its own, so it works
+/// from the batch processor's plain thread.
+#[derive(Debug)]
+pub struct OwnRuntimeExporter<E> {
+    inner: E,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl<E: SpanExporter> SpanExporter for OwnRuntimeExporter<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        // Called from the batch processor's thread, never from a runtime.
+        self.runtime.block_on(self.inner.export(batch))
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// Builds the OTLP pipeline for `settings`, counting into a fresh
+/// `otlp` stats record.
+pub fn otlp_processor(
+    settings: &OtlpSettings,
+) -> Result<(CountingProcessor, Arc<ExportStats>), ExportSetupError> {
+    let protocol = settings.resolved_protocol()?;
+    let endpoint = settings.explicit_endpoint(protocol);
+    let stats = ExportStats::new("otlp");
+    let delay = Duration::from_secs(1);
+    let otlp_error = |e: opentelemetry_otlp::ExporterBuildError| ExportSetupError::Otlp {
+        protocol,
+        reason: e.to_string(),
+    };
+    let processor = match protocol {
+        OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
+            let wire = if protocol == OtlpProtocol::HttpJson {
+                Protocol::HttpJson
+            } else {
+                Protocol::HttpBinary
+            };
+            let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(wire);
+            if let Some(endpoint) = endpoint {
+                builder = builder.with_endpoint(endpoint);
+            }
+            let exporter = builder.build().map_err(otlp_error)?;
+            CountingProcessor::new(exporter, Arc::clone(&stats), delay)
+        }
+        OtlpProtocol::Grpc => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .thread_name("skein-otlp-grpc")
+                .build()
+                .map_err(ExportSetupError::Runtime)?;
+            let exporter = {
+                let _entered = runtime.enter();
+                let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .with_protocol(Protocol::Grpc);
+                if let Some(endpoint) = endpoint {
+                    builder = builder.with_endpoint(endpoint);
+                }
+                builder.build().map_err(otlp_error)?
+            };
+            CountingProcessor::new(
+                OwnRuntimeExporter {
+                    inner: exporter,
+                    runtime,
+                },
+                Arc::clone(&stats),
+                delay,
+            )
+        }
+    };
+    Ok((processor, stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_names_parse() {
+        assert_eq!(
+            "grpc".parse::<OtlpProtocol>().ok(),
+            Some(OtlpProtocol::Grpc)
+        );
+        assert_eq!(
+            "http/protobuf".parse::<OtlpProtocol>().ok(),
+            Some(OtlpProtocol::HttpProtobuf)
+        );
+        assert_eq!(
+            "http/json".parse::<OtlpProtocol>().ok(),
+            Some(OtlpProtocol::HttpJson)
+        );
+        assert!("thrift".parse::<OtlpProtocol>().is_err());
+    }
+
+    #[test]
+    fn flag_endpoint_gets_the_signal_path_for_http_only() {
+        let settings = OtlpSettings {
+            endpoint: Some("http://127.0.0.1:4318/".into()),
+            protocol: None,
+        };
+        assert_eq!(
+            settings
+                .explicit_endpoint(OtlpProtocol::HttpProtobuf)
+                .as_deref(),
+            Some("http://127.0.0.1:4318/v1/traces")
+        );
+        assert_eq!(
+            settings.explicit_endpoint(OtlpProtocol::Grpc).as_deref(),
+            Some("http://127.0.0.1:4318/")
+        );
+    }
+
+    use opentelemetry_sdk::error::OTelSdkError;
+
+    #[derive(Debug)]
+    struct Failing;
+
+    impl SpanExporter for Failing {
+        async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+            Err(OTelSdkError::InternalFailure("collector down".into()))
+        }
+    }
+
+    #[test]
+    fn spans_a_collector_refuses_are_counted_as_dropped() {
+        use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+        let stats = ExportStats::new("test");
+        let processor =
+            CountingProcessor::new(Failing, Arc::clone(&stats), Duration::from_millis(10));
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .build();
+        let tracer = provider.tracer("test");
+        for _ in 0..5 {
+            tracer.start("span").end();
+        }
+        let _ = provider.force_flush();
+        assert_eq!(stats.dropped(), 5);
+        assert_eq!(stats.exported(), 0);
+        assert_eq!(stats.pending(), 0);
+        let _ = provider.shutdown();
+    }
+}
