@@ -20,6 +20,7 @@ pub mod processor;
 pub mod request_span;
 pub mod server;
 pub mod session;
+pub mod trace_view;
 pub mod tracing_layer;
 pub mod transport;
 

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use skein_app_server::paths;
 use skein_app_server::{CoreConfig, DEFAULT_MAX_MESSAGE_BYTES, ListenAddr, ServerConfig};
+use skein_core::ThreadStore;
 use skein_otel::export::{OtlpProtocol, OtlpSettings};
 use skein_otel::telemetry::{self, TelemetryConfig, sdk_disabled_by_env};
 
@@ -34,6 +35,18 @@ enum Command {
     /// which spans are recorded. The environment's TRACEPARENT/TRACESTATE
     /// parent requests that carry no carrier of their own.
     Serve(ServeArgs),
+
+    /// Read the local trace store: list traces, view one as a span tree,
+    /// or follow spans as servers write them.
+    ///
+    /// The store is the directory `skein serve` writes: --dir, else
+    /// SKEIN_TRACE_DIR, else $SKEIN_HOME/traces. Times are UTC. Output is
+    /// coloured only when stdout is a terminal and NO_COLOR is unset.
+    /// Unreadable store lines are skipped with a warning on stderr.
+    Trace {
+        #[command(subcommand)]
+        command: skein_app_server::trace_view::TraceCommand,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +98,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Trace { command } => {
+            skein_app_server::trace_view::run_cli(command).map_err(Into::into)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -93,6 +109,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The thread history store, `$SKEIN_HOME/threads`.
+fn open_thread_store() -> anyhow::Result<ThreadStore> {
+    let dir = paths::skein_home()?.join("threads");
+    ThreadStore::open(&dir)
+        .with_context(|| format!("opening the thread store in {}", dir.display()))
 }
 
 /// The store directory `skein serve` writes: `None` when export is off.
@@ -124,6 +147,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .context("--max-message-bytes does not fit this platform")?,
         core: CoreConfig {
             echo_delay: Duration::from_millis(args.echo_delay_ms),
+            store: Some(open_thread_store()?),
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -170,10 +170,7 @@ impl MessageProcessor {
     }
 
     fn thread_resume(&self, params: ThreadIdParams, session: &ConnectionSession) -> HandlerResult {
-        let handle = self
-            .threads
-            .handle(&params.thread_id)
-            .map_err(thread_error)?;
+        let handle = self.threads.load(&params.thread_id).map_err(thread_error)?;
         let info = self.threads.read(&params.thread_id).map_err(thread_error)?;
         let turns = self
             .threads
@@ -222,7 +219,7 @@ impl MessageProcessor {
         input: Vec<UserInput>,
         session: &ConnectionSession,
     ) -> HandlerResult {
-        session.subscribe(&self.threads.handle(thread_id).map_err(thread_error)?);
+        session.subscribe(&self.threads.load(thread_id).map_err(thread_error)?);
         let started = self
             .threads
             .start_turn(thread_id, kind, input)
@@ -364,7 +361,9 @@ fn thread_error(err: ThreadError) -> ErrorObject {
         | ThreadError::EmptyInput => ErrorObject::invalid_params(err),
         ThreadError::TurnRunning { .. }
         | ThreadError::TurnNotRunning { .. }
+        | ThreadError::Busy(_)
         | ThreadError::ShuttingDown => ErrorObject::invalid_request(err),
+        ThreadError::Store(_) => ErrorObject::internal(err),
     }
 }
 

@@ -7,10 +7,12 @@
 //! the client's trace.
 
 pub mod models;
+pub mod store;
 pub mod threads;
 pub mod turn;
 
 pub use models::{DEFAULT_MODEL, MODELS, Model, ModelInfo, find_model};
+pub use store::{StoreError, ThreadStore};
 pub use threads::{
     CoreConfig, CoreEvent, StartedTurn, ThreadError, ThreadHandle, ThreadInfo, ThreadManager,
     ThreadPage, TurnRecord,

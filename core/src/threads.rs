@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::models::{DEFAULT_MODEL, ModelInfo, ModelRegistry, find_model};
+use crate::store::{ForkOrigin, Record, StoreError, StoredThread, ThreadFile, ThreadStore};
 use crate::turn::{TurnTask, run_turn};
 
 /// Capacity of a thread's submission queue.
@@ -36,6 +37,8 @@ pub const MAX_PAGE_SIZE: usize = 500;
 pub struct CoreConfig {
     /// Delay of the echo model between words.
     pub echo_delay: Duration,
+    /// Where thread history is kept; `None` keeps it in memory only.
+    pub store: Option<ThreadStore>,
 }
 
 /// A thread's metadata.
@@ -122,6 +125,22 @@ pub enum ThreadError {
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// Another process sharing the store is writing the thread.
+    #[error("{0}")]
+    Busy(String),
+    /// The thread store failed.
+    #[error("thread store: {0}")]
+    Store(String),
+}
+
+impl From<StoreError> for ThreadError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound(id) => ThreadError::NotFound(id),
+            StoreError::Busy(_) => ThreadError::Busy(err.to_string()),
+            other => ThreadError::Store(other.to_string()),
+        }
+    }
 }
 
 /// One page of threads.
@@ -166,6 +185,9 @@ pub(crate) struct ThreadEntry {
     state: Mutex<ThreadState>,
     submissions: mpsc::Sender<Submission>,
     pub(crate) events: broadcast::Sender<CoreEvent>,
+    /// The thread's file, locked for writing; `None` for ephemeral threads
+    /// and when nothing is stored.
+    file: Option<Mutex<ThreadFile>>,
 }
 
 impl ThreadEntry {
@@ -186,6 +208,30 @@ impl ThreadEntry {
             event,
             hold: hold.clone(),
         });
+    }
+
+    /// Appends a record to the thread's file, if it has one; with `sync`,
+    /// on a blocking thread, returning once it is on disk. A failure is
+    /// logged: history is best kept, but a full disk must not stop a turn.
+    pub(crate) async fn persist(self: &Arc<Self>, record: Record, sync: bool) {
+        if self.file.is_none() {
+            return;
+        }
+        let entry = Arc::clone(self);
+        let write = move || {
+            let Some(file) = &entry.file else { return };
+            let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(err) = file.append(&record, sync) {
+                tracing::error!(thread = %entry.id, %err, "could not write thread history");
+            }
+        };
+        if sync {
+            if let Err(err) = tokio::task::spawn_blocking(write).await {
+                tracing::error!(thread = %self.id, %err, "thread history writer failed");
+            }
+        } else {
+            write();
+        }
     }
 }
 
@@ -243,6 +289,7 @@ impl ThreadHandle {
 }
 
 struct Registry {
+    /// Threads loaded in this process (started, forked, resumed).
     threads: BTreeMap<String, ThreadHandle>,
     loops: Vec<JoinHandle<()>>,
     shutting_down: bool,
@@ -253,6 +300,7 @@ struct Registry {
 pub struct ThreadManager {
     registry: Arc<Mutex<Registry>>,
     models: ModelRegistry,
+    store: Option<ThreadStore>,
 }
 
 impl std::fmt::Debug for ThreadManager {
@@ -271,6 +319,7 @@ impl ThreadManager {
                 shutting_down: false,
             })),
             models: ModelRegistry::new(config.echo_delay),
+            store: config.store,
         }
     }
 
@@ -278,13 +327,30 @@ impl ThreadManager {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The handle of thread `id`.
+    /// The handle of thread `id`, if it is loaded in this process.
     pub fn handle(&self, id: &str) -> Result<ThreadHandle, ThreadError> {
         self.lock()
             .threads
             .get(id)
             .cloned()
             .ok_or_else(|| ThreadError::NotFound(id.to_owned()))
+    }
+
+    /// The handle of thread `id`, loading it from the store for writing if
+    /// this process has not loaded it yet. Fails with [`ThreadError::Busy`]
+    /// while another process writes it.
+    pub fn load(&self, id: &str) -> Result<ThreadHandle, ThreadError> {
+        if let Ok(handle) = self.handle(id) {
+            return Ok(handle);
+        }
+        let Some(store) = &self.store else {
+            return Err(ThreadError::NotFound(id.to_owned()));
+        };
+        let (file, stored) = store.open_for_write(id)?;
+        let (info, turns) = stored_to_info(stored);
+        // Two requests may race to load the same thread: the registry keeps
+        // the first, and the loser's file (and lock) is dropped.
+        self.insert(info, turns, Some(file))
     }
 
     /// Starts a thread with `model` (the default model when `None`). Must be
@@ -305,8 +371,27 @@ impl ThreadManager {
             updated_at: now,
             ephemeral,
         };
-        self.insert(info.clone(), Vec::new())?;
+        let file = self.create_file(&info, None, &[])?;
+        self.insert(info.clone(), Vec::new(), file)?;
         Ok(info)
+    }
+
+    fn create_file(
+        &self,
+        info: &ThreadInfo,
+        forked_from: Option<ForkOrigin>,
+        turns: &[TurnRecord],
+    ) -> Result<Option<ThreadFile>, ThreadError> {
+        let Some(store) = self.store.as_ref().filter(|_| !info.ephemeral) else {
+            return Ok(None);
+        };
+        let header = Record::Thread {
+            id: info.id.clone(),
+            model: info.model.name.to_owned(),
+            created_at: info.created_at,
+            forked_from,
+        };
+        Ok(Some(store.create(&header, &info.id, turns)?))
     }
 
     /// Forks thread `id` into a new thread holding its history up to and
@@ -316,69 +401,98 @@ impl ThreadManager {
         id: &str,
         up_to_turn: Option<&str>,
     ) -> Result<ThreadInfo, ThreadError> {
-        let source = self.handle(id)?;
-        let (mut info, turns) = {
-            let state = source.entry.state();
-            let mut turns: Vec<TurnRecord> = state
-                .turns
-                .iter()
-                .filter(|t| t.status != TurnStatus::InProgress)
-                .cloned()
-                .collect();
-            if let Some(turn_id) = up_to_turn {
-                let Some(pos) = turns.iter().position(|t| t.id == turn_id) else {
-                    return Err(ThreadError::TurnNotFound {
-                        thread_id: id.to_owned(),
-                        turn_id: turn_id.to_owned(),
-                    });
-                };
-                turns.truncate(pos + 1);
-            }
-            (state.info.clone(), turns)
-        };
+        let (mut info, turns) = self.snapshot(id)?;
+        let mut turns: Vec<TurnRecord> = turns
+            .into_iter()
+            .filter(|t| t.status != TurnStatus::InProgress)
+            .collect();
+        if let Some(turn_id) = up_to_turn {
+            let Some(pos) = turns.iter().position(|t| t.id == turn_id) else {
+                return Err(ThreadError::TurnNotFound {
+                    thread_id: id.to_owned(),
+                    turn_id: turn_id.to_owned(),
+                });
+            };
+            turns.truncate(pos + 1);
+        }
         let now = unix_now();
         info.id = uuid::Uuid::now_v7().to_string();
         info.created_at = now;
         info.updated_at = now;
-        self.insert(info.clone(), turns)?;
+        let origin = ForkOrigin {
+            thread_id: id.to_owned(),
+            turn_id: turns.last().map(|t| t.id.clone()),
+        };
+        let file = self.create_file(&info, Some(origin), &turns)?;
+        self.insert(info.clone(), turns, file)?;
         Ok(info)
     }
 
-    fn insert(&self, info: ThreadInfo, turns: Vec<TurnRecord>) -> Result<(), ThreadError> {
+    /// A thread's metadata and turns: from memory when loaded here, else
+    /// read from the store (without taking it over).
+    fn snapshot(&self, id: &str) -> Result<(ThreadInfo, Vec<TurnRecord>), ThreadError> {
+        if let Ok(handle) = self.handle(id) {
+            let state = handle.entry.state();
+            return Ok((state.info.clone(), state.turns.clone()));
+        }
+        match &self.store {
+            Some(store) => Ok(stored_to_info(store.load(id)?)),
+            None => Err(ThreadError::NotFound(id.to_owned())),
+        }
+    }
+
+    fn insert(
+        &self,
+        info: ThreadInfo,
+        turns: Vec<TurnRecord>,
+        file: Option<ThreadFile>,
+    ) -> Result<ThreadHandle, ThreadError> {
         let (submissions, rx) = mpsc::channel(SUBMISSION_QUEUE);
         let (events, _) = broadcast::channel(EVENT_CHANNEL);
+        let last_turn_span = turns.iter().rev().find_map(|t| {
+            let (trace_id, span_id) = (t.trace_id.as_deref()?, t.span_id.as_deref()?);
+            Some(W3cTraceContext::from_traceparent(format!(
+                "00-{trace_id}-{span_id}-01"
+            )))
+        });
         let entry = Arc::new(ThreadEntry {
             id: info.id.clone(),
             state: Mutex::new(ThreadState {
                 info,
                 turns,
                 active_turn: None,
-                last_turn_span: None,
+                last_turn_span,
             }),
             submissions,
             events,
+            file: file.map(Mutex::new),
         });
         let mut registry = self.lock();
         if registry.shutting_down {
             return Err(ThreadError::ShuttingDown);
         }
+        if let Some(existing) = registry.threads.get(&entry.id) {
+            return Ok(existing.clone());
+        }
         let task = tokio::spawn(submission_loop(Arc::clone(&entry), rx, self.models.clone()));
         registry.loops.retain(|l| !l.is_finished());
         registry.loops.push(task);
+        let handle = ThreadHandle { entry };
         registry
             .threads
-            .insert(entry.id.clone(), ThreadHandle { entry });
-        Ok(())
+            .insert(handle.entry.id.clone(), handle.clone());
+        Ok(handle)
     }
 
-    /// A thread's metadata.
+    /// A thread's metadata (from the store when not loaded here).
     pub fn read(&self, id: &str) -> Result<ThreadInfo, ThreadError> {
-        Ok(self.handle(id)?.entry.state().info.clone())
+        self.snapshot(id).map(|(info, _)| info)
     }
 
-    /// A thread's turns, oldest first.
+    /// A thread's turns, oldest first (from the store when not loaded
+    /// here).
     pub fn turns(&self, id: &str) -> Result<Vec<TurnRecord>, ThreadError> {
-        Ok(self.handle(id)?.entry.state().turns.clone())
+        self.snapshot(id).map(|(_, turns)| turns)
     }
 
     /// Threads newest first, `limit` at a time, after `cursor` (the last
@@ -394,19 +508,29 @@ impl ThreadManager {
         {
             return Err(ThreadError::InvalidCursor(c.to_owned()));
         }
-        let handles: Vec<ThreadHandle> = self
-            .lock()
-            .threads
-            .values()
-            .rev()
-            .filter(|t| cursor.is_none_or(|c| t.id() < c))
-            .take(limit + 1)
-            .cloned()
-            .collect();
-        let mut page: Vec<ThreadInfo> = handles
+        // Loaded threads (ephemeral ones included) and stored ones, which
+        // other processes sharing the store may have written; ids are
+        // UUIDv7, so sorting them sorts by creation time.
+        let mut ids: Vec<String> = self.lock().threads.keys().cloned().collect();
+        if let Some(store) = &self.store {
+            ids.extend(store.list_ids().map_err(ThreadError::from)?);
+        }
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids.dedup();
+        let mut page = Vec::with_capacity(limit + 1);
+        for id in ids
             .iter()
-            .map(|h| h.entry.state().info.clone())
-            .collect();
+            .filter(|id| cursor.is_none_or(|c| id.as_str() < c))
+        {
+            if page.len() > limit {
+                break;
+            }
+            match self.read(id) {
+                Ok(info) => page.push(info),
+                // A corrupt or vanished file never hides the other threads.
+                Err(err) => tracing::warn!(thread = %id, %err, "skipping an unreadable thread"),
+            }
+        }
         let next_cursor = if page.len() > limit {
             page.truncate(limit);
             page.last().map(|t| t.id.clone())
@@ -428,7 +552,7 @@ impl ThreadManager {
         kind: TurnKind,
         input: Vec<UserInput>,
     ) -> Result<StartedTurn, ThreadError> {
-        let handle = self.handle(id)?;
+        let handle = self.load(id)?;
         if kind == TurnKind::Regular && input_text(&input).trim().is_empty() {
             return Err(ThreadError::EmptyInput);
         }
@@ -684,6 +808,33 @@ fn start_turn(
     })
 }
 
+/// A stored thread as metadata and turns.
+fn stored_to_info(stored: StoredThread) -> (ThreadInfo, Vec<TurnRecord>) {
+    let model = find_model(&stored.model).unwrap_or_else(|| {
+        tracing::warn!(
+            thread = %stored.id,
+            model = %stored.model,
+            "stored thread names a model this server does not offer; using the default"
+        );
+        &crate::models::MODELS[0]
+    });
+    let preview = stored
+        .turns
+        .iter()
+        .find(|t| t.kind == TurnKind::Regular)
+        .map(|t| crate::turn::preview_of(&t.input))
+        .unwrap_or_default();
+    let info = ThreadInfo {
+        id: stored.id,
+        model,
+        preview,
+        created_at: stored.created_at,
+        updated_at: stored.updated_at,
+        ephemeral: false,
+    };
+    (info, stored.turns)
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> i64 {
     SystemTime::now()
@@ -778,6 +929,7 @@ mod tests {
             }),
             submissions,
             events,
+            file: None,
         });
         (ThreadHandle { entry }, rx)
     }
@@ -962,6 +1114,7 @@ mod tests {
         let _capture = Capture::new();
         let manager = ThreadManager::new(CoreConfig {
             echo_delay: Duration::from_secs(3600),
+            store: None,
         });
         let thread = manager.start_thread(None, true).expect("thread");
         let mut events = manager.handle(&thread.id).expect("handle").subscribe();
@@ -1001,6 +1154,7 @@ mod tests {
         let _capture = Capture::new();
         let manager = ThreadManager::new(CoreConfig {
             echo_delay: Duration::from_secs(3600),
+            store: None,
         });
         let thread = manager.start_thread(None, true).expect("thread");
         let mut events = manager.handle(&thread.id).expect("handle").subscribe();

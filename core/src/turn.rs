@@ -16,6 +16,7 @@ use tracing::Instrument;
 use tracing::field::Empty;
 
 use crate::models::{Model, ModelInfo, ModelRequest, PastTurn};
+use crate::store::Record;
 use crate::threads::{ThreadEntry, TurnRecord, unix_now};
 
 /// `gen_ai.agent.name` of Skein's agent.
@@ -81,6 +82,11 @@ fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// A thread's preview: the start of its first user message.
+pub(crate) fn preview_of(input: &str) -> String {
+    input.chars().take(PREVIEW_CHARS).collect()
+}
+
 pub(crate) fn past_turn(record: &TurnRecord) -> PastTurn {
     PastTurn {
         input: record.input.clone(),
@@ -133,7 +139,7 @@ pub(crate) async fn run_turn(task: TurnTask) {
         let mut state = entry.state();
         state.last_turn_span = trace.clone();
         if kind == TurnKind::Regular && state.info.preview.is_empty() {
-            state.info.preview = input.chars().take(PREVIEW_CHARS).collect();
+            state.info.preview = preview_of(&input);
         }
         state.turns.push(TurnRecord {
             id: turn_id.clone(),
@@ -143,10 +149,24 @@ pub(crate) async fn run_turn(task: TurnTask) {
             output: String::new(),
             error: None,
             usage: TokenUsage::default(),
-            trace_id,
-            span_id,
+            trace_id: trace_id.clone(),
+            span_id: span_id.clone(),
         });
     }
+    // Not synced: a crash before the turn ends leaves it `interrupted`.
+    entry
+        .persist(
+            Record::TurnStarted {
+                turn_id: turn_id.clone(),
+                kind,
+                input: input.clone(),
+                trace_id,
+                span_id,
+                at: unix_now(),
+            },
+            false,
+        )
+        .await;
     entry.emit(
         EventMsg::TurnStarted {
             turn_id: turn_id.clone(),
@@ -246,13 +266,30 @@ pub(crate) async fn run_turn(task: TurnTask) {
         let mut state = entry.state();
         if let Some(record) = state.turns.iter_mut().rev().find(|t| t.id == turn_id) {
             record.status = status;
-            record.output = text;
+            record.output = text.clone();
             record.error = error.clone();
             record.usage = usage;
         }
         state.info.updated_at = unix_now();
+    }
+    // Durable before anyone hears the turn is over.
+    entry
+        .persist(
+            Record::TurnCompleted {
+                turn_id: turn_id.clone(),
+                status,
+                output: text,
+                error: error.clone(),
+                usage,
+                at: unix_now(),
+            },
+            true,
+        )
+        .await;
+    {
         // Cleared before `TurnCompleted` goes out, so a client reacting to
         // it can start the next turn at once.
+        let mut state = entry.state();
         if state.active_turn.as_deref() == Some(turn_id.as_str()) {
             state.active_turn = None;
         }

@@ -1,0 +1,268 @@
+//! Snapshot tests of `skein trace` on a fixed store.
+//!
+//! The store under `tests/fixtures/trace_store/` holds two server files:
+//!
+//! - `5b8aa5a2…` `initialize`, a plain OK request;
+//! - `4bf92f35…` `turn/start` whose parent is a client span not in the
+//!   store; its turn's in-progress record is in the first file and the
+//!   finished record (and the model call) in the second;
+//! - `0af76519…` `thread/resume` that failed (ERROR on the root);
+//! - `4b0b2f5c…` a turn whose model call failed (ERROR below the root),
+//!   in-progress and finished records in the same file;
+//! - `a3ce929d…` a turn still running: only its in-progress record exists
+//!   (the second file's unterminated last line would finish it, but a
+//!   line still being written does not count yet);
+//! - one broken line (second file, line 2), skipped with a warning.
+//!
+//! Expected outputs live in `tests/snapshots/trace_view/*.txt`. To rewrite
+//! them after a deliberate change, run with `SKEIN_BLESS=1` and review the
+//! diff line by line.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clap::Parser;
+use skein_app_server::trace_view::follow::Follower;
+use skein_app_server::trace_view::render::{self, Style};
+use skein_app_server::trace_view::store::Store;
+use skein_app_server::trace_view::{TraceCommand, TraceViewError, run};
+
+#[derive(Debug, Parser)]
+#[command(name = "skein-trace")]
+struct Cli {
+    #[command(subcommand)]
+    command: TraceCommand,
+}
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn store_dir() -> PathBuf {
+    manifest_dir().join("tests/fixtures/trace_store")
+}
+
+/// Runs `skein trace ARGS --dir <fixture store>` and returns its output.
+fn trace(args: &[&str]) -> Result<String, TraceViewError> {
+    let dir = store_dir();
+    let dir = dir.to_str().expect("fixture path is UTF-8");
+    let argv = ["skein-trace"]
+        .iter()
+        .chain(args)
+        .copied()
+        .chain(["--dir", dir]);
+    let cli = Cli::try_parse_from(argv).expect("arguments parse");
+    let mut out = Vec::new();
+    run(cli.command, &mut out)?;
+    Ok(String::from_utf8(out).expect("output is UTF-8"))
+}
+
+/// Compares `actual` with `tests/snapshots/trace_view/NAME.txt`.
+fn check_snapshot(name: &str, actual: &str) {
+    let path = manifest_dir()
+        .join("tests/snapshots/trace_view")
+        .join(format!("{name}.txt"));
+    if std::env::var_os("SKEIN_BLESS").is_some_and(|v| v == "1") {
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, actual).expect("write snapshot");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read {} ({e}); run with SKEIN_BLESS=1 to create it",
+            path.display()
+        )
+    });
+    if expected != actual {
+        let mut diff = String::new();
+        let (exp, act): (Vec<&str>, Vec<&str>) =
+            (expected.lines().collect(), actual.lines().collect());
+        for i in 0..exp.len().max(act.len()) {
+            let (e, a) = (exp.get(i), act.get(i));
+            if e != a {
+                diff.push_str(&format!(
+                    "line {}:\n  expected: {}\n  actual:   {}\n",
+                    i + 1,
+                    e.unwrap_or(&"<none>"),
+                    a.unwrap_or(&"<none>")
+                ));
+            }
+        }
+        panic!(
+            "snapshot {} differs (SKEIN_BLESS=1 rewrites it):\n{diff}\n--- actual ---\n{actual}",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn ls_lists_traces_newest_first() {
+    check_snapshot("ls", &trace(&["ls"]).expect("ls"));
+}
+
+#[test]
+fn ls_limit() {
+    check_snapshot("ls_n2", &trace(&["ls", "-n", "2"]).expect("ls -n 2"));
+}
+
+#[test]
+fn view_external_parent_and_superseded_turn() {
+    // A unique prefix is enough.
+    check_snapshot(
+        "view_4bf92f35",
+        &trace(&["view", "4bf92f35"]).expect("view"),
+    );
+}
+
+#[test]
+fn view_verbose() {
+    check_snapshot(
+        "view_4bf92f35_verbose",
+        &trace(&["view", "4bf92f3577b34da6a3ce929d0e0e4736", "-v"]).expect("view -v"),
+    );
+}
+
+#[test]
+fn view_error_below_root() {
+    check_snapshot("view_4b0b", &trace(&["view", "4B0B"]).expect("view"));
+    check_snapshot(
+        "view_4b0b_verbose",
+        &trace(&["view", "4b0b", "--verbose"]).expect("view -v"),
+    );
+}
+
+#[test]
+fn view_error_root() {
+    check_snapshot("view_0af7", &trace(&["view", "0af7"]).expect("view"));
+}
+
+#[test]
+fn view_running_turn() {
+    check_snapshot("view_a3ce", &trace(&["view", "a3ce"]).expect("view"));
+}
+
+#[test]
+fn follow_lines() {
+    // `follow` proper starts at the end of the store; replaying it from the
+    // start shows every record's line, in written order.
+    let mut follower = Follower::from_start(&store_dir()).expect("follower");
+    let polled = follower.poll().expect("poll");
+    assert_eq!(polled.warnings.len(), 1, "{:?}", polled.warnings);
+    let mut out = Vec::new();
+    for span in &polled.spans {
+        render::write_follow_line(&mut out, span, Style::PLAIN).expect("write");
+    }
+    check_snapshot("follow", &String::from_utf8(out).expect("UTF-8"));
+    assert!(follower.poll().expect("poll").spans.is_empty());
+}
+
+#[test]
+fn ambiguous_and_unknown_prefixes_fail_clearly() {
+    let err = trace(&["view", "4b"]).expect_err("ambiguous");
+    assert_eq!(
+        err.to_string(),
+        "trace id prefix 4b is ambiguous; it matches 2 traces:\n  \
+         4b0b2f5c6d8e9f00112233445566778a  turn/start\n  \
+         4bf92f3577b34da6a3ce929d0e0e4736  turn/start"
+    );
+    let err = trace(&["view", "ffff"]).expect_err("no match");
+    assert_eq!(
+        err.to_string(),
+        format!("no trace matching ffff in {}", store_dir().display())
+    );
+}
+
+#[test]
+fn broken_and_unfinished_lines() {
+    let store = Store::open(&store_dir()).expect("store");
+    let warnings: Vec<String> = store.warnings().iter().map(ToString::to_string).collect();
+    let file = store_dir().join("spans-1741064790000-4343.jsonl");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with(&format!(
+            "skipping {}:2: not an OTLP/JSON TracesData line: ",
+            file.display()
+        )),
+        "{warnings:?}"
+    );
+    // The unterminated last line (which would finish a3ce929d's turn) is
+    // not read: that turn is still running.
+    let running = store.find("a3ce").expect("trace");
+    assert!(running.spans.iter().any(|s| s.is_running()));
+}
+
+#[test]
+fn missing_store_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nowhere");
+    for args in [&["ls"][..], &["view", "4bf9"], &["follow"]] {
+        let cli = Cli::try_parse_from(
+            ["skein-trace"]
+                .iter()
+                .chain(args)
+                .copied()
+                .chain(["--dir", missing.to_str().expect("UTF-8")]),
+        )
+        .expect("parse");
+        let err = run(cli.command, &mut Vec::new()).expect_err("no store");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "no trace store at {} (is the server writing elsewhere? see --dir)",
+                missing.display()
+            )
+        );
+    }
+}
+
+#[test]
+fn empty_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cli =
+        Cli::try_parse_from(["skein-trace", "ls", "--dir", path_str(dir.path())]).expect("parse");
+    let mut out = Vec::new();
+    run(cli.command, &mut out).expect("ls");
+    assert_eq!(
+        String::from_utf8(out).expect("UTF-8"),
+        format!("no traces in {}\n", dir.path().display())
+    );
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 path")
+}
+
+/// The real binary: output on stdout, warnings on stderr, the store
+/// from `SKEIN_TRACE_DIR`, no colour when stdout is not a terminal.
+#[test]
+fn binary_reads_the_store_from_the_environment() {
+    let output = Command::new(env!("CARGO_BIN_EXE_skein"))
+        .args(["trace", "ls"])
+        .env("SKEIN_TRACE_DIR", store_dir())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run skein");
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).expect("UTF-8");
+    check_snapshot("ls", &stdout);
+    let stderr = String::from_utf8(output.stderr).expect("UTF-8");
+    assert!(
+        stderr.contains("skipping ") && stderr.contains("spans-1741064790000-4343.jsonl:2: "),
+        "{stderr}"
+    );
+
+    let output = Command::new(env!("CARGO_BIN_EXE_skein"))
+        .args(["trace", "view", "nope"])
+        .env("SKEIN_TRACE_DIR", store_dir())
+        .output()
+        .expect("run skein");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).expect("UTF-8");
+    assert!(
+        stderr.contains(&format!(
+            "skein: error: no trace matching nope in {}",
+            store_dir().display()
+        )),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,642 @@
+//! Durable thread history: one append-only JSON Lines file per thread.
+//!
+//! `$SKEIN_HOME/threads/<thread-id>.jsonl` starts with a `thread` record,
+//! then holds a `turnStarted` and (once it ends) a `turnCompleted` record per
+//! turn. A person can read it; nothing is ever rewritten.
+//!
+//! Durability: `turnStarted` is appended without a sync; `turnCompleted` is
+//! appended and synced before the turn is reported complete. Deltas are not
+//! written at all, so the turn path never waits on the disk per delta.
+//!
+//! Ownership: the process that writes a thread holds an exclusive OS lock
+//! (`flock`) on its file for as long as it has the thread loaded. A second
+//! writer is refused with [`StoreError::Busy`]. Readers never lock; they use
+//! the lock only to tell a turn still running elsewhere from one torn by a
+//! crash (the kernel releases the lock of a killed process).
+//!
+//! Tolerance: a torn last line, a corrupt line, or a foreign or unreadable
+//! file is skipped with a warning naming the file; it never fails a load and
+//! never hides the other threads.
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use skein_protocol::{TokenUsage, TurnKind, TurnStatus};
+
+use crate::threads::{TurnRecord, unix_now};
+
+/// File name extension of thread files.
+pub const THREAD_FILE_EXTENSION: &str = "jsonl";
+
+/// One line of a thread file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum Record {
+    /// The first line: the thread itself.
+    Thread {
+        /// The thread's id.
+        id: String,
+        /// The model it uses.
+        model: String,
+        /// Creation time, seconds since the Unix epoch.
+        created_at: i64,
+        /// Where the thread was forked from, if it was.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        forked_from: Option<ForkOrigin>,
+    },
+    /// A turn began.
+    TurnStarted {
+        /// The turn's id.
+        turn_id: String,
+        /// Its kind.
+        kind: TurnKind,
+        /// The user's input.
+        input: String,
+        /// The trace of the turn span.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace_id: Option<String>,
+        /// The turn span's id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        span_id: Option<String>,
+        /// When, seconds since the Unix epoch.
+        at: i64,
+    },
+    /// A turn ended.
+    TurnCompleted {
+        /// The turn's id.
+        turn_id: String,
+        /// How it ended.
+        status: TurnStatus,
+        /// The agent's answer (partial when interrupted).
+        output: String,
+        /// Why it failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// Tokens used.
+        #[serde(default)]
+        usage: TokenUsage,
+        /// When, seconds since the Unix epoch.
+        at: i64,
+    },
+}
+
+/// The thread (and turn) a fork was made from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForkOrigin {
+    /// The source thread.
+    pub thread_id: String,
+    /// The last turn copied, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_id: Option<String>,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No file for this thread.
+    #[error("no stored thread with id {0:?}")]
+    NotFound(String),
+    /// Another process is writing the thread.
+    #[error(
+        "thread {0:?} is open for writing in another skein process sharing this SKEIN_HOME; \
+         use that process, or stop it first"
+    )]
+    Busy(String),
+    /// The file exists but has no readable `thread` record.
+    #[error("{path}: not a thread file: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An I/O error.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A thread as read from its file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredThread {
+    /// The thread's id.
+    pub id: String,
+    /// The model name recorded.
+    pub model: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// Time of the last record.
+    pub updated_at: i64,
+    /// Where it was forked from.
+    pub forked_from: Option<ForkOrigin>,
+    /// Its turns, oldest first. A turn with no completion record is
+    /// `InProgress` while its writer is alive and `Interrupted` otherwise.
+    pub turns: Vec<TurnRecord>,
+}
+
+/// The directory of thread files.
+#[derive(Clone, Debug)]
+pub struct ThreadStore {
+    dir: PathBuf,
+}
+
+/// An open thread file, locked for writing by this process.
+#[derive(Debug)]
+pub struct ThreadFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl ThreadFile {
+    /// Appends one record; with `sync`, waits until it is on disk.
+    pub fn append(&mut self, record: &Record, sync: bool) -> Result<(), StoreError> {
+        let mut line = serde_json::to_vec(record).map_err(|e| StoreError::Io {
+            path: self.path.clone(),
+            source: io::Error::other(e),
+        })?;
+        line.push(b'\n');
+        // One write per record: appends from this process never interleave.
+        self.file.write_all(&line).map_err(io_error(&self.path))?;
+        if sync {
+            self.file.sync_data().map_err(io_error(&self.path))?;
+        }
+        Ok(())
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl ThreadStore {
+    /// The store in `dir`, created if missing.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        Ok(Self { dir })
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path_of(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.{THREAD_FILE_EXTENSION}"))
+    }
+
+    /// True when `id` names a stored thread.
+    pub fn contains(&self, id: &str) -> bool {
+        is_thread_id(id) && self.path_of(id).is_file()
+    }
+
+    /// Creates a thread's file with its header and `turns` (for a fork),
+    /// synced, and keeps it locked for writing.
+    pub fn create(
+        &self,
+        header: &Record,
+        id: &str,
+        turns: &[TurnRecord],
+    ) -> Result<ThreadFile, StoreError> {
+        let path = self.path_of(id);
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_error(&path))?;
+        lock_exclusive(&file, id, &path)?;
+        let mut thread_file = ThreadFile { path, file };
+        thread_file.append(header, false)?;
+        for turn in turns {
+            for record in turn_records(turn) {
+                thread_file.append(&record, false)?;
+            }
+        }
+        thread_file
+            .file
+            .sync_all()
+            .map_err(io_error(&thread_file.path))?;
+        Ok(thread_file)
+    }
+
+    /// Opens a stored thread for writing: takes its lock (refusing when
+    /// another process holds it), loads it, and records turns left
+    /// unfinished by a dead writer as interrupted.
+    pub fn open_for_write(&self, id: &str) -> Result<(ThreadFile, StoredThread), StoreError> {
+        if !is_thread_id(id) {
+            return Err(StoreError::NotFound(id.to_owned()));
+        }
+        let path = self.path_of(id);
+        let file = match OpenOptions::new().append(true).open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(id.to_owned()));
+            }
+            Err(e) => return Err(io_error(&path)(e)),
+        };
+        lock_exclusive(&file, id, &path)?;
+        // We hold the lock, so any unfinished turn's writer is gone: read
+        // the turns as they are, then record those interruptions.
+        let mut thread = read_thread(&path, true)?;
+        let mut thread_file = ThreadFile { path, file };
+        let now = unix_now();
+        for turn in thread
+            .turns
+            .iter_mut()
+            .filter(|t| t.status == TurnStatus::InProgress)
+        {
+            turn.status = TurnStatus::Interrupted;
+            thread_file.append(
+                &Record::TurnCompleted {
+                    turn_id: turn.id.clone(),
+                    status: TurnStatus::Interrupted,
+                    output: String::new(),
+                    error: None,
+                    usage: TokenUsage::default(),
+                    at: now,
+                },
+                true,
+            )?;
+        }
+        Ok((thread_file, thread))
+    }
+
+    /// Reads a stored thread without taking its lock.
+    pub fn load(&self, id: &str) -> Result<StoredThread, StoreError> {
+        if !is_thread_id(id) {
+            return Err(StoreError::NotFound(id.to_owned()));
+        }
+        let path = self.path_of(id);
+        if !path.is_file() {
+            return Err(StoreError::NotFound(id.to_owned()));
+        }
+        let writer_alive = {
+            let probe = File::open(&path).map_err(io_error(&path))?;
+            match probe.try_lock_shared() {
+                Ok(()) => false,
+                Err(TryLockError::WouldBlock) => true,
+                Err(TryLockError::Error(e)) => return Err(io_error(&path)(e)),
+            }
+        };
+        read_thread(&path, writer_alive)
+    }
+
+    /// The ids of all stored threads, newest first. Files that are not
+    /// thread files (by name) are skipped with a warning.
+    pub fn list_ids(&self) -> Result<Vec<String>, StoreError> {
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io_error(&self.dir))? {
+            let Ok(entry) = entry else { continue };
+            let path = entry.path();
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default();
+            let is_jsonl = path.extension().is_some_and(|e| e == THREAD_FILE_EXTENSION);
+            if is_jsonl && is_thread_id(stem) {
+                ids.push(stem.to_owned());
+            } else {
+                tracing::warn!(file = %path.display(), "skipping a file that is not a thread file");
+            }
+        }
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(ids)
+    }
+}
+
+fn lock_exclusive(file: &File, id: &str, path: &Path) -> Result<(), StoreError> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(TryLockError::WouldBlock) => Err(StoreError::Busy(id.to_owned())),
+        Err(TryLockError::Error(e)) => Err(io_error(path)(e)),
+    }
+}
+
+/// Thread ids are UUIDs; anything else in the directory is foreign.
+fn is_thread_id(id: &str) -> bool {
+    uuid::Uuid::parse_str(id).is_ok() && id.len() == 36
+}
+
+/// The records that store a finished turn.
+fn turn_records(turn: &TurnRecord) -> [Record; 2] {
+    [
+        Record::TurnStarted {
+            turn_id: turn.id.clone(),
+            kind: turn.kind,
+            input: turn.input.clone(),
+            trace_id: turn.trace_id.clone(),
+            span_id: turn.span_id.clone(),
+            at: unix_now(),
+        },
+        Record::TurnCompleted {
+            turn_id: turn.id.clone(),
+            status: turn.status,
+            output: turn.output.clone(),
+            error: turn.error.clone(),
+            usage: turn.usage,
+            at: unix_now(),
+        },
+    ]
+}
+
+/// Reads a thread file. Unreadable lines are skipped with a warning; a
+/// torn last line (no newline yet) is expected while a writer appends.
+fn read_thread(path: &Path, writer_alive: bool) -> Result<StoredThread, StoreError> {
+    let file = File::open(path).map_err(io_error(path))?;
+    let mut reader = BufReader::new(file);
+    let mut thread: Option<StoredThread> = None;
+    let mut line = Vec::new();
+    let mut number = 0usize;
+    loop {
+        line.clear();
+        let read = reader
+            .read_until(b'\n', &mut line)
+            .map_err(io_error(path))?;
+        if read == 0 {
+            break;
+        }
+        number += 1;
+        let complete = line.last() == Some(&b'\n');
+        let record = match serde_json::from_slice::<Record>(&line) {
+            Ok(record) => record,
+            Err(err) if !complete => {
+                tracing::warn!(file = %path.display(), line = number, %err, "ignoring a torn last line");
+                break;
+            }
+            Err(err) => {
+                tracing::warn!(file = %path.display(), line = number, %err, "skipping an unreadable line");
+                continue;
+            }
+        };
+        match (record, thread.as_mut()) {
+            (
+                Record::Thread {
+                    id,
+                    model,
+                    created_at,
+                    forked_from,
+                },
+                None,
+            ) => {
+                thread = Some(StoredThread {
+                    id,
+                    model,
+                    created_at,
+                    updated_at: created_at,
+                    forked_from,
+                    turns: Vec::new(),
+                });
+            }
+            (_, None) => {
+                return Err(StoreError::Corrupt {
+                    path: path.to_owned(),
+                    reason: "the first record is not a `thread` record".into(),
+                });
+            }
+            (Record::Thread { .. }, Some(_)) => {
+                tracing::warn!(file = %path.display(), line = number, "skipping a second `thread` record");
+            }
+            (
+                Record::TurnStarted {
+                    turn_id,
+                    kind,
+                    input,
+                    trace_id,
+                    span_id,
+                    at,
+                },
+                Some(thread),
+            ) => {
+                thread.updated_at = thread.updated_at.max(at);
+                thread.turns.push(TurnRecord {
+                    id: turn_id,
+                    kind,
+                    status: TurnStatus::InProgress,
+                    input,
+                    output: String::new(),
+                    error: None,
+                    usage: TokenUsage::default(),
+                    trace_id,
+                    span_id,
+                });
+            }
+            (
+                Record::TurnCompleted {
+                    turn_id,
+                    status,
+                    output,
+                    error,
+                    usage,
+                    at,
+                },
+                Some(thread),
+            ) => {
+                thread.updated_at = thread.updated_at.max(at);
+                match thread.turns.iter_mut().rev().find(|t| t.id == turn_id) {
+                    Some(turn) => {
+                        turn.status = status;
+                        // An interruption recorded on recovery keeps the
+                        // output recorded before it, if any.
+                        if !output.is_empty() || turn.output.is_empty() {
+                            turn.output = output;
+                        }
+                        turn.error = error;
+                        turn.usage = usage;
+                    }
+                    None => tracing::warn!(
+                        file = %path.display(),
+                        line = number,
+                        %turn_id,
+                        "skipping the completion of an unknown turn"
+                    ),
+                }
+            }
+        }
+    }
+    let mut thread = thread.ok_or_else(|| StoreError::Corrupt {
+        path: path.to_owned(),
+        reason: "empty file".into(),
+    })?;
+    if !writer_alive {
+        for turn in thread
+            .turns
+            .iter_mut()
+            .filter(|t| t.status == TurnStatus::InProgress)
+        {
+            turn.status = TurnStatus::Interrupted;
+        }
+    }
+    Ok(thread)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(id: &str) -> Record {
+        Record::Thread {
+            id: id.into(),
+            model: "echo".into(),
+            created_at: 10,
+            forked_from: None,
+        }
+    }
+
+    fn new_id() -> String {
+        uuid::Uuid::now_v7().to_string()
+    }
+
+    fn started(turn_id: &str) -> Record {
+        Record::TurnStarted {
+            turn_id: turn_id.into(),
+            kind: TurnKind::Regular,
+            input: "hi".into(),
+            trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
+            span_id: Some("b7ad6b7169203331".into()),
+            at: 11,
+        }
+    }
+
+    fn completed(turn_id: &str) -> Record {
+        Record::TurnCompleted {
+            turn_id: turn_id.into(),
+            status: TurnStatus::Completed,
+            output: "hi".into(),
+            error: None,
+            usage: TokenUsage::default(),
+            at: 12,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_through_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ThreadStore::open(dir.path()).expect("store");
+        let id = new_id();
+        let mut file = store.create(&header(&id), &id, &[]).expect("create");
+        file.append(&started("t1"), false).expect("append");
+        file.append(&completed("t1"), true).expect("append");
+        drop(file);
+        let thread = store.load(&id).expect("load");
+        assert_eq!(thread.turns.len(), 1);
+        assert_eq!(thread.turns[0].status, TurnStatus::Completed);
+        assert_eq!(thread.turns[0].span_id.as_deref(), Some("b7ad6b7169203331"));
+        assert_eq!(thread.updated_at, 12);
+        let text = fs::read_to_string(dir.path().join(format!("{id}.jsonl"))).expect("read");
+        assert!(text.starts_with(r#"{"type":"thread","id":""#), "{text}");
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_while_the_first_holds_the_thread() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ThreadStore::open(dir.path()).expect("store");
+        let id = new_id();
+        let first = store.create(&header(&id), &id, &[]).expect("create");
+        assert!(matches!(
+            store.open_for_write(&id),
+            Err(StoreError::Busy(_))
+        ));
+        drop(first);
+        store
+            .open_for_write(&id)
+            .expect("free once the first is gone");
+    }
+
+    #[test]
+    fn unfinished_turn_is_in_progress_while_its_writer_lives_and_interrupted_after() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ThreadStore::open(dir.path()).expect("store");
+        let id = new_id();
+        let mut file = store.create(&header(&id), &id, &[]).expect("create");
+        file.append(&started("t1"), false).expect("append");
+        assert_eq!(
+            store.load(&id).expect("load").turns[0].status,
+            TurnStatus::InProgress
+        );
+        drop(file);
+        assert_eq!(
+            store.load(&id).expect("load").turns[0].status,
+            TurnStatus::Interrupted
+        );
+        let (_file, thread) = store.open_for_write(&id).expect("reopen");
+        assert_eq!(thread.turns[0].status, TurnStatus::Interrupted);
+        let text = fs::read_to_string(dir.path().join(format!("{id}.jsonl"))).expect("read");
+        assert!(
+            text.contains(r#""status":"interrupted""#),
+            "recovery is recorded: {text}"
+        );
+    }
+
+    #[test]
+    fn torn_last_line_and_corrupt_lines_are_tolerated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ThreadStore::open(dir.path()).expect("store");
+        let id = new_id();
+        let mut text = serde_json::to_string(&header(&id)).expect("json");
+        text.push('\n');
+        text.push_str("this is not json\n");
+        text.push_str(&serde_json::to_string(&started("t1")).expect("json"));
+        text.push('\n');
+        text.push_str(&serde_json::to_string(&completed("t1")).expect("json"));
+        text.push('\n');
+        text.push_str(r#"{"type":"turnStarted","turnId":"t2","ki"#);
+        fs::write(dir.path().join(format!("{id}.jsonl")), text).expect("write");
+        let thread = store.load(&id).expect("load");
+        assert_eq!(thread.turns.len(), 1);
+        assert_eq!(thread.turns[0].status, TurnStatus::Completed);
+    }
+
+    #[test]
+    fn foreign_and_garbage_files_are_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ThreadStore::open(dir.path()).expect("store");
+        let id = new_id();
+        drop(store.create(&header(&id), &id, &[]).expect("create"));
+        fs::write(dir.path().join("notes.txt"), "hello").expect("write");
+        let garbage = new_id();
+        fs::write(
+            dir.path().join(format!("{garbage}.jsonl")),
+            "\u{0}\u{1}garbage\n",
+        )
+        .expect("write");
+        let ids = store.list_ids().expect("list");
+        assert!(ids.contains(&id));
+        assert!(!ids.iter().any(|i| i == "notes"));
+        assert!(matches!(
+            store.load(&garbage),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(store.load(&id).is_ok());
+    }
+
+    #[test]
+    fn list_is_newest_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ThreadStore::open(dir.path()).expect("store");
+        let ids: Vec<String> = (0..3).map(|_| new_id()).collect();
+        for id in &ids {
+            drop(store.create(&header(id), id, &[]).expect("create"));
+        }
+        let listed = store.list_ids().expect("list");
+        assert_eq!(listed, vec![ids[2].clone(), ids[1].clone(), ids[0].clone()]);
+    }
+}
