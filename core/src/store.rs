@@ -254,6 +254,7 @@ impl ThreadStore {
             Err(e) => return Err(io_error(&path)(e)),
         };
         lock_exclusive(&file, id, &path)?;
+        cut_torn_tail(&file, &path)?;
         // We hold the lock, so any unfinished turn's writer is gone: read
         // the turns as they are, then record those interruptions.
         let mut thread = read_thread(&path, true)?;
@@ -321,6 +322,25 @@ impl ThreadStore {
         ids.sort_unstable_by(|a, b| b.cmp(a));
         Ok(ids)
     }
+}
+
+/// Removes a torn last line (bytes after the last newline), left by a
+/// writer that died mid-append, so the next record starts on a line of its
+/// own instead of being glued to the fragment. The fragment was never a
+/// complete record. Only called while holding the file's lock.
+fn cut_torn_tail(file: &File, path: &Path) -> Result<(), StoreError> {
+    let bytes = fs::read(path).map_err(io_error(path))?;
+    if bytes.is_empty() || bytes.last() == Some(&b'\n') {
+        return Ok(());
+    }
+    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    tracing::warn!(
+        file = %path.display(),
+        dropped_bytes = bytes.len() - keep,
+        "removing a torn last line left by an interrupted write"
+    );
+    file.set_len(keep as u64).map_err(io_error(path))?;
+    file.sync_all().map_err(io_error(path))
 }
 
 fn lock_exclusive(file: &File, id: &str, path: &Path) -> Result<(), StoreError> {
@@ -603,6 +623,31 @@ mod tests {
         let thread = store.load(&id).expect("load");
         assert_eq!(thread.turns.len(), 1);
         assert_eq!(thread.turns[0].status, TurnStatus::Completed);
+    }
+
+    #[test]
+    fn appending_after_a_torn_last_line_starts_a_fresh_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ThreadStore::open(dir.path()).expect("store");
+        let id = new_id();
+        let mut file = store.create(&header(&id), &id, &[]).expect("create");
+        file.append(&started("t1"), false).expect("append");
+        file.append(&completed("t1"), true).expect("append");
+        drop(file);
+        let path = dir.path().join(format!("{id}.jsonl"));
+        let mut torn = fs::read(&path).expect("read");
+        torn.extend_from_slice(br#"{"type":"turnStarted","turnId":"t2","ki"#);
+        fs::write(&path, torn).expect("tear");
+
+        let (mut file, thread) = store.open_for_write(&id).expect("reopen");
+        assert_eq!(thread.turns.len(), 1);
+        file.append(&started("t3"), false).expect("append");
+        file.append(&completed("t3"), true).expect("append");
+        drop(file);
+        let thread = store.load(&id).expect("load");
+        let ids: Vec<&str> = thread.turns.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, vec!["t1", "t3"]);
+        assert_eq!(thread.turns[1].status, TurnStatus::Completed);
     }
 
     #[test]
