@@ -63,9 +63,9 @@ struct ServeArgs {
     #[arg(long, value_name = "DIR", env = "SKEIN_TRACE_DIR")]
     trace_dir: Option<String>,
 
-    /// Also export spans over OTLP to this collector endpoint (the base URL,
-    /// as in OTEL_EXPORTER_OTLP_ENDPOINT: `/v1/traces` is appended for the
-    /// HTTP protocols). Overrides the environment. Without this flag, OTLP
+    /// Also export spans and metrics over OTLP to this collector endpoint
+    /// (the base URL, as in OTEL_EXPORTER_OTLP_ENDPOINT: `/v1/traces` and
+    /// `/v1/metrics` are appended for the HTTP protocols). Overrides the environment. Without this flag, OTLP
     /// export is on when OTEL_EXPORTER_OTLP_ENDPOINT or
     /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set; the other standard
     /// OTEL_EXPORTER_OTLP_* variables (headers, timeout), OTEL_SERVICE_NAME,

@@ -3,7 +3,11 @@
 //!
 //! [`make_request_span`] builds the span for an inbound request, parented
 //! from the first valid carrier; [`record_response`] completes it from the
-//! response. Nothing else in the server names a request attribute.
+//! response and records the request in `rpc.server.call.duration`, timed
+//! by a [`CallTimer`]. Nothing else in the server names a request
+//! attribute.
+
+use std::time::Instant;
 
 use serde_json::Value;
 use skein_app_server_protocol::{Method, Outgoing, Request, truncate_for_display};
@@ -16,6 +20,29 @@ use crate::session::ConnectionSession;
 /// Longest `rpc.method_original` recorded for an unknown method.
 const MAX_ORIGINAL_METHOD_LEN: usize = 256;
 
+/// The bounded `rpc.method` value: the method's name, or `_OTHER` for a
+/// method the server does not know.
+fn rpc_method(known: Option<Method>) -> &'static str {
+    known.map_or(value::METHOD_OTHER, Method::as_str)
+}
+
+/// Times one request for the `rpc.server.call.duration` metric.
+#[derive(Clone, Copy, Debug)]
+pub struct CallTimer {
+    rpc_method: &'static str,
+    started: Instant,
+}
+
+impl CallTimer {
+    /// Starts timing `request` now.
+    pub fn start(request: &Request) -> Self {
+        Self {
+            rpc_method: rpc_method(Method::from_name(&request.method)),
+            started: Instant::now(),
+        }
+    }
+}
+
 /// Builds the request span for `request` arriving on `session`.
 ///
 /// The span is a root of the local span tree; its OTel parent is the first
@@ -24,11 +51,10 @@ const MAX_ORIGINAL_METHOD_LEN: usize = 256;
 /// inside the span and otherwise ignored.
 pub fn make_request_span(request: &Request, session: &ConnectionSession) -> tracing::Span {
     let known = Method::from_name(&request.method);
-    let (otel_name, rpc_method, original) = match known {
-        Some(method) => (method.as_str(), method.as_str(), None),
+    let (otel_name, original) = match known {
+        Some(method) => (method.as_str(), None),
         None => (
             value::UNKNOWN_METHOD_SPAN_NAME,
-            value::METHOD_OTHER,
             Some(truncate_for_display(
                 &request.method,
                 MAX_ORIGINAL_METHOD_LEN,
@@ -62,7 +88,7 @@ pub fn make_request_span(request: &Request, session: &ConnectionSession) -> trac
         { attr::RPC_SYSTEM } = value::JSONRPC,
         { attr::RPC_SYSTEM_NAME } = value::JSONRPC,
         { attr::RPC_SERVICE } = value::SERVICE_NAME,
-        { attr::RPC_METHOD } = rpc_method,
+        { attr::RPC_METHOD } = rpc_method(known),
         { attr::RPC_METHOD_ORIGINAL } = original,
         { attr::RPC_TRANSPORT } = session.transport().as_str(),
         { attr::RPC_REQUEST_ID } = request_id.as_str(),
@@ -102,8 +128,11 @@ pub fn make_request_span(request: &Request, session: &ConnectionSession) -> trac
 }
 
 /// Completes a request span from the response: ids the result reveals, and
-/// the error status for an error response.
-pub fn record_response(span: &tracing::Span, response: &Outgoing) {
+/// the error status for an error response. Then records the request's
+/// duration since `timer` started, with its error code, in
+/// `rpc.server.call.duration`.
+pub fn record_response(span: &tracing::Span, response: &Outgoing, timer: CallTimer) {
+    let mut error_code = None;
     match response {
         Outgoing::Response { result, .. } => record_ids(span, Some(result)),
         Outgoing::Error { error, .. } => {
@@ -111,9 +140,11 @@ pub fn record_response(span: &tracing::Span, response: &Outgoing) {
             span.record(attr::OTEL_STATUS_DESCRIPTION, error.message.as_str());
             span.record(attr::ERROR_TYPE, error.code.to_string().as_str());
             span.record(attr::RPC_RESPONSE_STATUS_CODE, error.code);
+            error_code = Some(error.code);
         }
         Outgoing::Notification { .. } => {}
     }
+    skein_otel::metrics::record_rpc_call(timer.rpc_method, error_code, timer.started.elapsed());
 }
 
 /// Records `thread.id` / `turn.id` found in a params or result object:

@@ -2,10 +2,11 @@
 //!
 //! [`RequestTracingLayer`] wraps the method router. For each request it
 //! builds the `app_server.request` span (see [`crate::request_span`]), runs
-//! the inner service inside it, records the outcome, and hands the span on
-//! with the response in a [`TracedReply`]. The connection's writer drops the
-//! span once the response is written, which ends it. Handlers never see any
-//! of this.
+//! the inner service inside it, records the outcome (on the span and in the
+//! `rpc.server.call.duration` metric, timed from the call's arrival here),
+//! and hands the span on with the response in a [`TracedReply`]. The
+//! connection's writer drops the span once the response is written, which
+//! ends it. Handlers never see any of this.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,7 +18,7 @@ use skein_app_server_protocol::{Outgoing, Request};
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use crate::request_span::{make_request_span, record_response};
+use crate::request_span::{CallTimer, make_request_span, record_response};
 use crate::session::ConnectionSession;
 
 /// One inbound request and the connection it came on.
@@ -74,6 +75,7 @@ where
     }
 
     fn call(&mut self, call: RpcCall) -> Self::Future {
+        let timer = CallTimer::start(&call.request);
         let span = make_request_span(&call.request, &call.session);
         let inner = {
             let _entered = span.enter();
@@ -82,7 +84,7 @@ where
         let instrumented = inner.instrument(span.clone());
         Box::pin(async move {
             let message = instrumented.await?;
-            record_response(&span, &message);
+            record_response(&span, &message, timer);
             Ok(TracedReply { message, span })
         })
     }

@@ -8,14 +8,16 @@
 //! `chat <model>` span beneath it.
 
 use std::sync::Arc;
+use std::time::Instant;
 
+use skein_otel::metrics::ModelCall;
 use skein_otel::names::{attr, span, value};
 use skein_protocol::{EventMsg, TokenUsage, TurnKind, TurnStatus};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use crate::models::{Model, ModelInfo, ModelRequest, PastTurn};
+use crate::models::{Model, ModelError, ModelInfo, ModelRequest, PastTurn};
 use crate::store::Record;
 use crate::threads::{ThreadEntry, TurnRecord, unix_now};
 
@@ -60,7 +62,7 @@ fn chat_span(model: &ModelInfo) -> tracing::Span {
         { attr::OTEL_KIND } = value::KIND_CLIENT,
         { attr::OTEL_STATUS_CODE } = Empty,
         { attr::OTEL_STATUS_DESCRIPTION } = Empty,
-        { attr::GEN_AI_OPERATION_NAME } = "chat",
+        { attr::GEN_AI_OPERATION_NAME } = value::GEN_AI_OPERATION_CHAT,
         { attr::GEN_AI_PROVIDER_NAME } = model.provider,
         { attr::GEN_AI_REQUEST_MODEL } = model.name,
         { attr::GEN_AI_USAGE_INPUT_TOKENS } = Empty,
@@ -110,7 +112,16 @@ pub(crate) struct TurnTask {
 enum Outcome {
     Completed(TokenUsage),
     Interrupted,
-    Failed(String),
+    /// The message, and the `error.type` of the model call metric.
+    Failed(String, &'static str),
+}
+
+/// The low-cardinality `error.type` of a failed model call.
+fn model_error_type(err: &ModelError) -> &'static str {
+    match err {
+        ModelError::Failed(_) => value::ERROR_MODEL_FAILED,
+        ModelError::Abandoned => value::ERROR_MODEL_ABANDONED,
+    }
 }
 
 /// Runs a turn to its end. Runs inside the turn span.
@@ -126,6 +137,7 @@ pub(crate) async fn run_turn(task: TurnTask) {
         steer,
         span,
     } = task;
+    let turn_started = Instant::now();
     let trace = skein_otel::carrier_for_span(&span);
     let (trace_id, span_id) = trace
         .as_ref()
@@ -194,6 +206,7 @@ pub(crate) async fn run_turn(task: TurnTask) {
         history,
         steer,
     };
+    let call_started = Instant::now();
     let call = model.call(request, deltas_tx).instrument(chat.clone());
     tokio::pin!(call);
     // Resolves on interrupt. If the loop drops its end without
@@ -228,24 +241,43 @@ pub(crate) async fn run_turn(task: TurnTask) {
                 }
                 break match result {
                     Ok(usage) => Outcome::Completed(usage),
-                    Err(err) => Outcome::Failed(err.to_string()),
+                    Err(err) => Outcome::Failed(err.to_string(), model_error_type(&err)),
                 };
             }
         }
     };
+    let call_duration = call_started.elapsed();
 
-    let (status, error, usage) = match outcome {
+    let (status, error, usage, call_error_type) = match outcome {
         Outcome::Completed(usage) => {
             record_usage(&chat, usage);
-            (TurnStatus::Completed, None, usage)
+            (TurnStatus::Completed, None, usage, None)
         }
-        Outcome::Interrupted => (TurnStatus::Interrupted, None, TokenUsage::default()),
-        Outcome::Failed(message) => {
+        Outcome::Interrupted => (
+            TurnStatus::Interrupted,
+            None,
+            TokenUsage::default(),
+            Some(value::ERROR_INTERRUPTED),
+        ),
+        Outcome::Failed(message, error_type) => {
             record_error(&chat, &message);
-            (TurnStatus::Failed, Some(message), TokenUsage::default())
+            (
+                TurnStatus::Failed,
+                Some(message),
+                TokenUsage::default(),
+                Some(error_type),
+            )
         }
     };
     drop(chat);
+    let info = model.info();
+    skein_otel::metrics::record_model_call(&ModelCall {
+        provider: info.provider,
+        model: info.name,
+        duration: call_duration,
+        error_type: call_error_type,
+        usage: (status == TurnStatus::Completed).then_some(usage),
+    });
 
     entry.emit(
         EventMsg::ItemCompleted {
@@ -294,6 +326,7 @@ pub(crate) async fn run_turn(task: TurnTask) {
             state.active_turn = None;
         }
     }
+    skein_otel::metrics::record_turn(kind, status, turn_started.elapsed());
     entry.emit(
         EventMsg::TurnCompleted {
             turn_id,

@@ -17,6 +17,9 @@ use opentelemetry::Context;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::Temporality;
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Span, SpanData, SpanExporter, SpanProcessor,
 };
@@ -105,10 +108,16 @@ impl OtlpSettings {
     /// endpoint is used as given and `/v1/traces` is appended to the base
     /// one).
     fn explicit_endpoint(&self, protocol: OtlpProtocol) -> Option<String> {
+        self.signal_endpoint(protocol, "/v1/traces")
+    }
+
+    /// Like `explicit_endpoint`, for the signal whose HTTP path is `path`
+    /// (`/v1/metrics`...).
+    pub(crate) fn signal_endpoint(&self, protocol: OtlpProtocol, path: &str) -> Option<String> {
         let base = self.endpoint.as_deref()?;
         Some(match protocol {
             OtlpProtocol::Grpc => base.to_owned(),
-            _ => format!("{}/v1/traces", base.trim_end_matches('/')),
+            _ => format!("{}{path}", base.trim_end_matches('/')),
         })
     }
 }
@@ -270,11 +279,32 @@ impl SpanProcessor for CountingProcessor {
 }
 
 /// Runs an async exporter (tonic's) on a runtime of its own, so it works
-/// from the batch processor's plain thread.
+/// from the batch processor's (or the periodic metric reader's) plain
+/// thread.
 #[derive(Debug)]
 pub struct OwnRuntimeExporter<E> {
     inner: E,
     runtime: tokio::runtime::Runtime,
+}
+
+impl<E> OwnRuntimeExporter<E> {
+    /// Starts a current-thread runtime and builds the exporter inside it
+    /// (tonic needs a reactor to set up its channel).
+    pub(crate) fn build(
+        thread_name: &str,
+        build: impl FnOnce() -> Result<E, ExportSetupError>,
+    ) -> Result<Self, ExportSetupError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name(thread_name)
+            .build()
+            .map_err(ExportSetupError::Runtime)?;
+        let inner = {
+            let _entered = runtime.enter();
+            build()?
+        };
+        Ok(Self { inner, runtime })
+    }
 }
 
 impl<E: SpanExporter> SpanExporter for OwnRuntimeExporter<E> {
@@ -293,6 +323,25 @@ impl<E: SpanExporter> SpanExporter for OwnRuntimeExporter<E> {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.inner.set_resource(resource);
+    }
+}
+
+impl<E: PushMetricExporter> PushMetricExporter for OwnRuntimeExporter<E> {
+    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        // Called from the periodic reader's thread, never from a runtime.
+        self.runtime.block_on(self.inner.export(metrics))
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn temporality(&self) -> Temporality {
+        self.inner.temporality()
     }
 }
 
@@ -326,29 +375,16 @@ pub fn otlp_processor(
             CountingProcessor::new(exporter, Arc::clone(&stats), delay)
         }
         OtlpProtocol::Grpc => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .thread_name("skein-otlp-grpc")
-                .build()
-                .map_err(ExportSetupError::Runtime)?;
-            let exporter = {
-                let _entered = runtime.enter();
+            let exporter = OwnRuntimeExporter::build("skein-otlp-grpc", || {
                 let mut builder = opentelemetry_otlp::SpanExporter::builder()
                     .with_tonic()
                     .with_protocol(Protocol::Grpc);
                 if let Some(endpoint) = endpoint {
                     builder = builder.with_endpoint(endpoint);
                 }
-                builder.build().map_err(otlp_error)?
-            };
-            CountingProcessor::new(
-                OwnRuntimeExporter {
-                    inner: exporter,
-                    runtime,
-                },
-                Arc::clone(&stats),
-                delay,
-            )
+                builder.build().map_err(otlp_error)
+            })?;
+            CountingProcessor::new(exporter, Arc::clone(&stats), delay)
         }
     };
     Ok((processor, stats))

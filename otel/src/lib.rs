@@ -12,10 +12,12 @@
 //! - [`local_store`]: the OTLP/JSON-lines span store on disk, with
 //!   in-progress records of turns.
 //! - [`export`]: OTLP export and the accounting of dropped spans.
+//! - [`metrics`]: metric instruments, exported over OTLP next to the spans.
 
 pub mod carrier;
 pub mod export;
 pub mod local_store;
+pub mod metrics;
 pub mod names;
 pub mod telemetry;
 pub mod w3c;

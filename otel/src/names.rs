@@ -1,4 +1,5 @@
-//! Every span name and attribute key Skein emits, in one place.
+//! Every span name, metric name and attribute key Skein emits, in one
+//! place.
 //!
 //! Code that creates spans uses these constants with `tracing`'s
 //! `{ CONST } = value` field syntax, so a key is spelled exactly once.
@@ -90,6 +91,14 @@ pub mod attr {
     pub const GEN_AI_USAGE_INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
     /// Tokens written.
     pub const GEN_AI_USAGE_OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
+    /// Which tokens a `gen_ai.client.token.usage` point counts: `input` or
+    /// `output`.
+    pub const GEN_AI_TOKEN_TYPE: &str = "gen_ai.token.type";
+
+    // Metric-only attributes.
+    /// The span export pipeline a `skein.spans.dropped` point counts for:
+    /// `otlp` or `local store`.
+    pub const PIPELINE: &str = "pipeline";
 }
 
 /// Fixed attribute values.
@@ -116,4 +125,32 @@ pub mod value {
     pub const TRANSPORT_STDIO: &str = "stdio";
     /// `rpc.transport` over WebSocket.
     pub const TRANSPORT_WEBSOCKET: &str = "websocket";
+    /// `gen_ai.operation.name` of a model call.
+    pub const GEN_AI_OPERATION_CHAT: &str = "chat";
+    /// `gen_ai.token.type` of tokens read.
+    pub const TOKEN_TYPE_INPUT: &str = "input";
+    /// `gen_ai.token.type` of tokens written.
+    pub const TOKEN_TYPE_OUTPUT: &str = "output";
+    /// `error.type` of a model call the model failed.
+    pub const ERROR_MODEL_FAILED: &str = "model_failed";
+    /// `error.type` of a model call whose turn stopped listening.
+    pub const ERROR_MODEL_ABANDONED: &str = "abandoned";
+    /// `error.type` of a model call cut short by an interrupt.
+    pub const ERROR_INTERRUPTED: &str = "interrupted";
+}
+
+/// Metric instrument names (exported over OTLP only).
+pub mod metric {
+    /// Histogram, seconds: one point per JSON-RPC request, from its arrival
+    /// at the tracing layer until its response is ready.
+    pub const RPC_SERVER_CALL_DURATION: &str = "rpc.server.call.duration";
+    /// Histogram, seconds: one point per model call.
+    pub const GEN_AI_CLIENT_OPERATION_DURATION: &str = "gen_ai.client.operation.duration";
+    /// Histogram, `{token}`: the tokens of a completed model call, one
+    /// point per `gen_ai.token.type`.
+    pub const GEN_AI_CLIENT_TOKEN_USAGE: &str = "gen_ai.client.token.usage";
+    /// Histogram, seconds: one point per turn, when it ends.
+    pub const TURN_DURATION: &str = "skein.turn.duration";
+    /// Counter: spans each export pipeline has dropped so far.
+    pub const SPANS_DROPPED: &str = "skein.spans.dropped";
 }

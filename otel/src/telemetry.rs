@@ -1,5 +1,6 @@
-//! Process-wide telemetry: the tracer provider, its exporters, and the
-//! `tracing` subscriber that feeds it and writes logs.
+//! Process-wide telemetry: the tracer provider, its exporters, the
+//! `tracing` subscriber that feeds it and writes logs, and (with OTLP
+//! export) the meter provider (see [`crate::metrics`]).
 //!
 //! Two independent filters apply:
 //! - logs go to stderr, filtered by `RUST_LOG` (default `info`);
@@ -15,8 +16,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Level;
 use tracing_subscriber::Layer;
@@ -28,6 +31,7 @@ use crate::export::{
     CountingProcessor, ExportSetupError, ExportStats, OtlpSettings, otlp_processor,
 };
 use crate::local_store::{InProgressRecorder, LocalStore, LocalStoreExporter};
+use crate::metrics::{self, Instruments, metrics_disabled_by_env, otlp_meter_provider};
 use crate::names::value;
 
 /// Instrumentation scope name of every Skein span.
@@ -43,6 +47,7 @@ pub struct TelemetryConfig {
     /// The log filter (`RUST_LOG` syntax); `None` means `info`.
     pub log_filter: Option<String>,
     /// OTLP export; on when an endpoint is set by flag or environment.
+    /// Metrics go over OTLP too, unless `OTEL_METRICS_EXPORTER=none`.
     pub otlp: OtlpSettings,
     /// Export nothing at all (`OTEL_SDK_DISABLED=true`).
     pub disabled: bool,
@@ -97,6 +102,7 @@ pub fn sdk_disabled_by_env() -> bool {
 #[derive(Debug)]
 pub struct Telemetry {
     provider: SdkTracerProvider,
+    meter_provider: Option<SdkMeterProvider>,
     store_file: Option<PathBuf>,
     pipelines: Vec<Arc<ExportStats>>,
 }
@@ -108,7 +114,8 @@ impl Telemetry {
     }
 
     /// Flushes finished spans and stops the exporters, waiting at most
-    /// `timeout`.
+    /// `timeout`; then exports the metrics' final values (after the spans,
+    /// so `skein.spans.dropped` is final too) and stops metric export.
     ///
     /// The batch processor exports on its own thread; this call blocks, so
     /// make it from a plain thread (after the runtime), never from a tokio
@@ -118,6 +125,13 @@ impl Telemetry {
     pub fn shutdown(self, timeout: Duration) {
         if let Err(err) = self.provider.shutdown_with_timeout(timeout) {
             tracing::warn!(%err, "stopping the span exporters failed");
+        }
+        let metrics_stopped = self
+            .meter_provider
+            .as_ref()
+            .map(|meters| meters.shutdown_with_timeout(timeout));
+        if let Some(Err(err)) = metrics_stopped {
+            tracing::warn!(%err, "exporting the final metrics failed");
         }
         for stats in &self.pipelines {
             // Spans still pending after the timeout are lost too.
@@ -164,10 +178,12 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     if !service_name_from_env() {
         resource = resource.with_service_name(config.service_name);
     }
-    let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
+    let resource = resource.build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource.clone());
 
     let mut store_file = None;
     let mut pipelines = Vec::new();
+    let mut meter_provider = None;
     if !config.disabled {
         if let Some(dir) = config.trace_dir {
             let store = LocalStore::new(&dir).map_err(|source| TelemetryError::TraceDir {
@@ -189,6 +205,9 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
             let (processor, stats) = otlp_processor(&config.otlp)?;
             builder = builder.with_span_processor(processor);
             pipelines.push(stats);
+            if !metrics_disabled_by_env() {
+                meter_provider = Some(otlp_meter_provider(&config.otlp, resource)?);
+            }
         }
     }
     let provider = builder.build();
@@ -214,8 +233,19 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         .try_init()
         .map_err(|e| TelemetryError::AlreadyInstalled(e.to_string()))?;
 
+    // Without a meter provider the instruments stay uninstalled and
+    // recording does nothing.
+    if let Some(meter_provider) = &meter_provider {
+        metrics::install(Instruments::new(
+            &meter_provider.meter(SCOPE_NAME),
+            pipelines.clone(),
+        ));
+        opentelemetry::global::set_meter_provider(meter_provider.clone());
+    }
+
     Ok(Telemetry {
         provider,
+        meter_provider,
         store_file,
         pipelines,
     })
