@@ -225,11 +225,41 @@ fn random_u64() -> u64 {
     }
 }
 
+/// A temporary `SKEIN_HOME`, shared by every [`Server`] started in it and
+/// removed when the last of them (and of these handles) is gone.
+#[derive(Debug, Clone)]
+pub struct SkeinHome(Arc<TempDir>);
+
+impl SkeinHome {
+    fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("skein-e2e-home-")
+            .tempdir()
+            .expect("create temporary SKEIN_HOME");
+        Self(Arc::new(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    /// `$SKEIN_HOME/threads`, the durable thread store.
+    pub fn threads_dir(&self) -> PathBuf {
+        self.path().join("threads")
+    }
+
+    /// `$SKEIN_HOME/threads/<thread-id>.jsonl`.
+    pub fn thread_file(&self, thread_id: &str) -> PathBuf {
+        self.threads_dir().join(format!("{thread_id}.jsonl"))
+    }
+}
+
 /// Extra settings for a server start.
 #[derive(Debug, Default, Clone)]
 pub struct ServerOptions {
     env: Vec<(String, String)>,
     args: Vec<String>,
+    home: Option<SkeinHome>,
 }
 
 impl ServerOptions {
@@ -247,6 +277,15 @@ impl ServerOptions {
     /// `--echo-delay-ms`: the echo model's wait between streamed words.
     pub fn echo_delay_ms(self, millis: u64) -> Self {
         self.arg("--echo-delay-ms").arg(&millis.to_string())
+    }
+
+    /// Runs the server in an existing `SKEIN_HOME` (e.g. [`Server::home`]
+    /// of an earlier server) instead of a fresh one. Its spans go to a
+    /// trace directory of its own, `$SKEIN_HOME/traces-<n>`, so that each
+    /// server's [`Finished`] holds only its own spans.
+    pub fn home(mut self, home: &SkeinHome) -> Self {
+        self.home = Some(home.clone());
+        self
     }
 }
 
@@ -302,7 +341,7 @@ pub struct Server {
     label: String,
     transport: Transport,
     child: Child,
-    home: TempDir,
+    home: SkeinHome,
     trace_dir: PathBuf,
     stderr: watch::Receiver<Vec<String>>,
     stderr_task: JoinHandle<()>,
@@ -320,11 +359,18 @@ impl Server {
     }
 
     pub async fn start_with(transport: Transport, options: ServerOptions) -> Server {
-        let home = tempfile::Builder::new()
-            .prefix("skein-e2e-home-")
-            .tempdir()
-            .expect("create temporary SKEIN_HOME");
-        let trace_dir = home.path().join("traces");
+        static NEXT_SHARED_TRACE_DIR: AtomicU64 = AtomicU64::new(1);
+        let (home, trace_dir) = match &options.home {
+            None => {
+                let home = SkeinHome::new();
+                let trace_dir = home.path().join("traces");
+                (home, trace_dir)
+            }
+            Some(home) => {
+                let n = NEXT_SHARED_TRACE_DIR.fetch_add(1, Ordering::Relaxed);
+                (home.clone(), home.path().join(format!("traces-{n}")))
+            }
+        };
         let label = format!("skein serve ({transport})");
 
         let mut command = Command::new(skein_bin());
@@ -410,6 +456,47 @@ impl Server {
         server
     }
 
+    /// The server's `SKEIN_HOME`; the handle keeps it alive after the
+    /// server is gone, for [`ServerOptions::home`].
+    pub fn home(&self) -> SkeinHome {
+        self.home.clone()
+    }
+
+    /// Kills the server with `kill -9` (SIGKILL: no shutdown code runs),
+    /// waits for it to die and returns its captured stderr.
+    pub async fn kill_9(mut self) -> Vec<String> {
+        let pid = self.pid();
+        let status = Command::new("kill")
+            .arg("-9")
+            .arg(pid.to_string())
+            .status()
+            .await
+            .expect("run `kill -9`");
+        assert!(status.success(), "`kill -9 {pid}` failed: {status}");
+        let status = tokio::time::timeout(TIMEOUT, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{}: still alive {TIMEOUT:?} after kill -9", self.label))
+            .expect("wait for the server process");
+        let _ = tokio::time::timeout(TIMEOUT, &mut self.stderr_task).await;
+        {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(
+                status.signal(),
+                Some(9),
+                "{}: expected death by SIGKILL, got {status}",
+                self.label
+            );
+        }
+        self.stderr.borrow().clone()
+    }
+
+    /// Process id of the server (while it runs).
+    pub fn pid(&self) -> u32 {
+        self.child
+            .id()
+            .unwrap_or_else(|| panic!("{}: the server process has already exited", self.label))
+    }
+
     /// `ws://127.0.0.1:PORT` as announced on stderr.
     pub fn ws_url(&self) -> &str {
         self.ws_url
@@ -489,7 +576,13 @@ impl Server {
 
     /// Graceful shutdown: closes stdin (stdio) or sends SIGTERM (WebSocket),
     /// waits for exit code 0 and returns the spans flushed to the store.
-    pub async fn shutdown(mut self) -> Finished {
+    pub async fn shutdown(self) -> Finished {
+        self.shutdown_within(TIMEOUT).await
+    }
+
+    /// [`Server::shutdown`], allowing the process `limit` to exit after
+    /// the shutdown request (EOF or SIGTERM).
+    pub async fn shutdown_within(mut self, limit: Duration) -> Finished {
         match self.transport {
             Transport::Stdio => {
                 // Dropping the handle closes the pipe: EOF on the server's stdin.
@@ -514,11 +607,11 @@ impl Server {
             }
         }
 
-        let status = tokio::time::timeout(TIMEOUT, self.child.wait())
+        let status = tokio::time::timeout(limit, self.child.wait())
             .await
             .unwrap_or_else(|_| {
                 panic!(
-                    "{}: did not exit within {TIMEOUT:?} after graceful shutdown",
+                    "{}: did not exit within {limit:?} after graceful shutdown",
                     self.label
                 )
             })
@@ -569,6 +662,11 @@ pub struct Finished {
 }
 
 impl Finished {
+    /// Everything the server wrote to stderr (ANSI escapes stripped).
+    pub fn stderr(&self) -> &[String] {
+        &self.stderr
+    }
+
     /// The spans of the request with this JSON-RPC id (rendered as string).
     pub fn spans_for_request(&self, request_id: &str) -> Vec<&Span> {
         self.spans
@@ -860,6 +958,77 @@ impl Client {
         }
     }
 
+    /// Like [`Client::send`], but returns `false` instead of panicking when
+    /// the connection is closed (for tests that run until the server stops).
+    pub async fn try_send(&mut self, message: Value) -> bool {
+        let text = message.to_string();
+        match &mut self.conn {
+            Conn::Stdio { stdin, .. } => {
+                let mut guard = stdin.lock().await;
+                let Some(pipe) = guard.as_mut() else {
+                    return false;
+                };
+                let line = format!("{text}\n");
+                pipe.write_all(line.as_bytes()).await.is_ok() && pipe.flush().await.is_ok()
+            }
+            Conn::WebSocket(ws) => ws.send(Message::text(text)).await.is_ok(),
+        }
+    }
+
+    /// The next message, or `None` once the server closed the connection
+    /// (stdout EOF, close frame, end of stream or a reset). Panics when
+    /// nothing arrives within [`TIMEOUT`].
+    pub async fn try_recv(&mut self) -> Option<Value> {
+        let label = self.label.clone();
+        let text = tokio::time::timeout(TIMEOUT, async {
+            match &mut self.conn {
+                Conn::Stdio { stdout, .. } => stdout.recv().await,
+                Conn::WebSocket(ws) => loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Text(text))) => return Some(text.as_str().to_owned()),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
+                        Some(Ok(other)) => {
+                            panic!("{label}: expected a text frame, got {other:?}")
+                        }
+                    }
+                },
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{}: neither a message nor the end of the connection within {TIMEOUT:?}",
+                self.label
+            )
+        })?;
+        Some(serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!(
+                "{}: the server sent something that is not JSON ({e}): {text:?}",
+                self.label
+            )
+        }))
+    }
+
+    /// Like [`Client::recv_response`], but `None` when the connection
+    /// closes before the response arrives.
+    pub async fn try_recv_response(&mut self, id: i64) -> Option<Response> {
+        let wanted = json!(id);
+        let is_wanted = |m: &Value| m.get("method").is_none() && m.get("id") == Some(&wanted);
+        if let Some(pos) = self.stash.iter().position(is_wanted) {
+            let message = self.stash.remove(pos).expect("position is in range");
+            return Some(Response { id, message });
+        }
+        loop {
+            let message = self.try_recv().await?;
+            if is_wanted(&message) {
+                check_outbound(&message);
+                return Some(Response { id, message });
+            }
+            self.keep(message);
+        }
+    }
+
     /// The response with this id; notifications and other responses are
     /// kept for later.
     pub async fn recv_response(&mut self, id: i64) -> Response {
@@ -1086,6 +1255,19 @@ fn check_outbound(message: &Value) {
         Some(&json!("2.0")),
         "outbound message lacks \"jsonrpc\":\"2.0\": {message}"
     );
+}
+
+/// Resident memory (`VmRSS` of `/proc/<pid>/status`) of a process, in bytes.
+pub fn vm_rss_bytes(pid: u32) -> u64 {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{path} has no `VmRSS: N kB` line:\n{status}"));
+    kib * 1024
 }
 
 /// One exported span, parsed from the OTLP/JSON trace store.
