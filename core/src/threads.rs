@@ -638,15 +638,26 @@ impl ThreadManager {
             let handles: Vec<ThreadHandle> = registry.threads.values().cloned().collect();
             (handles, std::mem::take(&mut registry.loops))
         };
-        for handle in &handles {
-            // The loop may already be gone; nothing to stop then.
-            let _ = handle.submit_with_trace(Op::Shutdown, None).await;
-        }
-        for task in loops {
-            if let Err(err) = task.await {
-                tracing::error!(%err, "a thread loop failed");
+        // One trace for the whole shutdown, with each thread's shutdown
+        // dispatch (and any turn it interrupts) beneath it.
+        let span = tracing::info_span!(
+            target: "skein_core::shutdown",
+            span::SHUTDOWN,
+            { attr::THREAD_COUNT } = handles.len(),
+        );
+        async {
+            for handle in &handles {
+                // The loop may already be gone; nothing to stop then.
+                let _ = handle.submit(Op::Shutdown).await;
+            }
+            for task in loops {
+                if let Err(err) = task.await {
+                    tracing::error!(%err, "a thread loop failed");
+                }
             }
         }
+        .instrument(span)
+        .await;
         // Dropping the handles closes every event channel, so subscribers
         // that came too late for `ShutdownComplete` stop as well.
         self.lock().threads.clear();

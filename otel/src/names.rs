@@ -16,6 +16,9 @@ pub mod span {
     pub const TURN: &str = "turn";
     /// One model call inside a turn. Exported as `chat <model>`.
     pub const MODEL_CALL: &str = "model.call";
+    /// Core stopping every thread at server shutdown; the per-thread
+    /// shutdown dispatches nest beneath it.
+    pub const SHUTDOWN: &str = "skein.shutdown";
 }
 
 /// Attribute keys.
@@ -75,6 +78,8 @@ pub mod attr {
     pub const SUBMISSION_ID: &str = "submission.id";
     /// The submitted operation's kind.
     pub const OP: &str = "op";
+    /// How many threads a shutdown stopped.
+    pub const THREAD_COUNT: &str = "skein.thread.count";
 
     // OTel GenAI conventions.
     /// `invoke_agent`, `chat`, `execute_tool`...
