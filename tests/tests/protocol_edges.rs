@@ -1,0 +1,158 @@
+//! Protocol edge cases against the real binary: oversized messages, a
+//! second `initialize`, bad params, and browser requests.
+
+mod support;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use support::{ServerOptions, TIMEOUT, Transport};
+
+const LIMIT: usize = 4096;
+
+fn limited() -> ServerOptions {
+    ServerOptions::default()
+        .arg("--max-message-bytes")
+        .arg(&LIMIT.to_string())
+}
+
+fn oversized_request() -> String {
+    json!({"id": 1, "method": "model/list", "params": {"pad": "x".repeat(LIMIT * 4)}}).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_oversized_line_is_refused_and_the_next_request_served() {
+    let mut server = support::Server::start_with(Transport::Stdio, limited()).await;
+    let mut client = server.connect().await;
+    client.initialize("edges", "1").await;
+
+    client.send_raw(&oversized_request()).await;
+    let refusal = client.recv().await;
+    assert_eq!(refusal["id"], Value::Null, "{refusal}");
+    assert_eq!(refusal["error"]["code"], -32600, "{refusal}");
+    let message = refusal["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("too large") && message.contains(&LIMIT.to_string()),
+        "the error names the problem and the limit: {message}"
+    );
+
+    let after = client.request("model/list", json!({}), None).await;
+    after.result();
+    client.close().await;
+    drop(server.shutdown().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_oversized_frame_is_refused_with_an_error_and_close_1009() {
+    let server = support::Server::start_with(Transport::WebSocket, limited()).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url())
+        .await
+        .expect("websocket connect");
+    ws.send(Message::text(oversized_request()))
+        .await
+        .expect("send oversized frame");
+
+    let mut refusal = None;
+    let mut close = None;
+    let drained = tokio::time::timeout(TIMEOUT, async {
+        while let Some(Ok(message)) = ws.next().await {
+            match message {
+                Message::Text(text) => {
+                    refusal = serde_json::from_str::<Value>(&text).ok();
+                }
+                Message::Close(frame) => {
+                    close = frame;
+                    break;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the server neither answered nor closed");
+    let refusal = refusal.expect("a JSON-RPC error before the close");
+    assert_eq!(refusal["error"]["code"], -32600, "{refusal}");
+    let close = close.expect("a close frame");
+    assert_eq!(close.code, CloseCode::Size, "{close:?}");
+    drop(server.shutdown().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_initialize_is_refused_and_the_first_client_info_stays() {
+    let mut server = support::Server::start(Transport::Stdio).await;
+    let mut client = server.connect().await;
+    client.initialize("first", "1.0").await;
+    let again = client
+        .request(
+            "initialize",
+            json!({"clientInfo": {"name": "second", "version": "2.0"}}),
+            None,
+        )
+        .await;
+    assert_eq!(again.error_code(), -32600);
+    let later = client.request("model/list", json!({}), None).await;
+    later.result();
+    client.close().await;
+    let finished = server.shutdown().await;
+    let span = finished.request_span(&later.id_str());
+    assert_eq!(
+        span.attr_str("app_server.client_name").as_deref(),
+        Some("first")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_params_get_invalid_params_naming_the_field() {
+    let mut server = support::Server::start(Transport::Stdio).await;
+    let mut client = server.connect().await;
+    client.initialize("edges", "1").await;
+    let bad = client
+        .request("thread/read", json!({"threadId": 42}), None)
+        .await;
+    assert_eq!(bad.error_code(), -32602);
+    let missing = client
+        .request("turn/start", json!({"input": []}), None)
+        .await;
+    assert_eq!(missing.error_code(), -32602);
+    for (response, field) in [(&bad, "threadId"), (&missing, "threadId")] {
+        let message = response.message["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(message.contains(field), "names `{field}`: {message}");
+    }
+    client.close().await;
+    drop(server.shutdown().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_request_with_an_origin_header_is_refused_with_403() {
+    let server = support::Server::start(Transport::WebSocket).await;
+    let mut stream = TcpStream::connect(server.ws_addr())
+        .await
+        .expect("tcp connect");
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {}\r\nOrigin: http://example.invalid\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+        server.ws_addr()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send handshake");
+    let mut response = String::new();
+    tokio::time::timeout(TIMEOUT, stream.read_to_string(&mut response))
+        .await
+        .expect("the server answered in time")
+        .expect("read response");
+    assert!(
+        response.starts_with("HTTP/1.1 403"),
+        "browser pages must not drive a local server: {response}"
+    );
+    drop(server.shutdown().await);
+}
