@@ -89,7 +89,9 @@ struct ServeArgs {
     #[arg(long, value_name = "MS", default_value_t = 0)]
     echo_delay_ms: u64,
 
-    /// How long shutdown may spend flushing spans, in seconds.
+    /// How long shutdown may spend flushing spans and the final metrics,
+    /// in seconds. Past it, what is still unsent is counted as dropped and
+    /// the process exits anyway: an unreachable collector never holds it.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     shutdown_timeout: u64,
 }

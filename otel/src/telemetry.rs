@@ -123,15 +123,9 @@ impl Telemetry {
     ///
     /// Logs one line per export pipeline that lost spans, with the count.
     pub fn shutdown(self, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
         if let Err(err) = self.provider.shutdown_with_timeout(timeout) {
             tracing::warn!(%err, "stopping the span exporters failed");
-        }
-        let metrics_stopped = self
-            .meter_provider
-            .as_ref()
-            .map(|meters| meters.shutdown_with_timeout(timeout));
-        if let Some(Err(err)) = metrics_stopped {
-            tracing::warn!(%err, "exporting the final metrics failed");
         }
         for stats in &self.pipelines {
             // Spans still pending after the timeout are lost too.
@@ -149,6 +143,30 @@ impl Telemetry {
                     exported = stats.exported(),
                     "all spans exported"
                 );
+            }
+        }
+        // Metrics last, so the final export carries the final dropped-span
+        // counts. The SDK's metric reader ignores shutdown timeouts (it
+        // waits a fixed 5 s), so it runs on a thread of its own and is
+        // abandoned when what remains of the budget runs out.
+        if let Some(meters) = self.meter_provider {
+            let budget = deadline
+                .saturating_duration_since(std::time::Instant::now())
+                .max(Duration::from_millis(250));
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            let spawned = std::thread::Builder::new()
+                .name("skein-metrics-shutdown".into())
+                .spawn(move || {
+                    let _ = done_tx.send(meters.shutdown());
+                });
+            match spawned.map(|_| done_rx.recv_timeout(budget)) {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(err))) => tracing::warn!(%err, "exporting the final metrics failed"),
+                Ok(Err(_)) => tracing::warn!(
+                    ?budget,
+                    "the final metrics export did not finish within the shutdown timeout; abandoning it"
+                ),
+                Err(err) => tracing::warn!(%err, "could not start the final metrics export"),
             }
         }
     }
