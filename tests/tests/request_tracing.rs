@@ -4,6 +4,7 @@
 //! stdio and WebSocket by `both_transports!`. Spans are read from the local
 //! trace store after a graceful shutdown (which flushes them).
 
+#[macro_use]
 mod support;
 
 use std::collections::HashSet;
@@ -16,26 +17,6 @@ use support::{
     METHOD_NOT_FOUND, NOT_INITIALIZED, PARSE_ERROR, SPAN_KIND_SERVER, STATUS_CODE_ERROR, Server,
     ServerOptions, TIMEOUT, TraceContext, Transport, error_code, next_request_id,
 };
-
-/// Runs `$scenario(Transport)` as two tests: `$scenario::stdio` and
-/// `$scenario::websocket`.
-macro_rules! both_transports {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            use super::Transport;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn stdio() {
-                super::$scenario(Transport::Stdio).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn websocket() {
-                super::$scenario(Transport::WebSocket).await;
-            }
-        }
-    )*};
-}
 
 both_transports!(
     envelope_traceparent_makes_server_span_child_of_client_span,

@@ -10,6 +10,7 @@
 //! server whose echo model waits [`HOLD_DELAY_MS`] between words, so they
 //! can only end by the test's own action.
 
+#[macro_use]
 mod support;
 
 use std::collections::HashSet;
@@ -23,26 +24,6 @@ use support::{
     SPAN_KIND_INTERNAL, SPAN_KIND_SERVER, STATUS_CODE_ERROR, Server, ServerOptions, Span, TIMEOUT,
     TURN_SPAN_NAME, TraceContext, Transport, notification_turn_id, turn_start_params,
 };
-
-/// Runs `$scenario(Transport)` as two tests: `$scenario::stdio` and
-/// `$scenario::websocket`.
-macro_rules! both_transports {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            use super::Transport;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn stdio() {
-                super::$scenario(Transport::Stdio).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn websocket() {
-                super::$scenario(Transport::WebSocket).await;
-            }
-        }
-    )*};
-}
 
 both_transports!(
     turn_notifications_and_spans_share_one_client_trace_with_exact_parent_links,

@@ -11,6 +11,28 @@
 
 #![allow(dead_code)]
 
+/// Runs a transport-generic scenario,
+/// `async fn scenario(Transport)`, as two tests: `$scenario::stdio` and
+/// `$scenario::websocket`.
+#[allow(unused_macros)] // used by the test files that cover both transports
+macro_rules! both_transports {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            use super::Transport;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn stdio() {
+                super::$scenario(Transport::Stdio).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn websocket() {
+                super::$scenario(Transport::WebSocket).await;
+            }
+        }
+    )*};
+}
+
 use std::collections::VecDeque;
 use std::collections::hash_map::RandomState;
 use std::collections::hash_map::{Entry, HashMap};
