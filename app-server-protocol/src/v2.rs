@@ -108,7 +108,7 @@ pub struct Thread {
     pub ephemeral: bool,
     /// The thread's turns; filled only when asked for.
     #[serde(default)]
-    pub turns: Vec<Value>,
+    pub turns: Vec<Turn>,
 }
 
 /// Parameters of `thread/start`.

@@ -327,10 +327,7 @@ fn thread_to_wire(info: &ThreadInfo, turns: &[TurnRecord]) -> Thread {
         created_at: info.created_at,
         updated_at: info.updated_at,
         ephemeral: info.ephemeral,
-        turns: turns
-            .iter()
-            .filter_map(|t| serde_json::to_value(turn_to_wire(t)).ok())
-            .collect(),
+        turns: turns.iter().map(turn_to_wire).collect(),
     }
 }
 
