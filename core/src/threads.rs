@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use skein_otel::CarrierSource;
-use skein_otel::names::{attr, span};
+use skein_otel::names::{attr, event, span};
 use skein_protocol::{
     Event, EventMsg, Op, Submission, TokenUsage, TurnKind, TurnStatus, UserInput, W3cTraceContext,
 };
@@ -680,6 +680,8 @@ struct RunningTurn {
     interrupt: watch::Sender<bool>,
     steer: mpsc::UnboundedSender<String>,
     task: JoinHandle<()>,
+    /// The turn span, for recording steering on it.
+    span: tracing::Span,
 }
 
 /// Builds the dispatch span for a submission, parented from its trace.
@@ -734,7 +736,14 @@ async fn submission_loop(
                 }
                 Op::Steer { turn_id, input } => match &running {
                     Some(turn) if turn.id == turn_id => {
-                        let _ = turn.steer.send(input_text(&input));
+                        let text = input_text(&input);
+                        tracing::event!(
+                            parent: &turn.span,
+                            tracing::Level::INFO,
+                            { attr::STEER_INPUT_CHARS } = text.chars().count(),
+                            message = event::TURN_STEER,
+                        );
+                        let _ = turn.steer.send(text);
                     }
                     _ => tracing::debug!(%turn_id, "steer for a turn that is no longer running"),
                 },
@@ -810,12 +819,13 @@ fn start_turn(
         steer: steer_rx,
         span: span.clone(),
     };
-    let task = tokio::spawn(run_turn(task).instrument(span));
+    let task = tokio::spawn(run_turn(task).instrument(span.clone()));
     Some(RunningTurn {
         id: turn_id,
         interrupt,
         steer,
         task,
+        span,
     })
 }
 
@@ -1158,6 +1168,65 @@ mod tests {
             Err(ThreadError::TurnNotRunning { .. })
         ));
         manager.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn steering_a_turn_records_an_event_on_its_span_and_extends_the_answer() {
+        let capture = Capture::new();
+        let manager = ThreadManager::new(CoreConfig {
+            echo_delay: Duration::from_millis(20),
+            store: None,
+        });
+        let thread = manager.start_thread(None, true).expect("thread");
+        let mut events = manager.handle(&thread.id).expect("handle").subscribe();
+        let started = manager
+            .start_turn(
+                &thread.id,
+                TurnKind::Regular,
+                vec![UserInput::Text {
+                    text: "one two three four five six".into(),
+                }],
+            )
+            .await
+            .expect("start");
+        // Steer once the first word has streamed, while the turn runs.
+        loop {
+            let event = events.recv().await.expect("event");
+            if matches!(event.event.msg, EventMsg::AgentMessageDelta { .. }) {
+                break;
+            }
+        }
+        manager
+            .steer(
+                &thread.id,
+                &started.turn_id,
+                vec![UserInput::Text {
+                    text: "seven".into(),
+                }],
+            )
+            .await
+            .expect("steer");
+        assert_eq!(
+            wait_for_completion(&mut events).await,
+            (TurnStatus::Completed, None)
+        );
+        let turns = manager.turns(&thread.id).expect("turns");
+        assert!(turns[0].output.ends_with("seven"), "{}", turns[0].output);
+        drop(events);
+        manager.shutdown().await;
+        let turn = &capture.named("invoke_agent skein")[0];
+        let steer = turn
+            .events
+            .iter()
+            .find(|e| e.name == event::TURN_STEER)
+            .unwrap_or_else(|| panic!("no steer event on the turn span: {:?}", turn.events));
+        assert!(
+            steer
+                .attributes
+                .iter()
+                .any(|kv| kv.key.as_str() == attr::STEER_INPUT_CHARS && kv.value.to_string() == "5"),
+            "{steer:?}"
+        );
     }
 
     #[tokio::test]

@@ -78,6 +78,8 @@ pub mod attr {
     pub const SUBMISSION_ID: &str = "submission.id";
     /// The submitted operation's kind.
     pub const OP: &str = "op";
+    /// Length in characters of input steered into a turn.
+    pub const STEER_INPUT_CHARS: &str = "turn.steer.input_chars";
     /// How many threads a shutdown stopped.
     pub const THREAD_COUNT: &str = "skein.thread.count";
 
@@ -104,6 +106,12 @@ pub mod attr {
     /// The span export pipeline a `skein.spans.dropped` point counts for:
     /// `otlp` or `local store`.
     pub const PIPELINE: &str = "pipeline";
+}
+
+/// Span event names.
+pub mod event {
+    /// Input was steered into a running turn (on the turn span).
+    pub const TURN_STEER: &str = "turn.steer";
 }
 
 /// Fixed attribute values.

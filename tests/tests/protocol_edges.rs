@@ -156,3 +156,31 @@ async fn websocket_request_with_an_origin_header_is_refused_with_403() {
     );
     drop(server.shutdown().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsampled_carrier_is_honoured_and_its_request_is_not_recorded() {
+    let mut server = support::Server::start(Transport::Stdio).await;
+    let mut client = server.connect().await;
+    client.initialize("edges", "1").await;
+    let parent = support::TraceContext::random();
+    let unsampled = json!({"traceparent": format!("00-{}-{}-00", parent.trace_id, parent.span_id)});
+    let quiet = client
+        .request("model/list", json!({}), Some(unsampled))
+        .await;
+    quiet.result();
+    let sampled = client
+        .request("model/list", json!({}), Some(parent.carrier()))
+        .await;
+    sampled.result();
+    client.close().await;
+    let finished = server.shutdown().await;
+    assert!(
+        finished.spans_for_request(&quiet.id_str()).is_empty(),
+        "a request whose client did not sample must not be recorded:\n{}",
+        finished.dump()
+    );
+    assert_eq!(
+        finished.request_span(&sampled.id_str()).trace_id,
+        parent.trace_id
+    );
+}
