@@ -14,7 +14,7 @@ use skein_otel::telemetry::{self, TelemetryConfig, sdk_disabled_by_env};
 
 /// Skein: a tracing-native JSON-RPC app-server for agent runtimes.
 #[derive(Debug, Parser)]
-#[command(name = "skein", version, about, long_about = None)]
+#[command(name = "skein", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
