@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 use skein_app_server_protocol::Outgoing;
 use skein_core::CoreEvent;
 use skein_protocol::{Event, EventMsg, TurnStatus};
-use tokio::sync::{broadcast, mpsc};
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::session::OutboundItem;
 
@@ -74,9 +76,15 @@ fn turn_json(turn_id: &str, status: TurnStatus, error: Option<&str>) -> Value {
 
 /// Forwards a thread's events to a connection until the thread shuts down,
 /// the connection goes away, or the task is aborted (unsubscribe).
+///
+/// A client that reads so slowly that the thread's event buffer laps it
+/// would silently miss notifications. Instead, the forwarder stops and
+/// flags `overrun` with the reason, and the connection is ended with it:
+/// the client learns it must reconnect and `thread/resume`.
 pub async fn forward_events(
     mut events: broadcast::Receiver<CoreEvent>,
     outbound: mpsc::Sender<OutboundItem>,
+    overrun: Arc<watch::Sender<Option<String>>>,
     connection: u64,
 ) {
     loop {
@@ -98,8 +106,13 @@ pub async fn forward_events(
                 tracing::warn!(
                     connection,
                     missed,
-                    "client reads notifications too slowly; some were dropped"
+                    "client reads notifications too slowly; ending the connection"
                 );
+                overrun.send_replace(Some(format!(
+                    "client too slow: {missed} notifications could not be delivered; \
+                     reconnect and thread/resume"
+                )));
+                return;
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }

@@ -9,7 +9,9 @@ use skein_app_server_protocol::Outgoing;
 use skein_app_server_protocol::v2::ClientInfo;
 use skein_core::ThreadHandle;
 use skein_otel::names::value;
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::events::forward_events;
@@ -55,6 +57,9 @@ pub struct ConnectionSession {
     client: OnceLock<ClientInfo>,
     outbound: mpsc::Sender<OutboundItem>,
     subscriptions: Mutex<Subscriptions>,
+    /// Set, with the reason, when the connection must be ended by the
+    /// server (a client too slow to keep up with its notifications).
+    overrun: Arc<watch::Sender<Option<String>>>,
 }
 
 /// The threads a connection follows: one forwarder task each.
@@ -75,6 +80,24 @@ impl ConnectionSession {
             client: OnceLock::new(),
             outbound,
             subscriptions: Mutex::default(),
+            overrun: Arc::new(watch::channel(None).0),
+        }
+    }
+
+    /// Resolves with the reason once the server has to end this
+    /// connection because the client fell behind its notifications.
+    pub fn overrun(&self) -> impl Future<Output = String> + Send + 'static {
+        let mut rx = self.overrun.subscribe();
+        async move {
+            let reason = rx
+                .wait_for(Option::is_some)
+                .await
+                .map(|reason| reason.clone().unwrap_or_default());
+            match reason {
+                Ok(reason) => reason,
+                // The session is gone: nothing will ever be overrun.
+                Err(_) => std::future::pending().await,
+            }
         }
     }
 
@@ -89,7 +112,12 @@ impl ConnectionSession {
         if subs.by_thread.contains_key(thread.id()) {
             return;
         }
-        let task = forward_events(thread.subscribe(), self.outbound.clone(), self.id);
+        let task = forward_events(
+            thread.subscribe(),
+            self.outbound.clone(),
+            Arc::clone(&self.overrun),
+            self.id,
+        );
         let abort = subs.tasks.spawn(task);
         subs.by_thread.insert(thread.id().to_owned(), abort);
     }

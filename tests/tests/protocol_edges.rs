@@ -184,3 +184,83 @@ async fn unsampled_carrier_is_honoured_and_its_request_is_not_recorded() {
         parent.trace_id
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_client_too_slow_for_its_notifications_is_closed_with_1008() {
+    let mut server = support::Server::start(Transport::WebSocket).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url())
+        .await
+        .expect("websocket connect");
+    async fn call(
+        ws: &mut tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        id: i64,
+        method: &str,
+        params: Value,
+    ) -> Value {
+        ws.send(Message::text(
+            json!({"id": id, "method": method, "params": params}).to_string(),
+        ))
+        .await
+        .expect("send");
+        tokio::time::timeout(TIMEOUT, async {
+            while let Some(Ok(message)) = ws.next().await {
+                if let Message::Text(text) = message {
+                    let value: Value = serde_json::from_str(&text).expect("json");
+                    if value["id"] == id {
+                        return value;
+                    }
+                }
+            }
+            panic!("connection closed before the response to {method}");
+        })
+        .await
+        .expect("response in time")
+    }
+    call(
+        &mut ws,
+        1,
+        "initialize",
+        json!({"clientInfo": {"name": "slow", "version": "1"}}),
+    )
+    .await;
+    let thread = call(&mut ws, 2, "thread/start", json!({})).await;
+    let thread_id = thread["result"]["thread"]["id"]
+        .as_str()
+        .expect("thread id")
+        .to_owned();
+    // Far more notification bytes than the loopback socket buffers hold, so
+    // a client that stops reading falls behind the thread's event buffer.
+    let words = vec!["w"; 200_000].join(" ");
+    let started = call(
+        &mut ws,
+        3,
+        "turn/start",
+        json!({"threadId": thread_id, "input": [{"type": "text", "text": words}]}),
+    )
+    .await;
+    assert!(started.get("result").is_some(), "{started}");
+
+    // Stop reading until the server says it gave up on this client.
+    server
+        .wait_for_stderr(|line| line.contains("client reads notifications too slowly"))
+        .await;
+    let close = tokio::time::timeout(TIMEOUT, async {
+        while let Some(Ok(message)) = ws.next().await {
+            if let Message::Close(frame) = message {
+                return frame;
+            }
+        }
+        None
+    })
+    .await
+    .expect("the connection ended in time")
+    .expect("a close frame saying why");
+    assert_eq!(close.code, CloseCode::Policy, "{close:?}");
+    assert!(
+        close.reason.contains("client too slow"),
+        "the reason tells the client what happened: {close:?}"
+    );
+    drop(server.shutdown().await);
+}

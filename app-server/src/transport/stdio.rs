@@ -97,10 +97,16 @@ pub async fn serve_lines<R, W>(
     let mut reader = BufReader::new(input);
     let mut line = Vec::new();
     let limit = ctx.max_message_bytes();
+    let overrun = handler.session().overrun();
+    tokio::pin!(overrun);
     loop {
         let read = tokio::select! {
             read = read_line_limited(&mut reader, &mut line, limit) => read,
             _ = shutdown.wait_for(|stop| *stop) => break,
+            reason = &mut overrun => {
+                tracing::error!(%reason, "stdout is not being read; shutting down");
+                break;
+            }
         };
         let keep_going = match read {
             Ok(LineRead::Line) if line.iter().all(u8::is_ascii_whitespace) => true,

@@ -211,11 +211,19 @@ async fn serve_connection(
         code: CloseCode::Normal,
         reason: "".into(),
     };
+    let overrun = handler.session().overrun();
+    tokio::pin!(overrun);
     loop {
         let next = tokio::select! {
             next = stream.next() => next,
             _ = shutdown.wait_for(|stop| *stop) => {
                 close = CloseFrame { code: CloseCode::Away, reason: "server shutting down".into() };
+                break;
+            }
+            reason = &mut overrun => {
+                // Close frame reasons are limited to 123 bytes.
+                let reason = skein_app_server_protocol::truncate_for_display(&reason, 110);
+                close = CloseFrame { code: CloseCode::Policy, reason: reason.into() };
                 break;
             }
         };
