@@ -231,15 +231,7 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let provider = builder.build();
     let tracer = provider.tracer(SCOPE_NAME);
 
-    let otel_layer = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_threads(false)
-        .with_location(false)
-        .with_target(false)
-        .with_tracked_inactivity(false)
-        .with_filter(filter_fn(|meta| {
-            meta.target().starts_with("skein") && *meta.level() <= Level::INFO
-        }));
+    let otel_layer = otel_layer(tracer);
     let fmt_layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -269,6 +261,25 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     })
 }
 
+/// The layer that turns `tracing` spans into OTel spans: only Skein's own
+/// (targets starting with `skein`) at INFO or above, whatever `RUST_LOG`
+/// says, and without the layer's default extras (its OS-thread `thread.id`
+/// would collide with Skein's agent `thread.id`).
+fn otel_layer<S>(tracer: opentelemetry_sdk::trace::SdkTracer) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_threads(false)
+        .with_location(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
+        .with_filter(filter_fn(|meta| {
+            meta.target().starts_with("skein") && *meta.level() <= Level::INFO
+        }))
+}
+
 /// True when the environment names the service, through
 /// `OTEL_SERVICE_NAME` or `service.name` in `OTEL_RESOURCE_ATTRIBUTES`.
 fn service_name_from_env() -> bool {
@@ -280,4 +291,36 @@ fn service_name_from_env() -> bool {
                     .is_some_and(|(k, v)| k.trim() == "service.name" && !v.trim().is_empty())
             })
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_sdk::trace::InMemorySpanExporter;
+
+    #[test]
+    fn only_skeins_own_spans_at_info_or_above_become_otel_spans() {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(otel_layer(provider.tracer("test")))
+            // A log layer as verbose as RUST_LOG=trace keeps every span
+            // alive, as in a real process.
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::sink));
+        tracing::subscriber::with_default(subscriber, || {
+            drop(tracing::trace_span!(target: "h2::proto::connection", "Connection"));
+            drop(tracing::info_span!(target: "hyper_util::client", "connect"));
+            drop(tracing::debug_span!(target: "skein_core::turn", "debug detail"));
+            drop(tracing::info_span!(target: "skein_core::turn", "turn"));
+        });
+        let names: Vec<String> = exporter
+            .get_finished_spans()
+            .expect("spans")
+            .into_iter()
+            .map(|s| s.name.into_owned())
+            .collect();
+        assert_eq!(names, vec!["turn".to_owned()]);
+    }
 }
