@@ -326,17 +326,7 @@ pub fn write_view(
             pad_right(&span.name, name_width.saturating_sub(width(&row.guide))),
             duration_styled(style, span, &pad_left(&span_duration(span), duration_width)),
         );
-        let attrs = key_attributes(span);
-        if !attrs.is_empty() {
-            line.push_str("  ");
-            line.push_str(&attrs.join(" "));
-        }
-        if let Some(mark) = error_mark(span) {
-            line.push_str("  ");
-            line.push_str(&style.error(&mark));
-        }
-        line.push_str("  ");
-        line.push_str(&style.dim(&format!("[{}]", span.short_id())));
+        push_span_details(&mut line, span, style);
         writeln!(out, "{line}")?;
 
         if verbose {
@@ -435,6 +425,13 @@ pub fn write_follow_line(out: &mut dyn Write, span: &Span, style: Style) -> std:
         pad_right(&span.name, 24),
         duration_styled(style, span, &pad_left(&duration, 8)),
     );
+    push_span_details(&mut line, span, style);
+    writeln!(out, "{line}")
+}
+
+/// Appends what every one-line span rendering ends with: the key
+/// attributes, an ERROR mark where the span failed, and the short span id.
+fn push_span_details(line: &mut String, span: &Span, style: Style) {
     let attrs = key_attributes(span);
     if !attrs.is_empty() {
         line.push_str("  ");
@@ -446,7 +443,6 @@ pub fn write_follow_line(out: &mut dyn Write, span: &Span, style: Style) -> std:
     }
     line.push_str("  ");
     line.push_str(&style.dim(&format!("[{}]", span.short_id())));
-    writeln!(out, "{line}")
 }
 
 #[cfg(test)]
