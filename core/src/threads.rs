@@ -450,10 +450,7 @@ impl ThreadManager {
         let (submissions, rx) = mpsc::channel(SUBMISSION_QUEUE);
         let (events, _) = broadcast::channel(EVENT_CHANNEL);
         let last_turn_span = turns.iter().rev().find_map(|t| {
-            let (trace_id, span_id) = (t.trace_id.as_deref()?, t.span_id.as_deref()?);
-            Some(W3cTraceContext::from_traceparent(format!(
-                "00-{trace_id}-{span_id}-01"
-            )))
+            skein_otel::carrier_from_ids(t.trace_id.as_deref()?, t.span_id.as_deref()?)
         });
         let entry = Arc::new(ThreadEntry {
             id: info.id.clone(),

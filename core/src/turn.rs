@@ -138,14 +138,14 @@ pub(crate) async fn run_turn(task: TurnTask) {
         span,
     } = task;
     let turn_started = Instant::now();
-    let trace = skein_otel::carrier_for_span(&span);
-    let (trace_id, span_id) = trace
+    let context = skein_otel::span_context_of(&span);
+    let trace = context
         .as_ref()
-        .and_then(|t| t.traceparent.as_deref())
-        .and_then(|tp| {
-            let mut parts = tp.split('-').skip(1);
-            Some((parts.next()?.to_owned(), parts.next()?.to_owned()))
-        })
+        .and_then(skein_otel::carrier_for_span_context);
+    let (trace_id, span_id) = context
+        .as_ref()
+        .map(skein_otel::span_ids)
+        .map(|ids| (ids.trace_id, ids.span_id))
         .unzip();
     {
         let mut state = entry.state();

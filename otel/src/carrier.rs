@@ -9,7 +9,7 @@ use std::fmt;
 use std::sync::OnceLock;
 
 use opentelemetry::Context;
-use opentelemetry::trace::{SpanContext, TraceContextExt};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use serde_json::Value;
 use skein_protocol::W3cTraceContext;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -237,6 +237,39 @@ pub fn carrier_for_span_context(sc: &SpanContext) -> Option<W3cTraceContext> {
     })
 }
 
+/// A span's trace id and span id as lowercase hex, the form thread
+/// history records them in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpanIds {
+    /// 32 hex digits.
+    pub trace_id: String,
+    /// 16 hex digits.
+    pub span_id: String,
+}
+
+/// The ids of a span's context.
+pub fn span_ids(sc: &SpanContext) -> SpanIds {
+    SpanIds {
+        trace_id: sc.trace_id().to_string(),
+        span_id: sc.span_id().to_string(),
+    }
+}
+
+/// A carrier naming the (sampled) span `trace_id`/`span_id`, as recorded
+/// in history; `None` when the ids are not valid hex ids.
+pub fn carrier_from_ids(trace_id: &str, span_id: &str) -> Option<W3cTraceContext> {
+    let trace_id = TraceId::from_hex(trace_id).ok()?;
+    let span_id = SpanId::from_hex(span_id).ok()?;
+    let sc = SpanContext::new(
+        trace_id,
+        span_id,
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    carrier_for_span_context(&sc)
+}
+
 /// The carrier for the current span, or `None` outside any traced span.
 pub fn current_carrier() -> Option<W3cTraceContext> {
     carrier_for_span(&tracing::Span::current())
@@ -312,6 +345,25 @@ mod tests {
         assert_eq!(
             span_context_from_carrier(&c),
             Err(CarrierError::MissingTraceparent)
+        );
+    }
+
+    #[test]
+    fn carrier_from_recorded_ids_names_that_span() {
+        let c = carrier_from_ids("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
+            .expect("valid ids");
+        let sc = span_context_from_carrier(&c).expect("parses back");
+        assert_eq!(
+            span_ids(&sc),
+            SpanIds {
+                trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+                span_id: "b7ad6b7169203331".into(),
+            }
+        );
+        assert_eq!(carrier_from_ids("zz", "b7ad6b7169203331"), None);
+        assert_eq!(
+            carrier_from_ids("00000000000000000000000000000000", "b7ad6b7169203331"),
+            None
         );
     }
 

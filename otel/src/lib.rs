@@ -23,7 +23,8 @@ pub mod telemetry;
 pub mod w3c;
 
 pub use carrier::{
-    CarrierError, CarrierSource, ParentChoice, add_link_from_carrier, carrier_for_span,
-    choose_parent, current_carrier, set_parent_from_carrier, set_remote_parent,
+    CarrierError, CarrierSource, ParentChoice, SpanIds, add_link_from_carrier, carrier_for_span,
+    carrier_for_span_context, carrier_from_ids, choose_parent, current_carrier,
+    set_parent_from_carrier, set_remote_parent, span_context_of, span_ids,
 };
 pub use telemetry::{Telemetry, TelemetryConfig, TelemetryError};
