@@ -171,10 +171,9 @@ impl MessageProcessor {
 
     fn thread_resume(&self, params: ThreadIdParams, session: &ConnectionSession) -> HandlerResult {
         let handle = self.threads.load(&params.thread_id).map_err(thread_error)?;
-        let info = self.threads.read(&params.thread_id).map_err(thread_error)?;
-        let turns = self
+        let (info, turns) = self
             .threads
-            .turns(&params.thread_id)
+            .read_with_turns(&params.thread_id)
             .map_err(thread_error)?;
         session.subscribe(&handle);
         to_value(ThreadStartResponse {
@@ -270,14 +269,14 @@ impl MessageProcessor {
     }
 
     fn thread_read(&self, params: ThreadReadParams) -> HandlerResult {
-        let info = self.threads.read(&params.thread_id).map_err(thread_error)?;
-        let turns = if params.include_turns {
-            self.threads
-                .turns(&params.thread_id)
-                .map_err(thread_error)?
+        let (info, turns) = if params.include_turns {
+            self.threads.read_with_turns(&params.thread_id)
         } else {
-            Vec::new()
-        };
+            self.threads
+                .read(&params.thread_id)
+                .map(|info| (info, Vec::new()))
+        }
+        .map_err(thread_error)?;
         to_value(ThreadReadResponse {
             thread: thread_to_wire(&info, &turns),
         })

@@ -401,7 +401,7 @@ impl ThreadManager {
         id: &str,
         up_to_turn: Option<&str>,
     ) -> Result<ThreadInfo, ThreadError> {
-        let (mut info, turns) = self.snapshot(id)?;
+        let (mut info, turns) = self.read_with_turns(id)?;
         let mut turns: Vec<TurnRecord> = turns
             .into_iter()
             .filter(|t| t.status != TurnStatus::InProgress)
@@ -428,9 +428,9 @@ impl ThreadManager {
         Ok(info)
     }
 
-    /// A thread's metadata and turns: from memory when loaded here, else
-    /// read from the store (without taking it over).
-    fn snapshot(&self, id: &str) -> Result<(ThreadInfo, Vec<TurnRecord>), ThreadError> {
+    /// A thread's metadata and turns, read once: from memory when loaded
+    /// here, else from the store (without taking it over).
+    pub fn read_with_turns(&self, id: &str) -> Result<(ThreadInfo, Vec<TurnRecord>), ThreadError> {
         if let Ok(handle) = self.handle(id) {
             let state = handle.entry.state();
             return Ok((state.info.clone(), state.turns.clone()));
@@ -483,13 +483,17 @@ impl ThreadManager {
 
     /// A thread's metadata (from the store when not loaded here).
     pub fn read(&self, id: &str) -> Result<ThreadInfo, ThreadError> {
-        self.snapshot(id).map(|(info, _)| info)
+        // A loaded thread's metadata without copying its turns.
+        if let Ok(handle) = self.handle(id) {
+            return Ok(handle.entry.state().info.clone());
+        }
+        self.read_with_turns(id).map(|(info, _)| info)
     }
 
     /// A thread's turns, oldest first (from the store when not loaded
     /// here).
     pub fn turns(&self, id: &str) -> Result<Vec<TurnRecord>, ThreadError> {
-        self.snapshot(id).map(|(_, turns)| turns)
+        self.read_with_turns(id).map(|(_, turns)| turns)
     }
 
     /// Threads newest first, `limit` at a time, after `cursor` (the last
