@@ -53,6 +53,17 @@ impl fmt::Display for OtlpProtocol {
 #[error("unknown OTLP protocol {0:?}; expected http/protobuf, grpc or http/json")]
 pub struct UnknownProtocol(String);
 
+impl OtlpProtocol {
+    /// The exporter's name for this protocol.
+    pub fn wire(self) -> Protocol {
+        match self {
+            OtlpProtocol::HttpProtobuf => Protocol::HttpBinary,
+            OtlpProtocol::Grpc => Protocol::Grpc,
+            OtlpProtocol::HttpJson => Protocol::HttpJson,
+        }
+    }
+}
+
 impl FromStr for OtlpProtocol {
     type Err = UnknownProtocol;
 
@@ -139,6 +150,18 @@ pub enum ExportSetupError {
     /// The runtime for gRPC export could not start.
     #[error("cannot start the gRPC export runtime: {0}")]
     Runtime(std::io::Error),
+}
+
+impl ExportSetupError {
+    /// Maps the OTLP exporter's build error for `protocol`.
+    pub(crate) fn otlp(
+        protocol: OtlpProtocol,
+    ) -> impl Fn(opentelemetry_otlp::ExporterBuildError) -> Self {
+        move |e| ExportSetupError::Otlp {
+            protocol,
+            reason: e.to_string(),
+        }
+    }
 }
 
 /// What one pipeline delivered and lost.
@@ -354,20 +377,12 @@ pub fn otlp_processor(
     let endpoint = settings.explicit_endpoint(protocol);
     let stats = ExportStats::new("otlp");
     let delay = Duration::from_secs(1);
-    let otlp_error = |e: opentelemetry_otlp::ExporterBuildError| ExportSetupError::Otlp {
-        protocol,
-        reason: e.to_string(),
-    };
+    let otlp_error = ExportSetupError::otlp(protocol);
     let processor = match protocol {
         OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
-            let wire = if protocol == OtlpProtocol::HttpJson {
-                Protocol::HttpJson
-            } else {
-                Protocol::HttpBinary
-            };
             let mut builder = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
-                .with_protocol(wire);
+                .with_protocol(protocol.wire());
             if let Some(endpoint) = endpoint {
                 builder = builder.with_endpoint(endpoint);
             }
@@ -378,7 +393,7 @@ pub fn otlp_processor(
             let exporter = OwnRuntimeExporter::build("skein-otlp-grpc", || {
                 let mut builder = opentelemetry_otlp::SpanExporter::builder()
                     .with_tonic()
-                    .with_protocol(Protocol::Grpc);
+                    .with_protocol(protocol.wire());
                 if let Some(endpoint) = endpoint {
                     builder = builder.with_endpoint(endpoint);
                 }

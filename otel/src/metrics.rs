@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, Meter};
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use skein_protocol::{TokenUsage, TurnKind, TurnStatus};
@@ -255,21 +255,13 @@ pub fn otlp_meter_provider(
 ) -> Result<SdkMeterProvider, ExportSetupError> {
     let protocol = settings.resolved_protocol()?;
     let endpoint = settings.signal_endpoint(protocol, "/v1/metrics");
-    let otlp_error = |e: opentelemetry_otlp::ExporterBuildError| ExportSetupError::Otlp {
-        protocol,
-        reason: e.to_string(),
-    };
+    let otlp_error = ExportSetupError::otlp(protocol);
     let builder = SdkMeterProvider::builder().with_resource(resource);
     let provider = match protocol {
         OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
-            let wire = if protocol == OtlpProtocol::HttpJson {
-                Protocol::HttpJson
-            } else {
-                Protocol::HttpBinary
-            };
             let mut exporter = opentelemetry_otlp::MetricExporter::builder()
                 .with_http()
-                .with_protocol(wire);
+                .with_protocol(protocol.wire());
             if let Some(endpoint) = endpoint {
                 exporter = exporter.with_endpoint(endpoint);
             }
@@ -282,7 +274,7 @@ pub fn otlp_meter_provider(
             let exporter = OwnRuntimeExporter::build("skein-otlp-grpc-metrics", || {
                 let mut exporter = opentelemetry_otlp::MetricExporter::builder()
                     .with_tonic()
-                    .with_protocol(Protocol::Grpc);
+                    .with_protocol(protocol.wire());
                 if let Some(endpoint) = endpoint {
                     exporter = exporter.with_endpoint(endpoint);
                 }
