@@ -33,24 +33,23 @@ pub struct CallTimer {
     started: Instant,
 }
 
-impl CallTimer {
-    /// Starts timing `request` now.
-    pub fn start(request: &Request) -> Self {
-        Self {
-            rpc_method: rpc_method(Method::from_name(&request.method)),
-            started: Instant::now(),
-        }
-    }
-}
-
 /// Builds the request span for `request` arriving on `session`.
 ///
 /// The span is a root of the local span tree; its OTel parent is the first
 /// valid carrier among the envelope's `trace`, `params._meta` and the
 /// environment's `TRACEPARENT`. Invalid carriers are logged as warnings
-/// inside the span and otherwise ignored.
-pub fn make_request_span(request: &Request, session: &ConnectionSession) -> tracing::Span {
+/// inside the span and otherwise ignored. Also starts the request's
+/// [`CallTimer`].
+pub fn make_request_span(
+    request: &Request,
+    session: &ConnectionSession,
+) -> (tracing::Span, CallTimer) {
+    let started = Instant::now();
     let known = Method::from_name(&request.method);
+    let timer = CallTimer {
+        rpc_method: rpc_method(known),
+        started,
+    };
     let (otel_name, original) = match known {
         Some(method) => (method.as_str(), None),
         None => (
@@ -88,7 +87,7 @@ pub fn make_request_span(request: &Request, session: &ConnectionSession) -> trac
         { attr::RPC_SYSTEM } = value::JSONRPC,
         { attr::RPC_SYSTEM_NAME } = value::JSONRPC,
         { attr::RPC_SERVICE } = value::SERVICE_NAME,
-        { attr::RPC_METHOD } = rpc_method(known),
+        { attr::RPC_METHOD } = timer.rpc_method,
         { attr::RPC_METHOD_ORIGINAL } = original,
         { attr::RPC_TRANSPORT } = session.transport().as_str(),
         { attr::RPC_REQUEST_ID } = request_id.as_str(),
@@ -124,7 +123,7 @@ pub fn make_request_span(request: &Request, session: &ConnectionSession) -> trac
     }
 
     record_ids(&span, request.params.as_ref());
-    span
+    (span, timer)
 }
 
 /// Completes a request span from the response: ids the result reveals, and

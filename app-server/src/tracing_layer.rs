@@ -18,7 +18,7 @@ use skein_app_server_protocol::{Outgoing, Request};
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use crate::request_span::{CallTimer, make_request_span, record_response};
+use crate::request_span::{make_request_span, record_response};
 use crate::session::ConnectionSession;
 
 /// One inbound request and the connection it came on.
@@ -75,8 +75,7 @@ where
     }
 
     fn call(&mut self, call: RpcCall) -> Self::Future {
-        let timer = CallTimer::start(&call.request);
-        let span = make_request_span(&call.request, &call.session);
+        let (span, timer) = make_request_span(&call.request, &call.session);
         let inner = {
             let _entered = span.enter();
             self.inner.call(call)
