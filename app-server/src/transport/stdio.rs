@@ -6,8 +6,12 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::sync::{mpsc, watch};
+use std::io::{Read, Write};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, ReadBuf};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::connection::ConnectionHandler;
 use crate::server::{EVENT_DRAIN_TIMEOUT, ServerContext};
@@ -69,32 +73,52 @@ pub async fn read_line_limited<R: AsyncBufRead + Unpin>(
 
 /// Serves one connection on stdin/stdout until EOF or shutdown. EOF on
 /// stdin shuts the whole server down through `stop`.
+///
+/// stdin and stdout are driven by two plain threads, not by tokio's
+/// `stdin()` / `stdout()`, which hand every read, write and flush to the
+/// blocking pool: the reader hands whole chunks to the connection, and the
+/// writer batches every reply queued at the time into one write.
 pub async fn serve_stdio(
     ctx: ServerContext,
     shutdown: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
 ) {
-    serve_lines(tokio::io::stdin(), tokio::io::stdout(), ctx, shutdown, stop).await;
+    let input = match ChunkReader::spawn("skein-stdin", std::io::stdin()) {
+        Ok(input) => input,
+        Err(err) => {
+            tracing::error!(%err, "cannot start the stdin reader");
+            let _ = stop.send(true);
+            return;
+        }
+    };
+    serve_lines(input, std::io::stdout(), ctx, shutdown, stop).await;
 }
 
-/// Serves one line-delimited connection over any reader and writer.
+/// Serves one line-delimited connection over any buffered reader and any
+/// blocking writer (written from a thread of its own).
 pub async fn serve_lines<R, W>(
-    input: R,
+    mut reader: R,
     output: W,
     ctx: ServerContext,
     mut shutdown: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
 ) where
-    R: tokio::io::AsyncRead + Unpin,
-    W: AsyncWrite + Unpin + Send + 'static,
+    R: AsyncBufRead + Unpin,
+    W: Write + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-    let writer = tokio::spawn(write_lines(output, rx));
+    let writer = match spawn_line_writer(output, rx) {
+        Ok(writer) => writer,
+        Err(err) => {
+            tracing::error!(%err, "cannot start the stdout writer");
+            let _ = stop.send(true);
+            return;
+        }
+    };
     let session = Arc::new(ConnectionSession::new(Transport::Stdio, tx));
     tracing::info!(connection = session.id(), "stdio connection open");
     let mut handler = ConnectionHandler::new(session, ctx.service(), ctx.processor());
 
-    let mut reader = BufReader::new(input);
     let mut line = Vec::new();
     let limit = ctx.max_message_bytes();
     let overrun = handler.session().overrun();
@@ -137,31 +161,155 @@ pub async fn serve_lines<R, W>(
     // Dropping the handler drops the last sender, which lets the writer
     // finish the queue and stop.
     drop(handler);
-    if let Err(err) = writer.await {
-        tracing::error!(%err, "stdout writer failed");
+    if writer.await.is_err() {
+        tracing::error!("stdout writer thread failed");
     }
 }
 
-async fn write_lines<W: AsyncWrite + Unpin>(mut output: W, mut rx: mpsc::Receiver<OutboundItem>) {
-    while let Some(item) = rx.recv().await {
-        let written = async {
-            output.write_all(item.text.as_bytes()).await?;
-            output.write_all(b"\n").await?;
-            output.flush().await
+/// Most bytes one write of the line writer gathers before writing.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+
+/// Starts the thread that writes queued items as lines to `output`. The
+/// returned receiver resolves once the queue closed and everything was
+/// written (or the output failed).
+fn spawn_line_writer<W: Write + Send + 'static>(
+    output: W,
+    rx: mpsc::Receiver<OutboundItem>,
+) -> std::io::Result<oneshot::Receiver<()>> {
+    let (done_tx, done_rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("skein-stdout".into())
+        .spawn(move || {
+            write_lines(output, rx);
+            let _ = done_tx.send(());
+        })?;
+    Ok(done_rx)
+}
+
+/// Writes every queued item as one line. Items already queued are gathered
+/// into one write, and the output is flushed whenever the queue runs dry:
+/// one write and one flush per burst, not per message. The request spans an
+/// item completes end (are dropped) only after its bytes were flushed.
+fn write_lines<W: Write>(mut output: W, mut rx: mpsc::Receiver<OutboundItem>) {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut written = Vec::new();
+    while let Some(item) = rx.blocking_recv() {
+        let mut next = Some(item);
+        while let Some(item) = next.take() {
+            buf.extend_from_slice(item.text.as_bytes());
+            buf.push(b'\n');
+            written.push(item);
+            if buf.len() < WRITE_BATCH_BYTES {
+                next = rx.try_recv().ok();
+            }
         }
-        .await;
-        // The request spans end here, after their response was written.
-        drop(item);
-        if let Err(err) = written {
+        let result = output.write_all(&buf).and_then(|()| output.flush());
+        buf.clear();
+        // The request spans end here, after their responses were written.
+        written.clear();
+        if buf.capacity() > WRITE_BATCH_BYTES * 2 {
+            buf.shrink_to(16 * 1024);
+        }
+        if let Err(err) = result {
             tracing::warn!(%err, "stdout closed; dropping further output");
             return;
         }
     }
 }
 
+/// Size of one read from a [`ChunkReader`]'s source.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// An async buffered reader over a blocking source read on a thread of its
+/// own, which hands over whole chunks: one wake-up per chunk, not per line.
+#[derive(Debug)]
+pub struct ChunkReader {
+    rx: mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl ChunkReader {
+    /// Starts a thread named `name` reading `source` until EOF or an error.
+    pub fn spawn<S: Read + Send + 'static>(name: &str, mut source: S) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel(4);
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                loop {
+                    let mut chunk = vec![0; READ_CHUNK_BYTES];
+                    let read = match source.read(&mut chunk) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            chunk.truncate(n);
+                            Ok(chunk)
+                        }
+                        Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(err) => Err(err),
+                    };
+                    let failed = read.is_err();
+                    if tx.blocking_send(read).is_err() || failed {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+            done: false,
+        })
+    }
+}
+
+impl AsyncRead for ChunkReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let available = match self.as_mut().poll_fill_buf(cx) {
+            Poll::Ready(Ok(available)) => available,
+            Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+            Poll::Pending => return Poll::Pending,
+        };
+        let n = available.len().min(buf.remaining());
+        buf.put_slice(&available[..n]);
+        self.consume(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncBufRead for ChunkReader {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<&[u8]>> {
+        let this = self.get_mut();
+        while this.pos >= this.chunk.len() && !this.done {
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    this.chunk = chunk;
+                    this.pos = 0;
+                }
+                Poll::Ready(Some(Err(err))) => {
+                    this.done = true;
+                    return Poll::Ready(Err(err));
+                }
+                Poll::Ready(None) => this.done = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(&this.chunk[this.pos.min(this.chunk.len())..]))
+    }
+
+    fn consume(mut self: Pin<&mut Self>, amt: usize) {
+        self.pos += amt;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::BufReader;
 
     async fn lines(input: &[u8], max: usize) -> Vec<Result<String, LineRead>> {
         let mut reader = BufReader::with_capacity(4, input);
@@ -199,7 +347,6 @@ mod tests {
     async fn a_span_handed_to_the_writer_ends_only_after_its_bytes_are_written() {
         use opentelemetry::trace::TracerProvider as _;
         use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
-        use tokio::io::AsyncReadExt;
         use tracing_subscriber::layer::SubscriberExt;
 
         let exporter = InMemorySpanExporter::default();
@@ -210,12 +357,12 @@ mod tests {
         let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
         let ended = || exporter.get_finished_spans().expect("spans").len();
 
-        // A pipe too small for the message: the write cannot finish until
-        // the reader drains it.
-        let (mut reader, writer) = tokio::io::duplex(8);
+        // A message larger than the pipe's buffer: the write cannot finish
+        // until the reader drains it.
+        let (mut reader, writer) = std::io::pipe().expect("pipe");
         let (tx, rx) = mpsc::channel(4);
-        let writing = tokio::spawn(write_lines(writer, rx));
-        let text = "x".repeat(64);
+        let done = spawn_line_writer(writer, rx).expect("writer thread");
+        let text = "x".repeat(1024 * 1024);
         tx.send(OutboundItem {
             text: text.clone(),
             spans: vec![tracing::info_span!("held")],
@@ -224,7 +371,7 @@ mod tests {
         .expect("queue");
 
         let mut first = [0u8; 8];
-        reader.read_exact(&mut first).await.expect("first bytes");
+        reader.read_exact(&mut first).expect("first bytes");
         assert_eq!(
             ended(),
             0,
@@ -232,10 +379,51 @@ mod tests {
         );
 
         let mut rest = vec![0u8; text.len() + 1 - first.len()];
-        reader.read_exact(&mut rest).await.expect("rest");
+        reader.read_exact(&mut rest).expect("rest");
         drop(tx);
-        writing.await.expect("writer");
+        done.await.expect("writer");
         assert_eq!(ended(), 1, "span did not end once its message was written");
+    }
+
+    #[tokio::test]
+    async fn queued_items_are_written_as_lines_in_order() {
+        let (mut reader, writer) = std::io::pipe().expect("pipe");
+        let (tx, rx) = mpsc::channel(64);
+        for n in 0..50 {
+            tx.send(OutboundItem {
+                text: format!("{{\"n\":{n}}}"),
+                spans: Vec::new(),
+            })
+            .await
+            .expect("queue");
+        }
+        drop(tx);
+        let done = spawn_line_writer(writer, rx).expect("writer thread");
+        done.await.expect("writer");
+        let mut out = String::new();
+        reader.read_to_string(&mut out).expect("read");
+        let expected: String = (0..50).map(|n| format!("{{\"n\":{n}}}\n")).collect();
+        assert_eq!(out, expected);
+    }
+
+    #[tokio::test]
+    async fn chunk_reader_yields_the_source_then_eof() {
+        let source = std::io::Cursor::new(b"one\ntwo\nthree".repeat(10_000));
+        let mut reader = ChunkReader::spawn("test-reader", source).expect("reader");
+        let mut buf = Vec::new();
+        let mut count = 0;
+        loop {
+            match read_line_limited(&mut reader, &mut buf, 1024)
+                .await
+                .expect("io")
+            {
+                LineRead::Line => count += 1,
+                LineRead::Eof => break,
+                LineRead::TooLarge(len) => panic!("unexpected oversized line of {len}"),
+            }
+        }
+        // 10,000 copies of "one\ntwo\nthree" joined: "threeone" runs together.
+        assert_eq!(count, 20_001);
     }
 
     #[tokio::test]

@@ -37,6 +37,10 @@ use skein_app_server_protocol::ErrorObject;
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// How long a client may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Initial read buffer of a WebSocket connection.
+const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Bytes of frames buffered before tungstenite writes them without a flush.
+const WS_WRITE_BUFFER_BYTES: usize = 64 * 1024;
 /// How long shutdown waits for open connections to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -117,7 +121,12 @@ async fn handle_socket(
             let limit = ctx.max_message_bytes();
             let config = WebSocketConfig::default()
                 .max_message_size(Some(limit))
-                .max_frame_size(Some(limit));
+                .max_frame_size(Some(limit))
+                // JSON-RPC messages are small: start with a small read
+                // buffer (it grows on demand for a large message) and
+                // gather writes up to 64 KiB before the flush sends them.
+                .read_buffer_size(WS_READ_BUFFER_BYTES)
+                .write_buffer_size(WS_WRITE_BUFFER_BYTES);
             let replay = Replay::new(head, stream);
             match tokio_tungstenite::accept_async_with_config(replay, Some(config)).await {
                 Ok(ws) => {
@@ -262,24 +271,77 @@ async fn serve_connection(
         .close_subscriptions(graceful, EVENT_DRAIN_TIMEOUT)
         .await;
     drop(handler);
+    let unread_input = close.code == CloseCode::Size;
     match writer.await {
-        Ok(Some(mut sink)) => {
-            let _ = sink.send(Message::Close(Some(close))).await;
-            let _ = sink.close().await;
-        }
+        Ok(Some(sink)) => match sink.reunite(stream) {
+            Ok(mut ws) => {
+                let _ = ws.send(Message::Close(Some(close))).await;
+                if unread_input {
+                    // The rest of the refused message is still arriving:
+                    // closing now would reset the connection and could
+                    // destroy the error and the close frame before the
+                    // client reads them. Discard it first (bounded).
+                    linger(ws.get_mut()).await;
+                } else {
+                    let _ = ws.close(None).await;
+                }
+            }
+            Err(err) => tracing::debug!(connection, %err, "websocket halves did not match"),
+        },
         Ok(None) => {}
         Err(err) => tracing::error!(connection, %err, "websocket writer failed"),
     }
     tracing::info!(connection, "websocket connection closed");
 }
 
+/// How long a closing connection keeps discarding input it will not read.
+const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads and discards what the client still sends, until it closes its
+/// side, [`LINGER_TIMEOUT`] passes, or the connection fails; then shuts
+/// the socket down.
+async fn linger(socket: &mut Replay<TcpStream>) {
+    let mut sink = [0u8; 16 * 1024];
+    let _ = tokio::time::timeout(LINGER_TIMEOUT, async {
+        while let Ok(n) = socket.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    let _ = socket.shutdown().await;
+}
+
+/// Most frames the writer buffers before it writes them out.
+const WRITE_BATCH_FRAMES: usize = 256;
+
 /// Writes queued items as text frames until the queue closes; returns the
 /// sink for the closing handshake, or `None` when the peer is gone.
+///
+/// Frames already queued are buffered together and the socket is flushed
+/// once the queue runs dry: one write per burst, not per message. The
+/// request spans of a burst end (are dropped) after the flush.
 async fn write_frames(mut sink: WsSink, mut rx: mpsc::Receiver<OutboundItem>) -> Option<WsSink> {
+    let mut written = Vec::new();
     while let Some(item) = rx.recv().await {
-        let sent = sink.send(Message::text(item.text)).await;
-        // The request spans end here, after their response was written.
-        drop(item.spans);
+        let mut next = Some(item);
+        let mut sent = Ok(());
+        while let Some(item) = next.take() {
+            sent = sink.feed(Message::text(item.text)).await;
+            written.push(item.spans);
+            if sent.is_err() {
+                break;
+            }
+            if written.len() < WRITE_BATCH_FRAMES {
+                next = rx.try_recv().ok();
+            }
+        }
+        if sent.is_ok() {
+            sent = sink.flush().await;
+        }
+        // The request spans end here, after their responses were written.
+        written.clear();
         if let Err(err) = sent {
             tracing::debug!(%err, "websocket peer gone; dropping further output");
             return None;
