@@ -138,7 +138,9 @@ pub(crate) async fn run_turn(task: TurnTask) {
         span,
     } = task;
     let turn_started = Instant::now();
-    let context = skein_otel::span_context_of(&span);
+    // Starting the turn span here records it in the local store as in
+    // progress, so a running turn is visible before it ends.
+    let context = skein_otel::local_store::start_in_progress(&span);
     let trace = context
         .as_ref()
         .and_then(skein_otel::carrier_for_span_context);

@@ -207,6 +207,24 @@ impl ExportStats {
     }
 }
 
+impl ExportStats {
+    pub(crate) fn record_accepted(&self, n: u64) {
+        self.accepted.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_exported(&self, n: u64) {
+        self.exported.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_failed(&self, n: u64) {
+        self.failed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_rejected(&self, n: u64) {
+        self.rejected.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 /// Counts what its exporter delivers and fails to deliver.
 #[derive(Debug)]
 pub struct CountingExporter<E> {

@@ -11,6 +11,8 @@
 //!   subscriber.
 //! - [`local_store`]: the OTLP/JSON-lines span store on disk, with
 //!   in-progress records of turns.
+//! - [`otlp_json`]: the direct OTLP/JSON span encoder the store writes
+//!   with.
 //! - [`export`]: OTLP export and the accounting of dropped spans.
 //! - [`metrics`]: metric instruments, exported over OTLP next to the spans.
 
@@ -19,6 +21,7 @@ pub mod export;
 pub mod local_store;
 pub mod metrics;
 pub mod names;
+pub mod otlp_json;
 pub mod telemetry;
 pub mod w3c;
 

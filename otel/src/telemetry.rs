@@ -23,14 +23,12 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Level;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{EnvFilter, filter_fn};
+use tracing_subscriber::filter::{EnvFilter, FilterExt, Targets, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::export::{
-    CountingProcessor, ExportSetupError, ExportStats, OtlpSettings, otlp_processor,
-};
-use crate::local_store::{InProgressRecorder, LocalStore, LocalStoreExporter};
+use crate::export::{ExportSetupError, ExportStats, OtlpSettings, otlp_processor};
+use crate::local_store::{LocalStore, LocalStoreProcessor};
 use crate::metrics::{self, Instruments, metrics_disabled_by_env, otlp_meter_provider};
 use crate::names::value;
 
@@ -204,19 +202,15 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let mut meter_provider = None;
     if !config.disabled {
         if let Some(dir) = config.trace_dir {
-            let store = LocalStore::new(&dir).map_err(|source| TelemetryError::TraceDir {
-                path: dir.clone(),
-                source,
+            let stats = ExportStats::new("local store");
+            let store = LocalStore::with_stats(&dir, Arc::clone(&stats)).map_err(|source| {
+                TelemetryError::TraceDir {
+                    path: dir.clone(),
+                    source,
+                }
             })?;
             store_file = Some(store.path());
-            let stats = ExportStats::new("local store");
-            builder = builder
-                .with_span_processor(InProgressRecorder::new(Arc::clone(&store)))
-                .with_span_processor(CountingProcessor::new(
-                    LocalStoreExporter::new(store),
-                    Arc::clone(&stats),
-                    Duration::from_millis(500),
-                ));
+            builder = builder.with_span_processor(LocalStoreProcessor::new(store));
             pipelines.push(stats);
         }
         if config.otlp.enabled() {
@@ -232,15 +226,25 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let tracer = provider.tracer(SCOPE_NAME);
 
     let otel_layer = otel_layer(tracer);
+    // The log layer sees events only, never spans: formatting every span's
+    // fields for a log line that may never come would cost more than the
+    // span itself. Each log line carries its own fields instead.
     let fmt_layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_filter(log_filter);
+        .with_filter(filter_fn(|meta| !meta.is_span()).and(log_filter));
 
     tracing_subscriber::registry()
         .with(otel_layer)
         .with(fmt_layer)
         .try_init()
+        .map_err(|e| TelemetryError::AlreadyInstalled(e.to_string()))?;
+    // Dependencies that log through the `log` crate (tungstenite...) reach
+    // the log layer at WARN and above only: below that, their records are
+    // not even built, so the bridge costs nothing on the hot path.
+    tracing_log::LogTracer::builder()
+        .with_max_level(tracing_log::log::LevelFilter::Warn)
+        .init()
         .map_err(|e| TelemetryError::AlreadyInstalled(e.to_string()))?;
 
     // Without a meter provider the instruments stay uninstalled and
@@ -275,9 +279,12 @@ where
         .with_location(false)
         .with_target(false)
         .with_tracked_inactivity(false)
-        .with_filter(filter_fn(|meta| {
-            meta.target().starts_with("skein") && *meta.level() <= Level::INFO
-        }))
+        // Skein reads span contexts through the tracing span, never through
+        // `Context::current()`: attaching the context on every enter (every
+        // poll of an instrumented future) would cost without use, and would
+        // start spans early.
+        .with_context_activation(false)
+        .with_filter(Targets::new().with_target("skein", Level::INFO))
 }
 
 /// True when the environment names the service, through
