@@ -333,6 +333,52 @@ impl Outgoing {
         Value::Object(obj)
     }
 
+    /// The message as JSON text, serialized straight from its parts (no
+    /// intermediate [`Value`] tree).
+    pub fn to_json(&self) -> String {
+        let mut out = Vec::with_capacity(128);
+        self.write_json(&mut out);
+        // serde_json writes UTF-8 only.
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Appends the message as JSON text to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let written = match self {
+            Outgoing::Response { id, result } => serde_json::to_writer(
+                &mut *out,
+                &WireResponse {
+                    jsonrpc: JSONRPC_VERSION,
+                    id,
+                    result,
+                },
+            ),
+            Outgoing::Error { id, error } => serde_json::to_writer(
+                &mut *out,
+                &WireError {
+                    jsonrpc: JSONRPC_VERSION,
+                    id: id.as_ref(),
+                    error,
+                },
+            ),
+            Outgoing::Notification {
+                method,
+                params,
+                trace,
+            } => serde_json::to_writer(
+                &mut *out,
+                &WireNotification {
+                    jsonrpc: JSONRPC_VERSION,
+                    method,
+                    params,
+                    trace: trace.as_ref(),
+                },
+            ),
+        };
+        // Serializing these types cannot fail: their maps have string keys.
+        debug_assert!(written.is_ok(), "serializing an outgoing message failed");
+    }
+
     /// The error's code, for an error response.
     pub fn error_code(&self) -> Option<i64> {
         match self {
@@ -340,6 +386,29 @@ impl Outgoing {
             _ => None,
         }
     }
+}
+
+#[derive(Serialize)]
+struct WireResponse<'a> {
+    jsonrpc: &'static str,
+    id: &'a RequestId,
+    result: &'a Value,
+}
+
+#[derive(Serialize)]
+struct WireError<'a> {
+    jsonrpc: &'static str,
+    id: Option<&'a RequestId>,
+    error: &'a ErrorObject,
+}
+
+#[derive(Serialize)]
+struct WireNotification<'a> {
+    jsonrpc: &'static str,
+    method: &'a str,
+    params: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace: Option<&'a W3cTraceContext>,
 }
 
 fn id_to_value(id: &RequestId) -> Value {
@@ -464,5 +533,46 @@ mod tests {
         };
         assert_eq!(err.to_value()["id"], Value::Null);
         assert_eq!(err.to_value()["error"]["code"], json!(PARSE_ERROR));
+    }
+
+    #[test]
+    fn to_json_is_the_same_message_as_to_value() {
+        let messages = [
+            Outgoing::Response {
+                id: RequestId::String("a\"b".into()),
+                result: json!({"data": [1, {"x": null}], "s": "é"}),
+            },
+            Outgoing::Error {
+                id: None,
+                error: ErrorObject::invalid_params("bad `x`"),
+            },
+            Outgoing::Error {
+                id: Some(RequestId::Integer(-7)),
+                error: ErrorObject {
+                    code: 1,
+                    message: "m".into(),
+                    data: Some(json!({"k": 1})),
+                },
+            },
+            Outgoing::Notification {
+                method: "turn/started".into(),
+                params: json!({"threadId": "t"}),
+                trace: Some(W3cTraceContext {
+                    traceparent: Some(
+                        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+                    ),
+                    tracestate: None,
+                }),
+            },
+            Outgoing::Notification {
+                method: "n".into(),
+                params: json!({}),
+                trace: None,
+            },
+        ];
+        for message in messages {
+            let parsed: Value = serde_json::from_str(&message.to_json()).expect("json");
+            assert_eq!(parsed, message.to_value());
+        }
     }
 }

@@ -9,7 +9,6 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use serde_json::Value;
 use skein_app_server_protocol::{ErrorObject, Frame, Incoming, Outgoing, parse_frame};
 use tower::{Service, ServiceExt};
 
@@ -62,7 +61,7 @@ impl ConnectionHandler {
     /// message: too large, binary...). Returns false when the writer is gone.
     pub async fn reject(&self, error: ErrorObject) -> bool {
         let item = OutboundItem {
-            text: Outgoing::Error { id: None, error }.to_value().to_string(),
+            text: Outgoing::Error { id: None, error }.to_json(),
             spans: Vec::new(),
         };
         self.session.outbound().send(item).await.is_ok()
@@ -74,7 +73,7 @@ impl ConnectionHandler {
             Err(error) => {
                 tracing::debug!(connection = self.session.id(), %error.message, "unparseable message");
                 return Some(OutboundItem {
-                    text: Outgoing::Error { id: None, error }.to_value().to_string(),
+                    text: Outgoing::Error { id: None, error }.to_json(),
                     spans: Vec::new(),
                 });
             }
@@ -83,23 +82,28 @@ impl ConnectionHandler {
             Frame::Single(incoming) => {
                 let reply = self.process_incoming(incoming).await?;
                 Some(OutboundItem {
-                    text: reply.message.to_value().to_string(),
+                    text: reply.message.to_json(),
                     spans: vec![reply.span],
                 })
             }
             Frame::Batch(items) => {
-                let mut values = Vec::with_capacity(items.len());
+                let mut text = Vec::with_capacity(128 * items.len());
                 let mut spans = Vec::with_capacity(items.len());
                 for incoming in items {
                     if let Some(reply) = self.process_incoming(incoming).await {
-                        values.push(reply.message.to_value());
+                        text.push(if spans.is_empty() { b'[' } else { b',' });
+                        reply.message.write_json(&mut text);
                         spans.push(reply.span);
                     }
                 }
                 // A batch of notifications only gets no reply at all.
-                (!values.is_empty()).then(|| OutboundItem {
-                    text: Value::Array(values).to_string(),
-                    spans,
+                (!spans.is_empty()).then(|| {
+                    text.push(b']');
+                    OutboundItem {
+                        // Serialized JSON is UTF-8.
+                        text: String::from_utf8(text).unwrap_or_default(),
+                        spans,
+                    }
                 })
             }
         }

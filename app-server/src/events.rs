@@ -95,7 +95,7 @@ pub async fn forward_events(
                     return;
                 };
                 let item = OutboundItem {
-                    text: message.to_value().to_string(),
+                    text: message.to_json(),
                     spans: vec![hold],
                 };
                 if outbound.send(item).await.is_err() {

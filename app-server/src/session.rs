@@ -188,7 +188,7 @@ impl ConnectionSession {
     /// connection is gone.
     pub async fn notify(&self, message: Outgoing) -> bool {
         let item = OutboundItem {
-            text: message.to_value().to_string(),
+            text: message.to_json(),
             spans: Vec::new(),
         };
         self.outbound.send(item).await.is_ok()
