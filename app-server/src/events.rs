@@ -8,11 +8,9 @@
 
 use serde_json::{Value, json};
 use skein_app_server_protocol::Outgoing;
-use skein_core::CoreEvent;
+use skein_core::{CoreEvent, EventReceiver};
 use skein_protocol::{Event, EventMsg, TurnStatus};
-use std::sync::Arc;
-
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::session::OutboundItem;
 
@@ -77,44 +75,22 @@ fn turn_json(turn_id: &str, status: TurnStatus, error: Option<&str>) -> Value {
 /// Forwards a thread's events to a connection until the thread shuts down,
 /// the connection goes away, or the task is aborted (unsubscribe).
 ///
-/// A client that reads so slowly that the thread's event buffer laps it
-/// would silently miss notifications. Instead, the forwarder stops and
-/// flags `overrun` with the reason, and the connection is ended with it:
-/// the client learns it must reconnect and `thread/resume`.
-pub async fn forward_events(
-    mut events: broadcast::Receiver<CoreEvent>,
-    outbound: mpsc::Sender<OutboundItem>,
-    overrun: Arc<watch::Sender<Option<String>>>,
-    connection: u64,
-) {
-    loop {
-        match events.recv().await {
-            Ok(CoreEvent { event, hold }) => {
-                let Some(message) = notification_for(&event) else {
-                    // ShutdownComplete: nothing follows.
-                    return;
-                };
-                let item = OutboundItem {
-                    text: message.to_json(),
-                    spans: vec![hold],
-                };
-                if outbound.send(item).await.is_err() {
-                    return;
-                }
-            }
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                tracing::warn!(
-                    connection,
-                    missed,
-                    "client reads notifications too slowly; ending the connection"
-                );
-                overrun.send_replace(Some(format!(
-                    "client too slow: {missed} notifications could not be delivered; \
-                     reconnect and thread/resume"
-                )));
-                return;
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
+/// Waits for room in the connection's outbound queue: meanwhile core keeps
+/// the events in this subscription's own queue, merging text deltas, so a
+/// client that keeps reading receives everything, in order. A client that
+/// stops reading is ended by its writer's stall timeout.
+pub async fn forward_events(mut events: EventReceiver, outbound: mpsc::Sender<OutboundItem>) {
+    while let Some(CoreEvent { event, hold }) = events.recv().await {
+        let Some(message) = notification_for(&event) else {
+            // ShutdownComplete: nothing follows.
+            return;
+        };
+        let item = OutboundItem {
+            text: message.to_json(),
+            spans: vec![hold],
+        };
+        if outbound.send(item).await.is_err() {
+            return;
         }
     }
 }

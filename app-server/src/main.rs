@@ -84,6 +84,15 @@ struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1024..=1024 * 1024 * 1024))]
     max_message_bytes: u64,
 
+    /// End a connection whose client stops reading: when nothing could be
+    /// written to it for this many seconds (its notifications pile up
+    /// otherwise). A client that keeps reading, however slowly the network
+    /// is, never loses a notification: while it is behind, consecutive text
+    /// deltas are merged. Over stdio, this shuts the server down.
+    #[arg(long, value_name = "SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    client_stall_timeout: u64,
+
     /// Delay of the offline `echo` model between streamed words, in
     /// milliseconds. A larger delay holds turns open longer.
     #[arg(long, value_name = "MS", default_value_t = 0)]
@@ -147,6 +156,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listen: args.listen,
         max_message_bytes: usize::try_from(args.max_message_bytes)
             .context("--max-message-bytes does not fit this platform")?,
+        client_stall_timeout: Duration::from_secs(args.client_stall_timeout),
         core: CoreConfig {
             echo_delay: Duration::from_millis(args.echo_delay_ms),
             store: Some(open_thread_store()?),

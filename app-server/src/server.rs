@@ -79,6 +79,9 @@ pub struct ServerConfig {
     pub listen: ListenAddr,
     /// Limit on one inbound message, in bytes.
     pub max_message_bytes: usize,
+    /// How long a connection's writer may make no progress before the
+    /// client is considered gone and the connection ended.
+    pub client_stall_timeout: Duration,
     /// Core runtime settings.
     pub core: CoreConfig,
 }
@@ -88,15 +91,23 @@ pub struct ServerConfig {
 pub struct ServerContext {
     processor: MessageProcessor,
     max_message_bytes: usize,
+    client_stall_timeout: Duration,
 }
 
 impl ServerContext {
     /// A context around a fresh thread registry.
-    pub fn new(max_message_bytes: usize, core: CoreConfig) -> Self {
+    pub fn new(max_message_bytes: usize, client_stall_timeout: Duration, core: CoreConfig) -> Self {
         Self {
             processor: MessageProcessor::new(ThreadManager::new(core)),
             max_message_bytes,
+            client_stall_timeout,
         }
+    }
+
+    /// How long a writer may make no progress before its client is
+    /// considered gone.
+    pub fn client_stall_timeout(&self) -> Duration {
+        self.client_stall_timeout
     }
 
     /// The traced request service for a new connection.
@@ -139,7 +150,11 @@ pub enum ServeError {
 ///    notifications still reach connected clients;
 /// 3. each connection's writer drains its queue, which ends the last spans.
 pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
-    let ctx = ServerContext::new(config.max_message_bytes, config.core);
+    let ctx = ServerContext::new(
+        config.max_message_bytes,
+        config.client_stall_timeout,
+        config.core,
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     let signals = shutdown_signals().map_err(ServeError::Signals)?;
     let signal_stop = stop_tx.clone();

@@ -46,6 +46,30 @@ pub struct OutboundItem {
     pub spans: Vec<tracing::Span>,
 }
 
+/// Default of `--client-stall-timeout`: how long a connection's writer may
+/// make no progress before the client is considered gone.
+pub const DEFAULT_CLIENT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reports, once, that a connection's client stopped reading: its writer
+/// made no progress for the stall timeout. The connection is then ended.
+#[derive(Clone, Debug)]
+pub struct StallReporter(Arc<watch::Sender<Option<String>>>);
+
+impl StallReporter {
+    /// Ends the connection because nothing could be written for `waited`.
+    pub fn report(&self, connection: u64, waited: Duration) {
+        tracing::warn!(
+            connection,
+            waited_secs = waited.as_secs_f64(),
+            "client stopped reading; ending the connection"
+        );
+        self.0.send_replace(Some(format!(
+            "client stalled: nothing could be written for {}s; reconnect and thread/resume",
+            waited.as_secs()
+        )));
+    }
+}
+
 /// Capacity of a connection's outbound queue.
 pub const OUTBOUND_QUEUE: usize = 256;
 
@@ -58,7 +82,7 @@ pub struct ConnectionSession {
     outbound: mpsc::Sender<OutboundItem>,
     subscriptions: Mutex<Subscriptions>,
     /// Set, with the reason, when the connection must be ended by the
-    /// server (a client too slow to keep up with its notifications).
+    /// server (a client that stopped reading: see [`StallReporter`]).
     overrun: Arc<watch::Sender<Option<String>>>,
 }
 
@@ -84,8 +108,13 @@ impl ConnectionSession {
         }
     }
 
+    /// The handle a connection's writer reports a stalled client through.
+    pub fn stall_reporter(&self) -> StallReporter {
+        StallReporter(Arc::clone(&self.overrun))
+    }
+
     /// Resolves with the reason once the server has to end this
-    /// connection because the client fell behind its notifications.
+    /// connection because the client stopped reading.
     pub fn overrun(&self) -> impl Future<Output = String> + Send + 'static {
         let mut rx = self.overrun.subscribe();
         async move {
@@ -112,12 +141,7 @@ impl ConnectionSession {
         if subs.by_thread.contains_key(thread.id()) {
             return;
         }
-        let task = forward_events(
-            thread.subscribe(),
-            self.outbound.clone(),
-            Arc::clone(&self.overrun),
-            self.id,
-        );
+        let task = forward_events(thread.subscribe(), self.outbound.clone());
         let abort = subs.tasks.spawn(task);
         subs.by_thread.insert(thread.id().to_owned(), abort);
     }

@@ -15,12 +15,11 @@
 
 use std::time::{Duration, Instant};
 
-use skein_core::{CoreConfig, CoreEvent, ThreadManager, ThreadStore};
+use skein_core::{CoreConfig, EventReceiver, ThreadManager, ThreadStore};
 use skein_protocol::{EventMsg, TurnKind, UserInput};
-use tokio::sync::broadcast;
 
-async fn wait_completed(events: &mut broadcast::Receiver<CoreEvent>) {
-    while let Ok(event) = events.recv().await {
+async fn wait_completed(events: &mut EventReceiver) {
+    while let Some(event) = events.recv().await {
         if matches!(event.event.msg, EventMsg::TurnCompleted { .. }) {
             return;
         }

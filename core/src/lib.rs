@@ -6,11 +6,13 @@
 //! in `Submission.trace`, so core's dispatch, turn and model spans continue
 //! the client's trace.
 
+pub mod events;
 pub mod models;
 pub mod store;
 pub mod threads;
 pub mod turn;
 
+pub use events::{EventHub, EventReceiver};
 pub use models::{DEFAULT_MODEL, MODELS, Model, ModelInfo, find_model};
 pub use store::{StoreError, ThreadStore};
 pub use threads::{

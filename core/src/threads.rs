@@ -3,8 +3,8 @@
 //! Every thread has one submission loop task reading a bounded queue of
 //! [`Submission`]s. For each it opens a short-lived dispatch span parented
 //! from `Submission.trace`; a turn-producing operation then starts a turn
-//! task under a long-lived turn span (see [`crate::turn`]). Events go out on
-//! a broadcast channel to whoever subscribed.
+//! task under a long-lived turn span (see [`crate::turn`]). Events go out
+//! through the thread's [`EventHub`] to whoever subscribed.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,18 +15,17 @@ use skein_otel::names::{attr, event, span};
 use skein_protocol::{
     Event, EventMsg, Op, Submission, TokenUsage, TurnKind, TurnStatus, UserInput, W3cTraceContext,
 };
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::events::{EventHub, EventReceiver};
 use crate::models::{DEFAULT_MODEL, ModelInfo, ModelRegistry, find_model};
 use crate::store::{ForkOrigin, Record, StoreError, StoredThread, ThreadFile, ThreadStore};
 use crate::turn::{TurnTask, run_turn};
 
 /// Capacity of a thread's submission queue.
 pub const SUBMISSION_QUEUE: usize = 64;
-/// Capacity of a thread's event channel.
-pub const EVENT_CHANNEL: usize = 1024;
 /// Default page size of [`ThreadManager::list`].
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 /// Largest page size of [`ThreadManager::list`].
@@ -184,7 +183,7 @@ pub(crate) struct ThreadEntry {
     pub(crate) id: String,
     state: Mutex<ThreadState>,
     submissions: mpsc::Sender<Submission>,
-    pub(crate) events: broadcast::Sender<CoreEvent>,
+    pub(crate) events: EventHub,
     /// The thread's file, locked for writing; `None` for ephemeral threads
     /// and when nothing is stored.
     file: Option<Mutex<ThreadFile>>,
@@ -204,7 +203,7 @@ impl ThreadEntry {
             trace,
         };
         // No subscriber is fine: the event (and its hold) is dropped.
-        let _ = self.events.send(CoreEvent {
+        self.events.send(CoreEvent {
             event,
             hold: hold.clone(),
         });
@@ -283,7 +282,7 @@ impl ThreadHandle {
     }
 
     /// Subscribes to the thread's events.
-    pub fn subscribe(&self) -> broadcast::Receiver<CoreEvent> {
+    pub fn subscribe(&self) -> EventReceiver {
         self.entry.events.subscribe()
     }
 }
@@ -448,7 +447,7 @@ impl ThreadManager {
         file: Option<ThreadFile>,
     ) -> Result<ThreadHandle, ThreadError> {
         let (submissions, rx) = mpsc::channel(SUBMISSION_QUEUE);
-        let (events, _) = broadcast::channel(EVENT_CHANNEL);
+        let events = EventHub::new();
         let last_turn_span = turns.iter().rev().find_map(|t| {
             skein_otel::carrier_from_ids(t.trace_id.as_deref()?, t.span_id.as_deref()?)
         });
@@ -932,7 +931,7 @@ mod tests {
 
     fn detached_handle() -> (ThreadHandle, mpsc::Receiver<Submission>) {
         let (submissions, rx) = mpsc::channel(4);
-        let (events, _) = broadcast::channel(4);
+        let events = EventHub::new();
         let info = ThreadInfo {
             id: "thread-1".into(),
             model: &crate::models::MODELS[0],
@@ -1070,9 +1069,7 @@ mod tests {
         assert_eq!(attr(turn, attr::TURN_KIND).as_deref(), Some("review"));
     }
 
-    async fn wait_for_completion(
-        rx: &mut broadcast::Receiver<CoreEvent>,
-    ) -> (TurnStatus, Option<String>) {
+    async fn wait_for_completion(rx: &mut EventReceiver) -> (TurnStatus, Option<String>) {
         loop {
             let event = rx.recv().await.expect("event");
             if let EventMsg::TurnCompleted { status, error, .. } = event.event.msg {

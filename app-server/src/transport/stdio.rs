@@ -8,14 +8,17 @@ use std::sync::Arc;
 
 use std::io::{Read, Write};
 use std::pin::Pin;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, ReadBuf};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::connection::ConnectionHandler;
 use crate::server::{EVENT_DRAIN_TIMEOUT, ServerContext};
-use crate::session::{ConnectionSession, OUTBOUND_QUEUE, OutboundItem, Transport};
+use crate::session::{ConnectionSession, OUTBOUND_QUEUE, OutboundItem, StallReporter, Transport};
 use crate::transport::too_large_error;
 
 /// One read from a line-delimited stream.
@@ -107,7 +110,8 @@ pub async fn serve_lines<R, W>(
     W: Write + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-    let writer = match spawn_line_writer(output, rx) {
+    let progress = Arc::new(WriteProgress::default());
+    let writer = match spawn_line_writer(output, rx, Arc::clone(&progress)) {
         Ok(writer) => writer,
         Err(err) => {
             tracing::error!(%err, "cannot start the stdout writer");
@@ -117,18 +121,26 @@ pub async fn serve_lines<R, W>(
     };
     let session = Arc::new(ConnectionSession::new(Transport::Stdio, tx));
     tracing::info!(connection = session.id(), "stdio connection open");
+    let watchdog = tokio::spawn(watch_for_stall(
+        progress,
+        ctx.client_stall_timeout(),
+        session.stall_reporter(),
+        session.id(),
+    ));
     let mut handler = ConnectionHandler::new(session, ctx.service(), ctx.processor());
 
     let mut line = Vec::new();
     let limit = ctx.max_message_bytes();
     let overrun = handler.session().overrun();
     tokio::pin!(overrun);
+    let mut stalled = false;
     loop {
         let read = tokio::select! {
             read = read_line_limited(&mut reader, &mut line, limit) => read,
             _ = shutdown.wait_for(|stop| *stop) => break,
             reason = &mut overrun => {
                 tracing::error!(%reason, "stdout is not being read; shutting down");
+                stalled = true;
                 break;
             }
         };
@@ -161,8 +173,70 @@ pub async fn serve_lines<R, W>(
     // Dropping the handler drops the last sender, which lets the writer
     // finish the queue and stop.
     drop(handler);
+    watchdog.abort();
+    if stalled {
+        // The writer is stuck in a write nobody reads; it ends with the
+        // process.
+        return;
+    }
     if writer.await.is_err() {
         tracing::error!("stdout writer thread failed");
+    }
+}
+
+/// When the line writer started the write it is still in (or last made
+/// progress in it), in milliseconds since [`epoch`]; 0 when it is idle.
+#[derive(Debug, Default)]
+struct WriteProgress {
+    busy_since_ms: AtomicU64,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    // At least 1, so that 0 can mean "idle".
+    u64::try_from(epoch().elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+impl WriteProgress {
+    fn progressed(&self) {
+        self.busy_since_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    fn idle(&self) {
+        self.busy_since_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the current write has made no progress.
+    fn stuck_for(&self) -> Duration {
+        match self.busy_since_ms.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => Duration::from_millis(now_ms().saturating_sub(since)),
+        }
+    }
+}
+
+/// Reports the client as stalled once the writer made no progress for
+/// `timeout`.
+async fn watch_for_stall(
+    progress: Arc<WriteProgress>,
+    timeout: Duration,
+    reporter: StallReporter,
+    connection: u64,
+) {
+    let period = (timeout / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
+    let mut ticks = tokio::time::interval(period);
+    loop {
+        ticks.tick().await;
+        if progress.stuck_for() >= timeout {
+            reporter.report(connection, timeout);
+            return;
+        }
     }
 }
 
@@ -175,12 +249,13 @@ const WRITE_BATCH_BYTES: usize = 256 * 1024;
 fn spawn_line_writer<W: Write + Send + 'static>(
     output: W,
     rx: mpsc::Receiver<OutboundItem>,
+    progress: Arc<WriteProgress>,
 ) -> std::io::Result<oneshot::Receiver<()>> {
     let (done_tx, done_rx) = oneshot::channel();
     std::thread::Builder::new()
         .name("skein-stdout".into())
         .spawn(move || {
-            write_lines(output, rx);
+            write_lines(output, rx, &progress);
             let _ = done_tx.send(());
         })?;
     Ok(done_rx)
@@ -190,7 +265,11 @@ fn spawn_line_writer<W: Write + Send + 'static>(
 /// into one write, and the output is flushed whenever the queue runs dry:
 /// one write and one flush per burst, not per message. The request spans an
 /// item completes end (are dropped) only after its bytes were flushed.
-fn write_lines<W: Write>(mut output: W, mut rx: mpsc::Receiver<OutboundItem>) {
+fn write_lines<W: Write>(
+    mut output: W,
+    mut rx: mpsc::Receiver<OutboundItem>,
+    progress: &WriteProgress,
+) {
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut written = Vec::new();
     while let Some(item) = rx.blocking_recv() {
@@ -203,7 +282,9 @@ fn write_lines<W: Write>(mut output: W, mut rx: mpsc::Receiver<OutboundItem>) {
                 next = rx.try_recv().ok();
             }
         }
-        let result = output.write_all(&buf).and_then(|()| output.flush());
+        progress.progressed();
+        let result = write_tracking(&mut output, &buf, progress).and_then(|()| output.flush());
+        progress.idle();
         buf.clear();
         // The request spans end here, after their responses were written.
         written.clear();
@@ -215,6 +296,26 @@ fn write_lines<W: Write>(mut output: W, mut rx: mpsc::Receiver<OutboundItem>) {
             return;
         }
     }
+}
+
+/// `write_all`, marking progress after every partial write.
+fn write_tracking<W: Write>(
+    output: &mut W,
+    mut buf: &[u8],
+    progress: &WriteProgress,
+) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match output.write(buf) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                buf = &buf[n..];
+                progress.progressed();
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }
 
 /// Size of one read from a [`ChunkReader`]'s source.
@@ -361,7 +462,7 @@ mod tests {
         // until the reader drains it.
         let (mut reader, writer) = std::io::pipe().expect("pipe");
         let (tx, rx) = mpsc::channel(4);
-        let done = spawn_line_writer(writer, rx).expect("writer thread");
+        let done = spawn_line_writer(writer, rx, Arc::default()).expect("writer thread");
         let text = "x".repeat(1024 * 1024);
         tx.send(OutboundItem {
             text: text.clone(),
@@ -398,7 +499,7 @@ mod tests {
             .expect("queue");
         }
         drop(tx);
-        let done = spawn_line_writer(writer, rx).expect("writer thread");
+        let done = spawn_line_writer(writer, rx, Arc::default()).expect("writer thread");
         done.await.expect("writer");
         let mut out = String::new();
         reader.read_to_string(&mut out).expect("read");

@@ -29,7 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use crate::connection::ConnectionHandler;
 use crate::server::{EVENT_DRAIN_TIMEOUT, ServerContext};
-use crate::session::{ConnectionSession, OUTBOUND_QUEUE, OutboundItem, Transport};
+use crate::session::{ConnectionSession, OUTBOUND_QUEUE, OutboundItem, StallReporter, Transport};
 use crate::transport::too_large_error;
 use skein_app_server_protocol::ErrorObject;
 
@@ -209,9 +209,17 @@ async fn serve_connection(
 ) {
     let (sink, mut stream) = ws.split();
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-    let writer = tokio::spawn(write_frames(sink, rx));
     let session = Arc::new(ConnectionSession::new(Transport::WebSocket, tx));
     let connection = session.id();
+    let writer = tokio::spawn(write_frames(
+        sink,
+        rx,
+        Stall {
+            timeout: ctx.client_stall_timeout(),
+            reporter: session.stall_reporter(),
+            connection,
+        },
+    ));
     tracing::info!(connection, "websocket connection open");
     let mut handler = ConnectionHandler::new(session, ctx.service(), ctx.processor());
 
@@ -316,35 +324,52 @@ async fn linger(socket: &mut Replay<TcpStream>) {
 /// Most frames the writer buffers before it writes them out.
 const WRITE_BATCH_FRAMES: usize = 256;
 
+/// How a writer recognizes a client that stopped reading.
+struct Stall {
+    timeout: Duration,
+    reporter: StallReporter,
+    connection: u64,
+}
+
 /// Writes queued items as text frames until the queue closes; returns the
-/// sink for the closing handshake, or `None` when the peer is gone.
+/// sink for the closing handshake, or `None` when the peer is gone or
+/// stopped reading.
 ///
 /// Frames already queued are buffered together and the socket is flushed
 /// once the queue runs dry: one write per burst, not per message. The
-/// request spans of a burst end (are dropped) after the flush.
-async fn write_frames(mut sink: WsSink, mut rx: mpsc::Receiver<OutboundItem>) -> Option<WsSink> {
+/// request spans of a burst end (are dropped) after the flush. A write
+/// that makes no progress for the stall timeout ends the connection.
+async fn write_frames(
+    mut sink: WsSink,
+    mut rx: mpsc::Receiver<OutboundItem>,
+    stall: Stall,
+) -> Option<WsSink> {
     let mut written = Vec::new();
     while let Some(item) = rx.recv().await {
         let mut next = Some(item);
-        let mut sent = Ok(());
-        while let Some(item) = next.take() {
-            sent = sink.feed(Message::text(item.text)).await;
-            written.push(item.spans);
-            if sent.is_err() {
-                break;
+        let burst = async {
+            while let Some(item) = next.take() {
+                sink.feed(Message::text(item.text)).await?;
+                written.push(item.spans);
+                if written.len() < WRITE_BATCH_FRAMES {
+                    next = rx.try_recv().ok();
+                }
             }
-            if written.len() < WRITE_BATCH_FRAMES {
-                next = rx.try_recv().ok();
-            }
-        }
-        if sent.is_ok() {
-            sent = sink.flush().await;
-        }
+            sink.flush().await
+        };
+        let sent = tokio::time::timeout(stall.timeout, burst).await;
         // The request spans end here, after their responses were written.
         written.clear();
-        if let Err(err) = sent {
-            tracing::debug!(%err, "websocket peer gone; dropping further output");
-            return None;
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::debug!(%err, "websocket peer gone; dropping further output");
+                return None;
+            }
+            Err(_) => {
+                stall.reporter.report(stall.connection, stall.timeout);
+                return None;
+            }
         }
     }
     Some(sink)
