@@ -1,65 +1,27 @@
-//! The request-span factory: the one place that assembles the attributes of
-//! an `app_server.request` span.
+//! Skein's side of the request-span factory: it describes a request and its
+//! connection as plain data for [`skein_otel::rpc`], which builds the
+//! `app_server.request` span, and feeds the response back to it.
 //!
-//! [`make_request_span`] builds the span for an inbound request, parented
-//! from the first valid carrier; [`record_response`] completes it from the
-//! response and records the request in `rpc.server.call.duration`, timed
-//! by a [`CallTimer`]. Nothing else in the server names a request
-//! attribute.
+//! No request attribute is named here; they are all assembled in
+//! `skein_otel::rpc`.
 
-use std::time::Instant;
-
-use serde_json::Value;
-use skein_app_server_protocol::{Method, Outgoing, Request, truncate_for_display};
+use skein_app_server_protocol::{Method, Outgoing, Request, RequestId};
 use skein_otel::CarrierSource;
-use skein_otel::names::{attr, span, value};
-use tracing::field::Empty;
+use skein_otel::names::value;
+use skein_otel::rpc::{self, CallTimer, MethodLookup, RequestSpanBuilder};
 
 use crate::session::ConnectionSession;
 
-/// Longest `rpc.method_original` recorded for an unknown method.
-const MAX_ORIGINAL_METHOD_LEN: usize = 256;
-
-/// The bounded `rpc.method` value: the method's name, or `_OTHER` for a
-/// method the server does not know.
-fn rpc_method(known: Option<Method>) -> &'static str {
-    known.map_or(value::METHOD_OTHER, Method::as_str)
-}
-
-/// Times one request for the `rpc.server.call.duration` metric.
-#[derive(Clone, Copy, Debug)]
-pub struct CallTimer {
-    rpc_method: &'static str,
-    started: Instant,
-}
-
-/// Builds the request span for `request` arriving on `session`.
+/// Builds the request span for `request` arriving on `session`, and starts
+/// its [`CallTimer`].
 ///
-/// The span is a root of the local span tree; its OTel parent is the first
-/// valid carrier among the envelope's `trace`, `params._meta` and the
-/// environment's `TRACEPARENT`. Invalid carriers are logged as warnings
-/// inside the span and otherwise ignored. Also starts the request's
-/// [`CallTimer`].
+/// The span's OTel parent is the first valid carrier among the envelope's
+/// `trace`, `params._meta` and the environment's `TRACEPARENT`.
 pub fn make_request_span(
     request: &Request,
     session: &ConnectionSession,
 ) -> (tracing::Span, CallTimer) {
-    let started = Instant::now();
     let known = Method::from_name(&request.method);
-    let timer = CallTimer {
-        rpc_method: rpc_method(known),
-        started,
-    };
-    let (otel_name, original) = match known {
-        Some(method) => (method.as_str(), None),
-        None => (
-            value::UNKNOWN_METHOD_SPAN_NAME,
-            Some(truncate_for_display(
-                &request.method,
-                MAX_ORIGINAL_METHOD_LEN,
-            )),
-        ),
-    };
 
     // Client metadata: from the params of `initialize` itself, from the
     // connection's state on every later request.
@@ -67,62 +29,35 @@ pub fn make_request_span(
         (Some(Method::Initialize), _) => {
             let info = request.params.as_ref().and_then(|p| p.get("clientInfo"));
             (
-                str_field(info, "name").map(str::to_owned),
-                str_field(info, "version").map(str::to_owned),
+                rpc::str_field(info, "name"),
+                rpc::str_field(info, "version"),
             )
         }
-        (_, Some(client)) => (Some(client.name.clone()), Some(client.version.clone())),
+        (_, Some(client)) => (Some(client.name.as_str()), Some(client.version.as_str())),
         (_, None) => (None, None),
     };
 
-    let request_id = request.id.to_string();
-    let span = tracing::info_span!(
-        target: "skein_app_server::request",
-        parent: None,
-        span::APP_SERVER_REQUEST,
-        { attr::OTEL_NAME } = otel_name,
-        { attr::OTEL_KIND } = value::KIND_SERVER,
-        { attr::OTEL_STATUS_CODE } = Empty,
-        { attr::OTEL_STATUS_DESCRIPTION } = Empty,
-        { attr::RPC_SYSTEM } = value::JSONRPC,
-        { attr::RPC_SYSTEM_NAME } = value::JSONRPC,
-        { attr::RPC_SERVICE } = value::SERVICE_NAME,
-        { attr::RPC_METHOD } = timer.rpc_method,
-        { attr::RPC_METHOD_ORIGINAL } = original,
-        { attr::RPC_TRANSPORT } = session.transport().as_str(),
-        { attr::RPC_REQUEST_ID } = request_id.as_str(),
-        { attr::JSONRPC_REQUEST_ID } = request_id.as_str(),
-        { attr::JSONRPC_PROTOCOL_VERSION } = value::JSONRPC_VERSION,
-        { attr::APP_SERVER_CONNECTION_ID } = i64::try_from(session.id()).unwrap_or(i64::MAX),
-        { attr::APP_SERVER_API_VERSION } = value::API_VERSION,
-        { attr::APP_SERVER_CLIENT_NAME } = client_name,
-        { attr::APP_SERVER_CLIENT_VERSION } = client_version,
-        { attr::THREAD_ID } = Empty,
-        { attr::TURN_ID } = Empty,
-        { attr::ERROR_TYPE } = Empty,
-        { attr::RPC_RESPONSE_STATUS_CODE } = Empty,
-    );
-
+    let builder = RequestSpanBuilder {
+        method: &request.method,
+        lookup: known.map_or(MethodLookup::Unknown, |m| MethodLookup::Known(m.as_str())),
+        request_id: Some(match &request.id {
+            RequestId::Integer(n) => rpc::RequestId::Number(*n),
+            RequestId::String(s) => rpc::RequestId::Str(s),
+        }),
+        transport: Some(session.transport().as_str()),
+        connection_id: Some(session.id()),
+        client_name,
+        client_version,
+        service_name: value::SERVICE_NAME,
+        api_version: Some(value::API_VERSION),
+        environment_fallback: true,
+    };
     let meta = request.params.as_ref().and_then(|p| p.get("_meta"));
-    let choice = skein_otel::choose_parent([
+    let (span, timer) = builder.start([
         (CarrierSource::Envelope, request.trace.as_ref()),
         (CarrierSource::ParamsMeta, meta),
     ]);
-    if let Some(parent) = choice.parent {
-        skein_otel::set_remote_parent(&span, parent);
-    }
-    for (source, reason) in &choice.rejected {
-        tracing::warn!(
-            parent: &span,
-            method = %truncate_for_display(&request.method, MAX_ORIGINAL_METHOD_LEN),
-            id = %request_id,
-            %source,
-            %reason,
-            "ignoring invalid trace carrier"
-        );
-    }
-
-    record_ids(&span, request.params.as_ref());
+    rpc::record_ids(&span, request.params.as_ref());
     (span, timer)
 }
 
@@ -133,34 +68,12 @@ pub fn make_request_span(
 pub fn record_response(span: &tracing::Span, response: &Outgoing, timer: CallTimer) {
     let mut error_code = None;
     match response {
-        Outgoing::Response { result, .. } => record_ids(span, Some(result)),
+        Outgoing::Response { result, .. } => rpc::record_ids(span, Some(result)),
         Outgoing::Error { error, .. } => {
-            span.record(attr::OTEL_STATUS_CODE, value::STATUS_ERROR);
-            span.record(attr::OTEL_STATUS_DESCRIPTION, error.message.as_str());
-            span.record(attr::ERROR_TYPE, error.code.to_string().as_str());
-            span.record(attr::RPC_RESPONSE_STATUS_CODE, error.code);
+            rpc::record_error(span, error.code, &error.message);
             error_code = Some(error.code);
         }
         Outgoing::Notification { .. } => {}
     }
-    skein_otel::metrics::record_rpc_call(timer.rpc_method, error_code, timer.started.elapsed());
-}
-
-/// Records `thread.id` / `turn.id` found in a params or result object:
-/// `threadId`, `thread.id`, `turnId` or `turn.id`.
-fn record_ids(span: &tracing::Span, object: Option<&Value>) {
-    let Some(object) = object else { return };
-    let thread_id =
-        str_field(Some(object), "threadId").or_else(|| str_field(object.get("thread"), "id"));
-    if let Some(id) = thread_id {
-        span.record(attr::THREAD_ID, id);
-    }
-    let turn_id = str_field(Some(object), "turnId").or_else(|| str_field(object.get("turn"), "id"));
-    if let Some(id) = turn_id {
-        span.record(attr::TURN_ID, id);
-    }
-}
-
-fn str_field<'a>(object: Option<&'a Value>, key: &str) -> Option<&'a str> {
-    object?.get(key)?.as_str()
+    skein_otel::metrics::record_rpc_call(timer.rpc_method(), error_code, timer.elapsed());
 }

@@ -27,6 +27,11 @@ pub enum CarrierSource {
     Environment,
     /// `Submission.trace`, handed from the app-server to core.
     Submission,
+    /// The HTTP request's `traceparent` / `tracestate` headers.
+    HttpHeaders,
+    /// The `traceparent` / `tracestate` headers of the request that opened
+    /// the WebSocket connection.
+    WebSocketUpgrade,
 }
 
 impl fmt::Display for CarrierSource {
@@ -36,6 +41,8 @@ impl fmt::Display for CarrierSource {
             CarrierSource::ParamsMeta => "`params._meta`",
             CarrierSource::Environment => "TRACEPARENT environment variable",
             CarrierSource::Submission => "`Submission.trace`",
+            CarrierSource::HttpHeaders => "HTTP `traceparent` header",
+            CarrierSource::WebSocketUpgrade => "WebSocket upgrade `traceparent` header",
         })
     }
 }
@@ -149,6 +156,27 @@ pub struct ParentChoice {
 pub fn choose_parent<'a>(
     candidates: impl IntoIterator<Item = (CarrierSource, Option<&'a Value>)>,
 ) -> ParentChoice {
+    let mut choice = choose_parent_among(candidates);
+    if choice.parent.is_some() {
+        return choice;
+    }
+    if let Some(carrier) = env_carrier() {
+        match span_context_from_carrier(carrier) {
+            Ok(parent) => {
+                choice.parent = Some(parent);
+                choice.source = Some(CarrierSource::Environment);
+            }
+            Err(reason) => choice.rejected.push((CarrierSource::Environment, reason)),
+        }
+    }
+    choice
+}
+
+/// Like [`choose_parent`], without the environment's carrier: the first
+/// valid carrier among `candidates`, or none.
+pub fn choose_parent_among<'a>(
+    candidates: impl IntoIterator<Item = (CarrierSource, Option<&'a Value>)>,
+) -> ParentChoice {
     let mut choice = ParentChoice::default();
     for (source, raw) in candidates {
         let Some(raw) = raw else { continue };
@@ -162,15 +190,6 @@ pub fn choose_parent<'a>(
             }
             Ok(None) => {}
             Err(reason) => choice.rejected.push((source, reason)),
-        }
-    }
-    if let Some(carrier) = env_carrier() {
-        match span_context_from_carrier(carrier) {
-            Ok(parent) => {
-                choice.parent = Some(parent);
-                choice.source = Some(CarrierSource::Environment);
-            }
-            Err(reason) => choice.rejected.push((CarrierSource::Environment, reason)),
         }
     }
     choice

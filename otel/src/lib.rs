@@ -6,6 +6,8 @@
 //! - [`w3c`]: strict W3C Trace Context Level 2 parsing and rendering.
 //! - [`carrier`]: carriers from JSON and the environment, choosing a parent
 //!   among them, parenting spans, and the current span back to a carrier.
+//! - [`rpc`]: the request-span factory, shared by every JSON-RPC server
+//!   front end.
 //! - [`names`]: every span name and attribute key, as constants.
 //! - [`telemetry`]: the tracer provider, exporters and the `tracing`
 //!   subscriber.
@@ -22,12 +24,13 @@ pub mod local_store;
 pub mod metrics;
 pub mod names;
 pub mod otlp_json;
+pub mod rpc;
 pub mod telemetry;
 pub mod w3c;
 
 pub use carrier::{
     CarrierError, CarrierSource, ParentChoice, SpanIds, add_link_from_carrier, carrier_for_span,
-    carrier_for_span_context, carrier_from_ids, choose_parent, current_carrier,
-    set_parent_from_carrier, set_remote_parent, span_context_of, span_ids,
+    carrier_for_span_context, carrier_from_ids, choose_parent, choose_parent_among,
+    current_carrier, set_parent_from_carrier, set_remote_parent, span_context_of, span_ids,
 };
 pub use telemetry::{Telemetry, TelemetryConfig, TelemetryError};

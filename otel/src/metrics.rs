@@ -96,12 +96,7 @@ impl Instruments {
     /// Creates every instrument from `meter`. `skein.spans.dropped` reads
     /// the `pipelines`' counters at each collection.
     pub fn new(meter: &Meter, pipelines: Vec<Arc<ExportStats>>) -> Self {
-        let rpc_call_duration = meter
-            .f64_histogram(metric::RPC_SERVER_CALL_DURATION)
-            .with_unit("s")
-            .with_description("Duration of inbound JSON-RPC requests, until the response is ready.")
-            .with_boundaries(RPC_DURATION_BOUNDARIES.to_vec())
-            .build();
+        let rpc_call_duration = rpc_call_duration_histogram(meter);
         let model_call_duration = meter
             .f64_histogram(metric::GEN_AI_CLIENT_OPERATION_DURATION)
             .with_unit("s")
@@ -151,14 +146,7 @@ impl Instruments {
         error_code: Option<i64>,
         duration: Duration,
     ) {
-        let mut attributes = Vec::with_capacity(3);
-        attributes.push(KeyValue::new(attr::RPC_SYSTEM_NAME, value::JSONRPC));
-        attributes.push(KeyValue::new(attr::RPC_METHOD, method));
-        if let Some(code) = error_code {
-            attributes.push(KeyValue::new(attr::ERROR_TYPE, code.to_string()));
-        }
-        self.rpc_call_duration
-            .record(duration.as_secs_f64(), &attributes);
+        record_rpc_call_in(&self.rpc_call_duration, method, error_code, duration);
     }
 
     /// Records one model call: its duration, and its tokens when it
@@ -212,6 +200,48 @@ static INSTRUMENTS: OnceLock<Instruments> = OnceLock::new();
 /// call counts; it returns false when instruments were already installed.
 pub fn install(instruments: Instruments) -> bool {
     INSTRUMENTS.set(instruments).is_ok()
+}
+
+/// Creates the `rpc.server.call.duration` histogram from `meter`, with the
+/// bucket boundaries the OTel RPC conventions advise. Skein's instruments
+/// use it, and so does a server front end that records into its
+/// application's own meter provider.
+pub fn rpc_call_duration_histogram(meter: &Meter) -> Histogram<f64> {
+    meter
+        .f64_histogram(metric::RPC_SERVER_CALL_DURATION)
+        .with_unit("s")
+        .with_description("Duration of inbound JSON-RPC requests, until the response is ready.")
+        .with_boundaries(RPC_DURATION_BOUNDARIES.to_vec())
+        .build()
+}
+
+/// Records one JSON-RPC request in a `rpc.server.call.duration`
+/// histogram: `rpc.system.name`, the bounded `rpc.method` (the method, or
+/// `_OTHER`), and `error.type` (the JSON-RPC code) for an error response.
+pub fn record_rpc_call_in(
+    histogram: &Histogram<f64>,
+    method: impl Into<opentelemetry::StringValue>,
+    error_code: Option<i64>,
+    duration: Duration,
+) {
+    let method: opentelemetry::StringValue = method.into();
+    match error_code {
+        None => histogram.record(
+            duration.as_secs_f64(),
+            &[
+                KeyValue::new(attr::RPC_SYSTEM_NAME, value::JSONRPC),
+                KeyValue::new(attr::RPC_METHOD, method),
+            ],
+        ),
+        Some(code) => histogram.record(
+            duration.as_secs_f64(),
+            &[
+                KeyValue::new(attr::RPC_SYSTEM_NAME, value::JSONRPC),
+                KeyValue::new(attr::RPC_METHOD, method),
+                KeyValue::new(attr::ERROR_TYPE, code.to_string()),
+            ],
+        ),
+    }
 }
 
 /// Records one JSON-RPC request in `rpc.server.call.duration`; see

@@ -44,7 +44,7 @@ pub mod attr {
     pub const RPC_METHOD: &str = "rpc.method";
     /// The method as sent, when `rpc.method` is `_OTHER`.
     pub const RPC_METHOD_ORIGINAL: &str = "rpc.method_original";
-    /// `stdio` or `websocket`.
+    /// `stdio`, `websocket` or `http`.
     pub const RPC_TRANSPORT: &str = "rpc.transport";
     /// The request id (legacy name).
     pub const RPC_REQUEST_ID: &str = "rpc.request_id";
@@ -138,6 +138,8 @@ pub mod value {
     pub const TRANSPORT_STDIO: &str = "stdio";
     /// `rpc.transport` over WebSocket.
     pub const TRANSPORT_WEBSOCKET: &str = "websocket";
+    /// `rpc.transport` over plain HTTP requests.
+    pub const TRANSPORT_HTTP: &str = "http";
     /// `gen_ai.operation.name` of a model call.
     pub const GEN_AI_OPERATION_CHAT: &str = "chat";
     /// `gen_ai.token.type` of tokens read.
