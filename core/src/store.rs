@@ -647,6 +647,40 @@ mod tests {
     }
 
     #[test]
+    fn name_and_archive_records_apply_last_one_wins_and_refuse_a_busy_thread() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ThreadStore::open(dir.path()).expect("store");
+        let id = new_id();
+        let file = store.create(&header(&id), &id, &[]).expect("create");
+        let archive = |archived| Record::ThreadArchived { archived, at: 20 };
+        // Another writer holds the thread: the metadata change is refused.
+        assert!(matches!(
+            store.append_unloaded(&id, &archive(true)),
+            Err(StoreError::Busy(_))
+        ));
+        drop(file);
+        let thread = store.append_unloaded(&id, &archive(true)).expect("archive");
+        assert!(thread.archived);
+        let named = Record::ThreadNamed {
+            name: "first".into(),
+            at: 21,
+        };
+        store.append_unloaded(&id, &named).expect("name");
+        let renamed = Record::ThreadNamed {
+            name: "second".into(),
+            at: 22,
+        };
+        store.append_unloaded(&id, &renamed).expect("rename");
+        store
+            .append_unloaded(&id, &archive(false))
+            .expect("unarchive");
+        let thread = store.load(&id).expect("load");
+        assert_eq!(thread.name.as_deref(), Some("second"));
+        assert!(!thread.archived);
+        assert_eq!(thread.updated_at, 22);
+    }
+
+    #[test]
     fn torn_last_line_and_corrupt_lines_are_tolerated() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = ThreadStore::open(dir.path()).expect("store");
