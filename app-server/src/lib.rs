@@ -16,6 +16,7 @@
 pub mod connection;
 pub mod environment;
 pub mod events;
+pub mod ignored_params;
 pub mod paths;
 pub mod processor;
 pub mod request_span;

@@ -26,6 +26,10 @@ use skein_core::{MODELS, ThreadError, ThreadInfo, ThreadManager, TurnRecord};
 use skein_protocol::{TurnKind, TurnStatus, UserInput};
 use tower::Service;
 
+use crate::ignored_params::{
+    THREAD_FORK_IGNORED, THREAD_RESUME_IGNORED, THREAD_START_IGNORED, TURN_START_IGNORED,
+    log_ignored,
+};
 use crate::session::ConnectionSession;
 use crate::tracing_layer::RpcCall;
 pub use crate::wire::SERVER_VERSION;
@@ -33,92 +37,6 @@ use crate::wire::{ServerEnv, thread_response, thread_to_wire};
 
 /// The server's name in `serverInfo`.
 pub const SERVER_NAME: &str = "skein";
-
-/// Codex `thread/start` parameters Skein accepts and does not act on.
-const THREAD_START_IGNORED: &[&str] = &[
-    "approvalPolicy",
-    "approvalsReviewer",
-    "baseInstructions",
-    "config",
-    "cwd",
-    "developerInstructions",
-    "modelProvider",
-    "personality",
-    "sandbox",
-    "serviceName",
-    "serviceTier",
-    "sessionStartSource",
-    "threadSource",
-];
-/// Codex `thread/resume` parameters Skein accepts and does not act on.
-const THREAD_RESUME_IGNORED: &[&str] = &[
-    "approvalPolicy",
-    "approvalsReviewer",
-    "baseInstructions",
-    "config",
-    "cwd",
-    "developerInstructions",
-    "model",
-    "modelProvider",
-    "personality",
-    "sandbox",
-    "serviceTier",
-];
-/// Codex `thread/fork` parameters Skein accepts and does not act on.
-const THREAD_FORK_IGNORED: &[&str] = &[
-    "approvalPolicy",
-    "approvalsReviewer",
-    "baseInstructions",
-    "config",
-    "cwd",
-    "developerInstructions",
-    "ephemeral",
-    "model",
-    "modelProvider",
-    "sandbox",
-    "serviceTier",
-    "threadSource",
-];
-/// Codex `turn/start` parameters Skein accepts and does not act on.
-const TURN_START_IGNORED: &[&str] = &[
-    "approvalPolicy",
-    "approvalsReviewer",
-    "clientUserMessageId",
-    "cwd",
-    "disabledPluginIds",
-    "effort",
-    "model",
-    "outputSchema",
-    "parentTurnId",
-    "personality",
-    "rootTurnId",
-    "sandboxPolicy",
-    "serviceTier",
-    "serviceTierForTurn",
-    "summary",
-    "toolOutput",
-    "turnTrigger",
-];
-
-/// Logs (at debug) the Codex parameters of `method` that are present and
-/// that Skein accepts without acting on them.
-fn log_ignored(method: Method, params: Option<&Value>, ignored: &[&str]) {
-    let Some(Value::Object(map)) = params else {
-        return;
-    };
-    let present: Vec<&str> = ignored
-        .iter()
-        .copied()
-        .filter(|key| map.get(*key).is_some_and(|v| !v.is_null()))
-        .collect();
-    if !present.is_empty() {
-        tracing::debug!(
-            method = method.as_str(),
-            ignored = ?present,
-            "accepting parameters this server does not act on"
-        );
-    }
-}
 
 /// Routes requests to handlers. Cheap to clone; clones share state.
 #[derive(Clone, Debug)]
