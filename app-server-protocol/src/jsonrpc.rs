@@ -28,8 +28,10 @@ pub const INVALID_PARAMS: i64 = -32602;
 pub const INTERNAL_ERROR: i64 = -32603;
 /// The server is too busy to take the request; retry later.
 pub const SERVER_OVERLOADED: i64 = -32001;
-/// A request other than `initialize` arrived before `initialize`.
-pub const NOT_INITIALIZED: i64 = -32002;
+/// A request other than `initialize` arrived before `initialize`: the
+/// invalid-request code, as the Codex app-server answers (its clients check
+/// the code), with a message starting `Not initialized`.
+pub const NOT_INITIALIZED: i64 = INVALID_REQUEST;
 
 /// A request id: a number or a string.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -64,6 +64,18 @@ methods! {
     TurnSteer => "turn/steer",
     TurnInterrupt => "turn/interrupt",
     ReviewStart => "review/start",
+    ThreadLoadedList => "thread/loaded/list",
+    ThreadArchive => "thread/archive",
+    ThreadUnarchive => "thread/unarchive",
+    ThreadNameSet => "thread/name/set",
+    ThreadTurnsList => "thread/turns/list",
+    AccountRead => "account/read",
+    AccountRateLimitsRead => "account/rateLimits/read",
+    ConfigRead => "config/read",
+    ConfigRequirementsRead => "configRequirements/read",
+    SkillsList => "skills/list",
+    AppList => "app/list",
+    McpServerStatusList => "mcpServerStatus/list",
 }
 
 /// Name of the notification a client sends after `initialize`.

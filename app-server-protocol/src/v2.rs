@@ -44,6 +44,13 @@ pub struct ServerInfo {
 pub struct InitializeResponse {
     /// The server's user agent, `skein/<version>`.
     pub user_agent: String,
+    /// The server's home directory (`$SKEIN_HOME`), absolute. Codex calls
+    /// its own `codexHome`.
+    pub codex_home: String,
+    /// The platform family the server runs on (`unix`, `windows`).
+    pub platform_family: String,
+    /// The operating system the server runs on (`linux`, `macos`, ...).
+    pub platform_os: String,
     /// The server's name and version.
     pub server_info: ServerInfo,
 }
@@ -76,6 +83,22 @@ pub struct Model {
     pub provider: String,
     /// Whether threads use it when none is named.
     pub is_default: bool,
+    /// Whether pickers should hide it.
+    pub hidden: bool,
+    /// The reasoning efforts a client may ask for.
+    pub supported_reasoning_efforts: Vec<ReasoningEffortOption>,
+    /// The effort used when none is asked for.
+    pub default_reasoning_effort: String,
+}
+
+/// A reasoning effort a model supports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReasoningEffortOption {
+    /// The effort's name, e.g. `none`, `low`, `high`.
+    pub reasoning_effort: String,
+    /// What it means.
+    pub description: String,
 }
 
 /// Result of `model/list`.
@@ -94,6 +117,21 @@ pub struct ModelListResponse {
 pub struct Thread {
     /// Stable id.
     pub id: String,
+    /// The session tree the thread belongs to. Every Skein thread is its
+    /// own session, so this is the thread's id.
+    pub session_id: String,
+    /// The name set with `thread/name/set`, if any.
+    pub name: Option<String>,
+    /// Whether the thread is running, idle, or not loaded in this server.
+    pub status: ThreadStatus,
+    /// The server's working directory (Skein has no per-thread one).
+    pub cwd: String,
+    /// Version of the server that reports the thread.
+    pub cli_version: String,
+    /// How the thread was created: always `appServer`.
+    pub source: String,
+    /// Project assignment; Skein has no projects, so always `null`.
+    pub project_id: Option<String>,
     /// The first user message, shortened; empty for a new thread.
     pub preview: String,
     /// The model the thread uses.
@@ -111,6 +149,41 @@ pub struct Thread {
     pub turns: Vec<Turn>,
 }
 
+/// A thread's status, as `thread.status` and `thread/status/changed` carry
+/// it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum ThreadStatus {
+    /// Not loaded in this server.
+    NotLoaded,
+    /// Loaded, no turn running.
+    Idle,
+    /// The thread failed to load (never reported by Skein today).
+    SystemError,
+    /// A turn is running.
+    Active {
+        /// Why the turn is waiting, if it is (Skein's turns never wait on
+        /// approvals or user input, so always empty).
+        active_flags: Vec<String>,
+    },
+}
+
+impl From<skein_protocol::ThreadStatus> for ThreadStatus {
+    fn from(status: skein_protocol::ThreadStatus) -> Self {
+        match status {
+            skein_protocol::ThreadStatus::NotLoaded => ThreadStatus::NotLoaded,
+            skein_protocol::ThreadStatus::Idle => ThreadStatus::Idle,
+            skein_protocol::ThreadStatus::Active => ThreadStatus::Active {
+                active_flags: Vec::new(),
+            },
+        }
+    }
+}
+
 /// Parameters of `thread/start`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -123,7 +196,7 @@ pub struct ThreadStartParams {
     pub ephemeral: Option<bool>,
 }
 
-/// Result of `thread/start`.
+/// Result of `thread/start`, `thread/resume` and `thread/fork`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ThreadStartResponse {
@@ -133,6 +206,23 @@ pub struct ThreadStartResponse {
     pub model: String,
     /// The provider serving the model.
     pub model_provider: String,
+    /// The working directory turns run in: the server's.
+    pub cwd: String,
+    /// When the client is asked to approve actions: Skein never asks
+    /// (`never`).
+    pub approval_policy: String,
+    /// Who reviews approval requests (`user`; Skein sends none).
+    pub approvals_reviewer: String,
+    /// The sandbox turns run in: Skein runs no sandbox.
+    pub sandbox: SandboxPolicy,
+}
+
+/// The sandbox policy a thread's turns run under.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum SandboxPolicy {
+    /// No sandbox: what Skein does.
+    DangerFullAccess,
 }
 
 /// Params of the `thread/started` notification.
@@ -153,6 +243,9 @@ pub struct ThreadListParams {
     /// Page size (default 50, at most 500).
     #[serde(default)]
     pub limit: Option<u32>,
+    /// List only archived threads (by default only unarchived ones).
+    #[serde(default)]
+    pub archived: Option<bool>,
 }
 
 /// Result of `thread/list`.
@@ -206,6 +299,10 @@ pub struct Turn {
     /// The turn span's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub span_id: Option<String>,
+    /// How much of `items` is filled (`full`, or `notLoaded` when items were
+    /// not asked for); absent where the items are simply the turn's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items_view: Option<TurnItemsView>,
 }
 
 /// A turn's failure.
@@ -216,8 +313,8 @@ pub struct TurnError {
     pub message: String,
 }
 
-/// Parameters naming just a thread: `thread/resume`, `thread/unsubscribe`,
-/// `review/start`, `thread/compact/start`.
+/// Parameters naming just a thread: `thread/unsubscribe`,
+/// `thread/compact/start`, `thread/archive`, `thread/unarchive`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ThreadIdParams {
@@ -232,8 +329,23 @@ pub struct ThreadForkParams {
     /// The thread to fork.
     pub thread_id: String,
     /// Copy history up to and including this turn; all of it when absent.
-    #[serde(default)]
+    /// Codex calls it `lastTurnId`.
+    #[serde(default, alias = "lastTurnId")]
     pub turn_id: Option<String>,
+    /// Leave `thread.turns` empty in the result.
+    #[serde(default)]
+    pub exclude_turns: bool,
+}
+
+/// Parameters of `thread/resume`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThreadResumeParams {
+    /// The thread to resume.
+    pub thread_id: String,
+    /// Leave `thread.turns` empty in the result.
+    #[serde(default)]
+    pub exclude_turns: bool,
 }
 
 /// Parameters of `turn/start`.
@@ -252,8 +364,9 @@ pub struct TurnStartParams {
 pub struct TurnSteerParams {
     /// The thread.
     pub thread_id: String,
-    /// The running turn.
-    pub turn_id: String,
+    /// The running turn: `expectedTurnId` (Codex's name) or `turnId`.
+    #[serde(alias = "turnId")]
+    pub expected_turn_id: String,
     /// The extra input.
     pub input: Vec<UserInput>,
 }
@@ -274,4 +387,206 @@ pub struct TurnInterruptParams {
 pub struct TurnStartResponse {
     /// The new turn, `inProgress`.
     pub turn: Turn,
+}
+
+/// Parameters of `review/start`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewStartParams {
+    /// The thread.
+    pub thread_id: String,
+    /// What to review. Skein reviews the thread's conversation whatever
+    /// the target; it is checked and otherwise unused.
+    #[serde(default)]
+    pub target: Option<ReviewTarget>,
+    /// Where the review runs; Skein always runs it inline, on the thread.
+    #[serde(default)]
+    pub delivery: Option<String>,
+}
+
+/// What a review looks at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum ReviewTarget {
+    /// The working tree's uncommitted changes.
+    UncommittedChanges,
+    /// The changes against a base branch.
+    BaseBranch {
+        /// The branch.
+        branch: String,
+    },
+    /// One commit.
+    Commit {
+        /// Its sha.
+        sha: String,
+        /// Its title.
+        #[serde(default)]
+        title: Option<String>,
+    },
+    /// Free-form instructions.
+    Custom {
+        /// The instructions.
+        instructions: String,
+    },
+}
+
+/// Result of `review/start`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewStartResponse {
+    /// The review turn, `inProgress`.
+    pub turn: Turn,
+    /// The thread the review runs on: the reviewed thread itself.
+    pub review_thread_id: String,
+}
+
+/// Parameters of `thread/unsubscribe`.
+pub type ThreadUnsubscribeParams = ThreadIdParams;
+
+/// Parameters of `thread/archive`, `thread/unarchive`.
+pub type ThreadArchiveParams = ThreadIdParams;
+
+/// Parameters of `thread/name/set`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThreadSetNameParams {
+    /// The thread.
+    pub thread_id: String,
+    /// Its new name.
+    pub name: String,
+}
+
+/// Result of `thread/unarchive`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThreadUnarchiveResponse {
+    /// The thread, unarchived.
+    pub thread: Thread,
+}
+
+/// Parameters of `thread/loaded/list`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThreadLoadedListParams {
+    /// Opaque cursor from a previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Page size (default 50, at most 500).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// Result of `thread/loaded/list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThreadLoadedListResponse {
+    /// Ids of the threads loaded in this server, oldest first.
+    pub data: Vec<String>,
+    /// Cursor for the next page, if any.
+    pub next_cursor: Option<String>,
+}
+
+/// Order of a paged listing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SortDirection {
+    /// Oldest first.
+    Asc,
+    /// Newest first (the default).
+    #[default]
+    Desc,
+}
+
+/// How much of each turn's items a listing carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TurnItemsView {
+    /// No items.
+    NotLoaded,
+    /// A summary (Skein returns every item, which is as short).
+    Summary,
+    /// Every item.
+    Full,
+}
+
+/// Parameters of `thread/turns/list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThreadTurnsListParams {
+    /// The thread.
+    pub thread_id: String,
+    /// Opaque cursor from a previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Page size (default 50, at most 500).
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// Newest first (default) or oldest first.
+    #[serde(default)]
+    pub sort_direction: Option<SortDirection>,
+    /// How much of the items to include (all of them by default).
+    #[serde(default)]
+    pub items_view: Option<TurnItemsView>,
+}
+
+/// Result of `thread/turns/list`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThreadTurnsListResponse {
+    /// The turns of this page.
+    pub data: Vec<Turn>,
+    /// Cursor for the next page, if any.
+    pub next_cursor: Option<String>,
+    /// Cursor for paging back the other way from this page's first turn
+    /// (included again), when the page is not empty.
+    pub backwards_cursor: Option<String>,
+}
+
+/// Parameters of `account/read`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GetAccountParams {
+    /// Refresh the account's token first (Skein has no account).
+    #[serde(default)]
+    pub refresh_token: bool,
+}
+
+/// Parameters of `config/read`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigReadParams {
+    /// The directory whose project configuration to consider.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Include the configuration layers in the result.
+    #[serde(default)]
+    pub include_layers: bool,
+}
+
+/// Parameters of `skills/list`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SkillsListParams {
+    /// Directories to look for skills in.
+    #[serde(default)]
+    pub cwds: Vec<String>,
+    /// Re-read skills from disk.
+    #[serde(default)]
+    pub force_reload: bool,
+}
+
+/// Parameters of `app/list` and `mcpServerStatus/list`: a page request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PageParams {
+    /// Opaque cursor from a previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Page size.
+    #[serde(default)]
+    pub limit: Option<u32>,
 }

@@ -8,11 +8,13 @@
 
 use serde_json::{Value, json};
 use skein_app_server_protocol::Outgoing;
+use skein_app_server_protocol::v2::ThreadStatus;
 use skein_core::{CoreEvent, EventReceiver};
 use skein_protocol::{Event, EventMsg, TurnStatus};
 use tokio::sync::mpsc;
 
 use crate::session::OutboundItem;
+use crate::wire::{item_json, usage_breakdown};
 
 /// The notification for a core event, or `None` for internal events.
 pub fn notification_for(event: &Event) -> Option<Outgoing> {
@@ -22,10 +24,15 @@ pub fn notification_for(event: &Event) -> Option<Outgoing> {
             "turn/started",
             json!({"threadId": thread_id, "turn": turn_json(turn_id, TurnStatus::InProgress, None)}),
         ),
-        EventMsg::ItemStarted { turn_id, item_id } => (
+        EventMsg::ItemStarted {
+            turn_id,
+            item_id,
+            kind,
+        } => (
             "item/started",
             json!({"threadId": thread_id, "turnId": turn_id,
-                   "item": {"id": item_id, "type": "agentMessage", "text": ""}}),
+                   "item": item_json(item_id, *kind, ""),
+                   "startedAtMs": event.at_ms}),
         ),
         EventMsg::AgentMessageDelta {
             turn_id,
@@ -38,11 +45,13 @@ pub fn notification_for(event: &Event) -> Option<Outgoing> {
         EventMsg::ItemCompleted {
             turn_id,
             item_id,
+            kind,
             text,
         } => (
             "item/completed",
             json!({"threadId": thread_id, "turnId": turn_id,
-                   "item": {"id": item_id, "type": "agentMessage", "text": text}}),
+                   "item": item_json(item_id, *kind, text),
+                   "completedAtMs": event.at_ms}),
         ),
         EventMsg::TurnCompleted {
             turn_id,
@@ -54,6 +63,21 @@ pub fn notification_for(event: &Event) -> Option<Outgoing> {
             json!({"threadId": thread_id,
                    "turn": turn_json(turn_id, *status, error.as_deref()),
                    "usage": usage}),
+        ),
+        EventMsg::ThreadStatusChanged { status } => (
+            "thread/status/changed",
+            json!({"threadId": thread_id, "status": ThreadStatus::from(*status)}),
+        ),
+        EventMsg::TokenUsageUpdated {
+            turn_id,
+            last,
+            total,
+        } => (
+            "thread/tokenUsage/updated",
+            json!({"threadId": thread_id, "turnId": turn_id,
+                   "tokenUsage": {"total": usage_breakdown(*total),
+                                  "last": usage_breakdown(*last),
+                                  "modelContextWindow": null}}),
         ),
         EventMsg::ShutdownComplete => return None,
     };

@@ -14,15 +14,19 @@
 //!    request span once the bytes are written.
 
 pub mod connection;
+pub mod environment;
 pub mod events;
+pub mod ignored_params;
 pub mod paths;
 pub mod processor;
 pub mod request_span;
 pub mod server;
 pub mod session;
+pub mod thread_methods;
 pub mod trace_view;
 pub mod tracing_layer;
 pub mod transport;
+pub mod wire;
 
 pub use server::{DEFAULT_MAX_MESSAGE_BYTES, ListenAddr, ServerConfig, serve};
 pub use skein_core::CoreConfig;

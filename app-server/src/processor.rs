@@ -15,10 +15,10 @@ use serde_json::Value;
 use serde_json::json;
 use skein_app_server_protocol::jsonrpc::{INVALID_REQUEST, NOT_INITIALIZED};
 use skein_app_server_protocol::v2::{
-    InitializeParams, InitializeResponse, Model, ModelListParams, ModelListResponse, ServerInfo,
-    Thread, ThreadForkParams, ThreadIdParams, ThreadListParams, ThreadListResponse,
-    ThreadReadParams, ThreadReadResponse, ThreadStartParams, ThreadStartResponse,
-    ThreadStartedNotification, Turn, TurnError, TurnInterruptParams, TurnStartParams,
+    InitializeParams, InitializeResponse, Model, ModelListParams, ModelListResponse,
+    ReviewStartParams, ReviewStartResponse, ServerInfo, Thread, ThreadForkParams, ThreadIdParams,
+    ThreadListParams, ThreadListResponse, ThreadReadParams, ThreadReadResponse, ThreadResumeParams,
+    ThreadStartParams, ThreadStartedNotification, Turn, TurnInterruptParams, TurnStartParams,
     TurnStartResponse, TurnSteerParams,
 };
 use skein_app_server_protocol::{ErrorObject, Method, Notification, Outgoing, parse_params};
@@ -26,26 +26,35 @@ use skein_core::{MODELS, ThreadError, ThreadInfo, ThreadManager, TurnRecord};
 use skein_protocol::{TurnKind, TurnStatus, UserInput};
 use tower::Service;
 
+use crate::ignored_params::{
+    THREAD_FORK_IGNORED, THREAD_RESUME_IGNORED, THREAD_START_IGNORED, TURN_START_IGNORED,
+    log_ignored,
+};
 use crate::session::ConnectionSession;
 use crate::tracing_layer::RpcCall;
+pub use crate::wire::SERVER_VERSION;
+use crate::wire::{ServerEnv, thread_response, thread_to_wire};
 
 /// The server's name in `serverInfo`.
 pub const SERVER_NAME: &str = "skein";
-/// The server's version.
-pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Routes requests to handlers. Cheap to clone; clones share state.
 #[derive(Clone, Debug)]
 pub struct MessageProcessor {
-    threads: ThreadManager,
+    pub(crate) threads: ThreadManager,
+    pub(crate) env: Arc<ServerEnv>,
 }
 
-type HandlerResult = Result<Value, ErrorObject>;
+pub(crate) type HandlerResult = Result<Value, ErrorObject>;
 
 impl MessageProcessor {
-    /// A processor over `threads`.
+    /// A processor over `threads`, reporting the server's working
+    /// directory and home as read now.
     pub fn new(threads: ThreadManager) -> Self {
-        Self { threads }
+        Self {
+            threads,
+            env: Arc::new(ServerEnv::detect()),
+        }
     }
 
     /// Handles one request.
@@ -77,38 +86,65 @@ impl MessageProcessor {
             return Err(ErrorObject::new(
                 NOT_INITIALIZED,
                 format!(
-                    "not initialized: send `initialize` before `{}`",
+                    "Not initialized: send `initialize` before `{}`",
                     method.as_str()
                 ),
             ));
         }
         match method {
-            Method::Initialize => initialize(parse_params(params)?, session),
+            Method::Initialize => self.initialize(parse_params(params)?, session),
             Method::ModelList => model_list(parse_params(params)?),
-            Method::ThreadStart => self.thread_start(parse_params(params)?, session).await,
+            Method::ThreadStart => {
+                log_ignored(method, params.as_ref(), THREAD_START_IGNORED);
+                self.thread_start(parse_params(params)?, session).await
+            }
             Method::ThreadList => self.thread_list(parse_params(params)?),
             Method::ThreadRead => self.thread_read(parse_params(params)?),
-            Method::ThreadResume => self.thread_resume(parse_params(params)?, session),
-            Method::ThreadFork => self.thread_fork(parse_params(params)?, session).await,
+            Method::ThreadResume => {
+                log_ignored(method, params.as_ref(), THREAD_RESUME_IGNORED);
+                self.thread_resume(parse_params(params)?, session)
+            }
+            Method::ThreadFork => {
+                log_ignored(method, params.as_ref(), THREAD_FORK_IGNORED);
+                self.thread_fork(parse_params(params)?, session).await
+            }
             Method::ThreadUnsubscribe => self.thread_unsubscribe(parse_params(params)?, session),
             Method::TurnStart => {
+                log_ignored(method, params.as_ref(), TURN_START_IGNORED);
                 let params: TurnStartParams = parse_params(params)?;
                 self.start_turn(&params.thread_id, TurnKind::Regular, params.input, session)
                     .await
+                    .and_then(|turn| to_value(TurnStartResponse { turn }))
             }
-            Method::ReviewStart => {
-                let params: ThreadIdParams = parse_params(params)?;
-                self.start_turn(&params.thread_id, TurnKind::Review, Vec::new(), session)
-                    .await
-            }
+            Method::ReviewStart => self.review_start(parse_params(params)?, session).await,
             Method::ThreadCompactStart => {
                 let params: ThreadIdParams = parse_params(params)?;
                 self.start_turn(&params.thread_id, TurnKind::Compact, Vec::new(), session)
                     .await
+                    .and_then(|turn| to_value(TurnStartResponse { turn }))
             }
             Method::TurnSteer => self.turn_steer(parse_params(params)?).await,
             Method::TurnInterrupt => self.turn_interrupt(parse_params(params)?).await,
+            Method::ThreadLoadedList => self.thread_loaded_list(parse_params(params)?),
+            Method::ThreadArchive => self.thread_archive(parse_params(params)?).await,
+            Method::ThreadUnarchive => self.thread_unarchive(parse_params(params)?).await,
+            Method::ThreadNameSet => self.thread_name_set(parse_params(params)?).await,
+            Method::ThreadTurnsList => self.thread_turns_list(parse_params(params)?),
+            Method::AccountRead => crate::environment::account_read(parse_params(params)?),
+            Method::AccountRateLimitsRead => crate::environment::account_rate_limits_read(),
+            Method::ConfigRead => self.config_read(parse_params(params)?),
+            Method::ConfigRequirementsRead => crate::environment::config_requirements_read(),
+            Method::SkillsList => crate::environment::skills_list(parse_params(params)?),
+            Method::AppList => crate::environment::app_list(parse_params(params)?),
+            Method::McpServerStatusList => {
+                crate::environment::mcp_server_status_list(parse_params(params)?)
+            }
         }
+    }
+
+    /// The wire shape of a thread, with its current status.
+    pub(crate) fn wire_thread(&self, info: &ThreadInfo, turns: &[TurnRecord]) -> Thread {
+        thread_to_wire(info, turns, self.threads.status(&info.id), &self.env)
     }
 
     /// The thread registry.
@@ -140,7 +176,7 @@ impl MessageProcessor {
             .threads
             .start_thread(params.model.as_deref(), params.ephemeral.unwrap_or(false))
             .map_err(thread_error)?;
-        self.announce_new_thread(&info, session).await
+        self.announce_new_thread(&info, false, session).await
     }
 
     /// Subscribes the connection to a new thread, sends `thread/started`
@@ -148,11 +184,16 @@ impl MessageProcessor {
     async fn announce_new_thread(
         &self,
         info: &ThreadInfo,
+        exclude_turns: bool,
         session: &ConnectionSession,
     ) -> HandlerResult {
         session.subscribe(&self.threads.handle(&info.id).map_err(thread_error)?);
-        let turns = self.threads.turns(&info.id).map_err(thread_error)?;
-        let thread = thread_to_wire(info, &turns);
+        let turns = if exclude_turns {
+            Vec::new()
+        } else {
+            self.threads.turns(&info.id).map_err(thread_error)?
+        };
+        let thread = self.wire_thread(info, &turns);
         session
             .notify(Outgoing::Notification {
                 method: "thread/started".into(),
@@ -162,25 +203,30 @@ impl MessageProcessor {
                 trace: None,
             })
             .await;
-        to_value(ThreadStartResponse {
-            model: info.model.name.to_owned(),
-            model_provider: info.model.provider.to_owned(),
-            thread,
-        })
+        to_value(thread_response(thread, info, &self.env))
     }
 
-    fn thread_resume(&self, params: ThreadIdParams, session: &ConnectionSession) -> HandlerResult {
+    fn thread_resume(
+        &self,
+        params: ThreadResumeParams,
+        session: &ConnectionSession,
+    ) -> HandlerResult {
         let handle = self.threads.load(&params.thread_id).map_err(thread_error)?;
         let (info, turns) = self
             .threads
             .read_with_turns(&params.thread_id)
             .map_err(thread_error)?;
         session.subscribe(&handle);
-        to_value(ThreadStartResponse {
-            model: info.model.name.to_owned(),
-            model_provider: info.model.provider.to_owned(),
-            thread: thread_to_wire(&info, &turns),
-        })
+        let turns = if params.exclude_turns {
+            &[][..]
+        } else {
+            &turns
+        };
+        to_value(thread_response(
+            self.wire_thread(&info, turns),
+            &info,
+            &self.env,
+        ))
     }
 
     async fn thread_fork(
@@ -192,7 +238,8 @@ impl MessageProcessor {
             .threads
             .fork_thread(&params.thread_id, params.turn_id.as_deref())
             .map_err(thread_error)?;
-        self.announce_new_thread(&info, session).await
+        self.announce_new_thread(&info, params.exclude_turns, session)
+            .await
     }
 
     fn thread_unsubscribe(
@@ -200,9 +247,11 @@ impl MessageProcessor {
         params: ThreadIdParams,
         session: &ConnectionSession,
     ) -> HandlerResult {
-        self.threads
-            .handle(&params.thread_id)
-            .map_err(thread_error)?;
+        // Codex answers `notLoaded` for any thread not loaded here, known
+        // or not; so does Skein.
+        if self.threads.handle(&params.thread_id).is_err() {
+            return Ok(json!({ "status": "notLoaded" }));
+        }
         let status = if session.unsubscribe(&params.thread_id) {
             "unsubscribed"
         } else {
@@ -211,37 +260,61 @@ impl MessageProcessor {
         Ok(json!({ "status": status }))
     }
 
+    /// Subscribes the connection to the thread and starts a turn there;
+    /// returns the new turn, `inProgress`.
     async fn start_turn(
         &self,
         thread_id: &str,
         kind: TurnKind,
         input: Vec<UserInput>,
         session: &ConnectionSession,
-    ) -> HandlerResult {
+    ) -> Result<Turn, ErrorObject> {
         session.subscribe(&self.threads.load(thread_id).map_err(thread_error)?);
         let started = self
             .threads
             .start_turn(thread_id, kind, input)
             .await
             .map_err(thread_error)?;
-        to_value(TurnStartResponse {
-            turn: Turn {
-                id: started.turn_id,
-                status: TurnStatus::InProgress,
-                items: Vec::new(),
-                error: None,
-                trace_id: None,
-                span_id: None,
-            },
+        Ok(Turn {
+            id: started.turn_id,
+            status: TurnStatus::InProgress,
+            items: Vec::new(),
+            error: None,
+            trace_id: None,
+            span_id: None,
+            items_view: None,
+        })
+    }
+
+    /// `review/start`: Skein reviews the thread's conversation inline, on
+    /// the thread itself, whatever the target or delivery asked for.
+    async fn review_start(
+        &self,
+        params: ReviewStartParams,
+        session: &ConnectionSession,
+    ) -> HandlerResult {
+        if params.target.is_some() || params.delivery.is_some() {
+            tracing::debug!(
+                target_kind = ?params.target,
+                delivery = ?params.delivery,
+                "review target and delivery accepted; the review covers the thread inline"
+            );
+        }
+        let turn = self
+            .start_turn(&params.thread_id, TurnKind::Review, Vec::new(), session)
+            .await?;
+        to_value(ReviewStartResponse {
+            turn,
+            review_thread_id: params.thread_id,
         })
     }
 
     async fn turn_steer(&self, params: TurnSteerParams) -> HandlerResult {
         self.threads
-            .steer(&params.thread_id, &params.turn_id, params.input)
+            .steer(&params.thread_id, &params.expected_turn_id, params.input)
             .await
             .map_err(thread_error)?;
-        Ok(json!({ "turnId": params.turn_id }))
+        Ok(json!({ "turnId": params.expected_turn_id }))
     }
 
     async fn turn_interrupt(&self, params: TurnInterruptParams) -> HandlerResult {
@@ -256,13 +329,17 @@ impl MessageProcessor {
         let limit = params.limit.map(|l| l as usize);
         let page = self
             .threads
-            .list(params.cursor.as_deref(), limit)
+            .list(
+                params.cursor.as_deref(),
+                limit,
+                params.archived.unwrap_or(false),
+            )
             .map_err(thread_error)?;
         to_value(ThreadListResponse {
             data: page
                 .threads
                 .iter()
-                .map(|t| thread_to_wire(t, &[]))
+                .map(|t| self.wire_thread(t, &[]))
                 .collect(),
             next_cursor: page.next_cursor,
         })
@@ -278,25 +355,28 @@ impl MessageProcessor {
         }
         .map_err(thread_error)?;
         to_value(ThreadReadResponse {
-            thread: thread_to_wire(&info, &turns),
+            thread: self.wire_thread(&info, &turns),
         })
     }
-}
 
-fn initialize(params: InitializeParams, session: &ConnectionSession) -> HandlerResult {
-    if !session.initialize(params.client_info) {
-        return Err(ErrorObject::new(
-            INVALID_REQUEST,
-            "already initialized: `initialize` may be sent once per connection",
-        ));
+    fn initialize(&self, params: InitializeParams, session: &ConnectionSession) -> HandlerResult {
+        if !session.initialize(params.client_info) {
+            return Err(ErrorObject::new(
+                INVALID_REQUEST,
+                "already initialized: `initialize` may be sent once per connection",
+            ));
+        }
+        to_value(InitializeResponse {
+            user_agent: format!("{SERVER_NAME}/{SERVER_VERSION}"),
+            codex_home: self.env.home.clone(),
+            platform_family: std::env::consts::FAMILY.into(),
+            platform_os: std::env::consts::OS.into(),
+            server_info: ServerInfo {
+                name: SERVER_NAME.into(),
+                version: SERVER_VERSION.into(),
+            },
+        })
     }
-    to_value(InitializeResponse {
-        user_agent: format!("{SERVER_NAME}/{SERVER_VERSION}"),
-        server_info: ServerInfo {
-            name: SERVER_NAME.into(),
-            version: SERVER_VERSION.into(),
-        },
-    })
 }
 
 fn model_list(_params: ModelListParams) -> HandlerResult {
@@ -311,50 +391,23 @@ fn model_list(_params: ModelListParams) -> HandlerResult {
                 description: m.description.into(),
                 provider: m.provider.into(),
                 is_default: i == 0,
+                hidden: false,
+                supported_reasoning_efforts: crate::wire::reasoning_efforts(),
+                default_reasoning_effort: crate::wire::REASONING_EFFORT.into(),
             })
             .collect(),
         next_cursor: None,
     })
 }
 
-fn thread_to_wire(info: &ThreadInfo, turns: &[TurnRecord]) -> Thread {
-    Thread {
-        id: info.id.clone(),
-        preview: info.preview.clone(),
-        model: info.model.name.into(),
-        model_provider: info.model.provider.into(),
-        created_at: info.created_at,
-        updated_at: info.updated_at,
-        ephemeral: info.ephemeral,
-        turns: turns.iter().map(turn_to_wire).collect(),
-    }
-}
-
-fn turn_to_wire(record: &TurnRecord) -> Turn {
-    let mut items = Vec::with_capacity(2);
-    if !record.input.is_empty() {
-        items.push(
-            json!({"type": "userMessage", "content": [{"type": "text", "text": record.input}]}),
-        );
-    }
-    items.push(json!({"type": "agentMessage", "text": record.output}));
-    Turn {
-        id: record.id.clone(),
-        status: record.status,
-        items,
-        error: record.error.clone().map(|message| TurnError { message }),
-        trace_id: record.trace_id.clone(),
-        span_id: record.span_id.clone(),
-    }
-}
-
-fn thread_error(err: ThreadError) -> ErrorObject {
+pub(crate) fn thread_error(err: ThreadError) -> ErrorObject {
     match err {
         ThreadError::NotFound(_)
         | ThreadError::UnknownModel(_)
         | ThreadError::InvalidCursor(_)
         | ThreadError::TurnNotFound { .. }
-        | ThreadError::EmptyInput => ErrorObject::invalid_params(err),
+        | ThreadError::EmptyInput
+        | ThreadError::EmptyName => ErrorObject::invalid_params(err),
         ThreadError::TurnRunning { .. }
         | ThreadError::TurnNotRunning { .. }
         | ThreadError::Busy(_)
@@ -363,7 +416,7 @@ fn thread_error(err: ThreadError) -> ErrorObject {
     }
 }
 
-fn to_value(value: impl Serialize) -> HandlerResult {
+pub(crate) fn to_value(value: impl Serialize) -> HandlerResult {
     serde_json::to_value(value).map_err(ErrorObject::internal)
 }
 

@@ -180,6 +180,7 @@ mod tests {
         CoreEvent {
             event: Event {
                 thread_id: "t".into(),
+                at_ms: 0,
                 msg: EventMsg::AgentMessageDelta {
                     turn_id: "turn".into(),
                     item_id: item.into(),
@@ -195,6 +196,7 @@ mod tests {
         CoreEvent {
             event: Event {
                 thread_id: "t".into(),
+                at_ms: 0,
                 msg: EventMsg::ShutdownComplete,
                 trace: None,
             },

@@ -19,3 +19,4 @@ pub use threads::{
     CoreConfig, CoreEvent, StartedTurn, ThreadError, ThreadHandle, ThreadInfo, ThreadManager,
     ThreadPage, TurnRecord,
 };
+pub use turn::{answer_item_id, answer_item_kind, user_item_id};

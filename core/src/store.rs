@@ -84,6 +84,20 @@ pub enum Record {
         /// When, seconds since the Unix epoch.
         at: i64,
     },
+    /// The thread was given a name (`thread/name/set`).
+    ThreadNamed {
+        /// The new name.
+        name: String,
+        /// When, seconds since the Unix epoch.
+        at: i64,
+    },
+    /// The thread was archived or unarchived.
+    ThreadArchived {
+        /// True when archived, false when unarchived.
+        archived: bool,
+        /// When, seconds since the Unix epoch.
+        at: i64,
+    },
 }
 
 /// The thread (and turn) a fork was made from.
@@ -147,6 +161,10 @@ pub struct StoredThread {
     pub updated_at: i64,
     /// Where it was forked from.
     pub forked_from: Option<ForkOrigin>,
+    /// The name last set, if any.
+    pub name: Option<String>,
+    /// Whether the thread is archived.
+    pub archived: bool,
     /// Its turns, oldest first. A turn with no completion record is
     /// `InProgress` while its writer is alive and `Interrupted` otherwise.
     pub turns: Vec<TurnRecord>,
@@ -279,6 +297,18 @@ impl ThreadStore {
             )?;
         }
         Ok((thread_file, thread))
+    }
+
+    /// Appends `record` to a stored thread this process does not have
+    /// loaded: takes the thread's lock for the write (refusing with
+    /// [`StoreError::Busy`] while another process writes it), syncs, and
+    /// releases it. Returns the thread as it is afterwards.
+    pub fn append_unloaded(&self, id: &str, record: &Record) -> Result<StoredThread, StoreError> {
+        let (mut file, _) = self.open_for_write(id)?;
+        file.append(record, true)?;
+        // Read back through the same code path as every other reader, so
+        // the result reflects the record just written.
+        read_thread(&file.path, true)
     }
 
     /// Reads a stored thread without taking its lock.
@@ -423,6 +453,8 @@ fn read_thread(path: &Path, writer_alive: bool) -> Result<StoredThread, StoreErr
                     created_at,
                     updated_at: created_at,
                     forked_from,
+                    name: None,
+                    archived: false,
                     turns: Vec::new(),
                 });
             }
@@ -489,6 +521,14 @@ fn read_thread(path: &Path, writer_alive: bool) -> Result<StoredThread, StoreErr
                         "skipping the completion of an unknown turn"
                     ),
                 }
+            }
+            (Record::ThreadNamed { name, at }, Some(thread)) => {
+                thread.updated_at = thread.updated_at.max(at);
+                thread.name = Some(name);
+            }
+            (Record::ThreadArchived { archived, at }, Some(thread)) => {
+                thread.updated_at = thread.updated_at.max(at);
+                thread.archived = archived;
             }
         }
     }
@@ -604,6 +644,40 @@ mod tests {
             text.contains(r#""status":"interrupted""#),
             "recovery is recorded: {text}"
         );
+    }
+
+    #[test]
+    fn name_and_archive_records_apply_last_one_wins_and_refuse_a_busy_thread() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ThreadStore::open(dir.path()).expect("store");
+        let id = new_id();
+        let file = store.create(&header(&id), &id, &[]).expect("create");
+        let archive = |archived| Record::ThreadArchived { archived, at: 20 };
+        // Another writer holds the thread: the metadata change is refused.
+        assert!(matches!(
+            store.append_unloaded(&id, &archive(true)),
+            Err(StoreError::Busy(_))
+        ));
+        drop(file);
+        let thread = store.append_unloaded(&id, &archive(true)).expect("archive");
+        assert!(thread.archived);
+        let named = Record::ThreadNamed {
+            name: "first".into(),
+            at: 21,
+        };
+        store.append_unloaded(&id, &named).expect("name");
+        let renamed = Record::ThreadNamed {
+            name: "second".into(),
+            at: 22,
+        };
+        store.append_unloaded(&id, &renamed).expect("rename");
+        store
+            .append_unloaded(&id, &archive(false))
+            .expect("unarchive");
+        let thread = store.load(&id).expect("load");
+        assert_eq!(thread.name.as_deref(), Some("second"));
+        assert!(!thread.archived);
+        assert_eq!(thread.updated_at, 22);
     }
 
     #[test]

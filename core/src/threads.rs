@@ -13,7 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use skein_otel::CarrierSource;
 use skein_otel::names::{attr, event, span};
 use skein_protocol::{
-    Event, EventMsg, Op, Submission, TokenUsage, TurnKind, TurnStatus, UserInput, W3cTraceContext,
+    Event, EventMsg, Op, Submission, ThreadStatus, TokenUsage, TurnKind, TurnStatus, UserInput,
+    W3cTraceContext,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -55,6 +56,10 @@ pub struct ThreadInfo {
     pub updated_at: i64,
     /// Kept in memory only, never written.
     pub ephemeral: bool,
+    /// The name set with `thread/name/set`, if any.
+    pub name: Option<String>,
+    /// Archived threads are hidden from listings unless asked for.
+    pub archived: bool,
 }
 
 /// One turn of a thread's history.
@@ -121,6 +126,9 @@ pub enum ThreadError {
     /// The input was empty.
     #[error("input must contain at least one non-empty text item")]
     EmptyInput,
+    /// A thread name was empty.
+    #[error("a thread name must not be empty")]
+    EmptyName,
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -201,12 +209,24 @@ impl ThreadEntry {
             thread_id: self.id.clone(),
             msg,
             trace,
+            at_ms: unix_now_ms(),
         };
         // No subscriber is fine: the event (and its hold) is dropped.
         self.events.send(CoreEvent {
             event,
             hold: hold.clone(),
         });
+    }
+
+    /// Appends a record to the thread's file, if it has one, and waits
+    /// until it is on disk. Blocking: call it off the async workers.
+    fn append_synced(&self, record: &Record) -> Result<(), StoreError> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        file.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .append(record, true)
     }
 
     /// Appends a record to the thread's file, if it has one; with `sync`,
@@ -369,6 +389,8 @@ impl ThreadManager {
             created_at: now,
             updated_at: now,
             ephemeral,
+            name: None,
+            archived: false,
         };
         let file = self.create_file(&info, None, &[])?;
         self.insert(info.clone(), Vec::new(), file)?;
@@ -418,6 +440,9 @@ impl ThreadManager {
         info.id = uuid::Uuid::now_v7().to_string();
         info.created_at = now;
         info.updated_at = now;
+        // A fork is a new thread: it starts unnamed and unarchived.
+        info.name = None;
+        info.archived = false;
         let origin = ForkOrigin {
             thread_id: id.to_owned(),
             turn_id: turns.last().map(|t| t.id.clone()),
@@ -496,11 +521,13 @@ impl ThreadManager {
     }
 
     /// Threads newest first, `limit` at a time, after `cursor` (the last
-    /// id of the previous page).
+    /// id of the previous page): the unarchived ones, or with `archived`
+    /// only the archived ones.
     pub fn list(
         &self,
         cursor: Option<&str>,
         limit: Option<usize>,
+        archived: bool,
     ) -> Result<ThreadPage, ThreadError> {
         let limit = limit.unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE);
         if let Some(c) = cursor
@@ -526,7 +553,8 @@ impl ThreadManager {
                 break;
             }
             match self.read(id) {
-                Ok(info) => page.push(info),
+                Ok(info) if info.archived == archived => page.push(info),
+                Ok(_) => {}
                 // A corrupt or vanished file never hides the other threads.
                 Err(err) => tracing::warn!(thread = %id, %err, "skipping an unreadable thread"),
             }
@@ -541,6 +569,78 @@ impl ThreadManager {
             threads: page,
             next_cursor,
         })
+    }
+
+    /// The ids of the threads loaded in this process, oldest first.
+    pub fn loaded_ids(&self) -> Vec<String> {
+        // UUIDv7 ids: the map's order is creation order.
+        self.lock().threads.keys().cloned().collect()
+    }
+
+    /// Whether thread `id` is running a turn here, idle here, or not loaded
+    /// in this process. Unknown ids are `NotLoaded` too: callers that need
+    /// the thread to exist check that first.
+    pub fn status(&self, id: &str) -> ThreadStatus {
+        match self.handle(id) {
+            Ok(handle) if handle.entry.state().active_turn.is_some() => ThreadStatus::Active,
+            Ok(_) => ThreadStatus::Idle,
+            Err(_) => ThreadStatus::NotLoaded,
+        }
+    }
+
+    /// Names thread `id`, durably. Names are trimmed; an empty one is
+    /// refused.
+    pub async fn set_name(&self, id: &str, name: &str) -> Result<ThreadInfo, ThreadError> {
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(ThreadError::EmptyName);
+        }
+        let record = Record::ThreadNamed {
+            name: name.to_owned(),
+            at: unix_now(),
+        };
+        self.update(id, record, |info| info.name = Some(name.to_owned()))
+            .await
+    }
+
+    /// Archives (or unarchives) thread `id`, durably: an archived thread
+    /// is left out of [`ThreadManager::list`] unless archived threads are
+    /// asked for.
+    pub async fn set_archived(&self, id: &str, archived: bool) -> Result<ThreadInfo, ThreadError> {
+        let record = Record::ThreadArchived {
+            archived,
+            at: unix_now(),
+        };
+        self.update(id, record, |info| info.archived = archived)
+            .await
+    }
+
+    /// Records a metadata change: through the thread's own file when it is
+    /// loaded here (synced before returning), else straight into the store.
+    async fn update(
+        &self,
+        id: &str,
+        record: Record,
+        apply: impl FnOnce(&mut ThreadInfo),
+    ) -> Result<ThreadInfo, ThreadError> {
+        if let Ok(handle) = self.handle(id) {
+            let entry = Arc::clone(&handle.entry);
+            tokio::task::spawn_blocking(move || entry.append_synced(&record))
+                .await
+                .map_err(|err| ThreadError::Store(err.to_string()))??;
+            let mut state = handle.entry.state();
+            apply(&mut state.info);
+            state.info.updated_at = unix_now();
+            return Ok(state.info.clone());
+        }
+        let Some(store) = self.store.clone() else {
+            return Err(ThreadError::NotFound(id.to_owned()));
+        };
+        let id = id.to_owned();
+        let stored = tokio::task::spawn_blocking(move || store.append_unloaded(&id, &record))
+            .await
+            .map_err(|err| ThreadError::Store(err.to_string()))??;
+        Ok(stored_to_info(stored).0)
     }
 
     /// Starts a turn of `kind` on thread `id`. Fails at once if a turn is
@@ -852,8 +952,18 @@ fn stored_to_info(stored: StoredThread) -> (ThreadInfo, Vec<TurnRecord>) {
         created_at: stored.created_at,
         updated_at: stored.updated_at,
         ephemeral: false,
+        name: stored.name,
+        archived: stored.archived,
     };
     (info, stored.turns)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
 }
 
 /// Seconds since the Unix epoch.
@@ -939,6 +1049,8 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             ephemeral: true,
+            name: None,
+            archived: false,
         };
         let entry = Arc::new(ThreadEntry {
             id: info.id.clone(),

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use skein_otel::metrics::ModelCall;
 use skein_otel::names::{attr, span, value};
-use skein_protocol::{EventMsg, TokenUsage, TurnKind, TurnStatus};
+use skein_protocol::{EventMsg, ItemKind, ThreadStatus, TokenUsage, TurnKind, TurnStatus};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 use tracing::field::Empty;
@@ -85,6 +85,27 @@ fn clamp(n: u64) -> i64 {
 }
 
 /// A thread's preview: the start of its first user message.
+/// The id of the user-message item of turn `turn_id`. Item ids derive from
+/// the turn id, so the items of a turn read back from history carry the
+/// ids its live notifications carried.
+pub fn user_item_id(turn_id: &str) -> String {
+    format!("{turn_id}-user")
+}
+
+/// The id of the item a turn produces: its agent message (or, for a
+/// compaction, its context-compaction item).
+pub fn answer_item_id(turn_id: &str) -> String {
+    format!("{turn_id}-answer")
+}
+
+/// The kind of item a turn of `kind` produces.
+pub fn answer_item_kind(kind: TurnKind) -> ItemKind {
+    match kind {
+        TurnKind::Compact => ItemKind::ContextCompaction,
+        TurnKind::Regular | TurnKind::Review => ItemKind::AgentMessage,
+    }
+}
+
 pub(crate) fn preview_of(input: &str) -> String {
     input.chars().take(PREVIEW_CHARS).collect()
 }
@@ -182,6 +203,13 @@ pub(crate) async fn run_turn(task: TurnTask) {
         )
         .await;
     entry.emit(
+        EventMsg::ThreadStatusChanged {
+            status: ThreadStatus::Active,
+        },
+        trace.clone(),
+        &span,
+    );
+    entry.emit(
         EventMsg::TurnStarted {
             turn_id: turn_id.clone(),
             kind,
@@ -190,11 +218,13 @@ pub(crate) async fn run_turn(task: TurnTask) {
         &span,
     );
 
-    let item_id = uuid::Uuid::now_v7().to_string();
+    let item_id = answer_item_id(&turn_id);
+    let item_kind = answer_item_kind(kind);
     entry.emit(
         EventMsg::ItemStarted {
             turn_id: turn_id.clone(),
             item_id: item_id.clone(),
+            kind: item_kind,
         },
         trace.clone(),
         &span,
@@ -222,6 +252,11 @@ pub(crate) async fn run_turn(task: TurnTask) {
     let mut text = String::new();
     let mut on_delta = |delta: String| {
         text.push_str(&delta);
+        // A compaction's summary is kept in history, not streamed: its item
+        // is not an agent message.
+        if item_kind != ItemKind::AgentMessage {
+            return;
+        }
         entry.emit(
             EventMsg::AgentMessageDelta {
                 turn_id: turn_id.clone(),
@@ -285,6 +320,7 @@ pub(crate) async fn run_turn(task: TurnTask) {
         EventMsg::ItemCompleted {
             turn_id: turn_id.clone(),
             item_id,
+            kind: item_kind,
             text: text.clone(),
         },
         trace.clone(),
@@ -296,7 +332,7 @@ pub(crate) async fn run_turn(task: TurnTask) {
     if let Some(message) = &error {
         record_error(&span, message);
     }
-    {
+    let total_usage = {
         let mut state = entry.state();
         if let Some(record) = state.turns.iter_mut().rev().find(|t| t.id == turn_id) {
             record.status = status;
@@ -305,7 +341,14 @@ pub(crate) async fn run_turn(task: TurnTask) {
             record.usage = usage;
         }
         state.info.updated_at = unix_now();
-    }
+        state
+            .turns
+            .iter()
+            .fold(TokenUsage::default(), |mut total, t| {
+                total.add(t.usage);
+                total
+            })
+    };
     // Durable before anyone hears the turn is over.
     entry
         .persist(
@@ -320,15 +363,36 @@ pub(crate) async fn run_turn(task: TurnTask) {
             true,
         )
         .await;
-    {
+    let now_idle = {
         // Cleared before `TurnCompleted` goes out, so a client reacting to
         // it can start the next turn at once.
         let mut state = entry.state();
         if state.active_turn.as_deref() == Some(turn_id.as_str()) {
             state.active_turn = None;
         }
-    }
+        state.active_turn.is_none()
+    };
     skein_otel::metrics::record_turn(kind, status, turn_started.elapsed());
+    if usage != TokenUsage::default() {
+        entry.emit(
+            EventMsg::TokenUsageUpdated {
+                turn_id: turn_id.clone(),
+                last: usage,
+                total: total_usage,
+            },
+            trace.clone(),
+            &span,
+        );
+    }
+    if now_idle {
+        entry.emit(
+            EventMsg::ThreadStatusChanged {
+                status: ThreadStatus::Idle,
+            },
+            trace.clone(),
+            &span,
+        );
+    }
     entry.emit(
         EventMsg::TurnCompleted {
             turn_id,

@@ -246,7 +246,8 @@ pub fn record_unknown_method(span: &tracing::Span, method: &str) {
 }
 
 /// Records `thread.id` / `turn.id` found in a params or result object:
-/// `threadId`, `thread.id`, `turnId` or `turn.id`.
+/// `threadId`, `thread.id`, `turnId`, `expectedTurnId` (Codex's
+/// `turn/steer`) or `turn.id`.
 pub fn record_ids(span: &tracing::Span, object: Option<&Value>) {
     let Some(object) = object else { return };
     let thread_id =
@@ -254,7 +255,9 @@ pub fn record_ids(span: &tracing::Span, object: Option<&Value>) {
     if let Some(id) = thread_id {
         span.record(attr::THREAD_ID, id);
     }
-    let turn_id = str_field(Some(object), "turnId").or_else(|| str_field(object.get("turn"), "id"));
+    let turn_id = str_field(Some(object), "turnId")
+        .or_else(|| str_field(Some(object), "expectedTurnId"))
+        .or_else(|| str_field(object.get("turn"), "id"));
     if let Some(id) = turn_id {
         span.record(attr::TURN_ID, id);
     }

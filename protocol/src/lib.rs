@@ -195,6 +195,31 @@ pub struct Event {
     /// The turn span's context, when the event belongs to a turn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<W3cTraceContext>,
+    /// When core emitted the event, milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub at_ms: i64,
+}
+
+/// What kind of item a turn produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ItemKind {
+    /// The agent's answer, streamed as text deltas.
+    AgentMessage,
+    /// The thread's history was compacted (the item of a compaction turn).
+    ContextCompaction,
+}
+
+/// Whether a thread is doing work in this process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ThreadStatus {
+    /// Not loaded in this process (only in the store).
+    NotLoaded,
+    /// Loaded, no turn running.
+    Idle,
+    /// Loaded, a turn running.
+    Active,
 }
 
 /// The payload of an [`Event`].
@@ -214,6 +239,8 @@ pub enum EventMsg {
         turn_id: String,
         /// The item's id.
         item_id: String,
+        /// What the item is.
+        kind: ItemKind,
     },
     /// A piece of an agent message streamed in.
     AgentMessageDelta {
@@ -230,6 +257,8 @@ pub enum EventMsg {
         turn_id: String,
         /// The item's id.
         item_id: String,
+        /// What the item is.
+        kind: ItemKind,
         /// The item's full text.
         text: String,
     },
@@ -243,6 +272,20 @@ pub enum EventMsg {
         error: Option<String>,
         /// Tokens used over the whole turn.
         usage: TokenUsage,
+    },
+    /// The thread's status changed (a turn started or ended).
+    ThreadStatusChanged {
+        /// The new status.
+        status: ThreadStatus,
+    },
+    /// The thread's token usage changed: a turn used tokens.
+    TokenUsageUpdated {
+        /// The turn that used them.
+        turn_id: String,
+        /// That turn's usage.
+        last: TokenUsage,
+        /// The thread's usage over all its turns.
+        total: TokenUsage,
     },
     /// The thread's loop stopped; no event follows.
     ShutdownComplete,

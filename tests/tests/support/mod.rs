@@ -11,6 +11,8 @@
 
 #![allow(dead_code)]
 
+pub mod codex_schema;
+
 /// Runs a transport-generic scenario,
 /// `async fn scenario(Transport)`, as two tests: `$scenario::stdio` and
 /// `$scenario::websocket`.
@@ -70,7 +72,8 @@ pub const STATUS_CODE_ERROR: i64 = 2;
 /// JSON-RPC error codes of the contract.
 pub const PARSE_ERROR: i64 = -32700;
 pub const METHOD_NOT_FOUND: i64 = -32601;
-pub const NOT_INITIALIZED: i64 = -32002;
+/// A request before `initialize`: invalid request, as Codex answers.
+pub const NOT_INITIALIZED: i64 = -32600;
 pub const INVALID_REQUEST: i64 = -32600;
 pub const INVALID_PARAMS: i64 = -32602;
 
@@ -577,6 +580,7 @@ impl Server {
                     },
                     stash: VecDeque::new(),
                     notifications: VecDeque::new(),
+                    received: Vec::new(),
                 }
             }
             Transport::WebSocket => {
@@ -591,6 +595,7 @@ impl Server {
                     conn: Conn::WebSocket(Box::new(ws)),
                     stash: VecDeque::new(),
                     notifications: VecDeque::new(),
+                    received: Vec::new(),
                 }
             }
         }
@@ -907,6 +912,8 @@ pub struct Client {
     stash: VecDeque<Value>,
     /// Notifications received while waiting for something else.
     notifications: VecDeque<Value>,
+    /// Every message received, in order (for checks over a whole session).
+    received: Vec<Value>,
 }
 
 impl Client {
@@ -955,9 +962,16 @@ impl Client {
         let text = tokio::time::timeout(TIMEOUT, self.recv_text())
             .await
             .unwrap_or_else(|_| panic!("{label}: no message from the server within {TIMEOUT:?}"));
-        serde_json::from_str(&text).unwrap_or_else(|e| {
+        let message: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
             panic!("{label}: the server sent something that is not JSON ({e}): {text:?}")
-        })
+        });
+        self.received.push(message.clone());
+        message
+    }
+
+    /// Every message received so far, in arrival order.
+    pub fn received(&self) -> &[Value] {
+        &self.received
     }
 
     async fn recv_text(&mut self) -> String {
