@@ -268,7 +268,16 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 let sample =
                     rss_run(&bins, target, args.rss_connections, &label, &mut results).await;
                 log_sample(&sample, |s| {
-                    format!("{:.1} KiB/connection", s.per_connection)
+                    format!(
+                        "idle {} KiB, open {} KiB, closed {} KiB{}: {:.1} KiB/connection, \
+                         {} fds left",
+                        s.idle,
+                        s.open,
+                        s.closed,
+                        if s.unsettled { " (still moving)" } else { "" },
+                        s.per_connection,
+                        s.fds_left
+                    )
                 });
                 measurement_failed |= sample.is_err();
                 results.rss.entry(target).or_default().push(sample);
@@ -525,6 +534,8 @@ async fn rss_run(
             open: outcome.open_kib,
             closed: outcome.closed_kib,
             per_connection: outcome.per_connection_kib,
+            fds_left: outcome.fds_left,
+            unsettled: outcome.unsettled,
         })
     };
     run.await.map_err(|e| format!("{e:#}"))

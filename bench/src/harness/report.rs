@@ -43,6 +43,10 @@ pub struct RssSample {
     pub closed: u64,
     /// Per connection.
     pub per_connection: f64,
+    /// Server file descriptors still open after the close, beyond idle.
+    pub fds_left: i64,
+    /// Whether RSS was still moving after the close when the wait ended.
+    pub unsettled: bool,
 }
 
 /// One store check.
@@ -395,22 +399,33 @@ impl Results {
         );
         let _ = writeln!(
             out,
-            "| server | idle | {} open | after close | KiB / connection |",
+            "| server | idle | {} open | after close | KiB / connection | fds left after close |",
             thousands(n as f64)
         );
-        let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: |");
+        let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");
         let mib = |v: Option<f64>| v.map_or("–".into(), |k| format!("{:.1} MiB", k / 1024.0));
         for (target, samples) in &self.rss {
+            let unsettled = samples
+                .iter()
+                .filter(|s| s.as_ref().is_ok_and(|s| s.unsettled))
+                .count();
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {}{} |",
+                "| {} | {} | {} | {}{} | {}{} | {} |",
                 target.label(),
                 mib(median(ok_values(samples, |s| Some(s.idle as f64)))),
                 mib(median(ok_values(samples, |s| Some(s.open as f64)))),
                 mib(median(ok_values(samples, |s| Some(s.closed as f64)))),
+                if unsettled > 0 {
+                    format!(" (still moving in {unsettled} reps)")
+                } else {
+                    String::new()
+                },
                 median(ok_values(samples, |s| Some(s.per_connection)))
                     .map_or("–".into(), |v| format!("{v:.1}")),
-                failure_note(samples)
+                failure_note(samples),
+                median(ok_values(samples, |s| Some(s.fds_left as f64)))
+                    .map_or("–".into(), |v| format!("{v:.0}")),
             );
         }
         let per = |t| self.rss_median(t, |s| Some(s.per_connection));

@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use futures_util::{StreamExt, stream};
 use skein_bench::INITIALIZE;
 
-use super::servers::{Running, rss_kib};
+use super::servers::{Running, open_fds, rss_kib};
 use super::wire::{Ids, request_id};
 use super::ws::{IO_TIMEOUT, connect_initialized};
 
@@ -31,6 +31,11 @@ pub struct RssResult {
     pub closed_kib: u64,
     /// (open - idle) / connections.
     pub per_connection_kib: f64,
+    /// Open file descriptors of the server after the connections closed,
+    /// minus those it had idle (0 when every connection was released).
+    pub fds_left: i64,
+    /// Whether RSS was still moving when the wait for it to settle ended.
+    pub unsettled: bool,
     /// Every answered request: (method, id).
     pub answered: Vec<(&'static str, u64)>,
 }
@@ -43,7 +48,8 @@ pub async fn run(
 ) -> anyhow::Result<RssResult> {
     let pid = server.pid;
     let url = server.ws_url.clone().context("not a WebSocket server")?;
-    let idle_kib = settle(pid).await?;
+    let (idle_kib, _) = settle(pid).await?;
+    let idle_fds = open_fds(pid).unwrap_or(0);
 
     let opened: Vec<anyhow::Result<_>> = stream::iter(0..connections)
         .map(|connection| {
@@ -73,7 +79,7 @@ pub async fn run(
             failed[0]
         );
     }
-    let open_kib = settle(pid).await?;
+    let (open_kib, _) = settle(pid).await?;
 
     stream::iter(sockets)
         .for_each_concurrent(PARALLEL, |mut ws| async move {
@@ -84,13 +90,16 @@ pub async fn run(
             .await;
         })
         .await;
-    let closed_kib = settle(pid).await?;
+    let (closed_kib, unsettled) = settle(pid).await?;
+    let fds_left = open_fds(pid).unwrap_or(0) as i64 - idle_fds as i64;
 
     Ok(RssResult {
         idle_kib,
         open_kib,
         closed_kib,
         per_connection_kib: (open_kib as f64 - idle_kib as f64) / connections as f64,
+        fds_left,
+        unsettled,
         answered: (0..connections)
             .map(|c| (INITIALIZE, request_id(c, 0)))
             .collect(),
@@ -98,8 +107,9 @@ pub async fn run(
 }
 
 /// Samples VmRSS until it stays within [`SETTLE_KIB`] for [`SETTLE_SPAN`],
-/// or [`SETTLE_BOUND`] passes; returns the last sample.
-async fn settle(pid: u32) -> anyhow::Result<u64> {
+/// or [`SETTLE_BOUND`] passes; returns the last sample and whether the
+/// bound cut the wait short.
+async fn settle(pid: u32) -> anyhow::Result<(u64, bool)> {
     let began = Instant::now();
     let keep = (SETTLE_SPAN.as_millis() / SAMPLE_EVERY.as_millis()) as usize + 1;
     let mut samples: Vec<u64> = Vec::new();
@@ -113,7 +123,7 @@ async fn settle(pid: u32) -> anyhow::Result<u64> {
             && samples.iter().max().unwrap_or(&0) - samples.iter().min().unwrap_or(&0)
                 <= SETTLE_KIB;
         if settled || began.elapsed() >= SETTLE_BOUND {
-            return Ok(rss);
+            return Ok((rss, !settled));
         }
         tokio::time::sleep(SAMPLE_EVERY).await;
     }
