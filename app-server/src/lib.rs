@@ -17,6 +17,7 @@ pub mod connection;
 pub mod environment;
 pub mod events;
 pub mod ignored_params;
+pub mod memory;
 pub mod paths;
 pub mod processor;
 pub mod request_span;

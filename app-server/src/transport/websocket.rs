@@ -28,6 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use crate::connection::ConnectionHandler;
+use crate::memory::{Trimmer, release_free_memory};
 use crate::server::{EVENT_DRAIN_TIMEOUT, ServerContext};
 use crate::session::{ConnectionSession, OUTBOUND_QUEUE, OutboundItem, StallReporter, Transport};
 use crate::transport::too_large_error;
@@ -52,6 +53,7 @@ pub async fn serve_websocket(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
+    let mut trimmer = Trimmer::default();
     let for_connections = shutdown.clone();
     loop {
         tokio::select! {
@@ -60,6 +62,7 @@ pub async fn serve_websocket(
                 Ok((stream, peer)) => {
                     let ctx = ctx.clone();
                     let shutdown = for_connections.clone();
+                    trimmer.opened();
                     connections.spawn(async move {
                         if let Err(err) = handle_socket(stream, ctx, shutdown).await {
                             tracing::debug!(%peer, %err, "connection ended with an error");
@@ -72,7 +75,11 @@ pub async fn serve_websocket(
                     tracing::warn!(%err, "accepting a connection failed");
                 }
             },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(_) = connections.join_next(), if !connections.is_empty() => {
+                if trimmer.closed() {
+                    release_free_memory();
+                }
+            }
         }
     }
     drop(listener);
@@ -141,16 +148,17 @@ async fn handle_socket(
 
 async fn read_head(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
     let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
     loop {
-        let n = stream.read(&mut chunk).await?;
+        // Straight into the vector's spare room: no buffer in this future,
+        // which lives in every connection's task.
+        head.reserve(1024);
+        let n = stream.read_buf(&mut head).await?;
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "closed before the request head",
             ));
         }
-        head.extend_from_slice(&chunk[..n]);
         if head.windows(4).any(|w| w == b"\r\n\r\n") {
             return Ok(head);
         }
@@ -309,7 +317,9 @@ const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
 /// side, [`LINGER_TIMEOUT`] passes, or the connection fails; then shuts
 /// the socket down.
 async fn linger(socket: &mut Replay<TcpStream>) {
-    let mut sink = [0u8; 16 * 1024];
+    // On the heap: a buffer in this future would make every connection's
+    // task that much larger, lingering or not.
+    let mut sink = vec![0u8; 16 * 1024];
     let _ = tokio::time::timeout(LINGER_TIMEOUT, async {
         while let Ok(n) = socket.read(&mut sink).await {
             if n == 0 {
