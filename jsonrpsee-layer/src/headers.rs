@@ -63,8 +63,12 @@ impl HeaderCarrier {
 /// (`Server::builder().set_http_middleware(..)`): it records each HTTP
 /// request's trace headers, and whether it is a WebSocket upgrade, in the
 /// request's extensions as a [`HeaderCarrier`].
+///
+/// Build it with `TraceHeadersLayer::default()`.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct TraceHeadersLayer;
+pub struct TraceHeadersLayer {
+    _private: (),
+}
 
 impl<S> tower::Layer<S> for TraceHeadersLayer {
     type Service = TraceHeaders<S>;

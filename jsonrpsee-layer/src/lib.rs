@@ -73,6 +73,8 @@
 //! the ERROR status with its message, `error.type` (the JSON-RPC code) and
 //! `rpc.response.status_code`.
 
+#![deny(missing_docs)]
+
 mod headers;
 mod service;
 

@@ -36,7 +36,7 @@ const METER_NAME: &str = "skein-jsonrpsee";
 /// # async fn run() -> std::io::Result<()> {
 /// let server = Server::builder()
 ///     .set_http_middleware(
-///         tower::ServiceBuilder::new().layer(skein_jsonrpsee::TraceHeadersLayer),
+///         tower::ServiceBuilder::new().layer(skein_jsonrpsee::TraceHeadersLayer::default()),
 ///     )
 ///     .set_rpc_middleware(
 ///         RpcServiceBuilder::new().layer(skein_jsonrpsee::RpcTracingLayer::new("my-service")),

@@ -122,7 +122,7 @@ pub fn module() -> RpcModule<()> {
 /// Starts the test server with `layer` on 127.0.0.1.
 pub async fn start(layer: RpcTracingLayer) -> (SocketAddr, ServerHandle) {
     let server = Server::builder()
-        .set_http_middleware(tower::ServiceBuilder::new().layer(TraceHeadersLayer))
+        .set_http_middleware(tower::ServiceBuilder::new().layer(TraceHeadersLayer::default()))
         .set_rpc_middleware(RpcServiceBuilder::new().layer(layer))
         .build("127.0.0.1:0")
         .await
