@@ -10,9 +10,12 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::HeaderMap;
 use http::header::UPGRADE;
+use http::{HeaderMap, HeaderName};
 use serde_json::{Map, Value};
+
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// What [`TraceHeadersLayer`] found on an HTTP request, stored in its
 /// extensions.
@@ -32,10 +35,10 @@ impl HeaderCarrier {
     /// strict parsing rejects it with a reason rather than it vanishing.
     pub fn from_headers(headers: &HeaderMap) -> Self {
         let mut carrier = Map::new();
-        for name in ["traceparent", "tracestate"] {
+        for name in [&TRACEPARENT, &TRACESTATE] {
             if let Some(value) = headers.get(name) {
                 let text = value.to_str().unwrap_or_default();
-                carrier.insert(name.to_owned(), Value::String(text.to_owned()));
+                carrier.insert(name.as_str().to_owned(), Value::String(text.to_owned()));
             }
         }
         let websocket = headers

@@ -5,7 +5,8 @@
 //! [`RequestSpanBuilder`] and calls [`RequestSpanBuilder::start`] with its
 //! carrier candidates; it gets back the SERVER span, parented from the first
 //! valid carrier, and a [`CallTimer`]. When the response is ready,
-//! [`record_error`] (for an error response) and [`record_ids`] complete the
+//! [`record_error`] (for an error response), [`record_ids`] and, for a
+//! method looked up only by calling it, [`settle_method`] complete the
 //! span. Skein's tower layer and the `skein-jsonrpsee` middleware both call
 //! in here; nothing else names a request attribute.
 //!
