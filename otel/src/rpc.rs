@@ -5,7 +5,8 @@
 //! [`RequestSpanBuilder`] and calls [`RequestSpanBuilder::start`] with its
 //! carrier candidates; it gets back the SERVER span, parented from the first
 //! valid carrier, and a [`CallTimer`]. When the response is ready,
-//! [`record_error`] (for an error response) and [`record_ids`] complete the
+//! [`record_error`] (for an error response), [`record_ids`] and, for a
+//! method looked up only by calling it, [`settle_method`] complete the
 //! span. Skein's tower layer and the `skein-jsonrpsee` middleware both call
 //! in here; nothing else names a request attribute.
 //!
@@ -16,8 +17,10 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use opentelemetry::trace::TraceContextExt;
 use serde_json::Value;
 use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::carrier::{CarrierSource, choose_parent, choose_parent_among, set_remote_parent};
 use crate::names::{attr, span, value};
@@ -63,8 +66,8 @@ pub enum MethodLookup {
     /// `rpc.method_original`.
     Unknown,
     /// Not known before the call runs: the span is named after the method
-    /// as sent, and [`record_unknown_method`] corrects it if the server
-    /// turns out not to handle it.
+    /// as sent, without `rpc.method`, until [`settle_method`] records the
+    /// outcome.
     Deferred,
 }
 
@@ -137,13 +140,13 @@ impl<'a> RequestSpanBuilder<'a> {
     ) -> (tracing::Span, CallTimer) {
         let started = Instant::now();
         let (otel_name, rpc_method, original) = match self.lookup {
-            MethodLookup::Known(name) => (name, name, None),
+            MethodLookup::Known(name) => (name, Some(name), None),
             MethodLookup::Unknown => (
                 value::UNKNOWN_METHOD_SPAN_NAME,
-                value::METHOD_OTHER,
+                Some(value::METHOD_OTHER),
                 Some(truncate_for_display(self.method, MAX_ORIGINAL_METHOD_LEN)),
             ),
-            MethodLookup::Deferred => (self.method, self.method, None),
+            MethodLookup::Deferred => (self.method, None, None),
         };
         let request_id = self.request_id.map(tracing::field::display);
         let connection_id = self
@@ -232,12 +235,21 @@ pub fn record_error(span: &tracing::Span, code: i64, message: &str) {
     span.record(attr::RPC_RESPONSE_STATUS_CODE, code);
 }
 
-/// Corrects a span started with [`MethodLookup::Deferred`] once the server
-/// has shown it does not handle `method`: the span is renamed `jsonrpc`,
-/// `rpc.method` becomes `_OTHER` and `rpc.method_original` keeps the name
-/// as sent.
-pub fn record_unknown_method(span: &tracing::Span, method: &str) {
-    span.record(attr::OTEL_NAME, value::UNKNOWN_METHOD_SPAN_NAME);
+/// Settles the method of a span started with [`MethodLookup::Deferred`],
+/// once the call has shown whether the server handles `method`: a known
+/// method is recorded as `rpc.method`; for an unknown one the span is
+/// renamed `jsonrpc`, `rpc.method` is `_OTHER` and `rpc.method_original`
+/// keeps the name as sent.
+pub fn settle_method(span: &tracing::Span, method: &str, known: bool) {
+    if known {
+        span.record(attr::RPC_METHOD, method);
+        return;
+    }
+    // `otel.name` is only read until the OTel span starts (when the span is
+    // first entered); rename the started span itself.
+    span.context()
+        .span()
+        .update_name(value::UNKNOWN_METHOD_SPAN_NAME);
     span.record(attr::RPC_METHOD, value::METHOD_OTHER);
     span.record(
         attr::RPC_METHOD_ORIGINAL,

@@ -3,9 +3,10 @@
 //! the canned Skein results over WebSocket (jsonrpsee serves HTTP and
 //! WebSocket on one port; the harness only uses WebSocket).
 //!
-//! `--middleware` is the place for an RPC tracing middleware: the flag is
-//! accepted and refused until the middleware crate lands (see the comment
-//! in `main`).
+//! `--middleware` wraps every call in `skein-jsonrpsee`'s tracing
+//! middleware, with spans exported the way a traced Skein exports them:
+//! an OpenTelemetry tracer provider writing the local trace store (in
+//! `--trace-dir`, or a temporary directory).
 
 use std::path::PathBuf;
 
@@ -13,8 +14,10 @@ use anyhow::Context as _;
 use clap::Parser;
 use jsonrpsee::server::middleware::rpc::RpcServiceBuilder;
 use jsonrpsee::server::{RpcModule, Server, ServerConfig};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::Value;
 use skein_bench::{Canned, INITIALIZE, MODEL_LIST};
+use skein_otel::local_store::{LocalStore, LocalStoreProcessor};
 
 /// jsonrpsee WebSocket server answering the benchmark's methods.
 #[derive(Debug, Parser)]
@@ -27,9 +30,13 @@ struct Args {
     /// as `listening on ws://IP:PORT`).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: String,
-    /// Wrap every call in the RPC tracing middleware (not built in yet).
+    /// Wrap every call in the skein-jsonrpsee tracing middleware.
     #[arg(long)]
     middleware: bool,
+    /// With `--middleware`: the trace store directory (default: a
+    /// temporary directory, removed at exit).
+    #[arg(long, value_name = "DIR")]
+    trace_dir: Option<PathBuf>,
 }
 
 /// Most connections the server accepts (jsonrpsee's default is 100; the
@@ -40,21 +47,35 @@ const MAX_CONNECTIONS: u32 = 20_000;
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let canned = Canned::load(&args.results)?;
-    // The RPC middleware stack. Switching the tracing middleware on is a
-    // two-line change: add `skein-jsonrpsee` to this crate's dependencies
-    // and replace the refusal with
-    // `.option_layer(args.middleware.then(skein_jsonrpsee::<Layer>::new))`
-    // on the builder.
-    anyhow::ensure!(
-        !args.middleware,
-        "--middleware: the skein-jsonrpsee tracing middleware is not built in yet"
+    // With --middleware: spans go through an OTel tracer provider into a
+    // local trace store, like a traced Skein's.
+    let temp;
+    let provider = if args.middleware {
+        let dir = match &args.trace_dir {
+            Some(dir) => dir.clone(),
+            None => {
+                temp = tempfile::tempdir().context("creating a trace directory")?;
+                temp.path().to_path_buf()
+            }
+        };
+        Some(install_tracing(&dir)?)
+    } else {
+        None
+    };
+    let rpc_middleware = RpcServiceBuilder::new().option_layer(
+        args.middleware
+            .then(|| skein_jsonrpsee::RpcTracingLayer::new("bench-jsonrpsee")),
     );
-    let rpc_middleware = RpcServiceBuilder::new();
+    let http_middleware = tower::ServiceBuilder::new().option_layer(
+        args.middleware
+            .then(skein_jsonrpsee::TraceHeadersLayer::default),
+    );
     let config = ServerConfig::builder()
         .max_connections(MAX_CONNECTIONS)
         .build();
     let server = Server::builder()
         .set_config(config)
+        .set_http_middleware(http_middleware)
         .set_rpc_middleware(rpc_middleware)
         .build(args.listen.as_str())
         .await
@@ -74,5 +95,33 @@ async fn main() -> anyhow::Result<()> {
     term.recv().await;
     let _ = handle.stop();
     handle.stopped().await;
+    if let Some(provider) = provider {
+        tokio::task::spawn_blocking(move || provider.shutdown())
+            .await?
+            .context("flushing spans")?;
+    }
     Ok(())
+}
+
+/// Installs a tracing subscriber whose spans go to a local trace store in
+/// `dir` through an OpenTelemetry tracer provider.
+fn install_tracing(dir: &std::path::Path) -> anyhow::Result<SdkTracerProvider> {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let store =
+        LocalStore::new(dir).with_context(|| format!("trace store in {}", dir.display()))?;
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(LocalStoreProcessor::new(store))
+        .build();
+    tracing_subscriber::registry()
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("bench-jsonrpsee"))
+                .with_context_activation(false),
+        )
+        .try_init()
+        .context("installing the tracing subscriber")?;
+    Ok(provider)
 }

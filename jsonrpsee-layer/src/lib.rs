@@ -1,0 +1,82 @@
+//! Skein's request tracing for any [jsonrpsee](https://docs.rs/jsonrpsee)
+//! 0.26 server, as two middleware layers.
+//!
+//! Each call becomes one OpenTelemetry SERVER span built by the same
+//! factory as Skein's own request spans (`skein_otel::rpc`): strict W3C
+//! Trace Context parsing, the current OTel RPC semantic conventions, a
+//! bounded span name, and one span per element of a batch.
+//!
+//! # Setup
+//!
+//! ```no_run
+//! use jsonrpsee::RpcModule;
+//! use jsonrpsee::server::Server;
+//! use jsonrpsee::server::middleware::rpc::RpcServiceBuilder;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // The application installs its tracer provider and a `tracing`
+//! // subscriber with a `tracing_opentelemetry` layer, as usual.
+//! let mut module = RpcModule::new(());
+//! module.register_method("ping", |_, _, _| "pong")?;
+//!
+//! let server = Server::builder()
+//!     // Moves `traceparent` / `tracestate` headers where the RPC layer sees them.
+//!     .set_http_middleware(
+//!         tower::ServiceBuilder::new().layer(skein_jsonrpsee::TraceHeadersLayer::default()),
+//!     )
+//!     // One SERVER span per call; "my-service" is recorded as `rpc.service`.
+//!     .set_rpc_middleware(
+//!         RpcServiceBuilder::new().layer(skein_jsonrpsee::RpcTracingLayer::new("my-service")),
+//!     )
+//!     .build("127.0.0.1:0")
+//!     .await?;
+//! let handle = server.start(module);
+//! # handle.stopped().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The crate keeps no global state of its own. Spans go through `tracing`
+//! (target `skein::rpc`, level INFO) to whatever OpenTelemetry layer the
+//! application installed (`tracing-opentelemetry` 0.34 with
+//! `opentelemetry` 0.33); `rpc.server.call.duration` goes to the meter
+//! provider installed in `opentelemetry::global` when the layer is built.
+//!
+//! # Parents
+//!
+//! The first valid carrier wins:
+//!
+//! 1. `params._meta.traceparent` / `tracestate` (the MCP convention);
+//! 2. the HTTP request's `traceparent` / `tracestate` headers, or, over
+//!    WebSocket, those of the request that opened the connection, which
+//!    parent every call on it that carries no carrier of its own (both
+//!    need [`TraceHeadersLayer`]);
+//! 3. none: the span is a root.
+//!
+//! An invalid carrier never fails a call: it is logged as a warning inside
+//! the span, with the reason, and the next candidate is tried.
+//!
+//! Skein clients may also put a carrier in the JSON-RPC envelope's `trace`
+//! member. jsonrpsee's request parser drops envelope members it does not
+//! know before any middleware runs, so that carrier cannot be read here;
+//! send `params._meta` or a header instead.
+//!
+//! # Span contents
+//!
+//! `rpc.system` / `rpc.system.name` (`jsonrpc`), `rpc.service`,
+//! `rpc.method`, `rpc.transport` (`http` or `websocket`, when
+//! [`TraceHeadersLayer`] is installed), `rpc.request_id` /
+//! `jsonrpc.request.id` (absent on notifications),
+//! `jsonrpc.protocol.version` and `app_server.connection_id`. A method the
+//! server does not register is named `jsonrpc`, with `rpc.method` `_OTHER`
+//! and the name as sent in `rpc.method_original`. An error response sets
+//! the ERROR status with its message, `error.type` (the JSON-RPC code) and
+//! `rpc.response.status_code`.
+
+#![deny(missing_docs)]
+
+mod headers;
+mod service;
+
+pub use headers::{HeaderCarrier, TraceHeaders, TraceHeadersLayer};
+pub use service::{RpcTracing, RpcTracingLayer};
