@@ -22,7 +22,7 @@ use skein_app_server_protocol::v2::{
     TurnStartResponse, TurnSteerParams,
 };
 use skein_app_server_protocol::{ErrorObject, Method, Notification, Outgoing, parse_params};
-use skein_core::{MODELS, ThreadError, ThreadInfo, ThreadManager, TurnRecord};
+use skein_core::{ThreadError, ThreadInfo, ThreadManager, TurnRecord};
 use skein_protocol::{TurnKind, TurnStatus, UserInput};
 use tower::Service;
 
@@ -84,7 +84,7 @@ impl MessageProcessor {
         }
         match method {
             Method::Initialize => initialize(parse_params(params)?, session),
-            Method::ModelList => model_list(parse_params(params)?),
+            Method::ModelList => model_list(&self.threads, parse_params(params)?),
             Method::ThreadStart => self.thread_start(parse_params(params)?, session).await,
             Method::ThreadList => self.thread_list(parse_params(params)?),
             Method::ThreadRead => self.thread_read(parse_params(params)?),
@@ -93,8 +93,15 @@ impl MessageProcessor {
             Method::ThreadUnsubscribe => self.thread_unsubscribe(parse_params(params)?, session),
             Method::TurnStart => {
                 let params: TurnStartParams = parse_params(params)?;
-                self.start_turn(&params.thread_id, TurnKind::Regular, params.input, session)
-                    .await
+                let model = (params.model.as_deref(), params.model_provider.as_deref());
+                self.start_turn_with_model(
+                    &params.thread_id,
+                    TurnKind::Regular,
+                    params.input,
+                    model,
+                    session,
+                )
+                .await
             }
             Method::ReviewStart => {
                 let params: ThreadIdParams = parse_params(params)?;
@@ -138,7 +145,11 @@ impl MessageProcessor {
     ) -> HandlerResult {
         let info = self
             .threads
-            .start_thread(params.model.as_deref(), params.ephemeral.unwrap_or(false))
+            .start_thread_with_provider(
+                params.model.as_deref(),
+                params.model_provider.as_deref(),
+                params.ephemeral.unwrap_or(false),
+            )
             .map_err(thread_error)?;
         self.announce_new_thread(&info, session).await
     }
@@ -218,10 +229,22 @@ impl MessageProcessor {
         input: Vec<UserInput>,
         session: &ConnectionSession,
     ) -> HandlerResult {
+        self.start_turn_with_model(thread_id, kind, input, (None, None), session)
+            .await
+    }
+
+    async fn start_turn_with_model(
+        &self,
+        thread_id: &str,
+        kind: TurnKind,
+        input: Vec<UserInput>,
+        (model, provider): (Option<&str>, Option<&str>),
+        session: &ConnectionSession,
+    ) -> HandlerResult {
         session.subscribe(&self.threads.load(thread_id).map_err(thread_error)?);
         let started = self
             .threads
-            .start_turn(thread_id, kind, input)
+            .start_turn_with_model(thread_id, kind, input, model, provider)
             .await
             .map_err(thread_error)?;
         to_value(TurnStartResponse {
@@ -299,18 +322,18 @@ fn initialize(params: InitializeParams, session: &ConnectionSession) -> HandlerR
     })
 }
 
-fn model_list(_params: ModelListParams) -> HandlerResult {
+fn model_list(threads: &ThreadManager, _params: ModelListParams) -> HandlerResult {
     to_value(ModelListResponse {
-        data: MODELS
-            .iter()
-            .enumerate()
-            .map(|(i, m)| Model {
-                id: m.name.into(),
-                model: m.name.into(),
-                display_name: m.display_name.into(),
-                description: m.description.into(),
-                provider: m.provider.into(),
-                is_default: i == 0,
+        data: threads
+            .models()
+            .into_iter()
+            .map(|(m, is_default)| Model {
+                id: m.name.clone(),
+                model: m.name,
+                display_name: m.display_name,
+                description: m.description,
+                provider: m.provider,
+                is_default,
             })
             .collect(),
         next_cursor: None,
@@ -321,8 +344,8 @@ fn thread_to_wire(info: &ThreadInfo, turns: &[TurnRecord]) -> Thread {
     Thread {
         id: info.id.clone(),
         preview: info.preview.clone(),
-        model: info.model.name.into(),
-        model_provider: info.model.provider.into(),
+        model: info.model.name.clone(),
+        model_provider: info.model.provider.clone(),
         created_at: info.created_at,
         updated_at: info.updated_at,
         ephemeral: info.ephemeral,
@@ -337,7 +360,19 @@ fn turn_to_wire(record: &TurnRecord) -> Turn {
             json!({"type": "userMessage", "content": [{"type": "text", "text": record.input}]}),
         );
     }
-    items.push(json!({"type": "agentMessage", "text": record.output}));
+    if record.items.is_empty() {
+        items.push(json!({"type": "agentMessage", "text": record.output}));
+    } else {
+        items.extend(
+            record
+                .items
+                .iter()
+                .filter(|item| {
+                    !matches!(item, skein_core::conversation::TurnItem::AgentMessage { text, .. } if text.is_empty())
+                })
+                .map(skein_core::conversation::TurnItem::to_wire),
+        );
+    }
     Turn {
         id: record.id.clone(),
         status: record.status,
@@ -352,6 +387,7 @@ fn thread_error(err: ThreadError) -> ErrorObject {
     match err {
         ThreadError::NotFound(_)
         | ThreadError::UnknownModel(_)
+        | ThreadError::UnknownProvider(_)
         | ThreadError::InvalidCursor(_)
         | ThreadError::TurnNotFound { .. }
         | ThreadError::EmptyInput => ErrorObject::invalid_params(err),
