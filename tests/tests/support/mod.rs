@@ -33,6 +33,8 @@ macro_rules! both_transports {
     )*};
 }
 
+pub mod mock_llm;
+
 use std::collections::VecDeque;
 use std::collections::hash_map::RandomState;
 use std::collections::hash_map::{Entry, HashMap};
@@ -253,7 +255,8 @@ fn random_u64() -> u64 {
 pub struct SkeinHome(Arc<TempDir>);
 
 impl SkeinHome {
-    fn new() -> Self {
+    /// A fresh, empty `SKEIN_HOME`.
+    pub fn new() -> Self {
         let dir = tempfile::Builder::new()
             .prefix("skein-e2e-home-")
             .tempdir()
