@@ -329,3 +329,197 @@ async fn after_a_restart_a_resumed_thread_sends_the_model_its_tool_calls_and_res
     client.close().await;
     server.shutdown().await;
 }
+
+/// A server running `mock` and the meta reporter as MCP server `meta`.
+async fn start_with_reporter(mock: &MockLlm, python: &Path, extra: ServerOptions) -> Server {
+    let script = meta_reporter_script().display().to_string();
+    let mut options = options(mock, "meta", python, &[script]);
+    options = options.merge(extra);
+    Server::start_with(Transport::Stdio, options).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_arguments_and_results_are_recorded_only_redacted_when_content_is_on() {
+    let Some((_, python)) = mcp_venv() else {
+        return;
+    };
+    let mock = MockLlm::start(vec![
+        Reply::Stream(tool_call_chunks(
+            "call_echo",
+            "echo",
+            &json!({"text": "my token is tok-4242"}),
+        )),
+        Reply::Stream(text_chunks(&["ok"], 1, 1)),
+    ])
+    .await;
+    let extra = ServerOptions::default()
+        .arg("-c")
+        .arg("otel.capture_content=true")
+        .arg("-c")
+        .arg("otel.redact=[\"tok-[0-9]+\"]");
+    let mut server = start_with_reporter(&mock, &python, extra).await;
+    let mut client = connect(&mut server).await;
+    let thread_id = client.start_thread().await;
+    let turn_id = client
+        .start_turn(&thread_id, "echo my token", None)
+        .await
+        .turn_id();
+    let item = tool_item_completed(&mut client).await;
+    // The client and history get the real result: it is the user's data.
+    assert!(item.to_string().contains("tok-4242"), "{item}");
+    client.wait_for_turn_completed(&turn_id).await;
+    client.close().await;
+    let finished = server.shutdown().await;
+    let execute = finished
+        .spans
+        .iter()
+        .find(|s| s.name == "execute_tool echo")
+        .unwrap_or_else(|| panic!("no execute_tool span:\n{}", finished.dump()));
+    let arguments = execute
+        .attr_str("gen_ai.tool.call.arguments")
+        .expect("arguments recorded");
+    assert_eq!(
+        serde_json::from_str::<Value>(&arguments).expect("JSON"),
+        json!({"text": "my token is [REDACTED]"})
+    );
+    let result = execute
+        .attr_str("gen_ai.tool.call.result")
+        .expect("result recorded");
+    assert!(result.contains("my token is [REDACTED]"), "{result}");
+    let chats: Vec<&Span> = finished.spans.iter().filter(|s| s.name == CHAT).collect();
+    let input = chats
+        .iter()
+        .filter_map(|c| c.attr_str("gen_ai.input.messages"))
+        .find(|i| i.contains("tool_call_response"))
+        .expect("the second call's input records the tool result");
+    assert!(input.contains("my token is [REDACTED]"), "{input}");
+    assert!(
+        !finished.dump().contains("tok-4242"),
+        "a secret was recorded raw"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupting_a_tool_call_cancels_the_mcp_request() {
+    let Some((_, python)) = mcp_venv() else {
+        return;
+    };
+    let mock = MockLlm::start(vec![Reply::Stream(tool_call_chunks(
+        "call_wait",
+        "wait_for_cancel",
+        &json!({}),
+    ))])
+    .await;
+    let mut server = start_with_reporter(&mock, &python, ServerOptions::default()).await;
+    let mut client = connect(&mut server).await;
+    let thread_id = client.start_thread().await;
+    let turn_id = client.start_turn(&thread_id, "wait", None).await.turn_id();
+    client
+        .wait_for_notification("item/started of the tool call", |n| {
+            n["method"] == "item/started" && n["params"]["item"]["type"] == "mcpToolCall"
+        })
+        .await;
+    client
+        .request(
+            "turn/interrupt",
+            json!({"threadId": thread_id, "turnId": turn_id}),
+            None,
+        )
+        .await
+        .result();
+    let completed = client.wait_for_turn_completed(&turn_id).await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "interrupted",
+        "{completed}"
+    );
+    let item = tool_item_completed(&mut client).await;
+    assert_eq!(item["params"]["item"]["status"], "failed", "{item}");
+    // The server's stderr reaches Skein's log: it saw notifications/cancelled.
+    server
+        .wait_for_stderr(|line| line.contains("wait_for_cancel was cancelled"))
+        .await;
+    client.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_dies_is_a_tool_error_and_is_started_again_on_next_use() {
+    let Some((_, python)) = mcp_venv() else {
+        return;
+    };
+    let mock = MockLlm::start(vec![
+        Reply::Stream(tool_call_chunks("call_crash", "crash", &json!({}))),
+        Reply::Stream(text_chunks(&["it crashed"], 1, 1)),
+        Reply::Stream(tool_call_chunks(
+            "call_echo",
+            "echo",
+            &json!({"text": "back again"}),
+        )),
+        Reply::Stream(text_chunks(&["fine"], 1, 1)),
+    ])
+    .await;
+    let mut server = start_with_reporter(&mock, &python, ServerOptions::default()).await;
+    let mut client = connect(&mut server).await;
+    let thread_id = client.start_thread().await;
+    let turn_id = client
+        .start_turn(&thread_id, "crash it", None)
+        .await
+        .turn_id();
+    let item = tool_item_completed(&mut client).await;
+    assert_eq!(item["params"]["item"]["status"], "failed", "{item}");
+    assert!(
+        item["params"]["item"]["error"]["message"].is_string(),
+        "{item}"
+    );
+    let completed = client.wait_for_turn_completed(&turn_id).await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "completed",
+        "{completed}"
+    );
+    let requests = mock.wait_for_requests(2).await;
+    let tool_message = &requests[1].body["messages"][2];
+    assert_eq!(tool_message["role"], "tool", "{tool_message}");
+    assert!(
+        tool_message["content"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("error:")),
+        "the model hears of the failure: {tool_message}"
+    );
+
+    let turn_id = client
+        .start_turn(&thread_id, "echo something", None)
+        .await
+        .turn_id();
+    let item = tool_item_completed(&mut client).await;
+    assert_eq!(item["params"]["item"]["status"], "completed", "{item}");
+    assert!(item.to_string().contains("back again"), "{item}");
+    client.wait_for_turn_completed(&turn_id).await;
+    client.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_tool_rounds_bounds_a_model_that_keeps_calling_tools() {
+    let Some((_, python)) = mcp_venv() else {
+        return;
+    };
+    let call = |id: &str| Reply::Stream(tool_call_chunks(id, "echo", &json!({"text": "again"})));
+    let mock = MockLlm::start(vec![call("c1"), call("c2"), call("c3")]).await;
+    let extra = ServerOptions::default().arg("-c").arg("max_tool_rounds=2");
+    let mut server = start_with_reporter(&mock, &python, extra).await;
+    let mut client = connect(&mut server).await;
+    let thread_id = client.start_thread().await;
+    let turn_id = client.start_turn(&thread_id, "loop", None).await.turn_id();
+    let completed = client.wait_for_turn_completed(&turn_id).await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "failed",
+        "{completed}"
+    );
+    let message = completed["params"]["turn"]["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("max_tool_rounds"), "{message}");
+    assert_eq!(mock.requests().len(), 2, "two model calls, then the bound");
+    client.close().await;
+    server.shutdown().await;
+}

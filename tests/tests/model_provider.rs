@@ -516,3 +516,66 @@ async fn a_config_error_stops_startup_naming_file_key_and_problem() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_stream_events_are_skipped_without_failing_the_turn() {
+    let chunks = text_chunks(&["still", " fine"], 2, 2);
+    let mut lines: Vec<String> = chunks.iter().map(Value::to_string).collect();
+    lines.insert(1, "{not json at all".into());
+    lines.insert(2, "[1, 2, 3]".into());
+    lines.insert(3, "{\"choices\": \"not a list\"}".into());
+    let mock = MockLlm::start(vec![Reply::Raw(lines)]).await;
+    let (server, mut client) = start(&mock, ServerOptions::default()).await;
+    let thread_id = client.start_thread().await;
+    let turn_id = client.start_turn(&thread_id, "hi", None).await.turn_id();
+    let completed = client.wait_for_turn_completed(&turn_id).await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "completed",
+        "{completed}"
+    );
+    assert_eq!(deltas_of(&mut client, &turn_id), "still fine");
+    client.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_and_provider_can_be_chosen_per_thread_and_per_turn() {
+    let mock = MockLlm::start(vec![Reply::Stream(text_chunks(&["remote"], 1, 1))]).await;
+    let (server, mut client) = start(&mock, ServerOptions::default()).await;
+    let echo = client
+        .request("thread/start", json!({"model": "echo"}), None)
+        .await;
+    assert_eq!(echo.result()["modelProvider"], "skein", "{}", echo.result());
+    let thread_id = echo.thread_id();
+    let turn_id = client
+        .start_turn(&thread_id, "offline words", None)
+        .await
+        .turn_id();
+    client.wait_for_turn_completed(&turn_id).await;
+    assert_eq!(deltas_of(&mut client, &turn_id), "offline words");
+    assert!(mock.requests().is_empty(), "echo never calls the API");
+
+    let started = client
+        .request(
+            "turn/start",
+            json!({"threadId": thread_id, "input": [{"type": "text", "text": "now remote"}],
+                   "model": "other-model", "modelProvider": "mock"}),
+            None,
+        )
+        .await;
+    let turn_id = started.turn_id();
+    client.wait_for_turn_completed(&turn_id).await;
+    let requests = mock.wait_for_requests(1).await;
+    assert_eq!(requests[0].body["model"], "other-model");
+    // The earlier echo turn is part of the conversation.
+    assert_eq!(
+        requests[0].body["messages"][0],
+        json!({"role": "user", "content": "offline words"})
+    );
+    let unknown = client
+        .request("thread/start", json!({"modelProvider": "nope"}), None)
+        .await;
+    assert_eq!(unknown.error_code(), support::INVALID_PARAMS);
+    client.close().await;
+    server.shutdown().await;
+}

@@ -29,6 +29,9 @@ pub enum Reply {
     /// `200` with these payloads, then the stream stays open until the
     /// client closes the connection.
     Hold(Vec<Value>),
+    /// `200` with these raw SSE `data:` lines (anything, even invalid
+    /// JSON), then `data: [DONE]`.
+    Raw(Vec<String>),
     /// A plain error status with extra headers and a JSON body.
     Status(u16, Vec<(String, String)>, Value),
 }
@@ -248,6 +251,16 @@ impl MockLlm {
                 let _ = stream.write_all(sse_head.as_bytes()).await;
                 for c in chunks {
                     let _ = stream.write_all(format!("data: {c}\n\n").as_bytes()).await;
+                }
+                let _ = stream.write_all(b"data: [DONE]\n\n").await;
+                let _ = stream.shutdown().await;
+            }
+            Reply::Raw(lines) => {
+                let _ = stream.write_all(sse_head.as_bytes()).await;
+                for line in lines {
+                    let _ = stream
+                        .write_all(format!("data: {line}\n\n").as_bytes())
+                        .await;
                 }
                 let _ = stream.write_all(b"data: [DONE]\n\n").await;
                 let _ = stream.shutdown().await;

@@ -288,6 +288,14 @@ pub struct ServerOptions {
 }
 
 impl ServerOptions {
+    /// These options followed by `other`'s environment and arguments.
+    pub fn merge(mut self, other: ServerOptions) -> Self {
+        self.env.extend(other.env);
+        self.args.extend(other.args);
+        self.home = other.home.or(self.home);
+        self
+    }
+
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_owned(), value.to_owned()));
         self
