@@ -274,6 +274,9 @@ pub(crate) async fn run_remote(
     let mut round = 0u32;
     loop {
         while let Ok(text) = steer.try_recv() {
+            progress
+                .items
+                .push(TurnItem::UserMessage { text: text.clone() });
             messages.push(Message::User { text });
         }
         round += 1;
@@ -425,6 +428,9 @@ pub(crate) async fn run_remote(
                     text: response.text,
                     tool_calls: Vec::new(),
                 });
+                progress
+                    .items
+                    .push(TurnItem::UserMessage { text: text.clone() });
                 messages.push(Message::User { text });
                 continue;
             }

@@ -76,6 +76,11 @@ pub enum ToolCallStatus {
     rename_all_fields = "camelCase"
 )]
 pub enum TurnItem {
+    /// Input steered into the running turn (`turn/steer`).
+    UserMessage {
+        /// The text.
+        text: String,
+    },
     /// The text of one model round.
     AgentMessage {
         /// The item id.
@@ -108,6 +113,9 @@ impl TurnItem {
     /// The item as a Codex v2 `ThreadItem` JSON object.
     pub fn to_wire(&self) -> Value {
         match self {
+            TurnItem::UserMessage { text } => {
+                json!({"type": "userMessage", "content": [{"type": "text", "text": text}]})
+            }
             TurnItem::AgentMessage { id, text } => {
                 json!({"type": "agentMessage", "id": id, "text": text})
             }
@@ -245,6 +253,10 @@ pub fn push_items(messages: &mut Vec<Message>, items: &[TurnItem]) {
     };
     for item in items {
         match item {
+            TurnItem::UserMessage { text } => {
+                flush(messages, &mut results);
+                messages.push(Message::User { text: text.clone() });
+            }
             TurnItem::AgentMessage { text, .. } => {
                 flush(messages, &mut results);
                 messages.push(Message::Assistant {
@@ -358,6 +370,44 @@ mod tests {
                     tool_calls: vec![],
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn steered_input_replays_after_the_tool_results_of_its_round() {
+        let items = vec![
+            TurnItem::AgentMessage {
+                id: "a1".into(),
+                text: String::new(),
+            },
+            TurnItem::McpToolCall {
+                id: "c1".into(),
+                server: "s".into(),
+                tool: "t".into(),
+                arguments: json!({}),
+                status: ToolCallStatus::Failed,
+                result: None,
+                error: Some("boom".into()),
+            },
+            TurnItem::UserMessage {
+                text: "also this".into(),
+            },
+        ];
+        let mut messages = vec![];
+        push_items(&mut messages, &items);
+        assert_eq!(messages.len(), 3);
+        assert_eq!(
+            messages[1],
+            Message::Tool {
+                call_id: "c1".into(),
+                content: "error: boom".into()
+            }
+        );
+        assert_eq!(
+            messages[2],
+            Message::User {
+                text: "also this".into()
+            }
         );
     }
 

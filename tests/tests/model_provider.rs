@@ -101,8 +101,13 @@ async fn a_turn_streams_from_the_api_under_a_chat_span_whose_context_goes_out_as
     let thread_id = thread.thread_id();
     let parent = TraceContext::random();
     let started = client
-        .start_turn(&thread_id, "Say hello", Some(&parent))
+        .request(
+            "turn/start",
+            support::turn_start_params(&thread_id, "Say hello"),
+            Some(json!({"traceparent": parent.traceparent(), "tracestate": "vendor=abc"})),
+        )
         .await;
+    support::check_turn_started_result(&started);
     let turn_id = started.turn_id();
     let completed = client.wait_for_turn_completed(&turn_id).await;
     assert_eq!(
@@ -137,6 +142,11 @@ async fn a_turn_streams_from_the_api_under_a_chat_span_whose_context_goes_out_as
         .get("traceparent")
         .expect("the model request carries a traceparent");
     let sent = TraceContext::parse(traceparent).expect("a valid traceparent");
+    assert_eq!(
+        request.headers.get("tracestate").map(String::as_str),
+        Some("vendor=abc"),
+        "the client's tracestate goes along"
+    );
 
     client.close().await;
     let finished = server.shutdown().await;
@@ -578,4 +588,36 @@ async fn model_and_provider_can_be_chosen_per_thread_and_per_turn() {
     assert_eq!(unknown.error_code(), support::INVALID_PARAMS);
     client.close().await;
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_its_timeout_fails_the_turn_and_closes_the_connection() {
+    let mut chunks = text_chunks(&["slow"], 1, 1);
+    chunks.truncate(2);
+    let mock = MockLlm::start(vec![Reply::Hold(chunks)]).await;
+    let options = ServerOptions::default()
+        .arg("-c")
+        .arg("model_providers.mock.request_timeout_ms=300");
+    let (server, mut client) = start(&mock, options).await;
+    let thread_id = client.start_thread().await;
+    let turn_id = client.start_turn(&thread_id, "hi", None).await.turn_id();
+    let completed = client.wait_for_turn_completed(&turn_id).await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "failed",
+        "{completed}"
+    );
+    let message = completed["params"]["turn"]["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("timed out"), "{message}");
+    mock.wait_for_close().await;
+    assert_eq!(
+        mock.requests().len(),
+        1,
+        "a timed-out stream is not retried"
+    );
+    client.close().await;
+    let finished = server.shutdown().await;
+    let chat = chat_spans(&finished, finished.turn_span(&turn_id))[0].clone();
+    assert_attr(&chat, "error.type", "timeout");
 }
