@@ -33,6 +33,8 @@ use crate::config::{DEFAULT_TOOL_TIMEOUT_MS, McpServerConfig};
 
 /// How long starting and initializing a server may take.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a server may take to stop at shutdown.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A tool one server offers.
 #[derive(Clone, Debug, PartialEq)]
@@ -62,8 +64,8 @@ struct Connection {
     peer: Peer<RoleClient>,
     protocol_version: String,
     tools: Vec<McpTool>,
-    // Keeps the service (and the child) alive; dropped to stop it.
-    _service: RunningService<RoleClient, ClientConfig>,
+    // Keeps the service (and the child) alive; taken to stop it.
+    service: Mutex<Option<RunningService<RoleClient, ClientConfig>>>,
 }
 
 struct Server {
@@ -240,11 +242,18 @@ impl McpManager {
         }
     }
 
-    /// Stops every running server.
+    /// Stops every running server: closes its stdin and waits for it to
+    /// exit, at most [`STOP_TIMEOUT`] each (then it is killed).
     pub async fn shutdown(&self) {
         for server in self.servers.values() {
-            if let Some(connection) = server.running.lock().await.take() {
-                drop(connection);
+            let Some(connection) = server.running.lock().await.take() else {
+                continue;
+            };
+            let service = connection.service.lock().await.take();
+            if let Some(mut service) = service
+                && let Err(err) = service.close_with_timeout(STOP_TIMEOUT).await
+            {
+                tracing::warn!(server = %server.name, %err, "MCP server did not stop cleanly");
             }
         }
     }
@@ -361,7 +370,7 @@ impl Server {
             peer: service.peer().clone(),
             protocol_version,
             tools,
-            _service: service,
+            service: Mutex::new(Some(service)),
         })
     }
 

@@ -414,6 +414,9 @@ mod tests {
         let mut failed = vec!["error.type=model_failed"];
         failed.extend(base);
         assert!(calls.contains(&(strings(&failed), 1)), "{calls:?}");
+        // Only the call that streamed a chunk has a time to first chunk.
+        let first = histogram_points(&exported, metric::GEN_AI_CLIENT_TIME_TO_FIRST_CHUNK);
+        assert_eq!(first, vec![(strings(&base), 1)]);
         let tokens = histogram_points(&exported, metric::GEN_AI_CLIENT_TOKEN_USAGE);
         for token_type in ["gen_ai.token.type=input", "gen_ai.token.type=output"] {
             let mut attrs: Vec<&str> = base.to_vec();

@@ -523,3 +523,37 @@ async fn max_tool_rounds_bounds_a_model_that_keeps_calling_tools() {
     client.close().await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_server_process_is_started_once_and_serves_every_thread() {
+    let Some((_, python)) = mcp_venv() else {
+        return;
+    };
+    let echo = |id: &str, text: &str| {
+        Reply::Stream(tool_call_chunks(id, "echo", &json!({ "text": text })))
+    };
+    let mock = MockLlm::start(vec![
+        echo("e1", "first thread"),
+        Reply::Stream(text_chunks(&["one"], 1, 1)),
+        echo("e2", "second thread"),
+        Reply::Stream(text_chunks(&["two"], 1, 1)),
+    ])
+    .await;
+    let mut server = start_with_reporter(&mock, &python, ServerOptions::default()).await;
+    let mut client = connect(&mut server).await;
+    for text in ["first thread", "second thread"] {
+        let thread_id = client.start_thread().await;
+        let turn_id = client.start_turn(&thread_id, text, None).await.turn_id();
+        let item = tool_item_completed(&mut client).await;
+        assert!(item.to_string().contains(text), "{item}");
+        client.wait_for_turn_completed(&turn_id).await;
+    }
+    client.close().await;
+    let finished = server.shutdown().await;
+    let starts = finished
+        .stderr()
+        .iter()
+        .filter(|l| l.contains("MCP server started") && l.contains("server=meta"))
+        .count();
+    assert_eq!(starts, 1, "the server is started once, then reused");
+}
