@@ -567,6 +567,8 @@ async fn run_tool_call(
     });
 
     let mut was_interrupted = false;
+    // The `error.type` of a call that produced no result.
+    let mut error_type = value::ERROR_TOOL_CALL_REFUSED.to_owned();
     let (result, error) = match (tool, parsed) {
         (None, _) => (
             None,
@@ -589,12 +591,13 @@ async fn run_tool_call(
                 biased;
                 () = wait_interrupt(interrupted) => {
                     was_interrupted = true;
+                    error_type = value::ERROR_INTERRUPTED.to_owned();
                     (None, Some("interrupted".to_owned()))
                 }
                 outcome = call_future => match outcome {
                     Ok(result) => (Some(result), None),
                     Err(err) => {
-                        span.record(attr::ERROR_TYPE, err.error_type.as_str());
+                        error_type = err.error_type;
                         (None, Some(err.message))
                     }
                 },
@@ -612,11 +615,7 @@ async fn run_tool_call(
         ToolCallStatus::Completed
     };
     if let Some(message) = &error {
-        if was_interrupted {
-            span.record(attr::ERROR_TYPE, value::ERROR_INTERRUPTED);
-        } else if tool.is_none() || result.is_none() {
-            span.record(attr::ERROR_TYPE, "tool_call_failed");
-        }
+        span.record(attr::ERROR_TYPE, error_type.as_str());
         record_error(&span, message);
     } else if is_error_result {
         span.record(attr::ERROR_TYPE, value::ERROR_TOOL);

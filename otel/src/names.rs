@@ -187,6 +187,9 @@ pub mod value {
     pub const TOOL_TYPE_EXTENSION: &str = "extension";
     /// `mcp.method.name` of a tool call.
     pub const MCP_TOOLS_CALL: &str = "tools/call";
+    /// `error.type` of a tool call Skein refused to make (unknown tool,
+    /// arguments that are not a JSON object).
+    pub const ERROR_TOOL_CALL_REFUSED: &str = "invalid_tool_call";
     /// `error.type` of an MCP tool result flagged `isError`.
     pub const ERROR_TOOL: &str = "tool_error";
     /// `otel.status_code` of a failed span.

@@ -495,7 +495,21 @@ async fn a_server_that_dies_is_a_tool_error_and_is_started_again_on_next_use() {
     assert!(item.to_string().contains("back again"), "{item}");
     client.wait_for_turn_completed(&turn_id).await;
     client.close().await;
-    server.shutdown().await;
+    let finished = server.shutdown().await;
+    let crashed = finished
+        .spans
+        .iter()
+        .find(|s| s.name == "execute_tool crash")
+        .unwrap_or_else(|| panic!("no execute_tool crash span:\n{}", finished.dump()));
+    assert_eq!(crashed.status_code, STATUS_CODE_ERROR, "{crashed}");
+    let error_types: Vec<&Value> = crashed
+        .attributes
+        .iter()
+        .filter(|(k, _)| k == "error.type")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(error_types.len(), 1, "one error.type: {crashed}");
+    assert_attr(crashed, "error.type", "connection");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
