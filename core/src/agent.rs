@@ -259,7 +259,10 @@ pub(crate) async fn run_remote(
     let config = runtime.config();
     let mut messages = conversation_of(history);
     messages.push(opening_message(kind, input));
-    let (specs, table) = if kind == TurnKind::Regular && !runtime.mcp().is_empty() {
+    // Tools are offered to every kind of turn: a review or a compaction
+    // replays earlier tool calls, which some servers accept only with the
+    // tools declared.
+    let (specs, table) = if !runtime.mcp().is_empty() {
         tokio::select! {
             biased;
             () = wait_interrupt(interrupted) => {

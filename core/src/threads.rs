@@ -604,8 +604,8 @@ impl ThreadManager {
         }
         let switch_to = if model.is_some() || provider.is_some() {
             let current = handle.entry.state().info.model.clone();
-            // A provider alone keeps the model name; a model alone keeps
-            // a remote thread on its provider.
+            // A model alone keeps a remote thread on its provider; a
+            // provider alone takes that provider's default model.
             let provider = provider.or(match model {
                 Some(crate::config::ECHO_MODEL) => None,
                 _ if current.is_echo() => None,
