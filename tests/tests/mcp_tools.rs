@@ -571,3 +571,48 @@ async fn one_server_process_is_started_once_and_serves_every_thread() {
         .count();
     assert_eq!(starts, 1, "the server is started once, then reused");
 }
+
+/// The stand-in for the model API is only worth its tests if real clients
+/// accept it: the official `openai` Python client streams from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_openai_python_client_accepts_the_stand_in_api() {
+    let Some((_, python)) = mcp_venv() else {
+        return;
+    };
+    let has_openai = tokio::process::Command::new(&python)
+        .args(["-c", "import openai"])
+        .status()
+        .await
+        .is_ok_and(|s| s.success());
+    if !has_openai {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "CI=true but the openai package is missing from the MCP virtualenv"
+        );
+        eprintln!(
+            "\n\n*** SKIPPING: the openai package is not in the MCP virtualenv (run .ci/run) ***\n"
+        );
+        return;
+    }
+    let mock = MockLlm::start(vec![Reply::Stream(text_chunks(&["Hel", "lo"], 4, 2))]).await;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("mcp/openai_client_check.py");
+    let output = tokio::time::timeout(
+        support::TIMEOUT,
+        tokio::process::Command::new(&python)
+            .arg(&script)
+            .arg(mock.base_url())
+            .output(),
+    )
+    .await
+    .expect("the client finishes")
+    .expect("run python");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout.trim(), "Hello|4|2");
+    let requests = mock.requests();
+    assert_eq!(requests[0].path, "/v1/chat/completions");
+}
