@@ -4,7 +4,8 @@
 //! official Rust MCP SDK. A server starts on first use (the first turn that
 //! lists tools), is initialized once, and is reused by every thread. One
 //! that fails to start or dies is reported to the model as a tool error
-//! and started again on next use. Its stderr goes to Skein's log.
+//! and started again on next use (its tools stay offered meanwhile, so a
+//! call reports the failure). Its stderr goes to Skein's log.
 //!
 //! Every `tools/call` runs in a `tools/call <tool>` CLIENT span whose
 //! context goes out in `params._meta` (`traceparent`, `tracestate`), the
@@ -72,6 +73,10 @@ struct Server {
     name: String,
     config: McpServerConfig,
     running: Mutex<Option<Arc<Connection>>>,
+    /// The tools of the last successful start: still offered while the
+    /// server cannot start again, so that calling one reports the failure
+    /// to the model as a tool error.
+    known_tools: std::sync::Mutex<Vec<McpTool>>,
 }
 
 /// Every configured MCP server. Cheap to clone; clones share servers.
@@ -100,6 +105,7 @@ impl McpManager {
                         name: name.clone(),
                         config: config.clone(),
                         running: Mutex::new(None),
+                        known_tools: std::sync::Mutex::new(Vec::new()),
                     }),
                 )
             })
@@ -120,12 +126,25 @@ impl McpManager {
         let mut tools = Vec::new();
         for server in self.servers.values() {
             match server.connection().await {
-                Ok(connection) => tools.extend(connection.tools.iter().cloned()),
-                Err(err) => tracing::warn!(
-                    server = %server.name,
-                    %err,
-                    "MCP server unavailable; its tools are not offered"
-                ),
+                Ok(connection) => {
+                    *server.known_tools.lock().unwrap_or_else(|p| p.into_inner()) =
+                        connection.tools.clone();
+                    tools.extend(connection.tools.iter().cloned());
+                }
+                Err(err) => {
+                    let known = server
+                        .known_tools
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
+                    tracing::warn!(
+                        server = %server.name,
+                        %err,
+                        known_tools = known.len(),
+                        "MCP server unavailable; offering the tools it had, which will fail"
+                    );
+                    tools.extend(known);
+                }
             }
         }
         tools

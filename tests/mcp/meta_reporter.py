@@ -8,7 +8,9 @@ Tools:
 - `echo`: answers with its `text` argument;
 - `wait_for_cancel`: waits until its request is cancelled, then says so on
   stderr;
-- `crash`: ends the server process at once.
+- `crash`: ends the server process at once;
+- `break_for_good`: ends the server process and makes every later start
+  fail (it creates the file named by `SKEIN_TEST_BROKEN_MARKER`).
 """
 
 import json
@@ -17,6 +19,11 @@ import sys
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
+
+MARKER = os.environ.get("SKEIN_TEST_BROKEN_MARKER")
+if MARKER and os.path.exists(MARKER):
+    print("meta-reporter: broken for good, refusing to start", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 server = MCPServer("meta-reporter")
 
@@ -49,6 +56,15 @@ async def wait_for_cancel() -> str:
 def crash() -> str:
     """End the server process at once."""
     os._exit(3)
+
+
+@server.tool()
+def break_for_good() -> str:
+    """End the server process; it will not start again."""
+    if MARKER:
+        with open(MARKER, "w") as marker:
+            marker.write("broken")
+    os._exit(4)
 
 
 if __name__ == "__main__":

@@ -616,3 +616,64 @@ async fn the_official_openai_python_client_accepts_the_stand_in_api() {
     let requests = mock.requests();
     assert_eq!(requests[0].path, "/v1/chat/completions");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_cannot_start_again_is_reported_to_the_model_as_a_tool_error() {
+    let Some((_, python)) = mcp_venv() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("broken");
+    let mock = MockLlm::start(vec![
+        Reply::Stream(tool_call_chunks("e1", "echo", &json!({"text": "before"}))),
+        Reply::Stream(text_chunks(&["one"], 1, 1)),
+        Reply::Stream(tool_call_chunks("b1", "break_for_good", &json!({}))),
+        Reply::Stream(text_chunks(&["two"], 1, 1)),
+        Reply::Stream(tool_call_chunks("e2", "echo", &json!({"text": "after"}))),
+        Reply::Stream(text_chunks(&["three"], 1, 1)),
+    ])
+    .await;
+    let extra = ServerOptions::default().arg("-c").arg(&format!(
+        "mcp_servers.meta.env.SKEIN_TEST_BROKEN_MARKER={}",
+        json!(marker.display().to_string())
+    ));
+    let mut server = start_with_reporter(&mock, &python, extra).await;
+    let mut client = connect(&mut server).await;
+    let thread_id = client.start_thread().await;
+    let mut statuses = Vec::new();
+    for text in ["echo before", "break it", "echo after"] {
+        let turn_id = client.start_turn(&thread_id, text, None).await.turn_id();
+        let item = tool_item_completed(&mut client).await;
+        statuses.push(item["params"]["item"]["status"].clone());
+        let completed = client.wait_for_turn_completed(&turn_id).await;
+        assert_eq!(
+            completed["params"]["turn"]["status"], "completed",
+            "{completed}"
+        );
+        if text == "echo after" {
+            let message = item["params"]["item"]["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            assert!(message.contains("meta"), "{message}");
+        }
+    }
+    assert_eq!(statuses, vec!["completed", "failed", "failed"]);
+    let requests = mock.wait_for_requests(6).await;
+    // The broken server's tools are still offered...
+    assert!(requests[4].body["tools"].to_string().contains("\"echo\""));
+    // ...and the model hears why the call failed.
+    let tool_message = &requests[5].body["messages"]
+        .as_array()
+        .and_then(|m| m.last().cloned())
+        .unwrap_or_default();
+    assert_eq!(tool_message["role"], "tool", "{tool_message}");
+    assert!(
+        tool_message["content"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("error:")),
+        "{tool_message}"
+    );
+    client.close().await;
+    server.shutdown().await;
+}
