@@ -191,6 +191,10 @@ pub struct ThreadStartParams {
     /// The model to use; the default model when absent.
     #[serde(default)]
     pub model: Option<String>,
+    /// The provider serving it (a `model_providers` id of config.toml,
+    /// `openai`, or `skein` for the offline echo); the default when absent.
+    #[serde(default)]
+    pub model_provider: Option<String>,
     /// Keep the thread in memory only.
     #[serde(default)]
     pub ephemeral: Option<bool>,
@@ -356,6 +360,12 @@ pub struct TurnStartParams {
     pub thread_id: String,
     /// The user's input.
     pub input: Vec<UserInput>,
+    /// Switch the thread to this model, from this turn on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Switch the thread to this provider, from this turn on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_provider: Option<String>,
 }
 
 /// Parameters of `turn/steer`.

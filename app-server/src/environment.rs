@@ -2,17 +2,17 @@
 //! account, configuration, skills, apps and MCP servers.
 //!
 //! Skein has no account, needs no authentication, and has no skills or
-//! apps; it reads no configuration file yet, so no MCP server can be
-//! configured. Each method answers that honestly, in the shape Codex
-//! clients parse. When a configuration file arrives, [`effective_config`]
-//! and [`mcp_servers`] are where its values go.
+//! apps: those methods answer that honestly, in the shape Codex clients
+//! parse. `config/read` and `mcpServerStatus/list` answer from the
+//! configuration Skein runs with (`config.toml` and `-c` overrides).
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use skein_app_server_protocol::v2::{
     ConfigReadParams, GetAccountParams, PageParams, SkillsListParams,
 };
-use skein_core::{DEFAULT_MODEL, find_model};
+use skein_core::ThreadManager;
+use skein_core::mcp::McpServerState;
 
 use crate::processor::{HandlerResult, MessageProcessor, to_value};
 use crate::wire::{APPROVAL_POLICY, APPROVALS_REVIEWER};
@@ -57,15 +57,44 @@ pub fn app_list(_params: PageParams) -> HandlerResult {
     Ok(json!({"data": [], "nextCursor": null}))
 }
 
-/// The MCP servers configured, with their status. None can be configured
-/// yet.
-pub fn mcp_servers() -> Vec<Value> {
-    Vec::new()
-}
-
-/// `mcpServerStatus/list`: the configured MCP servers (none yet).
-pub fn mcp_server_status_list(_params: PageParams) -> HandlerResult {
-    Ok(json!({"data": mcp_servers(), "nextCursor": null}))
+/// The configured MCP servers, in Codex's `McpServerStatus` shape: their
+/// state in this process and the tools they offered when last started.
+/// Skein runs stdio servers only, with no authentication.
+pub fn mcp_servers(threads: &ThreadManager) -> Vec<Value> {
+    threads
+        .mcp_statuses()
+        .into_iter()
+        .map(|status| {
+            let tools: Map<String, Value> = status
+                .tools
+                .iter()
+                .map(|tool| {
+                    (
+                        tool.name.clone(),
+                        json!({
+                            "name": tool.name,
+                            "description": tool.description,
+                            "inputSchema": tool.input_schema,
+                        }),
+                    )
+                })
+                .collect();
+            let runtime_status = match status.state {
+                McpServerState::Connected => "connected",
+                McpServerState::Starting => "starting",
+                McpServerState::NotRunning => "notStarted",
+            };
+            json!({
+                "name": status.name,
+                "authStatus": "unsupported",
+                "httpOrigin": null,
+                "runtimeStatus": runtime_status,
+                "tools": tools,
+                "resources": [],
+                "resourceTemplates": [],
+            })
+        })
+        .collect()
 }
 
 /// The configuration Skein runs with, in the keys of Codex's `Config`
@@ -84,13 +113,13 @@ pub struct EffectiveConfig {
     pub sandbox_mode: &'static str,
 }
 
-/// The effective configuration: built-in defaults, as no configuration
-/// file is read yet.
-pub fn effective_config() -> EffectiveConfig {
-    let model = find_model(DEFAULT_MODEL);
+/// The effective configuration: the default model and provider as
+/// configured, and what Skein does about approvals and sandboxing.
+pub fn effective_config(threads: &ThreadManager) -> EffectiveConfig {
+    let config = threads.config();
     EffectiveConfig {
-        model: model.map(|m| m.name.to_owned()),
-        model_provider: model.map(|m| m.provider.to_owned()),
+        model: Some(config.model.clone()),
+        model_provider: Some(config.model_provider.clone()),
         approval_policy: APPROVAL_POLICY,
         approvals_reviewer: APPROVALS_REVIEWER,
         sandbox_mode: SANDBOX_MODE,
@@ -98,13 +127,18 @@ pub fn effective_config() -> EffectiveConfig {
 }
 
 impl MessageProcessor {
-    /// `config/read`: the effective configuration. Every value is a
-    /// built-in default, so no value has an origin layer, and there are
-    /// no layers to list.
+    /// `mcpServerStatus/list`: the configured MCP servers.
+    pub(crate) fn mcp_server_status_list(&self, _params: PageParams) -> HandlerResult {
+        Ok(json!({"data": mcp_servers(self.threads()), "nextCursor": null}))
+    }
+
+    /// `config/read`: the effective configuration. Origins and layers are
+    /// not tracked (a value may come from the file, an override or a
+    /// default), so none are listed.
     pub(crate) fn config_read(&self, params: ConfigReadParams) -> HandlerResult {
         let layers = params.include_layers.then(Vec::<Value>::new);
         Ok(json!({
-            "config": to_value(effective_config())?,
+            "config": to_value(effective_config(self.threads()))?,
             "origins": Map::new(),
             "layers": layers,
         }))

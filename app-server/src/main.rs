@@ -98,6 +98,15 @@ struct ServeArgs {
     #[arg(long, value_name = "MS", default_value_t = 0)]
     echo_delay_ms: u64,
 
+    /// Override a key of $SKEIN_HOME/config.toml: `-c key=value`, the value
+    /// in TOML syntax (e.g. `-c model="gpt-4.1-mini"`, `-c
+    /// otel.capture_content=true`); repeatable; wins over the file. The
+    /// file sets the default model and provider, `[model_providers.<id>]`
+    /// (OpenAI-compatible APIs), `[mcp_servers.<name>]` (tool servers over
+    /// stdio) and `[otel]` content recording; see the README.
+    #[arg(short = 'c', long = "config", value_name = "KEY=VALUE")]
+    config_overrides: Vec<String>,
+
     /// How long shutdown may spend flushing spans and the final metrics,
     /// in seconds. Past it, what is still unsent is counted as dropped and
     /// the process exits anyway: an unreachable collector never holds it.
@@ -138,6 +147,12 @@ fn serve_trace_dir(arg: Option<String>) -> anyhow::Result<Option<PathBuf>> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Every HTTPS client of the process (model APIs, OTLP) uses rustls
+    // with this provider.
+    skein_core::providers::install_crypto_provider();
+    // Before telemetry: a bad configuration stops startup with its message.
+    let config_path = paths::skein_home()?.join("config.toml");
+    let config = skein_core::Config::load(&config_path, &args.config_overrides)?;
     let telemetry = telemetry::init(TelemetryConfig {
         trace_dir: serve_trace_dir(args.trace_dir)?,
         log_filter: std::env::var("RUST_LOG").ok().filter(|f| !f.is_empty()),
@@ -160,6 +175,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         core: CoreConfig {
             echo_delay: Duration::from_millis(args.echo_delay_ms),
             store: Some(open_thread_store()?),
+            config: std::sync::Arc::new(config),
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

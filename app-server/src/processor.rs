@@ -22,7 +22,7 @@ use skein_app_server_protocol::v2::{
     TurnStartResponse, TurnSteerParams,
 };
 use skein_app_server_protocol::{ErrorObject, Method, Notification, Outgoing, parse_params};
-use skein_core::{MODELS, ThreadError, ThreadInfo, ThreadManager, TurnRecord};
+use skein_core::{ThreadError, ThreadInfo, ThreadManager, TurnRecord};
 use skein_protocol::{TurnKind, TurnStatus, UserInput};
 use tower::Service;
 
@@ -93,7 +93,7 @@ impl MessageProcessor {
         }
         match method {
             Method::Initialize => self.initialize(parse_params(params)?, session),
-            Method::ModelList => model_list(parse_params(params)?),
+            Method::ModelList => model_list(&self.threads, parse_params(params)?),
             Method::ThreadStart => {
                 log_ignored(method, params.as_ref(), THREAD_START_IGNORED);
                 self.thread_start(parse_params(params)?, session).await
@@ -112,9 +112,16 @@ impl MessageProcessor {
             Method::TurnStart => {
                 log_ignored(method, params.as_ref(), TURN_START_IGNORED);
                 let params: TurnStartParams = parse_params(params)?;
-                self.start_turn(&params.thread_id, TurnKind::Regular, params.input, session)
-                    .await
-                    .and_then(|turn| to_value(TurnStartResponse { turn }))
+                let model = (params.model.as_deref(), params.model_provider.as_deref());
+                self.start_turn_with_model(
+                    &params.thread_id,
+                    TurnKind::Regular,
+                    params.input,
+                    model,
+                    session,
+                )
+                .await
+                .and_then(|turn| to_value(TurnStartResponse { turn }))
             }
             Method::ReviewStart => self.review_start(parse_params(params)?, session).await,
             Method::ThreadCompactStart => {
@@ -136,9 +143,7 @@ impl MessageProcessor {
             Method::ConfigRequirementsRead => crate::environment::config_requirements_read(),
             Method::SkillsList => crate::environment::skills_list(parse_params(params)?),
             Method::AppList => crate::environment::app_list(parse_params(params)?),
-            Method::McpServerStatusList => {
-                crate::environment::mcp_server_status_list(parse_params(params)?)
-            }
+            Method::McpServerStatusList => self.mcp_server_status_list(parse_params(params)?),
         }
     }
 
@@ -174,7 +179,11 @@ impl MessageProcessor {
     ) -> HandlerResult {
         let info = self
             .threads
-            .start_thread(params.model.as_deref(), params.ephemeral.unwrap_or(false))
+            .start_thread_with_provider(
+                params.model.as_deref(),
+                params.model_provider.as_deref(),
+                params.ephemeral.unwrap_or(false),
+            )
             .map_err(thread_error)?;
         self.announce_new_thread(&info, false, session).await
     }
@@ -269,10 +278,22 @@ impl MessageProcessor {
         input: Vec<UserInput>,
         session: &ConnectionSession,
     ) -> Result<Turn, ErrorObject> {
+        self.start_turn_with_model(thread_id, kind, input, (None, None), session)
+            .await
+    }
+
+    async fn start_turn_with_model(
+        &self,
+        thread_id: &str,
+        kind: TurnKind,
+        input: Vec<UserInput>,
+        (model, provider): (Option<&str>, Option<&str>),
+        session: &ConnectionSession,
+    ) -> Result<Turn, ErrorObject> {
         session.subscribe(&self.threads.load(thread_id).map_err(thread_error)?);
         let started = self
             .threads
-            .start_turn(thread_id, kind, input)
+            .start_turn_with_model(thread_id, kind, input, model, provider)
             .await
             .map_err(thread_error)?;
         Ok(Turn {
@@ -379,18 +400,18 @@ impl MessageProcessor {
     }
 }
 
-fn model_list(_params: ModelListParams) -> HandlerResult {
+fn model_list(threads: &ThreadManager, _params: ModelListParams) -> HandlerResult {
     to_value(ModelListResponse {
-        data: MODELS
-            .iter()
-            .enumerate()
-            .map(|(i, m)| Model {
-                id: m.name.into(),
-                model: m.name.into(),
-                display_name: m.display_name.into(),
-                description: m.description.into(),
-                provider: m.provider.into(),
-                is_default: i == 0,
+        data: threads
+            .models()
+            .into_iter()
+            .map(|(m, is_default)| Model {
+                id: m.name.clone(),
+                model: m.name,
+                display_name: m.display_name,
+                description: m.description,
+                provider: m.provider,
+                is_default,
                 hidden: false,
                 supported_reasoning_efforts: crate::wire::reasoning_efforts(),
                 default_reasoning_effort: crate::wire::REASONING_EFFORT.into(),
@@ -404,6 +425,7 @@ pub(crate) fn thread_error(err: ThreadError) -> ErrorObject {
     match err {
         ThreadError::NotFound(_)
         | ThreadError::UnknownModel(_)
+        | ThreadError::UnknownProvider(_)
         | ThreadError::InvalidCursor(_)
         | ThreadError::TurnNotFound { .. }
         | ThreadError::EmptyInput

@@ -185,6 +185,7 @@ mod tests {
                 usage: TokenUsage::default(),
                 trace_id: None,
                 span_id: None,
+                items: Vec::new(),
             })
             .collect()
     }

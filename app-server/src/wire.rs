@@ -12,6 +12,7 @@ use skein_app_server_protocol::v2::{
     ReasoningEffortOption, SandboxPolicy, Thread, ThreadStartResponse, ThreadStatus, Turn,
     TurnError,
 };
+use skein_core::conversation::TurnItem;
 use skein_core::{ThreadInfo, TurnRecord, answer_item_id, answer_item_kind, user_item_id};
 use skein_protocol::{ItemKind, TokenUsage};
 
@@ -83,8 +84,8 @@ pub fn thread_to_wire(
         source: THREAD_SOURCE.into(),
         project_id: None,
         preview: info.preview.clone(),
-        model: info.model.name.into(),
-        model_provider: info.model.provider.into(),
+        model: info.model.name.clone(),
+        model_provider: info.model.provider.clone(),
         created_at: info.created_at,
         updated_at: info.updated_at,
         ephemeral: info.ephemeral,
@@ -116,11 +117,24 @@ pub fn turn_to_wire(record: &TurnRecord) -> Turn {
             "content": [{"type": "text", "text": record.input}],
         }));
     }
-    items.push(item_json(
-        &answer_item_id(&record.id),
-        answer_item_kind(record.kind),
-        &record.output,
-    ));
+    if record.items.is_empty() {
+        items.push(item_json(
+            &answer_item_id(&record.id),
+            answer_item_kind(record.kind),
+            &record.output,
+        ));
+    } else {
+        // A model-API turn: its agent messages and tool calls, in order.
+        items.extend(
+            record
+                .items
+                .iter()
+                .filter(
+                    |item| !matches!(item, TurnItem::AgentMessage { text, .. } if text.is_empty()),
+                )
+                .map(TurnItem::to_wire),
+        );
+    }
     Turn {
         id: record.id.clone(),
         status: record.status,

@@ -6,14 +6,20 @@
 //! in `Submission.trace`, so core's dispatch, turn and model spans continue
 //! the client's trace.
 
+pub mod agent;
+pub mod config;
+pub mod conversation;
 pub mod events;
+pub mod mcp;
 pub mod models;
+pub mod providers;
 pub mod store;
 pub mod threads;
 pub mod turn;
 
+pub use config::{Config, ConfigError};
 pub use events::{EventHub, EventReceiver};
-pub use models::{DEFAULT_MODEL, MODELS, Model, ModelInfo, find_model};
+pub use models::{DEFAULT_MODEL, Model, ModelInfo};
 pub use store::{StoreError, ThreadStore};
 pub use threads::{
     CoreConfig, CoreEvent, StartedTurn, ThreadError, ThreadHandle, ThreadInfo, ThreadManager,

@@ -6,43 +6,57 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use skein_protocol::{TokenUsage, TurnKind};
 use tokio::sync::mpsc;
 
+use crate::config::{ECHO_MODEL, ECHO_PROVIDER, Provider};
+
 /// A model's description.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelInfo {
     /// The model name, as sent to its provider.
-    pub name: &'static str,
+    pub name: String,
     /// The provider serving it (`gen_ai.provider.name`).
-    pub provider: &'static str,
+    pub provider: String,
     /// Name shown to people.
-    pub display_name: &'static str,
+    pub display_name: String,
     /// One-line description.
-    pub description: &'static str,
+    pub description: String,
 }
 
-/// The model used when a thread names none.
-pub const DEFAULT_MODEL: &str = "echo";
+impl ModelInfo {
+    /// The offline echo model.
+    pub fn echo() -> Self {
+        Self {
+            name: ECHO_MODEL.to_owned(),
+            provider: ECHO_PROVIDER.to_owned(),
+            display_name: "Echo".to_owned(),
+            description: "Offline, deterministic model that streams the user's input back word \
+                          by word. Input starting with /fail makes it fail."
+                .to_owned(),
+        }
+    }
 
-/// Every model this server offers.
-pub const MODELS: &[ModelInfo] = &[ECHO];
+    /// `model` served by provider `provider`.
+    pub fn remote(name: &str, provider: &Provider) -> Self {
+        Self {
+            name: name.to_owned(),
+            provider: provider.id.clone(),
+            display_name: name.to_owned(),
+            description: format!("{name} via {}", provider.name),
+        }
+    }
 
-const ECHO: ModelInfo = ModelInfo {
-    name: "echo",
-    provider: "skein",
-    display_name: "Echo",
-    description: "Offline, deterministic model that streams the user's input back word by word. \
-                  Input starting with /fail makes it fail.",
-};
-
-/// Looks a model up by name.
-pub fn find_model(name: &str) -> Option<&'static ModelInfo> {
-    MODELS.iter().find(|m| m.name == name)
+    /// Whether this is the offline echo model.
+    pub fn is_echo(&self) -> bool {
+        self.provider == ECHO_PROVIDER
+    }
 }
+
+/// The model used when a thread names none and nothing is configured.
+pub const DEFAULT_MODEL: &str = ECHO_MODEL;
 
 /// A past turn, as context for review and compaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,32 +96,8 @@ pub type ModelCall<'a> = Pin<Box<dyn Future<Output = Result<TokenUsage, ModelErr
 
 /// A model.
 pub trait Model: Send + Sync + fmt::Debug {
-    /// Which model this is.
-    fn info(&self) -> &'static ModelInfo;
-
     /// Streams the answer to `request` into `deltas`.
     fn call(&self, request: ModelRequest, deltas: mpsc::Sender<String>) -> ModelCall<'_>;
-}
-
-/// The models a runtime can use, by name.
-#[derive(Clone, Debug)]
-pub struct ModelRegistry {
-    echo: Arc<EchoModel>,
-}
-
-impl ModelRegistry {
-    /// The built-in models, with the echo model waiting `echo_delay`
-    /// between words.
-    pub fn new(echo_delay: Duration) -> Self {
-        Self {
-            echo: Arc::new(EchoModel { delay: echo_delay }),
-        }
-    }
-
-    /// The model called `name`.
-    pub fn get(&self, name: &str) -> Option<Arc<dyn Model>> {
-        (name == ECHO.name).then(|| Arc::clone(&self.echo) as Arc<dyn Model>)
-    }
 }
 
 /// The offline, deterministic model.
@@ -128,6 +118,11 @@ pub struct EchoModel {
 pub const FAIL_PREFIX: &str = "/fail";
 
 impl EchoModel {
+    /// The echo model, waiting `delay` between words.
+    pub fn new(delay: Duration) -> Self {
+        Self { delay }
+    }
+
     fn answer(request: &ModelRequest) -> Result<String, ModelError> {
         match request.kind {
             TurnKind::Regular if request.input.trim_start().starts_with(FAIL_PREFIX) => {
@@ -168,10 +163,6 @@ fn word_count(text: &str) -> u64 {
 }
 
 impl Model for EchoModel {
-    fn info(&self) -> &'static ModelInfo {
-        &ECHO
-    }
-
     fn call(&self, mut request: ModelRequest, deltas: mpsc::Sender<String>) -> ModelCall<'_> {
         Box::pin(async move {
             let input_tokens = word_count(&request.input)

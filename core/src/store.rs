@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use skein_protocol::{TokenUsage, TurnKind, TurnStatus};
 
+use crate::conversation::TurnItem;
 use crate::threads::{TurnRecord, unix_now};
 
 /// File name extension of thread files.
@@ -49,6 +50,20 @@ pub enum Record {
         /// Where the thread was forked from, if it was.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         forked_from: Option<ForkOrigin>,
+        /// The provider serving the model (absent in older files: the
+        /// echo model's, or the configured default).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model_provider: Option<String>,
+    },
+    /// The thread's model changed (a `turn/start` chose another one); it
+    /// applies to the turns that follow.
+    ModelChanged {
+        /// The new model.
+        model: String,
+        /// Its provider.
+        model_provider: String,
+        /// When, seconds since the Unix epoch.
+        at: i64,
     },
     /// A turn began.
     TurnStarted {
@@ -81,6 +96,10 @@ pub enum Record {
         /// Tokens used.
         #[serde(default)]
         usage: TokenUsage,
+        /// The turn's items after the user's input: agent messages, tool
+        /// calls and their results (absent for echo turns and older files).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        items: Vec<TurnItem>,
         /// When, seconds since the Unix epoch.
         at: i64,
     },
@@ -153,8 +172,10 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 pub struct StoredThread {
     /// The thread's id.
     pub id: String,
-    /// The model name recorded.
+    /// The model name recorded (the last one chosen).
     pub model: String,
+    /// The provider recorded, if any.
+    pub model_provider: Option<String>,
     /// Creation time.
     pub created_at: i64,
     /// Time of the last record.
@@ -291,6 +312,7 @@ impl ThreadStore {
                     output: String::new(),
                     error: None,
                     usage: TokenUsage::default(),
+                    items: Vec::new(),
                     at: now,
                 },
                 true,
@@ -403,6 +425,7 @@ fn turn_records(turn: &TurnRecord) -> [Record; 2] {
             output: turn.output.clone(),
             error: turn.error.clone(),
             usage: turn.usage,
+            items: turn.items.clone(),
             at: unix_now(),
         },
     ]
@@ -444,12 +467,14 @@ fn read_thread(path: &Path, writer_alive: bool) -> Result<StoredThread, StoreErr
                     model,
                     created_at,
                     forked_from,
+                    model_provider,
                 },
                 None,
             ) => {
                 thread = Some(StoredThread {
                     id,
                     model,
+                    model_provider,
                     created_at,
                     updated_at: created_at,
                     forked_from,
@@ -466,6 +491,18 @@ fn read_thread(path: &Path, writer_alive: bool) -> Result<StoredThread, StoreErr
             }
             (Record::Thread { .. }, Some(_)) => {
                 tracing::warn!(file = %path.display(), line = number, "skipping a second `thread` record");
+            }
+            (
+                Record::ModelChanged {
+                    model,
+                    model_provider,
+                    at,
+                },
+                Some(thread),
+            ) => {
+                thread.updated_at = thread.updated_at.max(at);
+                thread.model = model;
+                thread.model_provider = Some(model_provider);
             }
             (
                 Record::TurnStarted {
@@ -489,6 +526,7 @@ fn read_thread(path: &Path, writer_alive: bool) -> Result<StoredThread, StoreErr
                     usage: TokenUsage::default(),
                     trace_id,
                     span_id,
+                    items: Vec::new(),
                 });
             }
             (
@@ -498,6 +536,7 @@ fn read_thread(path: &Path, writer_alive: bool) -> Result<StoredThread, StoreErr
                     output,
                     error,
                     usage,
+                    items,
                     at,
                 },
                 Some(thread),
@@ -513,6 +552,9 @@ fn read_thread(path: &Path, writer_alive: bool) -> Result<StoredThread, StoreErr
                         }
                         turn.error = error;
                         turn.usage = usage;
+                        if !items.is_empty() {
+                            turn.items = items;
+                        }
                     }
                     None => tracing::warn!(
                         file = %path.display(),
@@ -558,6 +600,7 @@ mod tests {
             model: "echo".into(),
             created_at: 10,
             forked_from: None,
+            model_provider: None,
         }
     }
 
@@ -583,6 +626,7 @@ mod tests {
             output: "hi".into(),
             error: None,
             usage: TokenUsage::default(),
+            items: Vec::new(),
             at: 12,
         }
     }

@@ -20,8 +20,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::agent::Runtime;
+use crate::config::Config;
 use crate::events::{EventHub, EventReceiver};
-use crate::models::{DEFAULT_MODEL, ModelInfo, ModelRegistry, find_model};
+use crate::models::ModelInfo;
 use crate::store::{ForkOrigin, Record, StoreError, StoredThread, ThreadFile, ThreadStore};
 use crate::turn::{TurnTask, run_turn};
 
@@ -39,6 +41,8 @@ pub struct CoreConfig {
     pub echo_delay: Duration,
     /// Where thread history is kept; `None` keeps it in memory only.
     pub store: Option<ThreadStore>,
+    /// Models, providers, MCP servers and content recording.
+    pub config: Arc<Config>,
 }
 
 /// A thread's metadata.
@@ -47,7 +51,7 @@ pub struct ThreadInfo {
     /// Stable id (a UUIDv7, so ids sort by creation time).
     pub id: String,
     /// The model the thread uses.
-    pub model: &'static ModelInfo,
+    pub model: ModelInfo,
     /// The first user message, shortened; empty until there is one.
     pub preview: String,
     /// Creation time, seconds since the Unix epoch.
@@ -83,6 +87,9 @@ pub struct TurnRecord {
     pub trace_id: Option<String>,
     /// The turn span's id.
     pub span_id: Option<String>,
+    /// Agent messages, tool calls and results after the input (empty for
+    /// echo turns).
+    pub items: Vec<crate::conversation::TurnItem>,
 }
 
 /// Why a thread operation failed.
@@ -92,8 +99,11 @@ pub enum ThreadError {
     #[error("no thread with id {0:?}")]
     NotFound(String),
     /// The model is not offered.
-    #[error("unknown model {0:?}; `model/list` shows the available ones")]
+    #[error("unknown model {0}; `model/list` shows the available ones")]
     UnknownModel(String),
+    /// No provider has this id.
+    #[error("unknown model provider {0:?}; define it under [model_providers.{0}] in config.toml")]
+    UnknownProvider(String),
     /// A pagination cursor did not come from this server.
     #[error("invalid cursor {0:?}")]
     InvalidCursor(String),
@@ -318,7 +328,7 @@ struct Registry {
 #[derive(Clone)]
 pub struct ThreadManager {
     registry: Arc<Mutex<Registry>>,
-    models: ModelRegistry,
+    runtime: Arc<Runtime>,
     store: Option<ThreadStore>,
 }
 
@@ -337,7 +347,7 @@ impl ThreadManager {
                 loops: Vec::new(),
                 shutting_down: false,
             })),
-            models: ModelRegistry::new(config.echo_delay),
+            runtime: Arc::new(Runtime::new(config.config, config.echo_delay)),
             store: config.store,
         }
     }
@@ -366,7 +376,7 @@ impl ThreadManager {
             return Err(ThreadError::NotFound(id.to_owned()));
         };
         let (file, stored) = store.open_for_write(id)?;
-        let (info, turns) = stored_to_info(stored);
+        let (info, turns) = stored_to_info(&self.runtime, stored);
         // Two requests may race to load the same thread: the registry keeps
         // the first, and the loser's file (and lock) is dropped.
         self.insert(info, turns, Some(file))
@@ -379,8 +389,33 @@ impl ThreadManager {
         model: Option<&str>,
         ephemeral: bool,
     ) -> Result<ThreadInfo, ThreadError> {
-        let name = model.unwrap_or(DEFAULT_MODEL);
-        let model = find_model(name).ok_or_else(|| ThreadError::UnknownModel(name.to_owned()))?;
+        self.start_thread_with_provider(model, None, ephemeral)
+    }
+
+    /// The configuration the runtime runs with.
+    pub fn config(&self) -> &Config {
+        self.runtime.config()
+    }
+
+    /// The configured MCP servers and their state.
+    pub fn mcp_statuses(&self) -> Vec<crate::mcp::McpServerStatus> {
+        self.runtime.mcp().statuses()
+    }
+
+    /// The models `model/list` offers, with whether each is the default.
+    pub fn models(&self) -> Vec<(ModelInfo, bool)> {
+        self.runtime.models()
+    }
+
+    /// Starts a thread with `model` served by `provider`, each defaulting
+    /// to the configuration's. Must be called within a tokio runtime.
+    pub fn start_thread_with_provider(
+        &self,
+        model: Option<&str>,
+        provider: Option<&str>,
+        ephemeral: bool,
+    ) -> Result<ThreadInfo, ThreadError> {
+        let model = self.runtime.resolve(model, provider)?;
         let now = unix_now();
         let info = ThreadInfo {
             id: uuid::Uuid::now_v7().to_string(),
@@ -408,9 +443,10 @@ impl ThreadManager {
         };
         let header = Record::Thread {
             id: info.id.clone(),
-            model: info.model.name.to_owned(),
+            model: info.model.name.clone(),
             created_at: info.created_at,
             forked_from,
+            model_provider: Some(info.model.provider.clone()),
         };
         Ok(Some(store.create(&header, &info.id, turns)?))
     }
@@ -460,7 +496,7 @@ impl ThreadManager {
             return Ok((state.info.clone(), state.turns.clone()));
         }
         match &self.store {
-            Some(store) => Ok(stored_to_info(store.load(id)?)),
+            Some(store) => Ok(stored_to_info(&self.runtime, store.load(id)?)),
             None => Err(ThreadError::NotFound(id.to_owned())),
         }
     }
@@ -495,7 +531,11 @@ impl ThreadManager {
         if let Some(existing) = registry.threads.get(&entry.id) {
             return Ok(existing.clone());
         }
-        let task = tokio::spawn(submission_loop(Arc::clone(&entry), rx, self.models.clone()));
+        let task = tokio::spawn(submission_loop(
+            Arc::clone(&entry),
+            rx,
+            Arc::clone(&self.runtime),
+        ));
         registry.loops.retain(|l| !l.is_finished());
         registry.loops.push(task);
         let handle = ThreadHandle { entry };
@@ -640,7 +680,7 @@ impl ThreadManager {
         let stored = tokio::task::spawn_blocking(move || store.append_unloaded(&id, &record))
             .await
             .map_err(|err| ThreadError::Store(err.to_string()))??;
-        Ok(stored_to_info(stored).0)
+        Ok(stored_to_info(&self.runtime, stored).0)
     }
 
     /// Starts a turn of `kind` on thread `id`. Fails at once if a turn is
@@ -652,10 +692,40 @@ impl ThreadManager {
         kind: TurnKind,
         input: Vec<UserInput>,
     ) -> Result<StartedTurn, ThreadError> {
+        self.start_turn_with_model(id, kind, input, None, None)
+            .await
+    }
+
+    /// [`ThreadManager::start_turn`], switching the thread to `model` /
+    /// `provider` first when either is given (for this turn and the
+    /// following ones, as Codex does).
+    pub async fn start_turn_with_model(
+        &self,
+        id: &str,
+        kind: TurnKind,
+        input: Vec<UserInput>,
+        model: Option<&str>,
+        provider: Option<&str>,
+    ) -> Result<StartedTurn, ThreadError> {
         let handle = self.load(id)?;
         if kind == TurnKind::Regular && input_text(&input).trim().is_empty() {
             return Err(ThreadError::EmptyInput);
         }
+        let switch_to = if model.is_some() || provider.is_some() {
+            let current = handle.entry.state().info.model.clone();
+            // A model alone keeps a remote thread on its provider; a
+            // provider alone takes that provider's default model.
+            let provider = provider.or(match model {
+                Some(crate::config::ECHO_MODEL) => None,
+                _ if current.is_echo() => None,
+                _ => Some(current.provider.as_str()),
+            });
+            let model = model.or(Some(current.name.as_str()).filter(|_| provider.is_none()));
+            let resolved = self.runtime.resolve(model, provider)?;
+            (resolved != current).then_some(resolved)
+        } else {
+            None
+        };
         let turn_id = uuid::Uuid::now_v7().to_string();
         {
             let mut state = handle.entry.state();
@@ -666,6 +736,22 @@ impl ThreadManager {
                 });
             }
             state.active_turn = Some(turn_id.clone());
+            if let Some(model) = &switch_to {
+                state.info.model = model.clone();
+            }
+        }
+        if let Some(model) = switch_to {
+            handle
+                .entry
+                .persist(
+                    Record::ModelChanged {
+                        model: model.name,
+                        model_provider: model.provider,
+                        at: unix_now(),
+                    },
+                    false,
+                )
+                .await;
         }
         let op = match kind {
             TurnKind::Regular => Op::UserTurn {
@@ -761,6 +847,7 @@ impl ThreadManager {
         // Dropping the handles closes every event channel, so subscribers
         // that came too late for `ShutdownComplete` stop as well.
         self.lock().threads.clear();
+        self.runtime.shutdown().await;
     }
 }
 
@@ -807,7 +894,7 @@ pub(crate) fn dispatch_span(submission: &Submission, thread_id: &str) -> tracing
 async fn submission_loop(
     entry: Arc<ThreadEntry>,
     mut rx: mpsc::Receiver<Submission>,
-    models: ModelRegistry,
+    runtime: Arc<Runtime>,
 ) {
     let mut running: Option<RunningTurn> = None;
     while let Some(submission) = rx.recv().await {
@@ -821,18 +908,19 @@ async fn submission_loop(
                 Op::UserTurn { turn_id, input } => {
                     running = start_turn(
                         &entry,
-                        &models,
+                        &runtime,
                         turn_id,
                         TurnKind::Regular,
                         input_text(&input),
                     );
                 }
                 Op::Review { turn_id } => {
-                    running = start_turn(&entry, &models, turn_id, TurnKind::Review, String::new());
+                    running =
+                        start_turn(&entry, &runtime, turn_id, TurnKind::Review, String::new());
                 }
                 Op::Compact { turn_id } => {
                     running =
-                        start_turn(&entry, &models, turn_id, TurnKind::Compact, String::new());
+                        start_turn(&entry, &runtime, turn_id, TurnKind::Compact, String::new());
                 }
                 Op::Steer { turn_id, input } => match &running {
                     Some(turn) if turn.id == turn_id => {
@@ -884,28 +972,23 @@ async fn submission_loop(
 /// turn task inside it.
 fn start_turn(
     entry: &Arc<ThreadEntry>,
-    models: &ModelRegistry,
+    runtime: &Arc<Runtime>,
     turn_id: String,
     kind: TurnKind,
     input: String,
 ) -> Option<RunningTurn> {
-    let (model_info, previous, history) = {
+    let (model, previous, history) = {
         let state = entry.state();
         (
-            state.info.model,
+            state.info.model.clone(),
             state.last_turn_span.clone(),
-            state.turns.iter().map(crate::turn::past_turn).collect(),
+            state.turns.clone(),
         )
     };
-    let span = crate::turn::turn_span(&entry.id, &turn_id, kind, model_info);
+    let span = crate::turn::turn_span(&entry.id, &turn_id, kind, &model);
     if let Some(previous) = &previous {
         skein_otel::add_link_from_carrier(&span, previous);
     }
-    let Some(model) = models.get(model_info.name) else {
-        tracing::error!(model = model_info.name, "thread's model is not available");
-        entry.state().active_turn = None;
-        return None;
-    };
     let (interrupt, interrupted) = watch::channel(false);
     let (steer, steer_rx) = mpsc::unbounded_channel();
     let task = TurnTask {
@@ -915,6 +998,7 @@ fn start_turn(
         input,
         history,
         model,
+        runtime: Arc::clone(runtime),
         interrupted,
         steer: steer_rx,
         span: span.clone(),
@@ -930,15 +1014,8 @@ fn start_turn(
 }
 
 /// A stored thread as metadata and turns.
-fn stored_to_info(stored: StoredThread) -> (ThreadInfo, Vec<TurnRecord>) {
-    let model = find_model(&stored.model).unwrap_or_else(|| {
-        tracing::warn!(
-            thread = %stored.id,
-            model = %stored.model,
-            "stored thread names a model this server does not offer; using the default"
-        );
-        &crate::models::MODELS[0]
-    });
+fn stored_to_info(runtime: &Runtime, stored: StoredThread) -> (ThreadInfo, Vec<TurnRecord>) {
+    let model = runtime.stored_model(&stored.model, stored.model_provider.as_deref());
     let preview = stored
         .turns
         .iter()
@@ -1044,7 +1121,7 @@ mod tests {
         let events = EventHub::new();
         let info = ThreadInfo {
             id: "thread-1".into(),
-            model: &crate::models::MODELS[0],
+            model: crate::models::ModelInfo::echo(),
             preview: String::new(),
             created_at: 0,
             updated_at: 0,
@@ -1166,7 +1243,7 @@ mod tests {
                 "thread-1",
                 "turn-1",
                 TurnKind::Review,
-                &crate::models::MODELS[0],
+                &crate::models::ModelInfo::echo(),
             )
         });
         drop(dispatch);
@@ -1246,6 +1323,7 @@ mod tests {
         let manager = ThreadManager::new(CoreConfig {
             echo_delay: Duration::from_secs(3600),
             store: None,
+            ..Default::default()
         });
         let thread = manager.start_thread(None, true).expect("thread");
         let mut events = manager.handle(&thread.id).expect("handle").subscribe();
@@ -1286,6 +1364,7 @@ mod tests {
         let manager = ThreadManager::new(CoreConfig {
             echo_delay: Duration::from_millis(20),
             store: None,
+            ..Default::default()
         });
         let thread = manager.start_thread(None, true).expect("thread");
         let mut events = manager.handle(&thread.id).expect("handle").subscribe();
@@ -1345,6 +1424,7 @@ mod tests {
         let manager = ThreadManager::new(CoreConfig {
             echo_delay: Duration::from_secs(3600),
             store: None,
+            ..Default::default()
         });
         let thread = manager.start_thread(None, true).expect("thread");
         let mut events = manager.handle(&thread.id).expect("handle").subscribe();

@@ -17,6 +17,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 use tracing::field::Empty;
 
+use crate::agent::Runtime;
+use crate::conversation::TurnItem;
 use crate::models::{Model, ModelError, ModelInfo, ModelRequest, PastTurn};
 use crate::store::Record;
 use crate::threads::{ThreadEntry, TurnRecord, unix_now};
@@ -44,7 +46,7 @@ pub(crate) fn turn_span(
         { attr::GEN_AI_OPERATION_NAME } = "invoke_agent",
         { attr::GEN_AI_AGENT_NAME } = AGENT_NAME,
         { attr::GEN_AI_CONVERSATION_ID } = thread_id,
-        { attr::GEN_AI_REQUEST_MODEL } = model.name,
+        { attr::GEN_AI_REQUEST_MODEL } = model.name.as_str(),
         { attr::THREAD_ID } = thread_id,
         { attr::TURN_ID } = turn_id,
         { attr::TURN_KIND } = kind.as_str(),
@@ -54,7 +56,9 @@ pub(crate) fn turn_span(
     )
 }
 
-fn chat_span(model: &ModelInfo) -> tracing::Span {
+/// Builds a `chat {model}` span, a child of the current span (the turn
+/// span). Response attributes are filled when the call ends.
+pub(crate) fn chat_span(model: &ModelInfo) -> tracing::Span {
     tracing::info_span!(
         target: "skein_core::model",
         span::MODEL_CALL,
@@ -63,28 +67,38 @@ fn chat_span(model: &ModelInfo) -> tracing::Span {
         { attr::OTEL_STATUS_CODE } = Empty,
         { attr::OTEL_STATUS_DESCRIPTION } = Empty,
         { attr::GEN_AI_OPERATION_NAME } = value::GEN_AI_OPERATION_CHAT,
-        { attr::GEN_AI_PROVIDER_NAME } = model.provider,
-        { attr::GEN_AI_REQUEST_MODEL } = model.name,
+        { attr::GEN_AI_PROVIDER_NAME } = model.provider.as_str(),
+        { attr::GEN_AI_REQUEST_MODEL } = model.name.as_str(),
+        { attr::GEN_AI_CONVERSATION_ID } = Empty,
+        { attr::GEN_AI_RESPONSE_MODEL } = Empty,
+        { attr::GEN_AI_RESPONSE_ID } = Empty,
+        { attr::GEN_AI_RESPONSE_FINISH_REASONS } = Empty,
         { attr::GEN_AI_USAGE_INPUT_TOKENS } = Empty,
         { attr::GEN_AI_USAGE_OUTPUT_TOKENS } = Empty,
+        { attr::SERVER_ADDRESS } = Empty,
+        { attr::SERVER_PORT } = Empty,
+        { attr::HTTP_REQUEST_RESEND_COUNT } = Empty,
+        { attr::ERROR_TYPE } = Empty,
+        { attr::GEN_AI_SYSTEM_INSTRUCTIONS } = Empty,
+        { attr::GEN_AI_INPUT_MESSAGES } = Empty,
+        { attr::GEN_AI_OUTPUT_MESSAGES } = Empty,
     )
 }
 
-fn record_usage(span: &tracing::Span, usage: TokenUsage) {
+pub(crate) fn record_usage(span: &tracing::Span, usage: TokenUsage) {
     span.record(attr::GEN_AI_USAGE_INPUT_TOKENS, clamp(usage.input_tokens));
     span.record(attr::GEN_AI_USAGE_OUTPUT_TOKENS, clamp(usage.output_tokens));
 }
 
-fn record_error(span: &tracing::Span, message: &str) {
+pub(crate) fn record_error(span: &tracing::Span, message: &str) {
     span.record(attr::OTEL_STATUS_CODE, value::STATUS_ERROR);
     span.record(attr::OTEL_STATUS_DESCRIPTION, message);
 }
 
-fn clamp(n: u64) -> i64 {
+pub(crate) fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// A thread's preview: the start of its first user message.
 /// The id of the user-message item of turn `turn_id`. Item ids derive from
 /// the turn id, so the items of a turn read back from history carry the
 /// ids its live notifications carried.
@@ -106,6 +120,7 @@ pub fn answer_item_kind(kind: TurnKind) -> ItemKind {
     }
 }
 
+/// A thread's preview: the start of its first user message.
 pub(crate) fn preview_of(input: &str) -> String {
     input.chars().take(PREVIEW_CHARS).collect()
 }
@@ -123,18 +138,47 @@ pub(crate) struct TurnTask {
     pub(crate) turn_id: String,
     pub(crate) kind: TurnKind,
     pub(crate) input: String,
-    pub(crate) history: Vec<PastTurn>,
-    pub(crate) model: Arc<dyn Model>,
+    /// The thread's earlier turns.
+    pub(crate) history: Vec<TurnRecord>,
+    pub(crate) model: ModelInfo,
+    pub(crate) runtime: Arc<Runtime>,
     pub(crate) interrupted: watch::Receiver<bool>,
     pub(crate) steer: mpsc::UnboundedReceiver<String>,
     pub(crate) span: tracing::Span,
 }
 
-enum Outcome {
-    Completed(TokenUsage),
-    Interrupted,
-    /// The message, and the `error.type` of the model call metric.
-    Failed(String, &'static str),
+/// Sends a turn's events, each holding the turn span.
+pub(crate) struct TurnEvents {
+    pub(crate) entry: Arc<ThreadEntry>,
+    pub(crate) turn_id: String,
+    pub(crate) trace: Option<skein_protocol::W3cTraceContext>,
+    pub(crate) span: tracing::Span,
+}
+
+impl TurnEvents {
+    pub(crate) fn emit(&self, msg: EventMsg) {
+        self.entry.emit(msg, self.trace.clone(), &self.span);
+    }
+}
+
+/// How the model part of a turn ended.
+pub(crate) struct TurnResult {
+    pub(crate) status: TurnStatus,
+    pub(crate) error: Option<String>,
+    pub(crate) usage: TokenUsage,
+    /// The answer (partial when cut short).
+    pub(crate) output: String,
+    /// Agent messages and tool calls, for history (empty for echo turns).
+    pub(crate) items: Vec<TurnItem>,
+}
+
+/// Resolves when `interrupted` turns true. If the loop drops its end
+/// without interrupting, the turn can no longer be interrupted: never
+/// resolves.
+pub(crate) async fn wait_interrupt(interrupted: &mut watch::Receiver<bool>) {
+    if interrupted.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// The low-cardinality `error.type` of a failed model call.
@@ -154,6 +198,7 @@ pub(crate) async fn run_turn(task: TurnTask) {
         input,
         history,
         model,
+        runtime,
         mut interrupted,
         steer,
         span,
@@ -186,6 +231,7 @@ pub(crate) async fn run_turn(task: TurnTask) {
             usage: TokenUsage::default(),
             trace_id: trace_id.clone(),
             span_id: span_id.clone(),
+            items: Vec::new(),
         });
     }
     // Not synced: a crash before the turn ends leaves it `interrupted`.
@@ -202,35 +248,146 @@ pub(crate) async fn run_turn(task: TurnTask) {
             false,
         )
         .await;
-    entry.emit(
-        EventMsg::ThreadStatusChanged {
-            status: ThreadStatus::Active,
-        },
-        trace.clone(),
-        &span,
-    );
-    entry.emit(
-        EventMsg::TurnStarted {
-            turn_id: turn_id.clone(),
-            kind,
-        },
-        trace.clone(),
-        &span,
-    );
+    let events = TurnEvents {
+        entry: Arc::clone(&entry),
+        turn_id: turn_id.clone(),
+        trace: trace.clone(),
+        span: span.clone(),
+    };
+    events.emit(EventMsg::ThreadStatusChanged {
+        status: ThreadStatus::Active,
+    });
+    events.emit(EventMsg::TurnStarted {
+        turn_id: turn_id.clone(),
+        kind,
+    });
 
+    let result = if model.is_echo() {
+        let history = history.iter().map(past_turn).collect();
+        run_echo(
+            &events,
+            &runtime,
+            &model,
+            kind,
+            input,
+            history,
+            &mut interrupted,
+            steer,
+        )
+        .await
+    } else {
+        crate::agent::run_remote(
+            &events,
+            &runtime,
+            &model,
+            kind,
+            &input,
+            &history,
+            &mut interrupted,
+            steer,
+        )
+        .await
+    };
+    let TurnResult {
+        status,
+        error,
+        usage,
+        output,
+        items,
+    } = result;
+
+    span.record(attr::TURN_STATUS, status.as_str());
+    record_usage(&span, usage);
+    if let Some(message) = &error {
+        record_error(&span, message);
+    }
+    let total_usage = {
+        let mut state = entry.state();
+        if let Some(record) = state.turns.iter_mut().rev().find(|t| t.id == turn_id) {
+            record.status = status;
+            record.output = output.clone();
+            record.error = error.clone();
+            record.usage = usage;
+            record.items = items.clone();
+        }
+        state.info.updated_at = unix_now();
+        state
+            .turns
+            .iter()
+            .fold(TokenUsage::default(), |mut total, t| {
+                total.add(t.usage);
+                total
+            })
+    };
+    // Durable before anyone hears the turn is over.
+    entry
+        .persist(
+            Record::TurnCompleted {
+                turn_id: turn_id.clone(),
+                status,
+                output,
+                error: error.clone(),
+                usage,
+                items,
+                at: unix_now(),
+            },
+            true,
+        )
+        .await;
+    let now_idle = {
+        // Cleared before `TurnCompleted` goes out, so a client reacting to
+        // it can start the next turn at once.
+        let mut state = entry.state();
+        if state.active_turn.as_deref() == Some(turn_id.as_str()) {
+            state.active_turn = None;
+        }
+        state.active_turn.is_none()
+    };
+    skein_otel::metrics::record_turn(kind, status, turn_started.elapsed());
+    if usage != TokenUsage::default() {
+        events.emit(EventMsg::TokenUsageUpdated {
+            turn_id: turn_id.clone(),
+            last: usage,
+            total: total_usage,
+        });
+    }
+    if now_idle {
+        events.emit(EventMsg::ThreadStatusChanged {
+            status: ThreadStatus::Idle,
+        });
+    }
+    events.emit(EventMsg::TurnCompleted {
+        turn_id,
+        status,
+        error,
+        usage,
+    });
+    // The span ends when the last event holding it has been delivered.
+}
+
+/// The offline echo model's turn: one model call, one item (an agent
+/// message, or for a compaction a context-compaction item).
+#[allow(clippy::too_many_arguments)]
+async fn run_echo(
+    events: &TurnEvents,
+    runtime: &Runtime,
+    info: &ModelInfo,
+    kind: TurnKind,
+    input: String,
+    history: Vec<PastTurn>,
+    interrupted: &mut watch::Receiver<bool>,
+    steer: mpsc::UnboundedReceiver<String>,
+) -> TurnResult {
+    let turn_id = events.turn_id.clone();
     let item_id = answer_item_id(&turn_id);
     let item_kind = answer_item_kind(kind);
-    entry.emit(
-        EventMsg::ItemStarted {
-            turn_id: turn_id.clone(),
-            item_id: item_id.clone(),
-            kind: item_kind,
-        },
-        trace.clone(),
-        &span,
-    );
+    events.emit(EventMsg::ItemStarted {
+        turn_id: turn_id.clone(),
+        item_id: item_id.clone(),
+        kind: item_kind,
+    });
 
-    let chat = chat_span(model.info());
+    let chat = chat_span(info);
     let (deltas_tx, mut deltas) = mpsc::channel::<String>(64);
     let request = ModelRequest {
         kind,
@@ -239,33 +396,26 @@ pub(crate) async fn run_turn(task: TurnTask) {
         steer,
     };
     let call_started = Instant::now();
+    let model = runtime.echo();
     let call = model.call(request, deltas_tx).instrument(chat.clone());
     tokio::pin!(call);
-    // Resolves on interrupt. If the loop drops its end without
-    // interrupting, the turn can no longer be interrupted: never resolve.
-    let interrupt = async move {
-        if interrupted.wait_for(|stop| *stop).await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+    let interrupt = wait_interrupt(interrupted);
     tokio::pin!(interrupt);
     let mut text = String::new();
+    let mut first_chunk = None;
     let mut on_delta = |delta: String| {
+        first_chunk.get_or_insert_with(|| call_started.elapsed());
         text.push_str(&delta);
         // A compaction's summary is kept in history, not streamed: its item
         // is not an agent message.
         if item_kind != ItemKind::AgentMessage {
             return;
         }
-        entry.emit(
-            EventMsg::AgentMessageDelta {
-                turn_id: turn_id.clone(),
-                item_id: item_id.clone(),
-                delta,
-            },
-            trace.clone(),
-            &span,
-        );
+        events.emit(EventMsg::AgentMessageDelta {
+            turn_id: turn_id.clone(),
+            item_id: item_id.clone(),
+            delta,
+        });
     };
     let outcome = loop {
         tokio::select! {
@@ -307,101 +457,33 @@ pub(crate) async fn run_turn(task: TurnTask) {
         }
     };
     drop(chat);
-    let info = model.info();
     skein_otel::metrics::record_model_call(&ModelCall {
-        provider: info.provider,
-        model: info.name,
+        provider: &info.provider,
+        model: &info.name,
         duration: call_duration,
         error_type: call_error_type,
         usage: (status == TurnStatus::Completed).then_some(usage),
+        time_to_first_chunk: first_chunk,
     });
 
-    entry.emit(
-        EventMsg::ItemCompleted {
-            turn_id: turn_id.clone(),
-            item_id,
-            kind: item_kind,
-            text: text.clone(),
-        },
-        trace.clone(),
-        &span,
-    );
+    events.emit(EventMsg::ItemCompleted {
+        turn_id,
+        item_id,
+        kind: item_kind,
+        text: text.clone(),
+    });
+    TurnResult {
+        status,
+        error,
+        usage,
+        output: text,
+        items: Vec::new(),
+    }
+}
 
-    span.record(attr::TURN_STATUS, status.as_str());
-    record_usage(&span, usage);
-    if let Some(message) = &error {
-        record_error(&span, message);
-    }
-    let total_usage = {
-        let mut state = entry.state();
-        if let Some(record) = state.turns.iter_mut().rev().find(|t| t.id == turn_id) {
-            record.status = status;
-            record.output = text.clone();
-            record.error = error.clone();
-            record.usage = usage;
-        }
-        state.info.updated_at = unix_now();
-        state
-            .turns
-            .iter()
-            .fold(TokenUsage::default(), |mut total, t| {
-                total.add(t.usage);
-                total
-            })
-    };
-    // Durable before anyone hears the turn is over.
-    entry
-        .persist(
-            Record::TurnCompleted {
-                turn_id: turn_id.clone(),
-                status,
-                output: text,
-                error: error.clone(),
-                usage,
-                at: unix_now(),
-            },
-            true,
-        )
-        .await;
-    let now_idle = {
-        // Cleared before `TurnCompleted` goes out, so a client reacting to
-        // it can start the next turn at once.
-        let mut state = entry.state();
-        if state.active_turn.as_deref() == Some(turn_id.as_str()) {
-            state.active_turn = None;
-        }
-        state.active_turn.is_none()
-    };
-    skein_otel::metrics::record_turn(kind, status, turn_started.elapsed());
-    if usage != TokenUsage::default() {
-        entry.emit(
-            EventMsg::TokenUsageUpdated {
-                turn_id: turn_id.clone(),
-                last: usage,
-                total: total_usage,
-            },
-            trace.clone(),
-            &span,
-        );
-    }
-    if now_idle {
-        entry.emit(
-            EventMsg::ThreadStatusChanged {
-                status: ThreadStatus::Idle,
-            },
-            trace.clone(),
-            &span,
-        );
-    }
-    entry.emit(
-        EventMsg::TurnCompleted {
-            turn_id,
-            status,
-            error,
-            usage,
-        },
-        trace,
-        &span,
-    );
-    // The span ends when the last event holding it has been delivered.
+enum Outcome {
+    Completed(TokenUsage),
+    Interrupted,
+    /// The message, and the `error.type` of the model call metric.
+    Failed(String, &'static str),
 }

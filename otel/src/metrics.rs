@@ -72,6 +72,7 @@ const TURN_DURATION_BOUNDARIES: [f64; 14] = [
 pub struct Instruments {
     rpc_call_duration: Histogram<f64>,
     model_call_duration: Histogram<f64>,
+    time_to_first_chunk: Histogram<f64>,
     token_usage: Histogram<u64>,
     turn_duration: Histogram<f64>,
 }
@@ -87,9 +88,11 @@ pub struct ModelCall<'a> {
     pub duration: Duration,
     /// `error.type` when the call did not complete (a low-cardinality
     /// class, never a message).
-    pub error_type: Option<&'static str>,
+    pub error_type: Option<&'a str>,
     /// The tokens of a completed call.
     pub usage: Option<TokenUsage>,
+    /// Time to the first streamed chunk, when one arrived.
+    pub time_to_first_chunk: Option<Duration>,
 }
 
 impl Instruments {
@@ -101,6 +104,12 @@ impl Instruments {
             .f64_histogram(metric::GEN_AI_CLIENT_OPERATION_DURATION)
             .with_unit("s")
             .with_description("Duration of model calls.")
+            .with_boundaries(MODEL_DURATION_BOUNDARIES.to_vec())
+            .build();
+        let time_to_first_chunk = meter
+            .f64_histogram(metric::GEN_AI_CLIENT_TIME_TO_FIRST_CHUNK)
+            .with_unit("s")
+            .with_description("Time from sending a model request to its first streamed chunk.")
             .with_boundaries(MODEL_DURATION_BOUNDARIES.to_vec())
             .build();
         let token_usage = meter
@@ -132,6 +141,7 @@ impl Instruments {
         Self {
             rpc_call_duration,
             model_call_duration,
+            time_to_first_chunk,
             token_usage,
             turn_duration,
         }
@@ -166,10 +176,14 @@ impl Instruments {
             call.model.to_owned(),
         ));
         if let Some(error_type) = call.error_type {
-            attributes.push(KeyValue::new(attr::ERROR_TYPE, error_type));
+            attributes.push(KeyValue::new(attr::ERROR_TYPE, error_type.to_owned()));
         }
         self.model_call_duration
             .record(call.duration.as_secs_f64(), &attributes);
+        if let Some(first) = call.time_to_first_chunk {
+            self.time_to_first_chunk
+                .record(first.as_secs_f64(), &attributes);
+        }
         if let Some(usage) = call.usage {
             for (token_type, count) in [
                 (value::TOKEN_TYPE_INPUT, usage.input_tokens),
@@ -389,6 +403,7 @@ mod tests {
                 input_tokens: 2,
                 output_tokens: 3,
             }),
+            time_to_first_chunk: Some(Duration::from_millis(1)),
         });
         instruments.record_model_call(&ModelCall {
             provider: "skein",
@@ -396,6 +411,7 @@ mod tests {
             duration: Duration::from_millis(5),
             error_type: Some(value::ERROR_MODEL_FAILED),
             usage: None,
+            time_to_first_chunk: None,
         });
         instruments.record_turn(
             TurnKind::Regular,
@@ -428,6 +444,9 @@ mod tests {
         let mut failed = vec!["error.type=model_failed"];
         failed.extend(base);
         assert!(calls.contains(&(strings(&failed), 1)), "{calls:?}");
+        // Only the call that streamed a chunk has a time to first chunk.
+        let first = histogram_points(&exported, metric::GEN_AI_CLIENT_TIME_TO_FIRST_CHUNK);
+        assert_eq!(first, vec![(strings(&base), 1)]);
         let tokens = histogram_points(&exported, metric::GEN_AI_CLIENT_TOKEN_USAGE);
         for token_type in ["gen_ai.token.type=input", "gen_ai.token.type=output"] {
             let mut attrs: Vec<&str> = base.to_vec();

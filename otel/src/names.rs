@@ -16,6 +16,11 @@ pub mod span {
     pub const TURN: &str = "turn";
     /// One model call inside a turn. Exported as `chat <model>`.
     pub const MODEL_CALL: &str = "model.call";
+    /// One tool call inside a turn. Exported as `execute_tool <tool>`.
+    pub const TOOL_EXECUTION: &str = "tool.execute";
+    /// One request to an MCP server. Exported as `<mcp method> <tool>`,
+    /// e.g. `tools/call get_current_time`.
+    pub const MCP_REQUEST: &str = "mcp.request";
     /// Core stopping every thread at server shutdown; the per-thread
     /// shutdown dispatches nest beneath it.
     pub const SHUTDOWN: &str = "skein.shutdown";
@@ -101,6 +106,45 @@ pub mod attr {
     /// Which tokens a `gen_ai.client.token.usage` point counts: `input` or
     /// `output`.
     pub const GEN_AI_TOKEN_TYPE: &str = "gen_ai.token.type";
+    /// The model that answered.
+    pub const GEN_AI_RESPONSE_MODEL: &str = "gen_ai.response.model";
+    /// The provider's id of the response.
+    pub const GEN_AI_RESPONSE_ID: &str = "gen_ai.response.id";
+    /// Why the model stopped, one per choice.
+    pub const GEN_AI_RESPONSE_FINISH_REASONS: &str = "gen_ai.response.finish_reasons";
+    /// The tool called.
+    pub const GEN_AI_TOOL_NAME: &str = "gen_ai.tool.name";
+    /// The model's id of the tool call.
+    pub const GEN_AI_TOOL_CALL_ID: &str = "gen_ai.tool.call.id";
+    /// `extension` for MCP tools (run by the agent against another
+    /// service).
+    pub const GEN_AI_TOOL_TYPE: &str = "gen_ai.tool.type";
+    /// Opt-in content: the messages sent to the model (JSON).
+    pub const GEN_AI_INPUT_MESSAGES: &str = "gen_ai.input.messages";
+    /// Opt-in content: the model's answer (JSON).
+    pub const GEN_AI_OUTPUT_MESSAGES: &str = "gen_ai.output.messages";
+    /// Opt-in content: the system instructions (JSON).
+    pub const GEN_AI_SYSTEM_INSTRUCTIONS: &str = "gen_ai.system_instructions";
+    /// Opt-in content: a tool call's arguments (JSON).
+    pub const GEN_AI_TOOL_CALL_ARGUMENTS: &str = "gen_ai.tool.call.arguments";
+    /// Opt-in content: a tool call's result (JSON).
+    pub const GEN_AI_TOOL_CALL_RESULT: &str = "gen_ai.tool.call.result";
+
+    // OTel server, HTTP and MCP conventions.
+    /// The host of the remote service.
+    pub const SERVER_ADDRESS: &str = "server.address";
+    /// The port of the remote service.
+    pub const SERVER_PORT: &str = "server.port";
+    /// How many times the model request was sent again.
+    pub const HTTP_REQUEST_RESEND_COUNT: &str = "http.request.resend_count";
+    /// How long a retry waited, in milliseconds (on the retry event).
+    pub const RETRY_WAIT_MS: &str = "skein.retry.wait_ms";
+    /// The MCP method, e.g. `tools/call`.
+    pub const MCP_METHOD_NAME: &str = "mcp.method.name";
+    /// The MCP protocol version the server negotiated.
+    pub const MCP_PROTOCOL_VERSION: &str = "mcp.protocol.version";
+    /// The configured name of the MCP server.
+    pub const MCP_SERVER_NAME: &str = "skein.mcp.server";
 
     // Metric-only attributes.
     /// The span export pipeline a `skein.spans.dropped` point counts for:
@@ -112,6 +156,9 @@ pub mod attr {
 pub mod event {
     /// Input was steered into a running turn (on the turn span).
     pub const TURN_STEER: &str = "turn.steer";
+    /// A model request is sent again after a retryable failure (on the
+    /// `chat` span).
+    pub const MODEL_RETRY: &str = "skein.model.retry";
 }
 
 /// Fixed attribute values.
@@ -132,6 +179,19 @@ pub mod value {
     pub const KIND_SERVER: &str = "server";
     /// `otel.kind` of a model call span.
     pub const KIND_CLIENT: &str = "client";
+    /// `otel.kind` of an in-process span.
+    pub const KIND_INTERNAL: &str = "internal";
+    /// `gen_ai.operation.name` of a tool call.
+    pub const GEN_AI_OPERATION_EXECUTE_TOOL: &str = "execute_tool";
+    /// `gen_ai.tool.type` of MCP tools.
+    pub const TOOL_TYPE_EXTENSION: &str = "extension";
+    /// `mcp.method.name` of a tool call.
+    pub const MCP_TOOLS_CALL: &str = "tools/call";
+    /// `error.type` of a tool call Skein refused to make (unknown tool,
+    /// arguments that are not a JSON object).
+    pub const ERROR_TOOL_CALL_REFUSED: &str = "invalid_tool_call";
+    /// `error.type` of an MCP tool result flagged `isError`.
+    pub const ERROR_TOOL: &str = "tool_error";
     /// `otel.status_code` of a failed span.
     pub const STATUS_ERROR: &str = "error";
     /// `rpc.transport` over stdin/stdout.
@@ -164,6 +224,10 @@ pub mod metric {
     /// Histogram, `{token}`: the tokens of a completed model call, one
     /// point per `gen_ai.token.type`.
     pub const GEN_AI_CLIENT_TOKEN_USAGE: &str = "gen_ai.client.token.usage";
+    /// Histogram, seconds: from sending a model request to its first
+    /// streamed chunk.
+    pub const GEN_AI_CLIENT_TIME_TO_FIRST_CHUNK: &str =
+        "gen_ai.client.operation.time_to_first_chunk";
     /// Histogram, seconds: one point per turn, when it ends.
     pub const TURN_DURATION: &str = "skein.turn.duration";
     /// Counter: spans each export pipeline has dropped so far.

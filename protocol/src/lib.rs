@@ -262,6 +262,38 @@ pub enum EventMsg {
         /// The item's full text.
         text: String,
     },
+    /// A tool call began (an `mcpToolCall` item, status `inProgress`).
+    McpToolCallStarted {
+        /// The turn's id.
+        turn_id: String,
+        /// The item's id (the model's call id).
+        item_id: String,
+        /// The MCP server.
+        server: String,
+        /// The tool.
+        tool: String,
+        /// The arguments.
+        arguments: serde_json::Value,
+    },
+    /// A tool call ended.
+    McpToolCallCompleted {
+        /// The turn's id.
+        turn_id: String,
+        /// The item's id.
+        item_id: String,
+        /// The MCP server.
+        server: String,
+        /// The tool.
+        tool: String,
+        /// The arguments.
+        arguments: serde_json::Value,
+        /// `completed` or `failed`.
+        status: String,
+        /// The MCP `CallToolResult`, when the tool answered.
+        result: Option<serde_json::Value>,
+        /// Why it failed, when it did.
+        error: Option<String>,
+    },
     /// A turn ended.
     TurnCompleted {
         /// The turn's id.

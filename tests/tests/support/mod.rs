@@ -35,6 +35,8 @@ macro_rules! both_transports {
     )*};
 }
 
+pub mod mock_llm;
+
 use std::collections::VecDeque;
 use std::collections::hash_map::RandomState;
 use std::collections::hash_map::{Entry, HashMap};
@@ -256,7 +258,8 @@ fn random_u64() -> u64 {
 pub struct SkeinHome(Arc<TempDir>);
 
 impl SkeinHome {
-    fn new() -> Self {
+    /// A fresh, empty `SKEIN_HOME`.
+    pub fn new() -> Self {
         let dir = tempfile::Builder::new()
             .prefix("skein-e2e-home-")
             .tempdir()
@@ -288,6 +291,14 @@ pub struct ServerOptions {
 }
 
 impl ServerOptions {
+    /// These options followed by `other`'s environment and arguments.
+    pub fn merge(mut self, other: ServerOptions) -> Self {
+        self.env.extend(other.env);
+        self.args.extend(other.args);
+        self.home = other.home.or(self.home);
+        self
+    }
+
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_owned(), value.to_owned()));
         self

@@ -1,0 +1,640 @@
+//! `$SKEIN_HOME/config.toml`: model providers, MCP servers and content
+//! recording, in the shape of Codex's `config.toml`.
+//!
+//! The file is optional. Every key can also be given on the command line as
+//! `-c key=value` (the value in TOML syntax; a value that is not valid TOML
+//! is taken as a string), which wins over the file. Loading fails with a
+//! [`ConfigError`] naming the file, the key and the problem: a file that
+//! does not parse, a value of the wrong type, an unknown provider named by
+//! `model_provider`, a bad `base_url`, a redaction pattern that does not
+//! compile.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The provider id of the offline `echo` model.
+pub const ECHO_PROVIDER: &str = "skein";
+/// The offline model's name.
+pub const ECHO_MODEL: &str = "echo";
+/// The built-in OpenAI provider's id.
+pub const OPENAI_PROVIDER: &str = "openai";
+/// The OpenAI API, when `OPENAI_BASE_URL` is unset.
+pub const OPENAI_DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+/// Default bound on model calls answered with tool calls in one turn.
+pub const DEFAULT_MAX_TOOL_ROUNDS: u32 = 32;
+/// Default per-request timeout of model calls, in milliseconds.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 300_000;
+/// Default per-call timeout of MCP tool calls, in milliseconds.
+pub const DEFAULT_TOOL_TIMEOUT_MS: u64 = 120_000;
+/// Default limit on one recorded content attribute, in bytes.
+pub const DEFAULT_MAX_CONTENT_BYTES: usize = 16 * 1024;
+/// The environment switch of content recording (OTel GenAI
+/// instrumentations' convention).
+pub const CAPTURE_CONTENT_ENV: &str = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT";
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists but could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("{path}: not valid TOML: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A `-c key=value` override is malformed.
+    #[error("-c {given:?}: {message}")]
+    Override {
+        /// The override as given.
+        given: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A key has a bad value.
+    #[error("{source_name}: key `{key}`: {message}")]
+    Value {
+        /// The file, or `-c` overrides when no file exists.
+        source_name: String,
+        /// The dotted key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// How a provider is spoken to. Only Chat Completions is supported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireApi {
+    /// `POST {base_url}/chat/completions` with `stream: true`.
+    #[default]
+    Chat,
+}
+
+/// One `[model_providers.<id>]` table.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Name shown to people.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The API's base URL, e.g. `http://127.0.0.1:8000/v1`.
+    pub base_url: String,
+    /// The environment variable holding the API key, if any.
+    #[serde(default)]
+    pub env_key: Option<String>,
+    /// The wire protocol: `chat`.
+    #[serde(default)]
+    pub wire_api: WireApi,
+    /// Timeout of one HTTP request, until the stream ends, in
+    /// milliseconds.
+    #[serde(default)]
+    pub request_timeout_ms: Option<u64>,
+}
+
+/// One `[mcp_servers.<name>]` table: a server started over stdio.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerConfig {
+    /// The program.
+    pub command: String,
+    /// Its arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Timeout of one tool call, in milliseconds.
+    #[serde(default)]
+    pub tool_timeout_ms: Option<u64>,
+}
+
+/// The `[otel]` table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtelConfig {
+    /// Record prompts, answers, tool arguments and results on spans.
+    #[serde(default)]
+    pub capture_content: Option<bool>,
+    /// Regular expressions whose matches in recorded content become
+    /// `[REDACTED]`.
+    #[serde(default)]
+    pub redact: Vec<String>,
+    /// Limit on one recorded content attribute, in bytes.
+    #[serde(default)]
+    pub max_content_bytes: Option<usize>,
+}
+
+/// The file's shape. Unknown top-level keys are ignored, so a Codex
+/// configuration loads.
+#[derive(Clone, Debug, Default, Deserialize)]
+struct RawConfig {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    model_provider: Option<String>,
+    #[serde(default)]
+    instructions: Option<String>,
+    #[serde(default)]
+    model_providers: BTreeMap<String, ProviderConfig>,
+    #[serde(default)]
+    mcp_servers: BTreeMap<String, McpServerConfig>,
+    #[serde(default)]
+    max_tool_rounds: Option<u32>,
+    #[serde(default)]
+    otel: OtelConfig,
+}
+
+/// A provider ready to use: its id and settings, the key resolved.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Provider {
+    /// The id (`gen_ai.provider.name`).
+    pub id: String,
+    /// Name shown to people.
+    pub name: String,
+    /// The base URL, without a trailing slash.
+    pub base_url: String,
+    /// The API key, if the provider has one. Never logged.
+    pub api_key: Option<String>,
+    /// The wire protocol.
+    pub wire_api: WireApi,
+    /// Timeout of one request.
+    pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "[set]"))
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+/// What is recorded on spans besides structure.
+#[derive(Clone, Debug, Default)]
+pub struct ContentPolicy {
+    /// Whether content is recorded at all.
+    pub capture: bool,
+    /// Compiled redaction patterns.
+    pub redact: Vec<regex::Regex>,
+    /// Limit on one attribute, in bytes.
+    pub max_bytes: usize,
+}
+
+impl ContentPolicy {
+    /// The value to record for `content`: `None` when recording is off or
+    /// redaction failed (fails closed), else the redacted text truncated
+    /// to the limit on a character boundary.
+    pub fn record(&self, content: &str) -> Option<String> {
+        if !self.capture {
+            return None;
+        }
+        let text = self.redact(content)?;
+        Some(self.truncate(text))
+    }
+
+    /// The JSON text to record for `content`: every string in it (keys
+    /// included) redacted, then serialized and truncated. `None` when
+    /// recording is off or redaction failed.
+    pub fn record_json(&self, content: &serde_json::Value) -> Option<String> {
+        if !self.capture {
+            return None;
+        }
+        let redacted = self.redact_value(content)?;
+        Some(self.truncate(redacted.to_string()))
+    }
+
+    fn redact_value(&self, value: &serde_json::Value) -> Option<serde_json::Value> {
+        use serde_json::Value;
+        Some(match value {
+            Value::String(s) => Value::String(self.redact(s)?),
+            Value::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|v| self.redact_value(v))
+                    .collect::<Option<_>>()?,
+            ),
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| Some((self.redact(k)?, self.redact_value(v)?)))
+                    .collect::<Option<_>>()?,
+            ),
+            other => other.clone(),
+        })
+    }
+
+    /// `text` with every match of every pattern replaced; `None` if a
+    /// replacement failed (the value is then dropped, never kept raw).
+    fn redact(&self, text: &str) -> Option<String> {
+        let mut text = text.to_owned();
+        for pattern in &self.redact {
+            let replaced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pattern.replace_all(&text, "[REDACTED]").into_owned()
+            }));
+            match replaced {
+                Ok(t) => text = t,
+                Err(_) => return None,
+            }
+        }
+        Some(text)
+    }
+
+    fn truncate(&self, mut text: String) -> String {
+        if text.len() > self.max_bytes {
+            let mut end = self.max_bytes;
+            while end > 0 && !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+        text
+    }
+}
+
+/// Skein's configuration, validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The default model of new threads.
+    pub model: String,
+    /// The default provider id.
+    pub model_provider: String,
+    /// System instructions sent before the conversation, if any.
+    pub instructions: Option<String>,
+    /// Every provider by id, built-ins included.
+    pub providers: BTreeMap<String, Provider>,
+    /// MCP servers by name.
+    pub mcp_servers: BTreeMap<String, McpServerConfig>,
+    /// Bound on model calls answered with tool calls in one turn.
+    pub max_tool_rounds: u32,
+    /// Content recording.
+    pub content: ContentPolicy,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            model: ECHO_MODEL.to_owned(),
+            model_provider: ECHO_PROVIDER.to_owned(),
+            instructions: None,
+            providers: builtin_providers(&|_| None),
+            mcp_servers: BTreeMap::new(),
+            max_tool_rounds: DEFAULT_MAX_TOOL_ROUNDS,
+            content: ContentPolicy {
+                capture: false,
+                redact: Vec::new(),
+                max_bytes: DEFAULT_MAX_CONTENT_BYTES,
+            },
+        }
+    }
+}
+
+fn builtin_providers(env: &dyn Fn(&str) -> Option<String>) -> BTreeMap<String, Provider> {
+    let base_url = env("OPENAI_BASE_URL")
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| OPENAI_DEFAULT_BASE_URL.to_owned());
+    let openai = Provider {
+        id: OPENAI_PROVIDER.to_owned(),
+        name: "OpenAI".to_owned(),
+        base_url: base_url.trim_end_matches('/').to_owned(),
+        api_key: env("OPENAI_API_KEY").filter(|k| !k.is_empty()),
+        wire_api: WireApi::Chat,
+        request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
+    };
+    BTreeMap::from([(OPENAI_PROVIDER.to_owned(), openai)])
+}
+
+/// Whether the environment turns content recording on.
+fn capture_from_env(env: &dyn Fn(&str) -> Option<String>) -> bool {
+    env(CAPTURE_CONTENT_ENV).is_some_and(|v| {
+        let v = v.trim();
+        v.eq_ignore_ascii_case("true")
+            || v.eq_ignore_ascii_case("span_only")
+            || v.eq_ignore_ascii_case("span_and_event")
+    })
+}
+
+impl Config {
+    /// Loads `path` (absent is fine) with `overrides` (`key=value`) on top,
+    /// reading API keys and switches from the process environment.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, overrides, &|k| std::env::var(k).ok())
+    }
+
+    /// [`Config::load`] with an explicit environment.
+    pub fn load_with_env(
+        path: &Path,
+        overrides: &[String],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match std::fs::read_to_string(path) {
+            Ok(text) => text
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: e.to_string().trim().replace('\n', " "),
+                })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => toml::Table::new(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        for given in overrides {
+            apply_override(&mut table, given)?;
+        }
+        let source_name = if overrides.is_empty() {
+            path.display().to_string()
+        } else {
+            format!("{} (with -c overrides)", path.display())
+        };
+        let value_error = |key: String, message: String| ConfigError::Value {
+            source_name: source_name.clone(),
+            key,
+            message,
+        };
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                value_error(key, e.into_inner().message().to_owned())
+            })?;
+
+        let mut providers = builtin_providers(env);
+        for (id, p) in raw.model_providers {
+            if id == ECHO_PROVIDER {
+                return Err(value_error(
+                    format!("model_providers.{id}"),
+                    format!("`{ECHO_PROVIDER}` is the built-in offline provider; pick another id"),
+                ));
+            }
+            let url = p.base_url.trim_end_matches('/').to_owned();
+            match reqwest::Url::parse(&url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                Ok(_) => {
+                    return Err(value_error(
+                        format!("model_providers.{id}.base_url"),
+                        format!("{url:?} is not an http or https URL"),
+                    ));
+                }
+                Err(e) => {
+                    return Err(value_error(
+                        format!("model_providers.{id}.base_url"),
+                        format!("{url:?} is not a URL: {e}"),
+                    ));
+                }
+            }
+            let api_key = p.env_key.as_deref().and_then(env).filter(|k| !k.is_empty());
+            providers.insert(
+                id.clone(),
+                Provider {
+                    name: p.name.unwrap_or_else(|| id.clone()),
+                    id,
+                    base_url: url,
+                    api_key,
+                    wire_api: p.wire_api,
+                    request_timeout: Duration::from_millis(
+                        p.request_timeout_ms.unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS),
+                    ),
+                },
+            );
+        }
+        let model_provider = raw
+            .model_provider
+            .unwrap_or_else(|| ECHO_PROVIDER.to_owned());
+        if model_provider != ECHO_PROVIDER && !providers.contains_key(&model_provider) {
+            let known: Vec<&str> = std::iter::once(ECHO_PROVIDER)
+                .chain(providers.keys().map(String::as_str))
+                .collect();
+            return Err(value_error(
+                "model_provider".into(),
+                format!(
+                    "unknown provider {model_provider:?}; known: {}; define it under [model_providers.{model_provider}]",
+                    known.join(", ")
+                ),
+            ));
+        }
+        let model = raw.model.unwrap_or_else(|| ECHO_MODEL.to_owned());
+        if model.trim().is_empty() {
+            return Err(value_error("model".into(), "must not be empty".into()));
+        }
+        if model_provider == ECHO_PROVIDER && model != ECHO_MODEL {
+            return Err(value_error(
+                "model".into(),
+                format!(
+                    "{model:?} needs a model provider: set `model_provider` (the offline `{ECHO_PROVIDER}` provider serves only `{ECHO_MODEL}`)"
+                ),
+            ));
+        }
+        for (name, server) in &raw.mcp_servers {
+            if server.command.trim().is_empty() {
+                return Err(value_error(
+                    format!("mcp_servers.{name}.command"),
+                    "must not be empty".into(),
+                ));
+            }
+        }
+        if raw.max_tool_rounds == Some(0) {
+            return Err(value_error(
+                "max_tool_rounds".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        let mut redact = Vec::with_capacity(raw.otel.redact.len());
+        for (i, pattern) in raw.otel.redact.iter().enumerate() {
+            let compiled = regex::Regex::new(pattern).map_err(|e| {
+                value_error(
+                    format!("otel.redact[{i}]"),
+                    format!(
+                        "pattern {pattern:?} does not compile: {}",
+                        e.to_string().replace('\n', " ")
+                    ),
+                )
+            })?;
+            redact.push(compiled);
+        }
+        if raw.otel.max_content_bytes == Some(0) {
+            return Err(value_error(
+                "otel.max_content_bytes".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(Config {
+            model,
+            model_provider,
+            instructions: raw.instructions.filter(|i| !i.trim().is_empty()),
+            providers,
+            mcp_servers: raw.mcp_servers,
+            max_tool_rounds: raw.max_tool_rounds.unwrap_or(DEFAULT_MAX_TOOL_ROUNDS),
+            content: ContentPolicy {
+                capture: raw.otel.capture_content.unwrap_or(false) || capture_from_env(env),
+                redact,
+                max_bytes: raw
+                    .otel
+                    .max_content_bytes
+                    .unwrap_or(DEFAULT_MAX_CONTENT_BYTES),
+            },
+        })
+    }
+}
+
+/// Applies one `key=value` override to `table`: a dotted key, a TOML value
+/// (a string when it does not parse as one).
+fn apply_override(table: &mut toml::Table, given: &str) -> Result<(), ConfigError> {
+    let error = |message: &str| ConfigError::Override {
+        given: given.to_owned(),
+        message: message.to_owned(),
+    };
+    let Some((key, raw_value)) = given.split_once('=') else {
+        return Err(error("expected key=value, e.g. -c model=\"gpt-4.1-mini\""));
+    };
+    let key = key.trim();
+    let parts: Vec<&str> = key.split('.').map(str::trim).collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(error("the key must be a dotted path such as otel.redact"));
+    }
+    let value = match format!("v = {}", raw_value.trim()).parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw_value.to_owned())),
+        Err(_) => toml::Value::String(raw_value.trim().to_owned()),
+    };
+    let (last, parents) = parts
+        .split_last()
+        .ok_or_else(|| error("the key is empty"))?;
+    let mut current = table;
+    for part in parents {
+        let entry = current
+            .entry((*part).to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| error(&format!("`{part}` is not a table")))?;
+    }
+    current.insert((*last).to_owned(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, overrides: &[&str]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).expect("write");
+        let overrides: Vec<String> = overrides.iter().map(|s| (*s).to_owned()).collect();
+        Config::load_with_env(&path, &overrides, &|k| match k {
+            "LOCAL_API_KEY" => Some("sk-local".into()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn an_absent_file_gives_the_echo_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config =
+            Config::load_with_env(&dir.path().join("none.toml"), &[], &|_| None).expect("load");
+        assert_eq!(config.model, "echo");
+        assert_eq!(config.model_provider, "skein");
+        assert!(config.providers.contains_key("openai"));
+        assert!(!config.content.capture);
+    }
+
+    #[test]
+    fn providers_servers_and_keys_load() {
+        let config = load(
+            r#"
+model = "qwen2.5-coder"
+model_provider = "local"
+[model_providers.local]
+name = "Local vLLM"
+base_url = "http://127.0.0.1:8000/v1/"
+env_key = "LOCAL_API_KEY"
+wire_api = "chat"
+[mcp_servers.time]
+command = "mcp-server-time"
+env = { TZ = "UTC" }
+"#,
+            &[],
+        )
+        .expect("load");
+        let local = &config.providers["local"];
+        assert_eq!(local.base_url, "http://127.0.0.1:8000/v1");
+        assert_eq!(local.api_key.as_deref(), Some("sk-local"));
+        assert!(!format!("{local:?}").contains("sk-local"));
+        assert_eq!(config.mcp_servers["time"].env["TZ"], "UTC");
+    }
+
+    #[test]
+    fn overrides_win_and_take_toml_values() {
+        let config = load(
+            "model = \"a\"\nmodel_provider = \"openai\"\n",
+            &["model=\"gpt-4.1-mini\"", "otel.capture_content=true"],
+        )
+        .expect("load");
+        assert_eq!(config.model, "gpt-4.1-mini");
+        assert!(config.content.capture);
+    }
+
+    #[test]
+    fn errors_name_the_file_the_key_and_the_problem() {
+        let err = load("model_provider = \"nope\"\n", &[]).expect_err("unknown provider");
+        let text = err.to_string();
+        assert!(
+            text.contains("config.toml") && text.contains("`model_provider`"),
+            "{text}"
+        );
+        assert!(text.contains("unknown provider \"nope\""), "{text}");
+
+        let err = load("[model_providers.x]\nbase_url = 5\n", &[]).expect_err("bad type");
+        let text = err.to_string();
+        assert!(text.contains("model_providers.x.base_url"), "{text}");
+
+        let err = load("model = [", &[]).expect_err("bad toml");
+        assert!(err.to_string().contains("not valid TOML"), "{err}");
+
+        let err = load("[otel]\nredact = [\"(\"]\n", &[]).expect_err("bad pattern");
+        assert!(err.to_string().contains("otel.redact[0]"), "{err}");
+    }
+
+    #[test]
+    fn content_is_redacted_and_truncated_and_off_by_default() {
+        let policy = ContentPolicy {
+            capture: true,
+            redact: vec![regex::Regex::new("sk-[a-z]+").expect("re")],
+            max_bytes: 12,
+        };
+        assert_eq!(
+            policy.record("key sk-secret here").as_deref(),
+            Some("key [REDACTE")
+        );
+        let json = serde_json::json!({"k": ["a sk-abc b"]});
+        let policy = ContentPolicy {
+            max_bytes: 1000,
+            ..policy
+        };
+        assert_eq!(
+            policy.record_json(&json).as_deref(),
+            Some(r#"{"k":["a [REDACTED] b"]}"#)
+        );
+        let off = ContentPolicy::default();
+        assert_eq!(off.record("anything"), None);
+    }
+}

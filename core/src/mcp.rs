@@ -1,0 +1,465 @@
+//! MCP tool servers: started lazily over stdio, shared by every thread.
+//!
+//! Each `[mcp_servers.<name>]` is a child process spoken to with `rmcp`, the
+//! official Rust MCP SDK. A server starts on first use (the first turn that
+//! lists tools), is initialized once, and is reused by every thread. One
+//! that fails to start or dies is reported to the model as a tool error
+//! and started again on next use (its tools stay offered meanwhile, so a
+//! call reports the failure). Its stderr goes to Skein's log.
+//!
+//! Every `tools/call` runs in a `tools/call <tool>` CLIENT span whose
+//! context goes out in `params._meta` (`traceparent`, `tracestate`), the
+//! MCP convention. Dropping a call in flight (an interrupted turn) sends
+//! `notifications/cancelled` for it.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmcp::model::{
+    CallToolRequest, CallToolRequestParams, CancelledNotification, CancelledNotificationParam,
+    ClientCapabilities, ClientConfig, ClientNotification, ClientRequest, Implementation,
+    RequestMetaObject, ServerResult,
+};
+use rmcp::service::{Peer, PeerRequestOptions, RoleClient, RunningService, ServiceError};
+use rmcp::transport::TokioChildProcess;
+use serde_json::Value;
+use skein_otel::names::{attr, span, value};
+use tokio::io::AsyncBufReadExt as _;
+use tokio::sync::Mutex;
+use tracing::field::Empty;
+
+use crate::config::{DEFAULT_TOOL_TIMEOUT_MS, McpServerConfig};
+
+/// How long starting and initializing a server may take.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a server may take to stop at shutdown.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A tool one server offers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct McpTool {
+    /// The server's configured name.
+    pub server: String,
+    /// The tool's name on that server.
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// The JSON Schema of its arguments.
+    pub input_schema: Value,
+}
+
+/// A configured server's state, for clients that list servers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum McpServerState {
+    /// Running and initialized.
+    Connected,
+    /// Being started right now.
+    Starting,
+    /// Not running: never needed yet, or it stopped (it is started again on
+    /// next use).
+    NotRunning,
+}
+
+/// One configured server and what this process knows of it.
+#[derive(Clone, Debug)]
+pub struct McpServerStatus {
+    /// The configured name.
+    pub name: String,
+    /// Its state.
+    pub state: McpServerState,
+    /// The tools it offered when it last started (empty before that).
+    pub tools: Vec<McpTool>,
+}
+
+/// How a `tools/call` ended without a result.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct McpCallError {
+    /// Low-cardinality class: `start_failed`, `connection`, `timeout`, the
+    /// JSON-RPC error code, `unexpected_response`.
+    pub error_type: String,
+    /// What went wrong, for the model and the client.
+    pub message: String,
+}
+
+struct Connection {
+    peer: Peer<RoleClient>,
+    protocol_version: String,
+    tools: Vec<McpTool>,
+    // Keeps the service (and the child) alive; taken to stop it.
+    service: Mutex<Option<RunningService<RoleClient, ClientConfig>>>,
+}
+
+struct Server {
+    name: String,
+    config: McpServerConfig,
+    running: Mutex<Option<Arc<Connection>>>,
+    /// The tools of the last successful start: still offered while the
+    /// server cannot start again, so that calling one reports the failure
+    /// to the model as a tool error.
+    known_tools: std::sync::Mutex<Vec<McpTool>>,
+}
+
+/// Every configured MCP server. Cheap to clone; clones share servers.
+#[derive(Clone, Default)]
+pub struct McpManager {
+    servers: Arc<BTreeMap<String, Arc<Server>>>,
+}
+
+impl std::fmt::Debug for McpManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpManager")
+            .field("servers", &self.servers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl McpManager {
+    /// A manager of `servers`; none is started yet.
+    pub fn new(servers: &BTreeMap<String, McpServerConfig>) -> Self {
+        let servers = servers
+            .iter()
+            .map(|(name, config)| {
+                (
+                    name.clone(),
+                    Arc::new(Server {
+                        name: name.clone(),
+                        config: config.clone(),
+                        running: Mutex::new(None),
+                        known_tools: std::sync::Mutex::new(Vec::new()),
+                    }),
+                )
+            })
+            .collect();
+        Self {
+            servers: Arc::new(servers),
+        }
+    }
+
+    /// Whether no server is configured.
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+
+    /// Every configured server's state as this process knows it, without
+    /// starting any.
+    pub fn statuses(&self) -> Vec<McpServerStatus> {
+        self.servers
+            .values()
+            .map(|server| {
+                let state = match server.running.try_lock() {
+                    Ok(running) if running.is_some() => McpServerState::Connected,
+                    Ok(_) => McpServerState::NotRunning,
+                    // Someone holds it: the server is being started.
+                    Err(_) => McpServerState::Starting,
+                };
+                McpServerStatus {
+                    name: server.name.clone(),
+                    state,
+                    tools: server
+                        .known_tools
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// The tools of every server, starting those not running. A server
+    /// that cannot start is logged and offers no tools this time.
+    pub async fn tools(&self) -> Vec<McpTool> {
+        let mut tools = Vec::new();
+        for server in self.servers.values() {
+            match server.connection().await {
+                Ok(connection) => {
+                    *server.known_tools.lock().unwrap_or_else(|p| p.into_inner()) =
+                        connection.tools.clone();
+                    tools.extend(connection.tools.iter().cloned());
+                }
+                Err(err) => {
+                    let known = server
+                        .known_tools
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
+                    tracing::warn!(
+                        server = %server.name,
+                        %err,
+                        known_tools = known.len(),
+                        "MCP server unavailable; offering the tools it had, which will fail"
+                    );
+                    tools.extend(known);
+                }
+            }
+        }
+        tools
+    }
+
+    /// Calls `tool` on `server` inside a new `tools/call <tool>` span,
+    /// child of `parent`. Returns the `CallToolResult` as JSON.
+    pub async fn call_tool(
+        &self,
+        server: &str,
+        tool: &str,
+        arguments: Option<serde_json::Map<String, Value>>,
+        parent: &tracing::Span,
+    ) -> Result<Value, McpCallError> {
+        let span = tracing::info_span!(
+            target: "skein_core::mcp",
+            parent: parent,
+            span::MCP_REQUEST,
+            { attr::OTEL_NAME } = format!("{} {tool}", value::MCP_TOOLS_CALL),
+            { attr::OTEL_KIND } = value::KIND_CLIENT,
+            { attr::OTEL_STATUS_CODE } = Empty,
+            { attr::OTEL_STATUS_DESCRIPTION } = Empty,
+            { attr::MCP_METHOD_NAME } = value::MCP_TOOLS_CALL,
+            { attr::GEN_AI_TOOL_NAME } = tool,
+            { attr::MCP_SERVER_NAME } = server,
+            { attr::JSONRPC_REQUEST_ID } = Empty,
+            { attr::MCP_PROTOCOL_VERSION } = Empty,
+            { attr::ERROR_TYPE } = Empty,
+        );
+        let result = self.call_in_span(server, tool, arguments, &span).await;
+        match &result {
+            Ok(value) if value.get("isError").and_then(Value::as_bool) == Some(true) => {
+                span.record(attr::ERROR_TYPE, value::ERROR_TOOL);
+                span.record(attr::OTEL_STATUS_CODE, value::STATUS_ERROR);
+                span.record(attr::OTEL_STATUS_DESCRIPTION, "the tool reported an error");
+            }
+            Ok(_) => {}
+            Err(err) => {
+                span.record(attr::ERROR_TYPE, err.error_type.as_str());
+                span.record(attr::OTEL_STATUS_CODE, value::STATUS_ERROR);
+                span.record(attr::OTEL_STATUS_DESCRIPTION, err.message.as_str());
+            }
+        }
+        result
+    }
+
+    async fn call_in_span(
+        &self,
+        server_name: &str,
+        tool: &str,
+        arguments: Option<serde_json::Map<String, Value>>,
+        span: &tracing::Span,
+    ) -> Result<Value, McpCallError> {
+        let server = self.servers.get(server_name).ok_or_else(|| McpCallError {
+            error_type: "unknown_server".into(),
+            message: format!("no MCP server named {server_name:?}"),
+        })?;
+        let connection = server.connection().await.map_err(|message| McpCallError {
+            error_type: "start_failed".into(),
+            message,
+        })?;
+        span.record(
+            attr::MCP_PROTOCOL_VERSION,
+            connection.protocol_version.as_str(),
+        );
+        let mut params = CallToolRequestParams::new(tool.to_owned());
+        if let Some(arguments) = arguments {
+            params = params.with_arguments(arguments);
+        }
+        let mut meta = RequestMetaObject::new();
+        if let Some(carrier) = skein_otel::carrier_for_span(span) {
+            if let Some(tp) = carrier.traceparent {
+                meta.set_traceparent(tp);
+            }
+            if let Some(ts) = carrier.tracestate {
+                meta.set_tracestate(ts);
+            }
+        }
+        let timeout = Duration::from_millis(
+            server
+                .config
+                .tool_timeout_ms
+                .unwrap_or(DEFAULT_TOOL_TIMEOUT_MS),
+        );
+        let handle = connection
+            .peer
+            .send_cancellable_request(
+                ClientRequest::CallToolRequest(CallToolRequest::new(params)),
+                PeerRequestOptions::with_timeout(timeout).with_meta(meta),
+            )
+            .await
+            .map_err(|err| server.failed(&connection, err))?;
+        span.record(attr::JSONRPC_REQUEST_ID, handle.id.to_string());
+        let mut guard = CancelOnDrop {
+            peer: Some(connection.peer.clone()),
+            id: handle.id.clone(),
+        };
+        let response = handle.await_response().await;
+        guard.peer = None;
+        match response {
+            Ok(ServerResult::CallToolResult(result)) => {
+                serde_json::to_value(&result).map_err(|err| McpCallError {
+                    error_type: "unexpected_response".into(),
+                    message: format!("the tool's result could not be read: {err}"),
+                })
+            }
+            Ok(_) => Err(McpCallError {
+                error_type: "unexpected_response".into(),
+                message: format!(
+                    "MCP server {server_name:?} answered tools/call with another kind of result"
+                ),
+            }),
+            Err(err) => Err(server.failed(&connection, err)),
+        }
+    }
+
+    /// Stops every running server: closes its stdin and waits for it to
+    /// exit, at most [`STOP_TIMEOUT`] each (then it is killed).
+    pub async fn shutdown(&self) {
+        for server in self.servers.values() {
+            let Some(connection) = server.running.lock().await.take() else {
+                continue;
+            };
+            let service = connection.service.lock().await.take();
+            if let Some(mut service) = service
+                && let Err(err) = service.close_with_timeout(STOP_TIMEOUT).await
+            {
+                tracing::warn!(server = %server.name, %err, "MCP server did not stop cleanly");
+            }
+        }
+    }
+}
+
+/// Sends `notifications/cancelled` for a request dropped before its
+/// response.
+struct CancelOnDrop {
+    peer: Option<Peer<RoleClient>>,
+    id: rmcp::model::RequestId,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(peer) = self.peer.take() else { return };
+        let id = self.id.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let notification = CancelledNotification::new(CancelledNotificationParam::new(
+                    Some(id),
+                    Some("the turn was interrupted".into()),
+                ));
+                if let Err(err) = peer
+                    .send_notification(ClientNotification::CancelledNotification(notification))
+                    .await
+                {
+                    tracing::debug!(%err, "could not send notifications/cancelled");
+                }
+            });
+        }
+    }
+}
+
+impl Server {
+    /// The running connection, starting the server if it is not running
+    /// (or died).
+    async fn connection(self: &Arc<Self>) -> Result<Arc<Connection>, String> {
+        let mut running = self.running.lock().await;
+        if let Some(connection) = running.as_ref()
+            && !connection.peer.is_transport_closed()
+        {
+            return Ok(Arc::clone(connection));
+        }
+        if running.take().is_some() {
+            tracing::warn!(server = %self.name, "MCP server stopped; starting it again");
+        }
+        // Started on a task of its own, outside any span: the service's
+        // tasks (which capture the current span) outlive this turn and
+        // must not hold its span open.
+        let this = Arc::clone(self);
+        let start = tokio::spawn(async move { this.start().await });
+        let connection = tokio::time::timeout(START_TIMEOUT, start)
+            .await
+            .map_err(|_| {
+                format!(
+                    "MCP server {:?} did not start within {}s",
+                    self.name,
+                    START_TIMEOUT.as_secs()
+                )
+            })?
+            .map_err(|e| format!("MCP server {:?} failed to start: {e}", self.name))??;
+        let connection = Arc::new(connection);
+        *running = Some(Arc::clone(&connection));
+        Ok(connection)
+    }
+
+    async fn start(&self) -> Result<Connection, String> {
+        let fail = |what: &str, err: &dyn std::fmt::Display| {
+            format!("MCP server {:?} {what}: {err}", self.name)
+        };
+        let mut command = tokio::process::Command::new(&self.config.command);
+        command.args(&self.config.args).envs(&self.config.env);
+        let (transport, stderr) = TokioChildProcess::builder(command)
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| fail(&format!("could not start `{}`", self.config.command), &e))?;
+        if let Some(stderr) = stderr {
+            let name = self.name.clone();
+            tokio::spawn(async move {
+                let mut lines = tokio::io::BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::info!(target: "mcp_server", server = %name, "{line}");
+                }
+            });
+        }
+        let info = ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("skein", env!("CARGO_PKG_VERSION")),
+        );
+        let service = rmcp::serve_client(info, transport)
+            .await
+            .map_err(|e| fail("failed to initialize", &e))?;
+        let protocol_version = service
+            .peer()
+            .peer_info()
+            .map(|i| i.protocol_version.to_string())
+            .unwrap_or_default();
+        let listed = service
+            .peer()
+            .list_all_tools()
+            .await
+            .map_err(|e| fail("could not list its tools", &e))?;
+        let tools = listed
+            .into_iter()
+            .map(|t| McpTool {
+                server: self.name.clone(),
+                name: t.name.to_string(),
+                description: t.description.map(|d| d.to_string()).unwrap_or_default(),
+                input_schema: Value::Object((*t.input_schema).clone()),
+            })
+            .collect();
+        tracing::info!(server = %self.name, %protocol_version, "MCP server started");
+        Ok(Connection {
+            peer: service.peer().clone(),
+            protocol_version,
+            tools,
+            service: Mutex::new(Some(service)),
+        })
+    }
+
+    /// Turns a service error into a call error; a closed transport also
+    /// forgets the connection, so the next use starts the server again.
+    fn failed(&self, connection: &Arc<Connection>, err: ServiceError) -> McpCallError {
+        let error_type = match &err {
+            ServiceError::Timeout { .. } => "timeout".to_owned(),
+            ServiceError::McpError(e) => e.code.0.to_string(),
+            ServiceError::TransportClosed | ServiceError::TransportSend(_) => {
+                if let Ok(mut running) = self.running.try_lock()
+                    && running.as_ref().is_some_and(|c| Arc::ptr_eq(c, connection))
+                {
+                    *running = None;
+                }
+                "connection".to_owned()
+            }
+            _ => "unexpected_response".to_owned(),
+        };
+        McpCallError {
+            error_type,
+            message: format!("MCP server {:?}: {err}", self.name),
+        }
+    }
+}

@@ -1,0 +1,679 @@
+//! End-to-end tests of tool turns: the real `skein` binary, a local
+//! stand-in for the paid model API (`support::mock_llm`), and real MCP
+//! servers over stdio: `mcp-server-time` from PyPI, and
+//! `tests/mcp/meta_reporter.py` written with the official Python `mcp` SDK.
+//!
+//! Both come from the virtualenv `.ci/run` installs: `SKEIN_MCP_SERVER_TIME_BIN`
+//! and `SKEIN_MCP_PYTHON`, else `~/.cache/skein-ci/mcp-venv`. Without them
+//! the tests skip with a loud message, except under `CI=true`, where they
+//! fail.
+
+#[macro_use]
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use support::mock_llm::{MockLlm, Reply, text_chunks, tool_call_chunks};
+use support::{
+    Client, SPAN_KIND_CLIENT, SPAN_KIND_INTERNAL, STATUS_CODE_ERROR, Server, ServerOptions, Span,
+    TraceContext, Transport,
+};
+
+const CHAT: &str = "chat mock-model";
+
+/// The MCP virtualenv's `mcp-server-time` and `python`, or `None` (after a
+/// loud message) when missing outside CI.
+fn mcp_venv() -> Option<(PathBuf, PathBuf)> {
+    let from_env = |var: &str| std::env::var_os(var).map(PathBuf::from);
+    let venv = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|cache| cache.join("skein-ci/mcp-venv/bin"));
+    let time = from_env("SKEIN_MCP_SERVER_TIME_BIN")
+        .or_else(|| venv.as_ref().map(|v| v.join("mcp-server-time")))
+        .filter(|p| p.is_file());
+    let python = from_env("SKEIN_MCP_PYTHON")
+        .or_else(|| venv.as_ref().map(|v| v.join("python")))
+        .filter(|p| p.is_file());
+    match (time, python) {
+        (Some(time), Some(python)) => Some((time, python)),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true but the MCP virtualenv is missing: run .ci/run to install it")
+        }
+        _ => {
+            eprintln!(
+                "\n\n*** SKIPPING MCP TEST: mcp-server-time / the Python mcp SDK not found \
+                 (set SKEIN_MCP_SERVER_TIME_BIN and SKEIN_MCP_PYTHON, or run .ci/run) ***\n"
+            );
+            None
+        }
+    }
+}
+
+fn meta_reporter_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("mcp/meta_reporter.py")
+}
+
+/// Options running `mock` as the default provider and one MCP server
+/// `name` started as `command args`.
+fn options(mock: &MockLlm, name: &str, command: &Path, args: &[String]) -> ServerOptions {
+    let mut options = ServerOptions::default().env("MOCK_API_KEY", "sk-test");
+    for arg in mock.config_args() {
+        options = options.arg(&arg);
+    }
+    let args: Vec<Value> = args.iter().map(|a| json!(a)).collect();
+    options
+        .arg("-c")
+        .arg(&format!(
+            "mcp_servers.{name}.command={}",
+            json!(command.display().to_string())
+        ))
+        .arg("-c")
+        .arg(&format!("mcp_servers.{name}.args={}", Value::Array(args)))
+}
+
+async fn connect(server: &mut Server) -> Client {
+    let mut client = server.connect().await;
+    client.initialize("e2e-mcp-tools", "0.0.1").await;
+    client
+}
+
+fn named<'a>(spans: Vec<&'a Span>, name: &str) -> Vec<&'a Span> {
+    spans.into_iter().filter(|s| s.name == name).collect()
+}
+
+fn assert_attr(span: &Span, key: &str, expected: &str) {
+    assert_eq!(
+        span.attr_str(key).as_deref(),
+        Some(expected),
+        "attribute {key}: {span}"
+    );
+}
+
+/// The `item/completed` notification of the `mcpToolCall` item.
+async fn tool_item_completed(client: &mut Client) -> Value {
+    client
+        .wait_for_notification("item/completed of an mcpToolCall", |n| {
+            n["method"] == "item/completed" && n["params"]["item"]["type"] == "mcpToolCall"
+        })
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_turn_runs_get_current_time_and_sends_the_result_back_to_the_model() {
+    let Some((time_bin, _)) = mcp_venv() else {
+        return;
+    };
+    let mock = MockLlm::start(vec![
+        Reply::Stream(tool_call_chunks(
+            "call_time_1",
+            "get_current_time",
+            &json!({"timezone": "UTC"}),
+        )),
+        Reply::Stream(text_chunks(&["It is ", "time."], 20, 3)),
+    ])
+    .await;
+    let mut server =
+        Server::start_with(Transport::Stdio, options(&mock, "time", &time_bin, &[])).await;
+    let mut client = connect(&mut server).await;
+    let thread_id = client.start_thread().await;
+    let parent = TraceContext::random();
+    let turn_id = client
+        .start_turn(&thread_id, "What time is it in UTC?", Some(&parent))
+        .await
+        .turn_id();
+    let started = client
+        .wait_for_notification("item/started of an mcpToolCall", |n| {
+            n["method"] == "item/started" && n["params"]["item"]["type"] == "mcpToolCall"
+        })
+        .await;
+    let item = &started["params"]["item"];
+    assert_eq!(item["server"], "time", "{item}");
+    assert_eq!(item["tool"], "get_current_time", "{item}");
+    assert_eq!(item["status"], "inProgress", "{item}");
+    assert_eq!(item["arguments"], json!({"timezone": "UTC"}), "{item}");
+    let completed_item = tool_item_completed(&mut client).await;
+    let item = &completed_item["params"]["item"];
+    assert_eq!(item["status"], "completed", "{item}");
+    assert_eq!(item["id"], "call_time_1", "{item}");
+    let result_text = item["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a text result: {item}"));
+    assert!(result_text.contains("UTC"), "{result_text}");
+    let completed = client.wait_for_turn_completed(&turn_id).await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "completed",
+        "{completed}"
+    );
+    assert_eq!(
+        completed["params"]["usage"],
+        json!({"inputTokens": 30, "outputTokens": 8}),
+        "usage adds up over both model calls: {completed}"
+    );
+
+    let requests = mock.wait_for_requests(2).await;
+    let tools = requests[0].body["tools"].to_string();
+    assert!(tools.contains("get_current_time"), "{tools}");
+    let messages = &requests[1].body["messages"];
+    assert_eq!(messages[1]["role"], "assistant", "{messages}");
+    assert_eq!(
+        messages[1]["tool_calls"][0]["function"]["name"], "get_current_time",
+        "{messages}"
+    );
+    assert_eq!(messages[2]["role"], "tool", "{messages}");
+    assert_eq!(messages[2]["tool_call_id"], "call_time_1", "{messages}");
+    assert_eq!(messages[2]["content"], result_text, "{messages}");
+
+    client.close().await;
+    let finished = server.shutdown().await;
+    let turn = finished.turn_span(&turn_id);
+    assert_eq!(turn.trace_id, parent.trace_id);
+    let children = finished.children_of(&turn.span_id);
+    assert_eq!(
+        named(children.clone(), CHAT).len(),
+        2,
+        "{}",
+        finished.dump()
+    );
+    let tools = named(children, "execute_tool get_current_time");
+    let [execute] = tools.as_slice() else {
+        panic!("one execute_tool span expected:\n{}", finished.dump());
+    };
+    assert_eq!(execute.kind, SPAN_KIND_INTERNAL, "{execute}");
+    assert_attr(execute, "gen_ai.operation.name", "execute_tool");
+    assert_attr(execute, "gen_ai.tool.name", "get_current_time");
+    assert_attr(execute, "gen_ai.tool.call.id", "call_time_1");
+    assert_attr(execute, "gen_ai.tool.type", "extension");
+    let calls = named(
+        finished.children_of(&execute.span_id),
+        "tools/call get_current_time",
+    );
+    let [call] = calls.as_slice() else {
+        panic!("one tools/call span expected:\n{}", finished.dump());
+    };
+    assert_eq!(call.kind, SPAN_KIND_CLIENT, "{call}");
+    assert_attr(call, "mcp.method.name", "tools/call");
+    assert!(call.attr_str("jsonrpc.request.id").is_some(), "{call}");
+    assert!(
+        call.attr_str("mcp.protocol.version")
+            .is_some_and(|v| !v.is_empty()),
+        "{call}"
+    );
+    assert_ne!(call.status_code, STATUS_CODE_ERROR, "{call}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mcp_request_carries_the_tools_call_span_context_in_params_meta() {
+    let Some((_, python)) = mcp_venv() else {
+        return;
+    };
+    let script = meta_reporter_script().display().to_string();
+    let mock = MockLlm::start(vec![
+        Reply::Stream(tool_call_chunks("call_meta", "report_meta", &json!({}))),
+        Reply::Stream(text_chunks(&["done"], 1, 1)),
+    ])
+    .await;
+    let mut server =
+        Server::start_with(Transport::Stdio, options(&mock, "meta", &python, &[script])).await;
+    let mut client = connect(&mut server).await;
+    let thread_id = client.start_thread().await;
+    let parent = TraceContext::random();
+    let turn_id = client
+        .start_turn(&thread_id, "report your meta", Some(&parent))
+        .await
+        .turn_id();
+    let item = tool_item_completed(&mut client).await;
+    let text = item["params"]["item"]["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a text result: {item}"))
+        .to_owned();
+    let meta: Value = serde_json::from_str(&text).expect("the reported _meta is JSON");
+    let traceparent = meta["traceparent"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no traceparent in _meta: {meta}"));
+    let received = TraceContext::parse(traceparent).expect("a valid traceparent");
+    client.wait_for_turn_completed(&turn_id).await;
+    client.close().await;
+    let finished = server.shutdown().await;
+    let calls: Vec<&Span> = finished
+        .spans
+        .iter()
+        .filter(|s| s.name == "tools/call report_meta")
+        .collect();
+    let [call] = calls.as_slice() else {
+        panic!("one tools/call span expected:\n{}", finished.dump());
+    };
+    assert_eq!(received.trace_id, parent.trace_id);
+    assert_eq!(received.trace_id, call.trace_id);
+    assert_eq!(
+        received.span_id, call.span_id,
+        "parent id is the tools/call span"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_a_resumed_thread_sends_the_model_its_tool_calls_and_results() {
+    let Some((time_bin, _)) = mcp_venv() else {
+        return;
+    };
+    let first = MockLlm::start(vec![
+        Reply::Stream(tool_call_chunks(
+            "call_t",
+            "get_current_time",
+            &json!({"timezone": "Europe/Paris"}),
+        )),
+        Reply::Stream(text_chunks(&["Paris time noted."], 1, 1)),
+    ])
+    .await;
+    let mut server =
+        Server::start_with(Transport::Stdio, options(&first, "time", &time_bin, &[])).await;
+    let home = server.home();
+    let mut client = connect(&mut server).await;
+    let thread_id = client.start_thread().await;
+    let turn_id = client
+        .start_turn(&thread_id, "Time in Paris?", None)
+        .await
+        .turn_id();
+    let completed = client.wait_for_turn_completed(&turn_id).await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "completed",
+        "{completed}"
+    );
+    let earlier = first.wait_for_requests(2).await;
+    let tool_result = earlier[1].body["messages"][2]["content"].clone();
+    client.close().await;
+    server.shutdown().await;
+
+    let second = MockLlm::start(vec![Reply::Stream(text_chunks(&["Yes."], 1, 1))]).await;
+    let mut server = Server::start_with(
+        Transport::Stdio,
+        options(&second, "time", &time_bin, &[]).home(&home),
+    )
+    .await;
+    let mut client = connect(&mut server).await;
+    let resumed = client
+        .request("thread/resume", json!({"threadId": thread_id}), None)
+        .await;
+    let items = resumed.result()["thread"]["turns"][0]["items"].to_string();
+    assert!(items.contains("mcpToolCall"), "{items}");
+    let turn_id = client
+        .start_turn(&thread_id, "Did you check?", None)
+        .await
+        .turn_id();
+    client.wait_for_turn_completed(&turn_id).await;
+    let requests = second.wait_for_requests(1).await;
+    let messages = &requests[0].body["messages"];
+    assert_eq!(
+        messages[0],
+        json!({"role": "user", "content": "Time in Paris?"})
+    );
+    assert_eq!(messages[1]["tool_calls"][0]["id"], "call_t", "{messages}");
+    assert_eq!(
+        messages[1]["tool_calls"][0]["function"]["arguments"],
+        json!({"timezone": "Europe/Paris"}).to_string(),
+        "{messages}"
+    );
+    assert_eq!(
+        messages[2],
+        json!({"role": "tool", "tool_call_id": "call_t", "content": tool_result})
+    );
+    assert_eq!(
+        messages[3],
+        json!({"role": "assistant", "content": "Paris time noted."})
+    );
+    assert_eq!(
+        messages[4],
+        json!({"role": "user", "content": "Did you check?"})
+    );
+    client.close().await;
+    server.shutdown().await;
+}
+
+/// A server running `mock` and the meta reporter as MCP server `meta`.
+async fn start_with_reporter(mock: &MockLlm, python: &Path, extra: ServerOptions) -> Server {
+    let script = meta_reporter_script().display().to_string();
+    let mut options = options(mock, "meta", python, &[script]);
+    options = options.merge(extra);
+    Server::start_with(Transport::Stdio, options).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_arguments_and_results_are_recorded_only_redacted_when_content_is_on() {
+    let Some((_, python)) = mcp_venv() else {
+        return;
+    };
+    let mock = MockLlm::start(vec![
+        Reply::Stream(tool_call_chunks(
+            "call_echo",
+            "echo",
+            &json!({"text": "my token is tok-4242"}),
+        )),
+        Reply::Stream(text_chunks(&["ok"], 1, 1)),
+    ])
+    .await;
+    let extra = ServerOptions::default()
+        .arg("-c")
+        .arg("otel.capture_content=true")
+        .arg("-c")
+        .arg("otel.redact=[\"tok-[0-9]+\"]");
+    let mut server = start_with_reporter(&mock, &python, extra).await;
+    let mut client = connect(&mut server).await;
+    let thread_id = client.start_thread().await;
+    let turn_id = client
+        .start_turn(&thread_id, "echo my token", None)
+        .await
+        .turn_id();
+    let item = tool_item_completed(&mut client).await;
+    // The client and history get the real result: it is the user's data.
+    assert!(item.to_string().contains("tok-4242"), "{item}");
+    client.wait_for_turn_completed(&turn_id).await;
+    client.close().await;
+    let finished = server.shutdown().await;
+    let execute = finished
+        .spans
+        .iter()
+        .find(|s| s.name == "execute_tool echo")
+        .unwrap_or_else(|| panic!("no execute_tool span:\n{}", finished.dump()));
+    let arguments = execute
+        .attr_str("gen_ai.tool.call.arguments")
+        .expect("arguments recorded");
+    assert_eq!(
+        serde_json::from_str::<Value>(&arguments).expect("JSON"),
+        json!({"text": "my token is [REDACTED]"})
+    );
+    let result = execute
+        .attr_str("gen_ai.tool.call.result")
+        .expect("result recorded");
+    assert!(result.contains("my token is [REDACTED]"), "{result}");
+    let chats: Vec<&Span> = finished.spans.iter().filter(|s| s.name == CHAT).collect();
+    let input = chats
+        .iter()
+        .filter_map(|c| c.attr_str("gen_ai.input.messages"))
+        .find(|i| i.contains("tool_call_response"))
+        .expect("the second call's input records the tool result");
+    assert!(input.contains("my token is [REDACTED]"), "{input}");
+    assert!(
+        !finished.dump().contains("tok-4242"),
+        "a secret was recorded raw"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupting_a_tool_call_cancels_the_mcp_request() {
+    let Some((_, python)) = mcp_venv() else {
+        return;
+    };
+    let mock = MockLlm::start(vec![Reply::Stream(tool_call_chunks(
+        "call_wait",
+        "wait_for_cancel",
+        &json!({}),
+    ))])
+    .await;
+    let mut server = start_with_reporter(&mock, &python, ServerOptions::default()).await;
+    let mut client = connect(&mut server).await;
+    let thread_id = client.start_thread().await;
+    let turn_id = client.start_turn(&thread_id, "wait", None).await.turn_id();
+    client
+        .wait_for_notification("item/started of the tool call", |n| {
+            n["method"] == "item/started" && n["params"]["item"]["type"] == "mcpToolCall"
+        })
+        .await;
+    client
+        .request(
+            "turn/interrupt",
+            json!({"threadId": thread_id, "turnId": turn_id}),
+            None,
+        )
+        .await
+        .result();
+    let completed = client.wait_for_turn_completed(&turn_id).await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "interrupted",
+        "{completed}"
+    );
+    let item = tool_item_completed(&mut client).await;
+    assert_eq!(item["params"]["item"]["status"], "failed", "{item}");
+    // The server's stderr reaches Skein's log: it saw notifications/cancelled.
+    server
+        .wait_for_stderr(|line| line.contains("wait_for_cancel was cancelled"))
+        .await;
+    client.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_dies_is_a_tool_error_and_is_started_again_on_next_use() {
+    let Some((_, python)) = mcp_venv() else {
+        return;
+    };
+    let mock = MockLlm::start(vec![
+        Reply::Stream(tool_call_chunks("call_crash", "crash", &json!({}))),
+        Reply::Stream(text_chunks(&["it crashed"], 1, 1)),
+        Reply::Stream(tool_call_chunks(
+            "call_echo",
+            "echo",
+            &json!({"text": "back again"}),
+        )),
+        Reply::Stream(text_chunks(&["fine"], 1, 1)),
+    ])
+    .await;
+    let mut server = start_with_reporter(&mock, &python, ServerOptions::default()).await;
+    let mut client = connect(&mut server).await;
+    let thread_id = client.start_thread().await;
+    let turn_id = client
+        .start_turn(&thread_id, "crash it", None)
+        .await
+        .turn_id();
+    let item = tool_item_completed(&mut client).await;
+    assert_eq!(item["params"]["item"]["status"], "failed", "{item}");
+    assert!(
+        item["params"]["item"]["error"]["message"].is_string(),
+        "{item}"
+    );
+    let completed = client.wait_for_turn_completed(&turn_id).await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "completed",
+        "{completed}"
+    );
+    let requests = mock.wait_for_requests(2).await;
+    let tool_message = &requests[1].body["messages"][2];
+    assert_eq!(tool_message["role"], "tool", "{tool_message}");
+    assert!(
+        tool_message["content"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("error:")),
+        "the model hears of the failure: {tool_message}"
+    );
+
+    let turn_id = client
+        .start_turn(&thread_id, "echo something", None)
+        .await
+        .turn_id();
+    let item = tool_item_completed(&mut client).await;
+    assert_eq!(item["params"]["item"]["status"], "completed", "{item}");
+    assert!(item.to_string().contains("back again"), "{item}");
+    client.wait_for_turn_completed(&turn_id).await;
+    client.close().await;
+    let finished = server.shutdown().await;
+    let crashed = finished
+        .spans
+        .iter()
+        .find(|s| s.name == "execute_tool crash")
+        .unwrap_or_else(|| panic!("no execute_tool crash span:\n{}", finished.dump()));
+    assert_eq!(crashed.status_code, STATUS_CODE_ERROR, "{crashed}");
+    let error_types: Vec<&Value> = crashed
+        .attributes
+        .iter()
+        .filter(|(k, _)| k == "error.type")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(error_types.len(), 1, "one error.type: {crashed}");
+    assert_attr(crashed, "error.type", "connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_tool_rounds_bounds_a_model_that_keeps_calling_tools() {
+    let Some((_, python)) = mcp_venv() else {
+        return;
+    };
+    let call = |id: &str| Reply::Stream(tool_call_chunks(id, "echo", &json!({"text": "again"})));
+    let mock = MockLlm::start(vec![call("c1"), call("c2"), call("c3")]).await;
+    let extra = ServerOptions::default().arg("-c").arg("max_tool_rounds=2");
+    let mut server = start_with_reporter(&mock, &python, extra).await;
+    let mut client = connect(&mut server).await;
+    let thread_id = client.start_thread().await;
+    let turn_id = client.start_turn(&thread_id, "loop", None).await.turn_id();
+    let completed = client.wait_for_turn_completed(&turn_id).await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "failed",
+        "{completed}"
+    );
+    let message = completed["params"]["turn"]["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("max_tool_rounds"), "{message}");
+    assert_eq!(mock.requests().len(), 2, "two model calls, then the bound");
+    client.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_server_process_is_started_once_and_serves_every_thread() {
+    let Some((_, python)) = mcp_venv() else {
+        return;
+    };
+    let echo = |id: &str, text: &str| {
+        Reply::Stream(tool_call_chunks(id, "echo", &json!({ "text": text })))
+    };
+    let mock = MockLlm::start(vec![
+        echo("e1", "first thread"),
+        Reply::Stream(text_chunks(&["one"], 1, 1)),
+        echo("e2", "second thread"),
+        Reply::Stream(text_chunks(&["two"], 1, 1)),
+    ])
+    .await;
+    let mut server = start_with_reporter(&mock, &python, ServerOptions::default()).await;
+    let mut client = connect(&mut server).await;
+    for text in ["first thread", "second thread"] {
+        let thread_id = client.start_thread().await;
+        let turn_id = client.start_turn(&thread_id, text, None).await.turn_id();
+        let item = tool_item_completed(&mut client).await;
+        assert!(item.to_string().contains(text), "{item}");
+        client.wait_for_turn_completed(&turn_id).await;
+    }
+    client.close().await;
+    let finished = server.shutdown().await;
+    let starts = finished
+        .stderr()
+        .iter()
+        .filter(|l| l.contains("MCP server started") && l.contains("server=meta"))
+        .count();
+    assert_eq!(starts, 1, "the server is started once, then reused");
+}
+
+/// The stand-in for the model API is only worth its tests if real clients
+/// accept it: the official `openai` Python client streams from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_openai_python_client_accepts_the_stand_in_api() {
+    let Some((_, python)) = mcp_venv() else {
+        return;
+    };
+    let has_openai = tokio::process::Command::new(&python)
+        .args(["-c", "import openai"])
+        .status()
+        .await
+        .is_ok_and(|s| s.success());
+    if !has_openai {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "CI=true but the openai package is missing from the MCP virtualenv"
+        );
+        eprintln!(
+            "\n\n*** SKIPPING: the openai package is not in the MCP virtualenv (run .ci/run) ***\n"
+        );
+        return;
+    }
+    let mock = MockLlm::start(vec![Reply::Stream(text_chunks(&["Hel", "lo"], 4, 2))]).await;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("mcp/openai_client_check.py");
+    let output = tokio::time::timeout(
+        support::TIMEOUT,
+        tokio::process::Command::new(&python)
+            .arg(&script)
+            .arg(mock.base_url())
+            .output(),
+    )
+    .await
+    .expect("the client finishes")
+    .expect("run python");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout.trim(), "Hello|4|2");
+    let requests = mock.requests();
+    assert_eq!(requests[0].path, "/v1/chat/completions");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_cannot_start_again_is_reported_to_the_model_as_a_tool_error() {
+    let Some((_, python)) = mcp_venv() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("broken");
+    let mock = MockLlm::start(vec![
+        Reply::Stream(tool_call_chunks("e1", "echo", &json!({"text": "before"}))),
+        Reply::Stream(text_chunks(&["one"], 1, 1)),
+        Reply::Stream(tool_call_chunks("b1", "break_for_good", &json!({}))),
+        Reply::Stream(text_chunks(&["two"], 1, 1)),
+        Reply::Stream(tool_call_chunks("e2", "echo", &json!({"text": "after"}))),
+        Reply::Stream(text_chunks(&["three"], 1, 1)),
+    ])
+    .await;
+    let extra = ServerOptions::default().arg("-c").arg(&format!(
+        "mcp_servers.meta.env.SKEIN_TEST_BROKEN_MARKER={}",
+        json!(marker.display().to_string())
+    ));
+    let mut server = start_with_reporter(&mock, &python, extra).await;
+    let mut client = connect(&mut server).await;
+    let thread_id = client.start_thread().await;
+    let mut statuses = Vec::new();
+    for text in ["echo before", "break it", "echo after"] {
+        let turn_id = client.start_turn(&thread_id, text, None).await.turn_id();
+        let item = tool_item_completed(&mut client).await;
+        statuses.push(item["params"]["item"]["status"].clone());
+        let completed = client.wait_for_turn_completed(&turn_id).await;
+        assert_eq!(
+            completed["params"]["turn"]["status"], "completed",
+            "{completed}"
+        );
+        if text == "echo after" {
+            let message = item["params"]["item"]["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            assert!(message.contains("meta"), "{message}");
+        }
+    }
+    assert_eq!(statuses, vec!["completed", "failed", "failed"]);
+    let requests = mock.wait_for_requests(6).await;
+    // The broken server's tools are still offered...
+    assert!(requests[4].body["tools"].to_string().contains("\"echo\""));
+    // ...and the model hears why the call failed.
+    let tool_message = &requests[5].body["messages"]
+        .as_array()
+        .and_then(|m| m.last().cloned())
+        .unwrap_or_default();
+    assert_eq!(tool_message["role"], "tool", "{tool_message}");
+    assert!(
+        tool_message["content"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("error:")),
+        "{tool_message}"
+    );
+    client.close().await;
+    server.shutdown().await;
+}
