@@ -107,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
 /// `dir` through an OpenTelemetry tracer provider.
 fn install_tracing(dir: &std::path::Path) -> anyhow::Result<SdkTracerProvider> {
     use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -115,11 +116,14 @@ fn install_tracing(dir: &std::path::Path) -> anyhow::Result<SdkTracerProvider> {
     let provider = SdkTracerProvider::builder()
         .with_span_processor(LocalStoreProcessor::new(store))
         .build();
+    // At INFO, as a service would run it: jsonrpsee's own TRACE-level
+    // spans stay out, the middleware's request spans (INFO) go in.
     tracing_subscriber::registry()
         .with(
             tracing_opentelemetry::layer()
                 .with_tracer(provider.tracer("bench-jsonrpsee"))
-                .with_context_activation(false),
+                .with_context_activation(false)
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
         )
         .try_init()
         .context("installing the tracing subscriber")?;
