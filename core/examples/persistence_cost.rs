@@ -30,6 +30,7 @@ async fn run(store: Option<ThreadStore>, turns: usize) -> Vec<Duration> {
     let manager = ThreadManager::new(CoreConfig {
         echo_delay: Duration::ZERO,
         store,
+        ..CoreConfig::default()
     });
     let thread = match manager.start_thread(None, false) {
         Ok(thread) => thread,

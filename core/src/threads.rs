@@ -39,6 +39,11 @@ pub struct CoreConfig {
     pub echo_delay: Duration,
     /// Where thread history is kept; `None` keeps it in memory only.
     pub store: Option<ThreadStore>,
+    /// Most turns running at once across all threads; `None`: no limit.
+    pub max_running_turns: Option<usize>,
+    /// Most threads loaded at once; past it, stored threads that nobody
+    /// follows and no turn runs are unloaded. `None`: no limit.
+    pub max_loaded_threads: Option<usize>,
 }
 
 /// A thread's metadata.
@@ -132,6 +137,12 @@ pub enum ThreadError {
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// As many turns as allowed are already running.
+    #[error("server overloaded; retry later ({running} turns running, the limit)")]
+    Overloaded {
+        /// Turns running now.
+        running: usize,
+    },
     /// Another process sharing the store is writing the thread.
     #[error("{0}")]
     Busy(String),
@@ -195,6 +206,9 @@ pub(crate) struct ThreadEntry {
     /// The thread's file, locked for writing; `None` for ephemeral threads
     /// and when nothing is stored.
     file: Option<Mutex<ThreadFile>>,
+    /// When it was loaded, for sparing a just-loaded thread whose first
+    /// subscriber has not arrived yet from unloading.
+    loaded_at: std::time::Instant,
 }
 
 impl ThreadEntry {
@@ -307,6 +321,10 @@ impl ThreadHandle {
     }
 }
 
+/// How long a loaded thread nobody has subscribed to yet is spared from
+/// unloading: the request that loaded it subscribes right after.
+const FIRST_SUBSCRIBER_GRACE: Duration = Duration::from_secs(30);
+
 struct Registry {
     /// Threads loaded in this process (started, forked, resumed).
     threads: BTreeMap<String, ThreadHandle>,
@@ -320,6 +338,8 @@ pub struct ThreadManager {
     registry: Arc<Mutex<Registry>>,
     models: ModelRegistry,
     store: Option<ThreadStore>,
+    max_running_turns: Option<usize>,
+    max_loaded_threads: Option<usize>,
 }
 
 impl std::fmt::Debug for ThreadManager {
@@ -339,6 +359,8 @@ impl ThreadManager {
             })),
             models: ModelRegistry::new(config.echo_delay),
             store: config.store,
+            max_running_turns: config.max_running_turns,
+            max_loaded_threads: config.max_loaded_threads,
         }
     }
 
@@ -487,6 +509,7 @@ impl ThreadManager {
             submissions,
             events,
             file: file.map(Mutex::new),
+            loaded_at: std::time::Instant::now(),
         });
         let mut registry = self.lock();
         if registry.shutting_down {
@@ -502,6 +525,9 @@ impl ThreadManager {
         registry
             .threads
             .insert(handle.entry.id.clone(), handle.clone());
+        if let Some(max) = self.max_loaded_threads {
+            unload_idle(&mut registry, max, &handle.entry.id);
+        }
         Ok(handle)
     }
 
@@ -658,6 +684,19 @@ impl ThreadManager {
         }
         let turn_id = uuid::Uuid::now_v7().to_string();
         {
+            // Counting and claiming under the registry lock: two requests
+            // cannot both take the last free slot.
+            let registry = self.lock();
+            if let Some(max) = self.max_running_turns {
+                let running = registry
+                    .threads
+                    .values()
+                    .filter(|t| t.entry.state().active_turn.is_some())
+                    .count();
+                if running >= max {
+                    return Err(ThreadError::Overloaded { running });
+                }
+            }
             let mut state = handle.entry.state();
             if let Some(running) = &state.active_turn {
                 return Err(ThreadError::TurnRunning {
@@ -761,6 +800,55 @@ impl ThreadManager {
         // Dropping the handles closes every event channel, so subscribers
         // that came too late for `ShutdownComplete` stop as well.
         self.lock().threads.clear();
+    }
+}
+
+/// Unloads threads until at most `max` are loaded, oldest first: only
+/// stored threads (their history stays on disk) that no connection follows
+/// and no turn runs, never `keep`. Each one's loop is told to stop; it then
+/// drops the thread, closing its file and releasing its lock.
+fn unload_idle(registry: &mut Registry, max: usize, keep: &str) {
+    let excess = registry.threads.len().saturating_sub(max);
+    if excess == 0 {
+        return;
+    }
+    let idle: Vec<String> = registry
+        .threads
+        .values()
+        .filter(|t| {
+            let entry = &t.entry;
+            entry.id != keep
+                && entry.file.is_some()
+                && entry.events.subscriber_count() == 0
+                && (entry.events.ever_subscribed()
+                    || entry.loaded_at.elapsed() >= FIRST_SUBSCRIBER_GRACE)
+                && entry.state().active_turn.is_none()
+        })
+        .map(|t| t.entry.id.clone())
+        .take(excess)
+        .collect();
+    for id in idle {
+        if let Some(handle) = registry.threads.remove(&id) {
+            // An idle loop's queue is empty; if the stop cannot be queued
+            // the loop is already gone.
+            if handle
+                .entry
+                .submissions
+                .try_send(stop_submission())
+                .is_err()
+            {
+                tracing::debug!(thread = %id, "thread loop already stopped");
+            }
+            tracing::debug!(thread = %id, "unloaded an idle thread");
+        }
+    }
+}
+
+fn stop_submission() -> Submission {
+    Submission {
+        id: uuid::Uuid::now_v7().to_string(),
+        op: Op::Shutdown,
+        trace: None,
     }
 }
 
@@ -1063,6 +1151,7 @@ mod tests {
             submissions,
             events,
             file: None,
+            loaded_at: std::time::Instant::now(),
         });
         (ThreadHandle { entry }, rx)
     }
@@ -1246,6 +1335,7 @@ mod tests {
         let manager = ThreadManager::new(CoreConfig {
             echo_delay: Duration::from_secs(3600),
             store: None,
+            ..CoreConfig::default()
         });
         let thread = manager.start_thread(None, true).expect("thread");
         let mut events = manager.handle(&thread.id).expect("handle").subscribe();
@@ -1286,6 +1376,7 @@ mod tests {
         let manager = ThreadManager::new(CoreConfig {
             echo_delay: Duration::from_millis(20),
             store: None,
+            ..CoreConfig::default()
         });
         let thread = manager.start_thread(None, true).expect("thread");
         let mut events = manager.handle(&thread.id).expect("handle").subscribe();
@@ -1345,6 +1436,7 @@ mod tests {
         let manager = ThreadManager::new(CoreConfig {
             echo_delay: Duration::from_secs(3600),
             store: None,
+            ..CoreConfig::default()
         });
         let thread = manager.start_thread(None, true).expect("thread");
         let mut events = manager.handle(&thread.id).expect("handle").subscribe();
