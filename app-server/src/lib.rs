@@ -17,6 +17,7 @@ pub mod connection;
 pub mod environment;
 pub mod events;
 pub mod ignored_params;
+pub mod limits;
 pub mod memory;
 pub mod paths;
 pub mod processor;
@@ -29,5 +30,5 @@ pub mod tracing_layer;
 pub mod transport;
 pub mod wire;
 
-pub use server::{DEFAULT_MAX_MESSAGE_BYTES, ListenAddr, ServerConfig, serve};
+pub use server::{DEFAULT_MAX_MESSAGE_BYTES, ListenAddr, ServerConfig, WebSocketOptions, serve};
 pub use skein_core::CoreConfig;

@@ -6,8 +6,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use skein_app_server::limits::{
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_LOADED_THREADS, DEFAULT_MAX_RUNNING_TURNS,
+};
 use skein_app_server::paths;
-use skein_app_server::{CoreConfig, DEFAULT_MAX_MESSAGE_BYTES, ListenAddr, ServerConfig};
+use skein_app_server::transport::auth::{SignedBearerSettings, WsAuth};
+use skein_app_server::{
+    CoreConfig, DEFAULT_MAX_MESSAGE_BYTES, ListenAddr, ServerConfig, WebSocketOptions,
+};
 use skein_core::ThreadStore;
 use skein_otel::export::{OtlpProtocol, OtlpSettings};
 use skein_otel::telemetry::{self, TelemetryConfig, sdk_disabled_by_env};
@@ -34,7 +40,7 @@ enum Command {
     /// Logs: set RUST_LOG (default `info`). It filters logs only, never
     /// which spans are recorded. The environment's TRACEPARENT/TRACESTATE
     /// parent requests that carry no carrier of their own.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
 
     /// Read the local trace store: list traces, view one as a span tree,
     /// or follow spans as servers write them.
@@ -112,12 +118,122 @@ struct ServeArgs {
     /// the process exits anyway: an unreachable collector never holds it.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     shutdown_timeout: u64,
+
+    /// Authenticate WebSocket clients: each upgrade request must carry
+    /// `Authorization: Bearer TOKEN`, checked before the upgrade (a missing
+    /// or wrong token gets HTTP 401). `capability-token`: TOKEN must equal
+    /// the contents of --ws-token-file. `signed-bearer-token`: TOKEN is an
+    /// HS256 JWT signed with the secret in --ws-shared-secret-file, with
+    /// `exp` required and `nbf` honoured. Required to listen on an address
+    /// other than loopback. `GET /healthz` stays open.
+    #[arg(long, value_name = "MODE")]
+    ws_auth: Option<WsAuthMode>,
+
+    /// The capability token (file readable by its owner only, not empty).
+    #[arg(long, value_name = "PATH")]
+    ws_token_file: Option<PathBuf>,
+
+    /// The HS256 shared secret, at least 32 bytes (file readable by its
+    /// owner only).
+    #[arg(long, value_name = "PATH")]
+    ws_shared_secret_file: Option<PathBuf>,
+
+    /// With signed bearer tokens: the `iss` claim required.
+    #[arg(long, value_name = "ISSUER")]
+    ws_issuer: Option<String>,
+
+    /// With signed bearer tokens: the `aud` claim required.
+    #[arg(long, value_name = "AUDIENCE")]
+    ws_audience: Option<String>,
+
+    /// With signed bearer tokens: clock difference tolerated when checking
+    /// `exp` and `nbf`, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    ws_max_clock_skew_seconds: u64,
+
+    /// Listen on a non-loopback address without --ws-auth anyway: anyone
+    /// who can reach the address can then drive the server.
+    #[arg(long)]
+    ws_allow_unauthenticated: bool,
+
+    /// Most open WebSocket connections. Past it, an upgrade gets HTTP 503
+    /// with `Retry-After`; open connections are unaffected.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_connections: usize,
+
+    /// Most turns running at once, across all threads. Past it,
+    /// `turn/start`, `review/start` and `thread/compact/start` get error
+    /// -32001 "server overloaded; retry later" with `data.retryAfterMs`.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_RUNNING_TURNS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_running_turns: usize,
+
+    /// Most threads kept loaded in memory. Past it, stored threads that no
+    /// connection follows and no turn runs are unloaded (they stay on disk,
+    /// their files are closed; `thread/resume` loads them again).
+    /// Ephemeral threads are never unloaded.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_LOADED_THREADS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_loaded_threads: usize,
+
+    /// Close a WebSocket connection whose client sent nothing for this many
+    /// seconds. Any frame counts, WebSocket pings included, so a client
+    /// that pings stays connected. Default: never.
+    #[arg(long, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    ws_idle_timeout: Option<u64>,
+}
+
+/// `--ws-auth` modes.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum WsAuthMode {
+    /// A fixed token read from --ws-token-file.
+    CapabilityToken,
+    /// An HS256 JWT signed with the secret in --ws-shared-secret-file.
+    SignedBearerToken,
+}
+
+/// The WebSocket settings from the command line; fails (naming the file)
+/// when a token or secret file is unusable.
+fn websocket_options(args: &ServeArgs) -> anyhow::Result<WebSocketOptions> {
+    let auth = match args.ws_auth {
+        None => {
+            if args.ws_token_file.is_some() || args.ws_shared_secret_file.is_some() {
+                anyhow::bail!("--ws-token-file and --ws-shared-secret-file need --ws-auth");
+            }
+            WsAuth::None
+        }
+        Some(WsAuthMode::CapabilityToken) => {
+            let Some(path) = &args.ws_token_file else {
+                anyhow::bail!("--ws-auth capability-token needs --ws-token-file PATH");
+            };
+            WsAuth::capability_token(path)?
+        }
+        Some(WsAuthMode::SignedBearerToken) => {
+            let Some(path) = &args.ws_shared_secret_file else {
+                anyhow::bail!("--ws-auth signed-bearer-token needs --ws-shared-secret-file PATH");
+            };
+            WsAuth::signed_bearer(&SignedBearerSettings {
+                secret_file: path.clone(),
+                issuer: args.ws_issuer.clone(),
+                audience: args.ws_audience.clone(),
+                max_clock_skew: Duration::from_secs(args.ws_max_clock_skew_seconds),
+            })?
+        }
+    };
+    Ok(WebSocketOptions {
+        auth,
+        allow_unauthenticated: args.ws_allow_unauthenticated,
+        max_connections: args.max_connections,
+        idle_timeout: args.ws_idle_timeout.map(Duration::from_secs),
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Trace { command } => {
             skein_app_server::trace_view::run_cli(command).map_err(Into::into)
         }
@@ -153,6 +269,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Before telemetry: a bad configuration stops startup with its message.
     let config_path = paths::skein_home()?.join("config.toml");
     let config = skein_core::Config::load(&config_path, &args.config_overrides)?;
+    // Checked before anything starts, so a bad token file stops at once.
+    let websocket = websocket_options(&args)?;
     let telemetry = telemetry::init(TelemetryConfig {
         trace_dir: serve_trace_dir(args.trace_dir)?,
         log_filter: std::env::var("RUST_LOG").ok().filter(|f| !f.is_empty()),
@@ -176,7 +294,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             echo_delay: Duration::from_millis(args.echo_delay_ms),
             store: Some(open_thread_store()?),
             config: std::sync::Arc::new(config),
+            max_running_turns: Some(args.max_running_turns),
+            max_loaded_threads: Some(args.max_loaded_threads),
         },
+        websocket,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

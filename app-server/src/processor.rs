@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use serde::Serialize;
 use serde_json::Value;
 use serde_json::json;
-use skein_app_server_protocol::jsonrpc::{INVALID_REQUEST, NOT_INITIALIZED};
+use skein_app_server_protocol::jsonrpc::{INVALID_REQUEST, NOT_INITIALIZED, SERVER_OVERLOADED};
 use skein_app_server_protocol::v2::{
     InitializeParams, InitializeResponse, Model, ModelListParams, ModelListResponse,
     ReviewStartParams, ReviewStartResponse, ServerInfo, Thread, ThreadForkParams, ThreadIdParams,
@@ -435,6 +435,14 @@ pub(crate) fn thread_error(err: ThreadError) -> ErrorObject {
         | ThreadError::Busy(_)
         | ThreadError::ShuttingDown => ErrorObject::invalid_request(err),
         ThreadError::Store(_) => ErrorObject::internal(err),
+        ThreadError::Overloaded { running } => {
+            tracing::warn!(running, "refusing a turn: --max-running-turns reached");
+            let mut error = ErrorObject::new(SERVER_OVERLOADED, "server overloaded; retry later");
+            error.data = Some(json!({
+                "retryAfterMs": crate::limits::RETRY_AFTER.as_millis() as u64,
+            }));
+            error
+        }
     }
 }
 

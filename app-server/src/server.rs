@@ -4,6 +4,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use std::time::Duration;
 
@@ -13,8 +14,10 @@ use tokio::sync::watch;
 use tower::Layer;
 
 use crate::connection::RpcService;
+use crate::limits::{ConnectionLimit, DEFAULT_MAX_CONNECTIONS};
 use crate::processor::MessageProcessor;
 use crate::tracing_layer::RequestTracingLayer;
+use crate::transport::auth::WsAuth;
 use crate::transport::{stdio, websocket};
 
 /// How long a closing connection waits for its threads' final events.
@@ -84,6 +87,33 @@ pub struct ServerConfig {
     pub client_stall_timeout: Duration,
     /// Core runtime settings.
     pub core: CoreConfig,
+    /// WebSocket settings (ignored over stdio).
+    pub websocket: WebSocketOptions,
+}
+
+/// Settings of the WebSocket transport.
+#[derive(Clone, Debug)]
+pub struct WebSocketOptions {
+    /// How upgrades are authenticated.
+    pub auth: WsAuth,
+    /// Listen on a non-loopback address without authentication.
+    pub allow_unauthenticated: bool,
+    /// Most open WebSocket connections; past it, upgrades get `503`.
+    pub max_connections: usize,
+    /// Close a connection whose client sent nothing (not even a ping) for
+    /// this long; `None` never does.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for WebSocketOptions {
+    fn default() -> Self {
+        Self {
+            auth: WsAuth::None,
+            allow_unauthenticated: false,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: None,
+        }
+    }
 }
 
 /// What every connection shares. Cheap to clone.
@@ -92,16 +122,46 @@ pub struct ServerContext {
     processor: MessageProcessor,
     max_message_bytes: usize,
     client_stall_timeout: Duration,
+    ws_auth: Arc<WsAuth>,
+    connections: ConnectionLimit,
+    ws_idle_timeout: Option<Duration>,
 }
 
 impl ServerContext {
-    /// A context around a fresh thread registry.
+    /// A context around a fresh thread registry, with default WebSocket
+    /// settings.
     pub fn new(max_message_bytes: usize, client_stall_timeout: Duration, core: CoreConfig) -> Self {
         Self {
             processor: MessageProcessor::new(ThreadManager::new(core)),
             max_message_bytes,
             client_stall_timeout,
+            ws_auth: Arc::new(WsAuth::None),
+            connections: ConnectionLimit::new(DEFAULT_MAX_CONNECTIONS),
+            ws_idle_timeout: None,
         }
+    }
+
+    /// This context with the WebSocket settings of `options`.
+    pub fn with_websocket(mut self, options: WebSocketOptions) -> Self {
+        self.ws_auth = Arc::new(options.auth);
+        self.connections = ConnectionLimit::new(options.max_connections);
+        self.ws_idle_timeout = options.idle_timeout;
+        self
+    }
+
+    /// How WebSocket upgrades are authenticated.
+    pub fn ws_auth(&self) -> &WsAuth {
+        &self.ws_auth
+    }
+
+    /// The open-connection counter of the WebSocket transport.
+    pub fn connections(&self) -> &ConnectionLimit {
+        &self.connections
+    }
+
+    /// How long an upgraded connection may stay silent.
+    pub fn ws_idle_timeout(&self) -> Option<Duration> {
+        self.ws_idle_timeout
     }
 
     /// How long a writer may make no progress before its client is
@@ -137,6 +197,14 @@ pub enum ServeError {
         /// Why.
         source: std::io::Error,
     },
+    /// A non-loopback address without authentication.
+    #[error(
+        "refusing to listen on ws://{addr} without authentication: anyone who can reach it could drive this server. Add `--ws-auth capability-token --ws-token-file PATH` (or `--ws-auth signed-bearer-token --ws-shared-secret-file PATH`), listen on a loopback address, or pass `--ws-allow-unauthenticated` to insist"
+    )]
+    Unauthenticated {
+        /// The address.
+        addr: SocketAddr,
+    },
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -150,11 +218,19 @@ pub enum ServeError {
 ///    notifications still reach connected clients;
 /// 3. each connection's writer drains its queue, which ends the last spans.
 pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
+    if let ListenAddr::WebSocket(addr) = config.listen
+        && !addr.ip().is_loopback()
+        && !config.websocket.auth.is_enabled()
+        && !config.websocket.allow_unauthenticated
+    {
+        return Err(ServeError::Unauthenticated { addr });
+    }
     let ctx = ServerContext::new(
         config.max_message_bytes,
         config.client_stall_timeout,
         config.core,
-    );
+    )
+    .with_websocket(config.websocket);
     let (stop_tx, stop_rx) = watch::channel(false);
     let signals = shutdown_signals().map_err(ServeError::Signals)?;
     let signal_stop = stop_tx.clone();

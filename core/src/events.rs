@@ -20,6 +20,7 @@ use crate::threads::CoreEvent;
 #[derive(Debug, Default)]
 pub struct EventHub {
     subscribers: Mutex<Vec<Arc<Shared>>>,
+    ever_subscribed: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +53,8 @@ impl EventHub {
     pub fn subscribe(&self) -> EventReceiver {
         let shared = Arc::new(Shared::default());
         lock(&self.subscribers).push(Arc::clone(&shared));
+        self.ever_subscribed
+            .store(true, std::sync::atomic::Ordering::Release);
         EventReceiver { shared }
     }
 
@@ -68,6 +71,12 @@ impl EventHub {
             shared.push(event.clone());
         }
         last.push(event);
+    }
+
+    /// True once anyone subscribed.
+    pub fn ever_subscribed(&self) -> bool {
+        self.ever_subscribed
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The number of live subscribers.

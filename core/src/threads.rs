@@ -43,6 +43,11 @@ pub struct CoreConfig {
     pub store: Option<ThreadStore>,
     /// Models, providers, MCP servers and content recording.
     pub config: Arc<Config>,
+    /// Most turns running at once across all threads; `None`: no limit.
+    pub max_running_turns: Option<usize>,
+    /// Most threads loaded at once; past it, stored threads that nobody
+    /// follows and no turn runs are unloaded. `None`: no limit.
+    pub max_loaded_threads: Option<usize>,
 }
 
 /// A thread's metadata.
@@ -142,6 +147,12 @@ pub enum ThreadError {
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// As many turns as allowed are already running.
+    #[error("server overloaded; retry later ({running} turns running, the limit)")]
+    Overloaded {
+        /// Turns running now.
+        running: usize,
+    },
     /// Another process sharing the store is writing the thread.
     #[error("{0}")]
     Busy(String),
@@ -203,8 +214,13 @@ pub(crate) struct ThreadEntry {
     submissions: mpsc::Sender<Submission>,
     pub(crate) events: EventHub,
     /// The thread's file, locked for writing; `None` for ephemeral threads
-    /// and when nothing is stored.
-    file: Option<Mutex<ThreadFile>>,
+    /// and when nothing is stored. The inner `None` once the thread was
+    /// unloaded: its file is closed (and its lock released) at once, so a
+    /// new load can take it over while this entry's loop winds down.
+    file: Option<Mutex<Option<ThreadFile>>>,
+    /// When it was loaded, for sparing a just-loaded thread whose first
+    /// subscriber has not arrived yet from unloading.
+    loaded_at: std::time::Instant,
 }
 
 impl ThreadEntry {
@@ -230,13 +246,22 @@ impl ThreadEntry {
 
     /// Appends a record to the thread's file, if it has one, and waits
     /// until it is on disk. Blocking: call it off the async workers.
-    fn append_synced(&self, record: &Record) -> Result<(), StoreError> {
+    /// Returns false, writing nothing, when the thread was unloaded.
+    fn append_synced(&self, record: &Record) -> Result<bool, StoreError> {
         let Some(file) = &self.file else {
-            return Ok(());
+            return Ok(true);
         };
-        file.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .append(record, true)
+        match file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            Some(file) => file.append(record, true).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Closes the thread's file as the thread is unloaded.
+    fn close_file(&self) {
+        if let Some(file) = &self.file {
+            drop(file.lock().unwrap_or_else(|p| p.into_inner()).take());
+        }
     }
 
     /// Appends a record to the thread's file, if it has one; with `sync`,
@@ -250,6 +275,10 @@ impl ThreadEntry {
         let write = move || {
             let Some(file) = &entry.file else { return };
             let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(file) = file.as_mut() else {
+                tracing::warn!(thread = %entry.id, "thread unloaded; a record was not written");
+                return;
+            };
             if let Err(err) = file.append(&record, sync) {
                 tracing::error!(thread = %entry.id, %err, "could not write thread history");
             }
@@ -317,6 +346,10 @@ impl ThreadHandle {
     }
 }
 
+/// How long a loaded thread nobody has subscribed to yet is spared from
+/// unloading: the request that loaded it subscribes right after.
+const FIRST_SUBSCRIBER_GRACE: Duration = Duration::from_secs(30);
+
 struct Registry {
     /// Threads loaded in this process (started, forked, resumed).
     threads: BTreeMap<String, ThreadHandle>,
@@ -330,6 +363,8 @@ pub struct ThreadManager {
     registry: Arc<Mutex<Registry>>,
     runtime: Arc<Runtime>,
     store: Option<ThreadStore>,
+    max_running_turns: Option<usize>,
+    max_loaded_threads: Option<usize>,
 }
 
 impl std::fmt::Debug for ThreadManager {
@@ -349,6 +384,8 @@ impl ThreadManager {
             })),
             runtime: Arc::new(Runtime::new(config.config, config.echo_delay)),
             store: config.store,
+            max_running_turns: config.max_running_turns,
+            max_loaded_threads: config.max_loaded_threads,
         }
     }
 
@@ -522,7 +559,8 @@ impl ThreadManager {
             }),
             submissions,
             events,
-            file: file.map(Mutex::new),
+            file: file.map(|f| Mutex::new(Some(f))),
+            loaded_at: std::time::Instant::now(),
         });
         let mut registry = self.lock();
         if registry.shutting_down {
@@ -542,6 +580,9 @@ impl ThreadManager {
         registry
             .threads
             .insert(handle.entry.id.clone(), handle.clone());
+        if let Some(max) = self.max_loaded_threads {
+            unload_idle(&mut registry, max, &handle.entry.id);
+        }
         Ok(handle)
     }
 
@@ -663,15 +704,23 @@ impl ThreadManager {
         record: Record,
         apply: impl FnOnce(&mut ThreadInfo),
     ) -> Result<ThreadInfo, ThreadError> {
+        let mut record = record;
         if let Ok(handle) = self.handle(id) {
             let entry = Arc::clone(&handle.entry);
-            tokio::task::spawn_blocking(move || entry.append_synced(&record))
-                .await
-                .map_err(|err| ThreadError::Store(err.to_string()))??;
-            let mut state = handle.entry.state();
-            apply(&mut state.info);
-            state.info.updated_at = unix_now();
-            return Ok(state.info.clone());
+            let (written, unwritten) = tokio::task::spawn_blocking(move || {
+                let written = entry.append_synced(&record);
+                (written, record)
+            })
+            .await
+            .map_err(|err| ThreadError::Store(err.to_string()))?;
+            if written? {
+                let mut state = handle.entry.state();
+                apply(&mut state.info);
+                state.info.updated_at = unix_now();
+                return Ok(state.info.clone());
+            }
+            // Unloaded meanwhile: write through the store instead.
+            record = unwritten;
         }
         let Some(store) = self.store.clone() else {
             return Err(ThreadError::NotFound(id.to_owned()));
@@ -728,6 +777,19 @@ impl ThreadManager {
         };
         let turn_id = uuid::Uuid::now_v7().to_string();
         {
+            // Counting and claiming under the registry lock: two requests
+            // cannot both take the last free slot.
+            let registry = self.lock();
+            if let Some(max) = self.max_running_turns {
+                let running = registry
+                    .threads
+                    .values()
+                    .filter(|t| t.entry.state().active_turn.is_some())
+                    .count();
+                if running >= max {
+                    return Err(ThreadError::Overloaded { running });
+                }
+            }
             let mut state = handle.entry.state();
             if let Some(running) = &state.active_turn {
                 return Err(ThreadError::TurnRunning {
@@ -848,6 +910,56 @@ impl ThreadManager {
         // that came too late for `ShutdownComplete` stop as well.
         self.lock().threads.clear();
         self.runtime.shutdown().await;
+    }
+}
+
+/// Unloads threads until at most `max` are loaded, oldest first: only
+/// stored threads (their history stays on disk) that no connection follows
+/// and no turn runs, never `keep`. Each one's loop is told to stop; it then
+/// drops the thread, closing its file and releasing its lock.
+fn unload_idle(registry: &mut Registry, max: usize, keep: &str) {
+    let excess = registry.threads.len().saturating_sub(max);
+    if excess == 0 {
+        return;
+    }
+    let idle: Vec<String> = registry
+        .threads
+        .values()
+        .filter(|t| {
+            let entry = &t.entry;
+            entry.id != keep
+                && entry.file.is_some()
+                && entry.events.subscriber_count() == 0
+                && (entry.events.ever_subscribed()
+                    || entry.loaded_at.elapsed() >= FIRST_SUBSCRIBER_GRACE)
+                && entry.state().active_turn.is_none()
+        })
+        .map(|t| t.entry.id.clone())
+        .take(excess)
+        .collect();
+    for id in idle {
+        if let Some(handle) = registry.threads.remove(&id) {
+            handle.entry.close_file();
+            // An idle loop's queue is empty; if the stop cannot be queued
+            // the loop is already gone.
+            if handle
+                .entry
+                .submissions
+                .try_send(stop_submission())
+                .is_err()
+            {
+                tracing::debug!(thread = %id, "thread loop already stopped");
+            }
+            tracing::debug!(thread = %id, "unloaded an idle thread");
+        }
+    }
+}
+
+fn stop_submission() -> Submission {
+    Submission {
+        id: uuid::Uuid::now_v7().to_string(),
+        op: Op::Shutdown,
+        trace: None,
     }
 }
 
@@ -1140,6 +1252,7 @@ mod tests {
             submissions,
             events,
             file: None,
+            loaded_at: std::time::Instant::now(),
         });
         (ThreadHandle { entry }, rx)
     }
@@ -1315,6 +1428,66 @@ mod tests {
             turns[0].span_id.as_deref(),
             Some(turn.span_context.span_id().to_string().as_str())
         );
+    }
+
+    #[tokio::test]
+    async fn an_unloaded_thread_releases_its_file_at_once_and_loads_again() {
+        let _capture = Capture::new();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let manager = ThreadManager::new(CoreConfig {
+            store: Some(ThreadStore::open(dir.path()).expect("store")),
+            max_loaded_threads: Some(1),
+            ..CoreConfig::default()
+        });
+        let first = manager.start_thread(None, false).expect("first");
+        let stale = manager.handle(&first.id).expect("handle");
+        // Followed once, then no longer: unloadable.
+        drop(stale.subscribe());
+        let second = manager.start_thread(None, false).expect("second");
+        assert_eq!(manager.loaded_ids(), vec![second.id.clone()]);
+        // A metadata change through a handle taken before the unload goes
+        // to the store.
+        let named = manager.set_name(&first.id, "kept").await.expect("name");
+        assert_eq!(named.name.as_deref(), Some("kept"));
+        // The file was released at once: loading it again is not `Busy`.
+        let again = manager.load(&first.id).expect("load again");
+        assert_eq!(again.id(), first.id);
+        assert_eq!(
+            manager.read(&first.id).expect("read").name.as_deref(),
+            Some("kept")
+        );
+        // A thread nobody ever followed is spared (its request subscribes
+        // right after loading it).
+        let third = manager.start_thread(None, false).expect("third");
+        assert!(manager.loaded_ids().contains(&third.id));
+        manager.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn turns_past_the_running_limit_are_refused() {
+        let _capture = Capture::new();
+        let manager = ThreadManager::new(CoreConfig {
+            echo_delay: Duration::from_secs(3600),
+            max_running_turns: Some(1),
+            ..CoreConfig::default()
+        });
+        let input = || {
+            vec![UserInput::Text {
+                text: "a long answer".into(),
+            }]
+        };
+        let a = manager.start_thread(None, true).expect("a");
+        let b = manager.start_thread(None, true).expect("b");
+        manager
+            .start_turn(&a.id, TurnKind::Regular, input())
+            .await
+            .expect("first turn");
+        let refused = manager
+            .start_turn(&b.id, TurnKind::Regular, input())
+            .await
+            .expect_err("past the limit");
+        assert_eq!(refused, ThreadError::Overloaded { running: 1 });
+        manager.shutdown().await;
     }
 
     #[tokio::test]

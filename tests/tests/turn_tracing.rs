@@ -696,7 +696,11 @@ async fn run_concurrent_connection(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_hundred_concurrent_turns_on_ten_connections_each_get_their_own_span_chain() {
     // Every turn streams for a while, so the turns overlap.
-    let options = ServerOptions::default().echo_delay_ms(100);
+    // A hundred turns run at once: above the default --max-running-turns.
+    let options = ServerOptions::default()
+        .echo_delay_ms(100)
+        .arg("--max-running-turns")
+        .arg("128");
     let mut server = Server::start_with(Transport::WebSocket, options).await;
     let ready = Arc::new(Barrier::new(CONNECTIONS));
     let mut tasks = Vec::new();

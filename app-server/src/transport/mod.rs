@@ -1,8 +1,10 @@
 //! Transports: how frames get in and out.
 //!
 //! - [`stdio`]: newline-delimited JSON on stdin/stdout.
-//! - [`websocket`]: one JSON message per text frame, plus `GET /healthz`.
+//! - [`websocket`]: one JSON message per text frame, plus `GET /healthz`;
+//!   [`auth`] checks its upgrades.
 
+pub mod auth;
 pub mod stdio;
 pub mod websocket;
 

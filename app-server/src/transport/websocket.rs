@@ -5,9 +5,17 @@
 //! - `GET /healthz` answers `200 ok` and closes;
 //! - a request carrying an `Origin` header is refused with `403`, so that a
 //!   web page in a browser cannot drive a local server;
+//! - an upgrade without a valid `Authorization: Bearer` token (when
+//!   `--ws-auth` is set) is refused with `401` (see [`super::auth`]);
+//! - an upgrade past `--max-connections` open connections gets `503` with
+//!   `Retry-After`;
 //! - a WebSocket upgrade is handed to tokio-tungstenite, replaying the bytes
 //!   already read;
 //! - anything else gets `400`.
+//!
+//! When `accept` fails (usually: out of file descriptors), the accept loop
+//! backs off (see [`crate::limits::AcceptBackoff`]) and keeps serving the
+//! connections already open.
 
 use std::io;
 use std::pin::Pin;
@@ -28,6 +36,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use crate::connection::ConnectionHandler;
+use crate::limits::{AcceptBackoff, RETRY_AFTER};
 use crate::memory::{Trimmer, release_free_memory};
 use crate::server::{EVENT_DRAIN_TIMEOUT, ServerContext};
 use crate::session::{ConnectionSession, OUTBOUND_QUEUE, OutboundItem, StallReporter, Transport};
@@ -55,11 +64,13 @@ pub async fn serve_websocket(
     let mut connections = JoinSet::new();
     let mut trimmer = Trimmer::default();
     let for_connections = shutdown.clone();
+    let mut backoff = AcceptBackoff::default();
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    backoff.succeeded();
                     let ctx = ctx.clone();
                     let shutdown = for_connections.clone();
                     trimmer.opened();
@@ -70,9 +81,23 @@ pub async fn serve_websocket(
                     });
                 }
                 Err(err) => {
-                    // Usually out of file descriptors: keep serving the
-                    // connections already open.
-                    tracing::warn!(%err, "accepting a connection failed");
+                    // Usually out of file descriptors: retrying at once
+                    // would spin. Pause (open connections keep running on
+                    // their own tasks), reaping finished ones meanwhile.
+                    let pause = tokio::time::sleep(backoff.failed(&err));
+                    tokio::pin!(pause);
+                    let mut stop = for_connections.clone();
+                    loop {
+                        tokio::select! {
+                            _ = &mut pause => break,
+                            _ = stop.wait_for(|stop| *stop) => break,
+                            Some(_) = connections.join_next(), if !connections.is_empty() => {
+                                if trimmer.closed() {
+                                    release_free_memory();
+                                }
+                            }
+                        }
+                    }
                 }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {
@@ -99,7 +124,10 @@ pub async fn serve_websocket(
 /// What the request head asked for.
 enum Route {
     Health,
-    Upgrade,
+    /// A WebSocket upgrade, with its `Authorization` header if any.
+    Upgrade {
+        authorization: Option<String>,
+    },
     Forbidden,
     BadRequest(&'static str),
 }
@@ -124,7 +152,32 @@ async fn handle_socket(
             .await
         }
         Route::BadRequest(why) => write_http(&mut stream, "400 Bad Request", why).await,
-        Route::Upgrade => {
+        Route::Upgrade { authorization } => {
+            if let Err(why) = ctx.ws_auth().check(authorization.as_deref()) {
+                tracing::info!(reason = why, "refusing an unauthenticated upgrade");
+                let body = format!("unauthorized: {why}\n");
+                return write_response(
+                    &mut stream,
+                    "401 Unauthorized",
+                    "WWW-Authenticate: Bearer\r\n",
+                    &body,
+                )
+                .await;
+            }
+            let Some(_slot) = ctx.connections().try_acquire() else {
+                tracing::warn!(
+                    open = ctx.connections().open(),
+                    "refusing an upgrade: too many open connections (--max-connections)"
+                );
+                let retry = format!("Retry-After: {}\r\n", RETRY_AFTER.as_secs().max(1));
+                return write_response(
+                    &mut stream,
+                    "503 Service Unavailable",
+                    &retry,
+                    "server overloaded: too many open connections; retry later\n",
+                )
+                .await;
+            };
             let limit = ctx.max_message_bytes();
             let config = WebSocketConfig::default()
                 .max_message_size(Some(limit))
@@ -134,7 +187,7 @@ async fn handle_socket(
                 // gather writes up to 64 KiB before the flush sends them.
                 .read_buffer_size(WS_READ_BUFFER_BYTES)
                 .write_buffer_size(WS_WRITE_BUFFER_BYTES);
-            let replay = Replay::new(head, stream);
+            let replay = Replay::new(head, stream).with_idle_timeout(ctx.ws_idle_timeout());
             match tokio_tungstenite::accept_async_with_config(replay, Some(config)).await {
                 Ok(ws) => {
                     serve_connection(ws, ctx, shutdown).await;
@@ -193,15 +246,28 @@ fn route(head: &[u8]) -> Route {
     }
     let upgrade = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     if request.method == Some("GET") && upgrade {
-        Route::Upgrade
+        Route::Upgrade {
+            authorization: header("authorization"),
+        }
     } else {
         Route::BadRequest("this endpoint speaks WebSocket (JSON-RPC) and serves GET /healthz\n")
     }
 }
 
 async fn write_http(stream: &mut TcpStream, status: &str, body: &str) -> io::Result<()> {
+    write_response(stream, status, "", body).await
+}
+
+/// Writes a plain-text response with `extra_headers` (each line ending in
+/// CRLF) and closes the connection.
+async fn write_response(
+    stream: &mut TcpStream,
+    status: &str,
+    extra_headers: &str,
+    body: &str,
+) -> io::Result<()> {
     let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{extra_headers}Connection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(response.as_bytes()).await?;
@@ -386,11 +452,23 @@ async fn write_frames(
 }
 
 /// A stream that first yields bytes already read from it, then reads on.
+///
+/// With an idle timeout, a read that has waited that long since the last
+/// bytes arrived fails with [`io::ErrorKind::TimedOut`], which ends the
+/// connection: any frame from the client (a WebSocket ping or pong too)
+/// counts as activity.
 #[derive(Debug)]
 pub struct Replay<S> {
     prefix: Vec<u8>,
     pos: usize,
     inner: S,
+    idle: Option<Idle>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    timeout: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl<S> Replay<S> {
@@ -400,7 +478,18 @@ impl<S> Replay<S> {
             prefix,
             pos: 0,
             inner,
+            idle: None,
         }
+    }
+
+    /// Fails reads once nothing arrived for `timeout` (`None`: never).
+    /// Must be called within the runtime.
+    pub fn with_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle = timeout.map(|timeout| Idle {
+            timeout,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        });
+        self
     }
 }
 
@@ -421,7 +510,30 @@ impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
             }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if let Some(idle) = &mut this.idle
+                    && buf.filled().len() > before
+                {
+                    let next = tokio::time::Instant::now() + idle.timeout;
+                    idle.deadline.as_mut().reset(next);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => match &mut this.idle {
+                Some(idle) => match idle.deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "idle timeout: the client sent nothing",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                },
+                None => Poll::Pending,
+            },
+            other => other,
+        }
     }
 }
 
@@ -457,8 +569,18 @@ mod tests {
             route(
                 b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
             ),
-            Route::Upgrade
+            Route::Upgrade {
+                authorization: None
+            }
         ));
+        match route(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nAuthorization: Bearer t\r\n\r\n",
+        ) {
+            Route::Upgrade { authorization } => {
+                assert_eq!(authorization.as_deref(), Some("Bearer t"));
+            }
+            _ => panic!("an upgrade with a token routes to the upgrade"),
+        }
         assert!(matches!(
             route(
                 b"GET / HTTP/1.1\r\nHost: x\r\nOrigin: http://evil\r\nUpgrade: websocket\r\n\r\n"

@@ -1,0 +1,773 @@
+//! Running on a network: WebSocket authentication, refusal to listen
+//! publicly without it, and the overload answers (connection, running-turn
+//! and loaded-thread limits, running out of file descriptors, idle
+//! connections), against the real `skein` binary.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use support::{STATUS_CODE_ERROR, Server, ServerOptions, TIMEOUT, Transport, skein_bin};
+
+/// The code of an overloaded answer.
+const SERVER_OVERLOADED: i64 = -32001;
+
+/// Writes `contents` to `dir/name` with permission bits `mode`.
+fn secret_file(dir: &Path, name: &str, contents: &str, mode: u32) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).expect("write secret file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    path
+}
+
+/// Sends a WebSocket upgrade request by hand and returns the response: the
+/// head only for `101`, else everything up to the server's close.
+async fn raw_upgrade(addr: &str, authorization: Option<&str>) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{auth}\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 4096];
+    tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let n = stream.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            response.extend_from_slice(&chunk[..n]);
+            if response.starts_with(b"HTTP/1.1 101")
+                && response.windows(4).any(|w| w == b"\r\n\r\n")
+            {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the server answered the upgrade request in time");
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// `GET /healthz` over a fresh connection; returns the whole response.
+async fn healthz(addr: &str) -> String {
+    tokio::time::timeout(TIMEOUT, async {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("send");
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response).await;
+        response
+    })
+    .await
+    .expect("/healthz answered in time")
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+/// Connects with `Authorization: Bearer token`; panics when refused.
+async fn connect_with_token(url: &str, token: &str) -> Ws {
+    let mut request = url.into_client_request().expect("request");
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header value"),
+    );
+    let (ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("connect in time")
+        .unwrap_or_else(|e| panic!("upgrade with a valid token refused: {e}"));
+    ws
+}
+
+/// Sends `initialize` and waits for its result.
+async fn initialize(ws: &mut Ws) -> Value {
+    let request = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"clientInfo": {"name": "hardening", "version": "1"}}});
+    ws.send(Message::text(request.to_string()))
+        .await
+        .expect("send initialize");
+    loop {
+        let message = tokio::time::timeout(TIMEOUT, ws.next())
+            .await
+            .expect("initialize answered in time")
+            .expect("connection open")
+            .expect("read frame");
+        if let Message::Text(text) = message {
+            let value: Value = serde_json::from_str(&text).expect("JSON");
+            if value["id"] == json!(1) {
+                return value;
+            }
+        }
+    }
+}
+
+fn status_line(response: &str) -> &str {
+    response.lines().next().unwrap_or("")
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+const TOKEN: &str = "cap-token-4f9a1c2e8b7d6a5f3e2d1c0b";
+
+#[tokio::test]
+async fn capability_token_upgrades_need_the_right_bearer_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = secret_file(dir.path(), "token", &format!("{TOKEN}\n"), 0o600);
+    let mut server = Server::start_with(
+        Transport::WebSocket,
+        ServerOptions::default()
+            .arg("--ws-auth")
+            .arg("capability-token")
+            .arg("--ws-token-file")
+            .arg(token_file.to_str().expect("utf-8 path")),
+    )
+    .await;
+    let addr = server.ws_addr();
+
+    let missing = raw_upgrade(&addr, None).await;
+    assert!(
+        status_line(&missing).starts_with("HTTP/1.1 401"),
+        "{missing}"
+    );
+    assert!(
+        missing.contains("missing Authorization: Bearer token"),
+        "{missing}"
+    );
+
+    let wrong_token = format!("{TOKEN}x");
+    let wrong = raw_upgrade(&addr, Some(&format!("Bearer {wrong_token}"))).await;
+    assert!(status_line(&wrong).starts_with("HTTP/1.1 401"), "{wrong}");
+    assert!(wrong.contains("invalid token"), "{wrong}");
+    assert!(
+        !wrong.contains(TOKEN),
+        "the reason must not echo a token: {wrong}"
+    );
+
+    let basic = raw_upgrade(&addr, Some(&format!("Basic {TOKEN}"))).await;
+    assert!(status_line(&basic).starts_with("HTTP/1.1 401"), "{basic}");
+
+    // /healthz needs no token.
+    let health = healthz(&addr).await;
+    assert!(status_line(&health).starts_with("HTTP/1.1 200"), "{health}");
+
+    let mut ws = connect_with_token(server.ws_url(), TOKEN).await;
+    let init = initialize(&mut ws).await;
+    assert_eq!(
+        init["result"]["serverInfo"]["name"],
+        json!("skein"),
+        "{init}"
+    );
+    ws.close(None).await.expect("close");
+    server
+        .wait_for_stderr(|l| l.contains("websocket connection closed"))
+        .await;
+
+    let finished = server.shutdown().await;
+    for line in finished.stderr() {
+        assert!(!line.contains(TOKEN), "token logged: {line}");
+    }
+    assert!(
+        !finished.dump().contains(TOKEN),
+        "token recorded on a span:\n{}",
+        finished.dump()
+    );
+}
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef-shared";
+
+fn jwt(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign a JWT")
+}
+
+#[tokio::test]
+async fn signed_bearer_tokens_check_expiry_not_before_issuer_and_audience() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = secret_file(dir.path(), "secret", SECRET, 0o600);
+    let server = Server::start_with(
+        Transport::WebSocket,
+        ServerOptions::default()
+            .arg("--ws-auth")
+            .arg("signed-bearer-token")
+            .arg("--ws-shared-secret-file")
+            .arg(secret.to_str().expect("utf-8 path"))
+            .arg("--ws-issuer")
+            .arg("skein-tests")
+            .arg("--ws-audience")
+            .arg("skein"),
+    )
+    .await;
+    let addr = server.ws_addr();
+    let now = unix_now();
+    let claims = |extra: Value| {
+        let mut claims = json!({"iss": "skein-tests", "aud": "skein", "exp": now + 3600});
+        for (k, v) in extra.as_object().expect("object") {
+            claims[k] = v.clone();
+        }
+        claims
+    };
+
+    let valid = jwt(claims(json!({"nbf": now - 10})));
+    let mut ws = connect_with_token(server.ws_url(), &valid).await;
+    let init = initialize(&mut ws).await;
+    assert!(init.get("result").is_some(), "{init}");
+    ws.close(None).await.expect("close");
+
+    let cases = [
+        (jwt(claims(json!({"exp": now - 3600}))), "token expired"),
+        (
+            jwt(claims(json!({"nbf": now + 3600}))),
+            "token not yet valid",
+        ),
+        (
+            jwt(claims(json!({"aud": "someone-else"}))),
+            "audience not accepted",
+        ),
+        (
+            jwt(claims(json!({"iss": "someone-else"}))),
+            "issuer not accepted",
+        ),
+        (
+            jwt(json!({"iss": "skein-tests", "aud": "skein"})),
+            "required claim (exp)",
+        ),
+        (
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                &claims(json!({})),
+                &jsonwebtoken::EncodingKey::from_secret(b"another-secret-of-at-least-32-bytes!!"),
+            )
+            .expect("sign"),
+            "invalid token signature",
+        ),
+    ];
+    for (token, reason) in &cases {
+        let response = raw_upgrade(&addr, Some(&format!("Bearer {token}"))).await;
+        assert!(
+            status_line(&response).starts_with("HTTP/1.1 401"),
+            "expected 401 ({reason}): {response}"
+        );
+        assert!(response.contains(reason), "expected {reason:?}: {response}");
+        assert!(
+            !response.contains(token.as_str()),
+            "token echoed: {response}"
+        );
+    }
+    let missing = raw_upgrade(&addr, None).await;
+    assert!(
+        status_line(&missing).starts_with("HTTP/1.1 401"),
+        "{missing}"
+    );
+
+    let finished = server.shutdown().await;
+    for (token, _) in &cases {
+        for line in finished.stderr() {
+            assert!(!line.contains(token.as_str()), "token logged: {line}");
+        }
+    }
+}
+
+/// A `skein serve` started by hand, for what [`Server`] cannot start: bad
+/// configurations and resource limits.
+struct Spawned {
+    child: Child,
+    stderr: watch::Receiver<Vec<String>>,
+    _home: tempfile::TempDir,
+}
+
+impl Spawned {
+    fn start(args: &[&str], nofile: Option<u64>) -> Spawned {
+        let home = tempfile::tempdir().expect("tempdir");
+        let mut command = Command::new(skein_bin());
+        command
+            .arg("serve")
+            .args(["--trace-dir", "none"])
+            .args(args)
+            .env("SKEIN_HOME", home.path())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("OTEL_") {
+                command.env_remove(&key);
+            }
+        }
+        if let Some(limit) = nofile {
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs
+            // between fork and exec here.
+            unsafe {
+                command.pre_exec(move || {
+                    let rlimit = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command.spawn().expect("spawn skein");
+        let pipe = child.stderr.take().expect("stderr piped");
+        let (tx, stderr) = watch::channel(Vec::new());
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(pipe).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tx.send_modify(|all| all.push(line));
+            }
+        });
+        Spawned {
+            child,
+            stderr,
+            _home: home,
+        }
+    }
+
+    /// Waits for the process to exit; returns whether it succeeded and its
+    /// stderr.
+    async fn exit(mut self) -> (bool, String) {
+        let status = tokio::time::timeout(TIMEOUT, self.child.wait())
+            .await
+            .expect("skein exited in time")
+            .expect("wait");
+        let _ = tokio::time::timeout(TIMEOUT, self.stderr.wait_for(|_| false)).await;
+        (status.success(), self.stderr.borrow().join("\n"))
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    async fn wait_for(&mut self, needle: &str) -> String {
+        let found = |lines: &Vec<String>| lines.iter().find(|l| l.contains(needle)).cloned();
+        let _ = tokio::time::timeout(TIMEOUT, self.stderr.wait_for(|l| found(l).is_some())).await;
+        let lines = self.stderr.borrow().clone();
+        found(&lines)
+            .unwrap_or_else(|| panic!("no stderr line with {needle:?}:\n{}", lines.join("\n")))
+    }
+
+    /// The `IP:PORT` announced on stderr.
+    async fn addr(&mut self) -> String {
+        let line = self.wait_for("listening on ws://").await;
+        line.split("ws://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("address")
+            .to_owned()
+    }
+}
+
+#[tokio::test]
+async fn unusable_token_files_stop_startup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shared = secret_file(dir.path(), "shared", TOKEN, 0o644);
+    let empty = secret_file(dir.path(), "empty", "\n", 0o600);
+    let missing = dir.path().join("missing");
+    let short = secret_file(dir.path(), "short", "short-secret", 0o600);
+    let cases: [(Vec<&str>, &str); 4] = [
+        (
+            vec!["--ws-token-file", shared.to_str().expect("path")],
+            "accessible to other users",
+        ),
+        (
+            vec!["--ws-token-file", empty.to_str().expect("path")],
+            "is empty",
+        ),
+        (
+            vec!["--ws-token-file", missing.to_str().expect("path")],
+            "cannot read token file",
+        ),
+        (vec![], "needs --ws-token-file"),
+    ];
+    for (extra, expected) in cases {
+        let mut args = vec![
+            "--listen",
+            "ws://127.0.0.1:0",
+            "--ws-auth",
+            "capability-token",
+        ];
+        args.extend(extra);
+        let (ok, stderr) = Spawned::start(&args, None).exit().await;
+        assert!(!ok, "started despite {args:?}:\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?}:\n{stderr}"
+        );
+        assert!(!stderr.contains("listening on"), "{stderr}");
+        assert!(!stderr.contains(TOKEN), "token printed:\n{stderr}");
+    }
+    let (ok, stderr) = Spawned::start(
+        &[
+            "--listen",
+            "ws://127.0.0.1:0",
+            "--ws-auth",
+            "signed-bearer-token",
+            "--ws-shared-secret-file",
+            short.to_str().expect("path"),
+        ],
+        None,
+    )
+    .exit()
+    .await;
+    assert!(!ok, "started with a short secret:\n{stderr}");
+    assert!(stderr.contains("at least 32"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_public_address_without_auth_refuses_to_start() {
+    let (ok, stderr) = Spawned::start(&["--listen", "ws://0.0.0.0:0"], None)
+        .exit()
+        .await;
+    assert!(!ok, "listened publicly without auth:\n{stderr}");
+    assert!(stderr.contains("--ws-auth"), "{stderr}");
+    assert!(stderr.contains("--ws-allow-unauthenticated"), "{stderr}");
+    assert!(!stderr.contains("listening on"), "{stderr}");
+
+    // Insisting works.
+    let mut insisted = Spawned::start(
+        &["--listen", "ws://0.0.0.0:0", "--ws-allow-unauthenticated"],
+        None,
+    );
+    let addr = insisted.addr().await;
+    let port = addr.rsplit(':').next().expect("port");
+    let health = healthz(&format!("127.0.0.1:{port}")).await;
+    assert!(status_line(&health).starts_with("HTTP/1.1 200"), "{health}");
+
+    // With auth, a public address is fine.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = secret_file(dir.path(), "token", TOKEN, 0o600);
+    let mut authed = Spawned::start(
+        &[
+            "--listen",
+            "ws://0.0.0.0:0",
+            "--ws-auth",
+            "capability-token",
+            "--ws-token-file",
+            token.to_str().expect("path"),
+        ],
+        None,
+    );
+    authed.addr().await;
+}
+
+#[tokio::test]
+async fn turns_past_the_running_limit_get_server_overloaded() {
+    let mut server = Server::start_with(
+        Transport::WebSocket,
+        ServerOptions::default()
+            .echo_delay_ms(60_000)
+            .arg("--max-running-turns")
+            .arg("2"),
+    )
+    .await;
+    let mut client = server.connect().await;
+    client.initialize("hardening", "1").await;
+    let first = client.start_thread().await;
+    let second = client.start_thread().await;
+    let third = client.start_thread().await;
+    let running = client
+        .start_turn(&first, "hold this turn open please", None)
+        .await
+        .turn_id();
+    client.start_turn(&second, "and this one too", None).await;
+
+    let mut refused_ids = Vec::new();
+    for (method, params) in [
+        (
+            "turn/start",
+            json!({"threadId": third, "input": [{"type": "text", "text": "one more"}]}),
+        ),
+        ("review/start", json!({"threadId": third})),
+        ("thread/compact/start", json!({"threadId": third})),
+    ] {
+        let response = client.request(method, params, None).await;
+        assert_eq!(
+            response.error_code(),
+            SERVER_OVERLOADED,
+            "{method}: {:?}",
+            response.message
+        );
+        let error = &response.message["error"];
+        assert_eq!(
+            error["message"],
+            json!("server overloaded; retry later"),
+            "{error}"
+        );
+        assert!(
+            error["data"]["retryAfterMs"]
+                .as_u64()
+                .is_some_and(|ms| ms > 0),
+            "{method}: no data.retryAfterMs: {error}"
+        );
+        refused_ids.push(response.id_str());
+    }
+    // The connection keeps working, and a freed slot is usable again.
+    client
+        .request(
+            "turn/interrupt",
+            json!({"threadId": first, "turnId": running}),
+            None,
+        )
+        .await
+        .result();
+    client.wait_for_turn_completed(&running).await;
+    client.start_turn(&third, "now there is room", None).await;
+
+    let finished = server.shutdown().await;
+    for id in refused_ids {
+        let span = finished.request_span(&id);
+        assert_eq!(span.status_code, STATUS_CODE_ERROR, "{span:?}");
+        assert_eq!(
+            span.attr_str("error.type").as_deref(),
+            Some("-32001"),
+            "{span:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn upgrades_past_the_connection_limit_get_503_and_open_ones_keep_working() {
+    let mut server = Server::start_with(
+        Transport::WebSocket,
+        ServerOptions::default().arg("--max-connections").arg("2"),
+    )
+    .await;
+    let addr = server.ws_addr();
+    let mut a = server.connect().await;
+    a.initialize("a", "1").await;
+    let mut b = server.connect().await;
+    b.initialize("b", "1").await;
+
+    let refused = raw_upgrade(&addr, None).await;
+    assert!(
+        status_line(&refused).starts_with("HTTP/1.1 503"),
+        "{refused}"
+    );
+    assert!(refused.contains("Retry-After: "), "{refused}");
+    assert!(refused.contains("too many open connections"), "{refused}");
+    let health = healthz(&addr).await;
+    assert!(status_line(&health).starts_with("HTTP/1.1 200"), "{health}");
+
+    // The open connections are unaffected.
+    a.request("model/list", json!({}), None).await.result();
+    b.request("model/list", json!({}), None).await.result();
+
+    // Closing one frees its slot (released just after the close: retry
+    // until the upgrade goes through).
+    a.close().await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let response = raw_upgrade(&addr, None).await;
+        if status_line(&response).starts_with("HTTP/1.1 101") {
+            break;
+        }
+        assert!(
+            status_line(&response).starts_with("HTTP/1.1 503"),
+            "{response}"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed connection's slot was never released"
+        );
+        tokio::task::yield_now().await;
+    }
+    b.request("model/list", json!({}), None).await.result();
+    server.shutdown().await;
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/<pid>/fd")
+        .count()
+}
+
+#[tokio::test]
+async fn idle_threads_are_unloaded_and_their_files_closed() {
+    const MAX_LOADED: usize = 4;
+    let mut server = Server::start_with(
+        Transport::WebSocket,
+        ServerOptions::default()
+            .arg("--max-loaded-threads")
+            .arg(&MAX_LOADED.to_string()),
+    )
+    .await;
+    let pid = server.pid();
+    let mut first_thread = None;
+    let mut warm = (0, 0);
+    const WARMUP: usize = 20;
+    const ROUNDS: usize = 220;
+    for round in 0..ROUNDS {
+        let mut client = server.connect().await;
+        client.initialize("churn", "1").await;
+        let thread = client.start_thread().await;
+        first_thread.get_or_insert(thread);
+        let loaded = client.request("thread/loaded/list", json!({}), None).await;
+        let count = loaded.result()["data"].as_array().map_or(0, Vec::len);
+        assert!(
+            count <= MAX_LOADED + 1,
+            "round {round}: {count} threads loaded: {:?}",
+            loaded.message
+        );
+        client.close().await;
+        if round + 1 == WARMUP {
+            warm = (open_fds(pid), support::vm_rss_bytes(pid));
+        }
+    }
+    let end = (open_fds(pid), support::vm_rss_bytes(pid));
+    // Without unloading, each thread keeps one more descriptor: 200 more.
+    assert!(
+        end.0 <= warm.0 + 16,
+        "descriptors grew from {} to {} over {} thread/start",
+        warm.0,
+        end.0,
+        ROUNDS - WARMUP
+    );
+    // Without unloading, ~200 KiB per thread: ~40 MiB more.
+    assert!(
+        end.1 <= warm.1 + 20 * 1024 * 1024,
+        "resident memory grew from {} to {} bytes",
+        warm.1,
+        end.1
+    );
+    // An unloaded thread is still on disk and loads again.
+    let first = first_thread.expect("a thread");
+    assert!(server.home().thread_file(&first).exists());
+    let mut client = server.connect().await;
+    client.initialize("resume", "1").await;
+    let resumed = client
+        .request("thread/resume", json!({"threadId": first}), None)
+        .await;
+    assert_eq!(resumed.result()["thread"]["id"], json!(first));
+    client.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn running_out_of_file_descriptors_does_not_take_the_server_down() {
+    let mut server = Spawned::start(&["--listen", "ws://127.0.0.1:0"], Some(64));
+    let addr = server.addr().await;
+    let url = format!("ws://{addr}");
+
+    // Open connections until the server cannot accept any more: the next
+    // upgrade then waits in the listen backlog while the server reports
+    // (once) that accepting failed.
+    let mut open = Vec::new();
+    let mut pending = None;
+    for _ in 0..200 {
+        let mut connect = Box::pin(tokio_tungstenite::connect_async(url.clone()));
+        let mut stderr = server.stderr.clone();
+        let accept_failed = stderr.wait_for(|lines| {
+            lines
+                .iter()
+                .any(|l| l.contains("accepting connections failed"))
+        });
+        tokio::select! {
+            connected = &mut connect => {
+                let (ws, _) = connected.expect("upgrade below the descriptor limit");
+                open.push(ws);
+            }
+            _ = accept_failed => {
+                pending = Some(connect);
+                break;
+            }
+            _ = tokio::time::sleep(TIMEOUT) => panic!("neither connected nor failed to accept"),
+        }
+    }
+    let pending = pending.expect("the descriptor limit was reached");
+    assert!(open.len() > 10, "only {} connections opened", open.len());
+
+    // The connections already open keep working.
+    let init = initialize(&mut open[0]).await;
+    assert!(init.get("result").is_some(), "{init}");
+
+    // Freeing descriptors lets the server accept again: the waiting upgrade
+    // completes and /healthz answers.
+    for mut ws in open.drain(1..11) {
+        let _ = ws.close(None).await;
+        while let Some(Ok(_)) = ws.next().await {}
+    }
+    let (mut late, _) = tokio::time::timeout(TIMEOUT, pending)
+        .await
+        .expect("the waiting upgrade completed")
+        .expect("upgrade");
+    let init = initialize(&mut late).await;
+    assert!(init.get("result").is_some(), "{init}");
+    let health = healthz(&addr).await;
+    assert!(status_line(&health).starts_with("HTTP/1.1 200"), "{health}");
+
+    // One warning per episode, not one per retry.
+    let lines = server.stderr.borrow().clone();
+    let failures = lines
+        .iter()
+        .filter(|l| l.contains("accepting connections failed"))
+        .count();
+    assert!(
+        failures <= 2,
+        "{failures} accept warnings:\n{}",
+        lines.join("\n")
+    );
+    assert!(
+        lines.len() < 400,
+        "stderr grew to {} lines:\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+    server.child.kill().await.expect("kill");
+}
+
+#[tokio::test]
+async fn silent_connections_are_closed_after_the_idle_timeout() {
+    let mut server = Server::start_with(
+        Transport::WebSocket,
+        ServerOptions::default().arg("--ws-idle-timeout").arg("1"),
+    )
+    .await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url())
+        .await
+        .expect("connect");
+    let init = initialize(&mut ws).await;
+    assert!(init.get("result").is_some(), "{init}");
+    // Say nothing more: the server ends the connection.
+    let ended = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the idle connection stayed open");
+    server
+        .wait_for_stderr(|l| l.contains("websocket connection closed"))
+        .await;
+    server.shutdown().await;
+}
