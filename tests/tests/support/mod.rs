@@ -255,8 +255,15 @@ fn random_u64() -> u64 {
 #[derive(Debug, Clone)]
 pub struct SkeinHome(Arc<TempDir>);
 
+impl Default for SkeinHome {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl SkeinHome {
-    fn new() -> Self {
+    /// A fresh, empty home.
+    pub fn new() -> Self {
         let dir = tempfile::Builder::new()
             .prefix("skein-e2e-home-")
             .tempdir()
@@ -285,6 +292,7 @@ pub struct ServerOptions {
     env: Vec<(String, String)>,
     args: Vec<String>,
     home: Option<SkeinHome>,
+    trace_dir: Option<PathBuf>,
 }
 
 impl ServerOptions {
@@ -310,6 +318,12 @@ impl ServerOptions {
     /// server's [`Finished`] holds only its own spans.
     pub fn home(mut self, home: &SkeinHome) -> Self {
         self.home = Some(home.clone());
+        self
+    }
+
+    /// Writes spans to this directory instead of the home's.
+    pub fn trace_dir(mut self, dir: &Path) -> Self {
+        self.trace_dir = Some(dir.to_path_buf());
         self
     }
 }
@@ -396,6 +410,7 @@ impl Server {
                 (home.clone(), home.path().join(format!("traces-{n}")))
             }
         };
+        let trace_dir = options.trace_dir.clone().unwrap_or(trace_dir);
         let label = format!("skein serve ({transport})");
 
         let mut command = Command::new(skein_bin());
