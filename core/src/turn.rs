@@ -188,8 +188,9 @@ pub(crate) async fn run_turn(task: TurnTask) {
             span_id: span_id.clone(),
         });
     }
-    // Not synced: a crash before the turn ends leaves it `interrupted`.
-    entry
+    // Not synced: a crash before the turn ends leaves it `interrupted`. A
+    // turn whose start cannot be recorded fails without calling the model.
+    let history_error = entry
         .persist(
             Record::TurnStarted {
                 turn_id: turn_id.clone(),
@@ -201,7 +202,8 @@ pub(crate) async fn run_turn(task: TurnTask) {
             },
             false,
         )
-        .await;
+        .await
+        .err();
     entry.emit(
         EventMsg::ThreadStatusChanged {
             status: ThreadStatus::Active,
@@ -267,19 +269,24 @@ pub(crate) async fn run_turn(task: TurnTask) {
             &span,
         );
     };
-    let outcome = loop {
-        tokio::select! {
-            biased;
-            () = &mut interrupt => break Outcome::Interrupted,
-            Some(delta) = deltas.recv() => on_delta(delta),
-            result = &mut call => {
-                while let Ok(delta) = deltas.try_recv() {
-                    on_delta(delta);
+    let model_called = history_error.is_none();
+    let outcome = if let Some(message) = history_error {
+        Outcome::Failed(message, value::ERROR_HISTORY_WRITE)
+    } else {
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut interrupt => break Outcome::Interrupted,
+                Some(delta) = deltas.recv() => on_delta(delta),
+                result = &mut call => {
+                    while let Ok(delta) = deltas.try_recv() {
+                        on_delta(delta);
+                    }
+                    break match result {
+                        Ok(usage) => Outcome::Completed(usage),
+                        Err(err) => Outcome::Failed(err.to_string(), model_error_type(&err)),
+                    };
                 }
-                break match result {
-                    Ok(usage) => Outcome::Completed(usage),
-                    Err(err) => Outcome::Failed(err.to_string(), model_error_type(&err)),
-                };
             }
         }
     };
@@ -297,7 +304,9 @@ pub(crate) async fn run_turn(task: TurnTask) {
             Some(value::ERROR_INTERRUPTED),
         ),
         Outcome::Failed(message, error_type) => {
-            record_error(&chat, &message);
+            if model_called {
+                record_error(&chat, &message);
+            }
             (
                 TurnStatus::Failed,
                 Some(message),
@@ -308,13 +317,15 @@ pub(crate) async fn run_turn(task: TurnTask) {
     };
     drop(chat);
     let info = model.info();
-    skein_otel::metrics::record_model_call(&ModelCall {
-        provider: info.provider,
-        model: info.name,
-        duration: call_duration,
-        error_type: call_error_type,
-        usage: (status == TurnStatus::Completed).then_some(usage),
-    });
+    if model_called {
+        skein_otel::metrics::record_model_call(&ModelCall {
+            provider: info.provider,
+            model: info.name,
+            duration: call_duration,
+            error_type: call_error_type,
+            usage: (status == TurnStatus::Completed).then_some(usage),
+        });
+    }
 
     entry.emit(
         EventMsg::ItemCompleted {
@@ -327,6 +338,25 @@ pub(crate) async fn run_turn(task: TurnTask) {
         &span,
     );
 
+    // Durable before anyone hears the turn is over. A turn whose end
+    // cannot be recorded is reported failed, with the reason.
+    let (status, error) = match entry
+        .persist(
+            Record::TurnCompleted {
+                turn_id: turn_id.clone(),
+                status,
+                output: text.clone(),
+                error: error.clone(),
+                usage,
+                at: unix_now(),
+            },
+            true,
+        )
+        .await
+    {
+        Ok(()) => (status, error),
+        Err(message) => (TurnStatus::Failed, Some(message)),
+    };
     span.record(attr::TURN_STATUS, status.as_str());
     record_usage(&span, usage);
     if let Some(message) = &error {
@@ -349,20 +379,6 @@ pub(crate) async fn run_turn(task: TurnTask) {
                 total
             })
     };
-    // Durable before anyone hears the turn is over.
-    entry
-        .persist(
-            Record::TurnCompleted {
-                turn_id: turn_id.clone(),
-                status,
-                output: text,
-                error: error.clone(),
-                usage,
-                at: unix_now(),
-            },
-            true,
-        )
-        .await;
     let now_idle = {
         // Cleared before `TurnCompleted` goes out, so a client reacting to
         // it can start the next turn at once.
