@@ -1,6 +1,6 @@
 //! The frame parser and classifier on any bytes: never panics, and every
-//! request or invalid message whose envelope JSON can be read is answered
-//! with the id it was sent with.
+//! request or invalid message whose JSON can be read is answered with the
+//! id it was sent with.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -14,10 +14,11 @@ fuzz_target!(|bytes: &[u8]| {
     let Frame::Single(incoming) = frame else {
         return;
     };
+    // Notifications and the client's responses get no answer.
     let id = match &incoming {
         Incoming::Request(request) => Some(request.id.clone()),
         Incoming::Invalid { id, .. } => id.clone(),
-        _ => None,
+        Incoming::Notification(_) | Incoming::Response { .. } => return,
     };
     let answer = Outgoing::Error {
         id,
