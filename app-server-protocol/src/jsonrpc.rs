@@ -37,10 +37,15 @@ pub const NOT_INITIALIZED: i64 = INVALID_REQUEST;
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum RequestId {
-    /// A numeric id.
+    /// An integer id that fits `i64` (the common case).
     Integer(i64),
     /// A string id.
     String(String),
+    /// Any other number (`1.5`, `1e3`, an integer beyond `i64`): JSON-RPC
+    /// allows any number, and the answer carries it back as the same
+    /// number. Rare, so it costs nothing on the path of integer ids.
+    #[serde(skip_deserializing)]
+    Number(serde_json::Number),
 }
 
 impl fmt::Display for RequestId {
@@ -48,6 +53,7 @@ impl fmt::Display for RequestId {
         match self {
             RequestId::Integer(n) => write!(f, "{n}"),
             RequestId::String(s) => f.write_str(s),
+            RequestId::Number(n) => write!(f, "{n}"),
         }
     }
 }
@@ -55,7 +61,10 @@ impl fmt::Display for RequestId {
 impl RequestId {
     fn from_json(value: &Value) -> Option<RequestId> {
         match value {
-            Value::Number(n) => n.as_i64().map(RequestId::Integer),
+            Value::Number(n) => Some(match n.as_i64() {
+                Some(n) => RequestId::Integer(n),
+                None => RequestId::Number(n.clone()),
+            }),
             Value::String(s) => Some(RequestId::String(s.clone())),
             _ => None,
         }
@@ -171,7 +180,13 @@ pub enum Frame {
 /// Returns `Err` with a `-32700` error when the bytes are not JSON at all.
 /// Everything else, including an empty batch, is classified into a [`Frame`].
 pub fn parse_frame(bytes: &[u8]) -> Result<Frame, ErrorObject> {
-    let value: Value = serde_json::from_slice(bytes).map_err(ErrorObject::parse_error)?;
+    // A leading byte order mark is not JSON, but harmless (RFC 8259 lets
+    // parsers ignore it).
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let value: Value = match serde_json::from_slice(bytes) {
+        Ok(value) => value,
+        Err(err) => return refused_json(bytes, err),
+    };
     Ok(match value {
         Value::Array(items) if items.is_empty() => Frame::Single(Incoming::Invalid {
             id: None,
@@ -180,6 +195,53 @@ pub fn parse_frame(bytes: &[u8]) -> Result<Frame, ErrorObject> {
         Value::Array(items) => Frame::Batch(items.into_iter().map(classify).collect()),
         other => Frame::Single(classify(other)),
     })
+}
+
+/// The answer to bytes `serde_json` refused. When they are well-formed
+/// JSON that only cannot be held (a number beyond `f64`, a lone surrogate
+/// escape, nesting deeper than 128), the envelope is read again skipping
+/// over values, so that the answer keeps the request's id: `-32602` when
+/// the problem is in `params`, `-32600` otherwise. Anything else is a
+/// `-32700` parse error.
+fn refused_json(bytes: &[u8], err: serde_json::Error) -> Result<Frame, ErrorObject> {
+    use serde::de::IgnoredAny;
+
+    /// Only the id; everything else skipped without being built.
+    #[derive(Deserialize)]
+    struct Envelope {
+        #[serde(default)]
+        id: Option<Value>,
+    }
+
+    /// Every member but `params` readable: the problem is in `params`.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct AllButParams {
+        #[serde(default)]
+        id: Option<Value>,
+        #[serde(default)]
+        jsonrpc: Option<Value>,
+        #[serde(default)]
+        method: Option<Value>,
+        #[serde(default)]
+        trace: Option<Value>,
+        params: IgnoredAny,
+    }
+
+    if !err.is_data() && !err.is_syntax() {
+        return Err(ErrorObject::parse_error(err));
+    }
+    let Ok(envelope) = serde_json::from_slice::<Envelope>(bytes) else {
+        return Err(ErrorObject::parse_error(err));
+    };
+    let id = envelope.id.as_ref().and_then(RequestId::from_json);
+    let error = if serde_json::from_slice::<AllButParams>(bytes).is_ok() {
+        ErrorObject::invalid_params(format!("`params` cannot be read: {err}"))
+    } else {
+        ErrorObject::invalid_request(format!("the message cannot be read: {err}"))
+    };
+    Ok(Frame::Single(Incoming::Invalid { id, error }))
 }
 
 /// Classifies one JSON value as a request, notification, response or
@@ -240,7 +302,7 @@ pub fn classify(value: Value) -> Incoming {
             None => Incoming::Invalid {
                 id: None,
                 error: ErrorObject::invalid_request(format!(
-                    "`id` must be an integer or a string, got {}",
+                    "`id` must be a number or a string, got {}",
                     json_type_name(&raw)
                 )),
             },
@@ -417,6 +479,7 @@ fn id_to_value(id: &RequestId) -> Value {
     match id {
         RequestId::Integer(n) => Value::from(*n),
         RequestId::String(s) => Value::from(s.as_str()),
+        RequestId::Number(n) => Value::Number(n.clone()),
     }
 }
 
@@ -575,6 +638,103 @@ mod tests {
         for message in messages {
             let parsed: Value = serde_json::from_str(&message.to_json()).expect("json");
             assert_eq!(parsed, message.to_value());
+        }
+    }
+
+    fn invalid(bytes: &[u8]) -> (Option<RequestId>, ErrorObject) {
+        match parse_frame(bytes) {
+            Ok(Frame::Single(Incoming::Invalid { id, error })) => (id, error),
+            other => panic!("expected an invalid message, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_ignored() {
+        let mut bytes = b"\xEF\xBB\xBF".to_vec();
+        bytes.extend_from_slice(br#"{"id":4,"method":"model/list"}"#);
+        match single(std::str::from_utf8(&bytes).expect("utf-8")) {
+            Incoming::Request(req) => assert_eq!(req.id, RequestId::Integer(4)),
+            other => panic!("expected a request, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn non_integer_numeric_ids_are_echoed_as_the_same_number() {
+        for (text, echoed) in [
+            ("1.5", "1.5"),
+            ("-0.25", "-0.25"),
+            ("18446744073709551615", "18446744073709551615"),
+            ("1e3", "1000.0"),
+        ] {
+            let frame = format!(r#"{{"id":{text},"method":"model/list"}}"#);
+            let Incoming::Request(req) = single(&frame) else {
+                panic!("{frame} is a request");
+            };
+            let answer = Outgoing::Error {
+                id: Some(req.id.clone()),
+                error: ErrorObject::internal("x"),
+            };
+            let json: Value = serde_json::from_str(&answer.to_json()).expect("json");
+            assert_eq!(json["id"].to_string(), echoed, "{frame}");
+            assert_eq!(answer.to_value()["id"].to_string(), echoed, "{frame}");
+            let reply = Outgoing::Response {
+                id: req.id,
+                result: Value::Null,
+            };
+            let json: Value = serde_json::from_str(&reply.to_json()).expect("json");
+            assert_eq!(json["id"].to_string(), echoed, "{frame}");
+        }
+    }
+
+    #[test]
+    fn json_that_cannot_be_held_keeps_the_id_and_names_the_problem() {
+        let deep = format!(
+            r#"{{"id":"deep","method":"model/list","params":{{"a":{}1{}}}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let cases: [(&[u8], RequestId, i64, &str); 4] = [
+            (
+                br#"{"id":7,"method":"model/list","params":{"n":1e400}}"#,
+                RequestId::Integer(7),
+                INVALID_PARAMS,
+                "number out of range",
+            ),
+            (
+                br#"{"id":"s","method":"model/list","params":{"t":"\ud800"}}"#,
+                RequestId::String("s".into()),
+                INVALID_PARAMS,
+                "escape",
+            ),
+            (
+                deep.as_bytes(),
+                RequestId::String("deep".into()),
+                INVALID_PARAMS,
+                "recursion limit",
+            ),
+            (
+                br#"{"id":8,"method":"\udc00"}"#,
+                RequestId::Integer(8),
+                INVALID_REQUEST,
+                "escape",
+            ),
+        ];
+        for (bytes, want_id, code, problem) in cases {
+            let (id, error) = invalid(bytes);
+            let text = String::from_utf8_lossy(bytes);
+            assert_eq!(id, Some(want_id), "{text}");
+            assert_eq!(error.code, code, "{text}: {error:?}");
+            assert!(error.message.contains(problem), "{text}: {error:?}");
+        }
+    }
+
+    #[test]
+    fn broken_json_is_still_a_parse_error() {
+        for bytes in [&b"{\"id\":1,"[..], b"nope", b"{\"id\":1e400}", b""] {
+            match parse_frame(bytes) {
+                Err(error) => assert_eq!(error.code, PARSE_ERROR),
+                Ok(frame) => panic!("{bytes:?} parsed as {frame:?}"),
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ use skein_app_server::{
 };
 use skein_core::ThreadStore;
 use skein_otel::export::{OtlpProtocol, OtlpSettings};
+use skein_otel::local_store::{self, Retention};
 use skein_otel::telemetry::{self, TelemetryConfig, sdk_disabled_by_env};
 
 /// Skein: a tracing-native JSON-RPC app-server for agent runtimes.
@@ -64,10 +65,31 @@ struct ServeArgs {
 
     /// Directory of the local trace store, or `none` to write no local
     /// store. Default: $SKEIN_HOME/traces, with SKEIN_HOME defaulting to
-    /// ~/.skein. The store and OTLP export can run side by side.
+    /// ~/.skein. The store and OTLP export can run side by side. Each
+    /// process writes its own files, rotated and deleted as the
+    /// --trace-max-file-size, --trace-max-total-size and --trace-retention
+    /// limits say; when the store cannot be written (a full disk), spans
+    /// are dropped and counted, and the server keeps serving.
     /// OTEL_SDK_DISABLED=true turns all span export off.
     #[arg(long, value_name = "DIR", env = "SKEIN_TRACE_DIR")]
     trace_dir: Option<String>,
+
+    /// Start a new local store file before this process's file grows past
+    /// this size. A size is a whole number with an optional unit B, KiB,
+    /// MiB or GiB (powers of 1024).
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
+    trace_max_file_size: u64,
+
+    /// Keep at most this much in the local store directory, counting every
+    /// process's files: past it, the oldest closed files are deleted (a
+    /// file another live process writes never is).
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
+    trace_max_total_size: u64,
+
+    /// Delete closed local store files not written for longer than this:
+    /// a whole number with a unit s, m, h or d, like 30m, 12h or 7d.
+    #[arg(long, value_name = "AGE", default_value = "7d", value_parser = parse_age)]
+    trace_retention: Duration,
 
     /// Also export spans and metrics over OTLP to this collector endpoint
     /// (the base URL, as in OTEL_EXPORTER_OTLP_ENDPOINT: `/v1/traces` and
@@ -230,6 +252,24 @@ fn websocket_options(args: &ServeArgs) -> anyhow::Result<WebSocketOptions> {
     })
 }
 
+/// `--trace-max-*-size`: at least 1 KiB.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let bytes = local_store::parse_size(text).map_err(|e| e.to_string())?;
+    if bytes < 1024 {
+        return Err(format!("{text:?} is less than the smallest size, 1KiB"));
+    }
+    Ok(bytes)
+}
+
+/// `--trace-retention`: at least a second.
+fn parse_age(text: &str) -> Result<Duration, String> {
+    let age = local_store::parse_age(text).map_err(|e| e.to_string())?;
+    if age.is_zero() {
+        return Err(format!("{text:?} keeps nothing; the smallest age is 1s"));
+    }
+    Ok(age)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -263,6 +303,13 @@ fn serve_trace_dir(arg: Option<String>) -> anyhow::Result<Option<PathBuf>> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if args.trace_max_file_size > args.trace_max_total_size {
+        anyhow::bail!(
+            "--trace-max-file-size ({} bytes) is larger than --trace-max-total-size ({} bytes)",
+            args.trace_max_file_size,
+            args.trace_max_total_size
+        );
+    }
     // Every HTTPS client of the process (model APIs, OTLP) uses rustls
     // with this provider.
     skein_core::providers::install_crypto_provider();
@@ -273,6 +320,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let websocket = websocket_options(&args)?;
     let telemetry = telemetry::init(TelemetryConfig {
         trace_dir: serve_trace_dir(args.trace_dir)?,
+        retention: Retention {
+            max_file_bytes: args.trace_max_file_size,
+            max_total_bytes: args.trace_max_total_size,
+            max_age: args.trace_retention,
+        },
         log_filter: std::env::var("RUST_LOG").ok().filter(|f| !f.is_empty()),
         otlp: OtlpSettings {
             endpoint: args.otlp_endpoint,

@@ -220,6 +220,12 @@ impl ThreadFile {
         Ok(())
     }
 
+    /// Writes go to `file` from now on (tests make writes fail with it).
+    #[cfg(test)]
+    pub(crate) fn redirect_for_test(&mut self, file: File) {
+        self.file = file;
+    }
+
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path

@@ -266,29 +266,41 @@ impl ThreadEntry {
 
     /// Appends a record to the thread's file, if it has one; with `sync`,
     /// on a blocking thread, returning once it is on disk. A failure is
-    /// logged: history is best kept, but a full disk must not stop a turn.
-    pub(crate) async fn persist(self: &Arc<Self>, record: Record, sync: bool) {
+    /// logged and returned: the turn it belongs to fails with it, since
+    /// its history would otherwise be lost without a word.
+    pub(crate) async fn persist(
+        self: &Arc<Self>,
+        record: Record,
+        sync: bool,
+    ) -> Result<(), String> {
         if self.file.is_none() {
-            return;
+            return Ok(());
         }
         let entry = Arc::clone(self);
         let write = move || {
-            let Some(file) = &entry.file else { return };
+            let Some(file) = &entry.file else {
+                return Ok(());
+            };
             let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
             let Some(file) = file.as_mut() else {
                 tracing::warn!(thread = %entry.id, "thread unloaded; a record was not written");
-                return;
+                return Ok(());
             };
-            if let Err(err) = file.append(&record, sync) {
+            file.append(&record, sync).map_err(|err| {
                 tracing::error!(thread = %entry.id, %err, "could not write thread history");
-            }
+                format!("could not write thread history: {err}")
+            })
         };
         if sync {
-            if let Err(err) = tokio::task::spawn_blocking(write).await {
-                tracing::error!(thread = %self.id, %err, "thread history writer failed");
+            match tokio::task::spawn_blocking(write).await {
+                Ok(result) => result,
+                Err(err) => {
+                    tracing::error!(thread = %self.id, %err, "thread history writer failed");
+                    Err(format!("the thread history writer failed: {err}"))
+                }
             }
         } else {
-            write();
+            write()
         }
     }
 }
@@ -803,7 +815,9 @@ impl ThreadManager {
             }
         }
         if let Some(model) = switch_to {
-            handle
+            // A failed write is logged by `persist`; the turn that follows
+            // records its own outcome, and fails if history cannot be written.
+            let _ = handle
                 .entry
                 .persist(
                     Record::ModelChanged {
@@ -1653,5 +1667,108 @@ mod tests {
             other => panic!("turn span status is {other:?}, not an error"),
         }
         assert_eq!(attr(turn, attr::TURN_STATUS).as_deref(), Some("failed"));
+    }
+
+    /// Makes every later history write of thread `id` fail with ENOSPC.
+    fn fill_the_disk_under(manager: &ThreadManager, id: &str) {
+        let handle = manager.handle(id).expect("handle");
+        let full = std::fs::OpenOptions::new()
+            .append(true)
+            .open("/dev/full")
+            .expect("open /dev/full");
+        handle
+            .entry
+            .file
+            .as_ref()
+            .expect("a stored thread")
+            .lock()
+            .expect("lock")
+            .as_mut()
+            .expect("the thread's file is open")
+            .redirect_for_test(full);
+    }
+
+    fn stored_manager(dir: &std::path::Path, echo_delay: std::time::Duration) -> ThreadManager {
+        ThreadManager::new(CoreConfig {
+            store: Some(crate::store::ThreadStore::open(dir).expect("store")),
+            echo_delay,
+            ..CoreConfig::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_turn_whose_start_cannot_be_recorded_fails_without_calling_the_model() {
+        let capture = Capture::new();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let manager = stored_manager(dir.path(), std::time::Duration::ZERO);
+        let thread = manager.start_thread(None, false).expect("thread");
+        fill_the_disk_under(&manager, &thread.id);
+        let mut events = manager.handle(&thread.id).expect("handle").subscribe();
+        manager
+            .start_turn(
+                &thread.id,
+                TurnKind::Regular,
+                vec![UserInput::Text {
+                    text: "hello".into(),
+                }],
+            )
+            .await
+            .expect("start");
+        let (status, error) = wait_for_completion(&mut events).await;
+        assert_eq!(status, TurnStatus::Failed);
+        let error = error.expect("error");
+        assert!(error.contains("could not write thread history"), "{error}");
+        let turns = manager.turns(&thread.id).expect("turns");
+        assert_eq!(turns[0].status, TurnStatus::Failed);
+        assert_eq!(turns[0].output, "", "the model was not called");
+        drop(events);
+        manager.shutdown().await;
+        let turn = &capture.named("invoke_agent skein")[0];
+        assert_eq!(attr(turn, attr::TURN_STATUS).as_deref(), Some("failed"));
+    }
+
+    #[tokio::test]
+    async fn a_turn_whose_end_cannot_be_recorded_is_reported_failed() {
+        let capture = Capture::new();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let manager = stored_manager(dir.path(), std::time::Duration::from_millis(20));
+        let thread = manager.start_thread(None, false).expect("thread");
+        let mut events = manager.handle(&thread.id).expect("handle").subscribe();
+        manager
+            .start_turn(
+                &thread.id,
+                TurnKind::Regular,
+                vec![UserInput::Text {
+                    text: "one two three four".into(),
+                }],
+            )
+            .await
+            .expect("start");
+        // `TurnStarted` goes out after the start was recorded.
+        loop {
+            let event = events.recv().await.expect("event");
+            if matches!(event.event.msg, EventMsg::TurnStarted { .. }) {
+                break;
+            }
+        }
+        fill_the_disk_under(&manager, &thread.id);
+        let (status, error) = wait_for_completion(&mut events).await;
+        assert_eq!(status, TurnStatus::Failed);
+        let error = error.expect("error");
+        assert!(error.contains("could not write thread history"), "{error}");
+        assert_eq!(
+            manager.turns(&thread.id).expect("turns")[0].status,
+            TurnStatus::Failed
+        );
+        drop(events);
+        manager.shutdown().await;
+        let turn = &capture.named("invoke_agent skein")[0];
+        assert_eq!(attr(turn, attr::TURN_STATUS).as_deref(), Some("failed"));
+        match &turn.status {
+            opentelemetry::trace::Status::Error { description } => {
+                assert!(description.contains("thread history"), "{description}")
+            }
+            other => panic!("turn span status is {other:?}, not an error"),
+        }
     }
 }

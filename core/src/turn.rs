@@ -234,8 +234,9 @@ pub(crate) async fn run_turn(task: TurnTask) {
             items: Vec::new(),
         });
     }
-    // Not synced: a crash before the turn ends leaves it `interrupted`.
-    entry
+    // Not synced: a crash before the turn ends leaves it `interrupted`. A
+    // turn whose start cannot be recorded fails without calling the model.
+    let history_error = entry
         .persist(
             Record::TurnStarted {
                 turn_id: turn_id.clone(),
@@ -247,7 +248,8 @@ pub(crate) async fn run_turn(task: TurnTask) {
             },
             false,
         )
-        .await;
+        .await
+        .err();
     let events = TurnEvents {
         entry: Arc::clone(&entry),
         turn_id: turn_id.clone(),
@@ -262,7 +264,15 @@ pub(crate) async fn run_turn(task: TurnTask) {
         kind,
     });
 
-    let result = if model.is_echo() {
+    let result = if let Some(message) = history_error {
+        TurnResult {
+            status: TurnStatus::Failed,
+            error: Some(message),
+            usage: TokenUsage::default(),
+            output: String::new(),
+            items: Vec::new(),
+        }
+    } else if model.is_echo() {
         let history = history.iter().map(past_turn).collect();
         run_echo(
             &events,
@@ -296,6 +306,26 @@ pub(crate) async fn run_turn(task: TurnTask) {
         items,
     } = result;
 
+    // Durable before anyone hears the turn is over. A turn whose end
+    // cannot be recorded is reported failed, with the reason.
+    let (status, error) = match entry
+        .persist(
+            Record::TurnCompleted {
+                turn_id: turn_id.clone(),
+                status,
+                output: output.clone(),
+                error: error.clone(),
+                usage,
+                items: items.clone(),
+                at: unix_now(),
+            },
+            true,
+        )
+        .await
+    {
+        Ok(()) => (status, error),
+        Err(message) => (TurnStatus::Failed, Some(message)),
+    };
     span.record(attr::TURN_STATUS, status.as_str());
     record_usage(&span, usage);
     if let Some(message) = &error {
@@ -305,10 +335,10 @@ pub(crate) async fn run_turn(task: TurnTask) {
         let mut state = entry.state();
         if let Some(record) = state.turns.iter_mut().rev().find(|t| t.id == turn_id) {
             record.status = status;
-            record.output = output.clone();
+            record.output = output;
             record.error = error.clone();
             record.usage = usage;
-            record.items = items.clone();
+            record.items = items;
         }
         state.info.updated_at = unix_now();
         state
@@ -319,21 +349,6 @@ pub(crate) async fn run_turn(task: TurnTask) {
                 total
             })
     };
-    // Durable before anyone hears the turn is over.
-    entry
-        .persist(
-            Record::TurnCompleted {
-                turn_id: turn_id.clone(),
-                status,
-                output,
-                error: error.clone(),
-                usage,
-                items,
-                at: unix_now(),
-            },
-            true,
-        )
-        .await;
     let now_idle = {
         // Cleared before `TurnCompleted` goes out, so a client reacting to
         // it can start the next turn at once.

@@ -10,6 +10,20 @@
 //! created on the first write, so several processes can share one store
 //! without interleaving lines.
 //!
+//! Retention ([`Retention`]): a process starts a new file once its file
+//! would grow past the size limit (a check of a byte counter per line, no
+//! `stat`), and then deletes the oldest closed files of the directory
+//! while the store is over its total size, and any closed file not written
+//! for longer than the age limit (also checked every few minutes). A
+//! process holds a shared `flock` on the file it writes; only files that
+//! can be locked exclusively are deleted, so another live process's file
+//! never is.
+//!
+//! A store that cannot be written (a full disk, a removed or read-only
+//! directory) drops spans and counts them in [`ExportStats`]; a line cut
+//! short by a full disk is cut off the file again, and the file is
+//! reopened at the next line, so writing resumes once there is room.
+//!
 //! Long-lived agent spans (turns) are visible before they end: when one
 //! starts, [`start_in_progress`] has it written with `endTimeUnixNano`
 //! `"0"`. The finished record, written later with the same trace and span
@@ -21,7 +35,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{Span as _, SpanContext};
 use opentelemetry::{Context, InstrumentationScope};
@@ -43,6 +57,101 @@ const MAX_BUFFERED_BYTES: usize = 32 * 1024 * 1024;
 const WRITE_AT_BYTES: usize = 256 * 1024;
 /// How long a finished span may wait in memory before it is written.
 const WRITE_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a store that does not rotate still deletes files past the
+/// age limit.
+const AGE_SWEEP_INTERVAL: Duration = Duration::from_secs(300);
+
+/// How much of the store is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// A process starts a new file before its file grows past this.
+    pub max_file_bytes: u64,
+    /// Closed files are deleted, oldest first, while the directory's store
+    /// files add up to more than this.
+    pub max_total_bytes: u64,
+    /// Closed files not written for longer than this are deleted.
+    pub max_age: Duration,
+}
+
+impl Retention {
+    /// Default size of one file: 64 MiB.
+    pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+    /// Default size of the whole store: 1 GiB.
+    pub const DEFAULT_MAX_TOTAL_BYTES: u64 = 1024 * 1024 * 1024;
+    /// Default age limit: 7 days.
+    pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: Self::DEFAULT_MAX_FILE_BYTES,
+            max_total_bytes: Self::DEFAULT_MAX_TOTAL_BYTES,
+            max_age: Self::DEFAULT_MAX_AGE,
+        }
+    }
+}
+
+/// A size or age that did not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {what} {text:?}: {expected}")]
+pub struct RetentionParseError {
+    what: &'static str,
+    text: String,
+    expected: &'static str,
+}
+
+/// Parses a size: a whole number of bytes with an optional unit, `B`,
+/// `KiB`, `MiB` or `GiB` (also `K`, `M`, `G`; case-insensitive; the units
+/// are powers of 1024), as in `64MiB` or `512 KiB`.
+pub fn parse_size(text: &str) -> Result<u64, RetentionParseError> {
+    let error = || RetentionParseError {
+        what: "size",
+        text: text.to_owned(),
+        expected: "expected a whole number with an optional unit B, KiB, MiB or GiB, like 64MiB",
+    };
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: u64 = number.parse().map_err(|_| error())?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1024,
+        "m" | "mib" => 1024 * 1024,
+        "g" | "gib" => 1024 * 1024 * 1024,
+        _ => return Err(error()),
+    };
+    number.checked_mul(factor).ok_or_else(error)
+}
+
+/// Parses an age: a whole number with a unit, `s`, `m`, `h` or `d`, as in
+/// `30m`, `12h` or `7d`.
+pub fn parse_age(text: &str) -> Result<Duration, RetentionParseError> {
+    let error = || RetentionParseError {
+        what: "age",
+        text: text.to_owned(),
+        expected: "expected a whole number with a unit s, m, h or d, like 30m, 12h or 7d",
+    };
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: u64 = number.parse().map_err(|_| error())?;
+    let factor: u64 = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(error()),
+    };
+    number
+        .checked_mul(factor)
+        .map(Duration::from_secs)
+        .ok_or_else(error)
+}
 
 /// This process's file in a store directory, and the thread that writes it.
 ///
@@ -54,13 +163,45 @@ const WRITE_INTERVAL: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 pub struct LocalStore {
     dir: PathBuf,
-    file_name: String,
+    retention: Retention,
     resource: Mutex<Arc<EncodedResource>>,
     pending: Mutex<Pending>,
     wake: Condvar,
-    file: Mutex<Option<File>>,
+    file: Mutex<Current>,
     stats: Arc<ExportStats>,
     writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The file being written.
+#[derive(Debug)]
+struct Current {
+    /// Its path (the file exists once something was written).
+    path: PathBuf,
+    /// The creation time in its name, in Unix milliseconds.
+    millis: u128,
+    /// Open for appending, with a shared lock held; `None` before the
+    /// first write, after a rotation and after a failed write.
+    file: Option<File>,
+    /// Bytes in the file: the size limit is checked against this.
+    written: u64,
+    /// When the directory was last swept.
+    last_sweep: Option<Instant>,
+    /// The last write failed (logged once until a write succeeds).
+    failing: bool,
+}
+
+fn unix_millis() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default()
+}
+
+fn file_name(millis: u128) -> String {
+    format!(
+        "spans-{millis}-{}.{STORE_FILE_EXTENSION}",
+        std::process::id()
+    )
 }
 
 #[derive(Debug, Default)]
@@ -99,24 +240,34 @@ impl LocalStore {
         dir: impl Into<PathBuf>,
         stats: Arc<ExportStats>,
     ) -> std::io::Result<Arc<Self>> {
+        Self::with_retention(dir, stats, Retention::default())
+    }
+
+    /// Like [`LocalStore::with_stats`], keeping what `retention` allows.
+    pub fn with_retention(
+        dir: impl Into<PathBuf>,
+        stats: Arc<ExportStats>,
+        retention: Retention,
+    ) -> std::io::Result<Arc<Self>> {
         let dir = dir.into();
         fs::create_dir_all(&dir)?;
-        let millis = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or_default();
+        let millis = unix_millis();
         let store = Arc::new(Self {
-            file_name: format!(
-                "spans-{millis}-{}.{STORE_FILE_EXTENSION}",
-                std::process::id()
-            ),
+            file: Mutex::new(Current {
+                path: dir.join(file_name(millis)),
+                millis,
+                file: None,
+                written: 0,
+                last_sweep: None,
+                failing: false,
+            }),
             dir,
+            retention,
             resource: Mutex::new(Arc::new(EncodedResource::new(
                 &Resource::builder_empty().build(),
             ))),
             pending: Mutex::default(),
             wake: Condvar::new(),
-            file: Mutex::new(None),
             stats,
             writer: Mutex::new(None),
         });
@@ -128,9 +279,15 @@ impl LocalStore {
         Ok(store)
     }
 
-    /// The file this store writes (it exists once a span was written).
+    /// The file this store writes now (it exists once a span was written
+    /// to it; it changes when the store rotates).
     pub fn path(&self) -> PathBuf {
-        self.dir.join(&self.file_name)
+        lock(&self.file).path.clone()
+    }
+
+    /// What this store keeps.
+    pub fn retention(&self) -> Retention {
+        self.retention
     }
 
     /// The store directory.
@@ -173,12 +330,15 @@ impl LocalStore {
                     self.stats.record_rejected(1);
                     return;
                 }
+                // The writer sleeps until a burst starts (to time it) and
+                // until a burst is full.
+                let first = pending.groups.is_empty();
                 pending.groups.push(scope, key, buf);
                 pending.bytes += buf.len() + 1;
                 let full = pending.bytes >= WRITE_AT_BYTES;
                 drop(pending);
                 self.stats.record_accepted(1);
-                if full {
+                if first || full {
                     self.wake.notify_one();
                 }
             });
@@ -239,25 +399,73 @@ impl LocalStore {
         }
     }
 
-    /// Appends one whole line to the file, opening it on first use.
+    /// Appends one whole line to the file, opening it on first use and
+    /// starting a new file when this one would grow past the size limit.
     fn write_line(&self, line: &[u8]) -> std::io::Result<()> {
-        let mut file = lock(&self.file);
-        if file.is_none() {
-            let path = self.path();
-            let opened = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| {
-                    std::io::Error::new(e.kind(), format!("opening {}: {e}", path.display()))
-                })?;
-            *file = Some(opened);
+        let mut current = lock(&self.file);
+        let len = line.len() as u64;
+        if current.written > 0
+            && current.written.saturating_add(len) > self.retention.max_file_bytes
+        {
+            // The old file is closed (and its lock released) here.
+            current.file = None;
+            current.millis = (current.millis + 1).max(unix_millis());
+            current.path = self.dir.join(file_name(current.millis));
+            current.written = 0;
+            current.last_sweep = None;
         }
-        match file.as_mut() {
-            // One write per line: a reader following the file never sees a
-            // line half-written for long.
-            Some(file) => file.write_all(line),
-            None => Ok(()),
+        let result = self.append_to_current(&mut current, line);
+        match &result {
+            Ok(()) if current.failing => {
+                current.failing = false;
+                tracing::info!(file = %current.path.display(), "writing to the local trace store again");
+            }
+            Err(err) if !current.failing => {
+                current.failing = true;
+                tracing::warn!(
+                    %err,
+                    "cannot write the local trace store: spans are dropped and counted until it can be written again"
+                );
+            }
+            _ => {}
+        }
+        if current
+            .last_sweep
+            .is_none_or(|at| at.elapsed() >= AGE_SWEEP_INTERVAL)
+        {
+            current.last_sweep = Some(Instant::now());
+            sweep(&self.dir, &current.path, &self.retention, SystemTime::now());
+        }
+        result
+    }
+
+    fn append_to_current(&self, current: &mut Current, line: &[u8]) -> std::io::Result<()> {
+        if current.file.is_none() {
+            let (file, len) = open_locked(&current.path)?;
+            current.file = Some(file);
+            current.written = len;
+        }
+        let Some(file) = current.file.as_mut() else {
+            return Ok(());
+        };
+        // One write per line: a reader following the file never sees a
+        // line half-written for long.
+        match file.write_all(line) {
+            Ok(()) => {
+                current.written += line.len() as u64;
+                Ok(())
+            }
+            Err(err) => {
+                // Cut off what part of the line made it (a full disk), so
+                // the next line starts on a line of its own, and reopen at
+                // the next write.
+                let _ = file.set_len(current.written);
+                current.file = None;
+                Err(std::io::Error::new(
+                    err.kind(),
+                    format!("writing {}: {err}", current.path.display()),
+                ))
+            }
         }
     }
 
@@ -275,7 +483,7 @@ impl LocalStore {
 
     /// Syncs the file to disk.
     pub fn sync(&self) -> OTelSdkResult {
-        match lock(&self.file).as_ref() {
+        match lock(&self.file).file.as_ref() {
             Some(file) => file
                 .sync_data()
                 .map_err(|e| OTelSdkError::InternalFailure(format!("syncing store: {e}"))),
@@ -363,6 +571,95 @@ impl SpanProcessor for LocalStoreProcessor {
     }
 }
 
+/// Opens `path` for appending, with a shared lock held, and returns it
+/// with its length. Creates the directory again if it was removed.
+fn open_locked(path: &Path) -> std::io::Result<(File, u64)> {
+    let context = |e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("opening {}: {e}", path.display()))
+    };
+    let open = || OpenOptions::new().create(true).append(true).open(path);
+    let file = match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir).map_err(context)?;
+            }
+            open()
+        }
+        other => other,
+    }
+    .map_err(context)?;
+    file.lock_shared().map_err(context)?;
+    let metadata = file.metadata().map_err(context)?;
+    // Another process's sweep may have deleted the file between its
+    // creation and the lock: then write a fresh one.
+    if !same_file(&metadata, path) {
+        drop(file);
+        let file = open().map_err(context)?;
+        file.lock_shared().map_err(context)?;
+        let len = file.metadata().map_err(context)?.len();
+        return Ok((file, len));
+    }
+    Ok((file, metadata.len()))
+}
+
+#[cfg(unix)]
+fn same_file(open: &fs::Metadata, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).is_ok_and(|m| m.dev() == open.dev() && m.ino() == open.ino())
+}
+
+#[cfg(not(unix))]
+fn same_file(_open: &fs::Metadata, path: &Path) -> bool {
+    path.exists()
+}
+
+/// Deletes the store files of `dir` that `retention` no longer keeps,
+/// oldest first: every file not modified within the age limit, then more
+/// until the store fits its total size. Never `own` (the file being
+/// written), never a file another process holds locked. Returns the
+/// deleted files.
+pub fn sweep(dir: &Path, own: &Path, retention: &Retention, now: SystemTime) -> Vec<PathBuf> {
+    let Ok(files) = store_files(dir) else {
+        return Vec::new();
+    };
+    let files: Vec<(PathBuf, u64, SystemTime)> = files
+        .into_iter()
+        .filter_map(|path| {
+            let metadata = fs::metadata(&path).ok()?;
+            let modified = metadata.modified().unwrap_or(now);
+            Some((path, metadata.len(), modified))
+        })
+        .collect();
+    let mut total: u64 = files.iter().map(|(_, len, _)| len).sum();
+    let mut deleted = Vec::new();
+    for (path, len, modified) in files {
+        let too_old = now
+            .duration_since(modified)
+            .is_ok_and(|age| age > retention.max_age);
+        if path == own || (!too_old && total <= retention.max_total_bytes) {
+            continue;
+        }
+        // A live writer holds a shared lock: its file is skipped. The lock
+        // is held until the file is gone.
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        if file.try_lock().is_err() {
+            continue;
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                total = total.saturating_sub(len);
+                deleted.push(path);
+            }
+            Err(err) => {
+                tracing::debug!(%err, file = %path.display(), "could not delete an old store file");
+            }
+        }
+    }
+    deleted
+}
+
 /// Lists the store files under `dir`, oldest name first.
 pub fn store_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = fs::read_dir(dir)?
@@ -442,6 +739,27 @@ mod tests {
     }
 
     #[test]
+    fn a_span_is_written_soon_after_it_ends_without_a_flush() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::new(dir.path()).expect("store");
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(LocalStoreProcessor::new(Arc::clone(&store)))
+            .build();
+        let tracer = provider.tracer("test");
+        tracer.span_builder("alone").start(&tracer).end();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while read_spans(&store).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the span was not written within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(read_spans(&store)[0]["name"], "alone");
+        provider.shutdown().expect("shutdown");
+    }
+
+    #[test]
     fn no_file_is_created_before_a_span_is_exported() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = LocalStore::new(dir.path()).expect("store");
@@ -517,5 +835,221 @@ mod tests {
             assert_ne!(written[3]["endTimeUnixNano"], "0");
         });
         provider.shutdown().expect("shutdown");
+    }
+}
+
+#[cfg(test)]
+mod retention_tests {
+    use super::*;
+    use opentelemetry::trace::{Tracer as _, TracerProvider as _};
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+
+    /// A store under `dir` keeping what `retention` allows, and a tracer
+    /// writing into it.
+    fn store_with(dir: &Path, retention: Retention) -> (Arc<LocalStore>, SdkTracerProvider) {
+        let store = LocalStore::with_retention(dir, ExportStats::new("local store"), retention)
+            .expect("store");
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(LocalStoreProcessor::new(Arc::clone(&store)))
+            .build();
+        (store, provider)
+    }
+
+    /// Ends a span named `name` and writes it out as a line of its own.
+    fn write_span(store: &LocalStore, provider: &SdkTracerProvider, name: &str) {
+        let tracer = provider.tracer("test");
+        tracer.span_builder(name.to_owned()).start(&tracer).end();
+        store.flush().expect("flush");
+    }
+
+    fn span_names(dir: &Path) -> Vec<String> {
+        store_files(dir)
+            .expect("list")
+            .iter()
+            .flat_map(|f| {
+                fs::read_to_string(f)
+                    .expect("read")
+                    .lines()
+                    .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+                    .collect::<Vec<_>>()
+            })
+            .flat_map(|v| {
+                v["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .map(|s| s["name"].as_str().expect("name").to_owned())
+            .collect()
+    }
+
+    fn total_bytes(dir: &Path) -> u64 {
+        store_files(dir)
+            .expect("list")
+            .iter()
+            .map(|f| fs::metadata(f).expect("metadata").len())
+            .sum()
+    }
+
+    #[test]
+    fn sizes_and_ages_parse_with_their_units() {
+        assert_eq!(parse_size("64MiB").expect("size"), 64 * 1024 * 1024);
+        assert_eq!(parse_size("512 kib").expect("size"), 512 * 1024);
+        assert_eq!(parse_size("1G").expect("size"), 1 << 30);
+        assert_eq!(parse_size("4096").expect("size"), 4096);
+        assert!(parse_size("1.5MiB").is_err());
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+        assert_eq!(parse_age("30m").expect("age"), Duration::from_secs(1800));
+        assert_eq!(parse_age("12h").expect("age"), Duration::from_secs(43_200));
+        assert_eq!(parse_age("7d").expect("age"), Duration::from_secs(604_800));
+        assert_eq!(parse_age("45s").expect("age"), Duration::from_secs(45));
+        assert!(parse_age("7").is_err());
+        assert!(parse_age("d").is_err());
+    }
+
+    #[test]
+    fn a_file_past_the_size_limit_rotates_and_nothing_is_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let retention = Retention {
+            max_file_bytes: 2048,
+            ..Retention::default()
+        };
+        let (store, provider) = store_with(dir.path(), retention);
+        let first = store.path();
+        let names: Vec<String> = (0..40).map(|n| format!("span {n}")).collect();
+        for name in &names {
+            write_span(&store, &provider, name);
+        }
+        provider.shutdown().expect("shutdown");
+        let files = store_files(dir.path()).expect("list");
+        assert!(files.len() >= 5, "expected several files: {files:?}");
+        assert_eq!(files[0], first);
+        assert_eq!(files.last(), Some(&store.path()));
+        for file in &files {
+            let text = fs::read_to_string(file).expect("read");
+            let len = text.len() as u64;
+            // A file only passes the limit when its one line is larger.
+            assert!(
+                len <= 2048 || text.lines().count() == 1,
+                "{} holds {len} bytes",
+                file.display()
+            );
+        }
+        assert_eq!(span_names(dir.path()), names);
+        assert_eq!(store.stats().exported(), 40);
+        assert_eq!(store.stats().dropped(), 0);
+    }
+
+    #[test]
+    fn the_oldest_files_are_deleted_past_the_total_size() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let retention = Retention {
+            max_file_bytes: 2048,
+            max_total_bytes: 8192,
+            max_age: Duration::from_secs(3600),
+        };
+        let (store, provider) = store_with(dir.path(), retention);
+        let first = store.path();
+        for n in 0..100 {
+            write_span(&store, &provider, &format!("span {n}"));
+            assert!(
+                total_bytes(dir.path()) <= 8192 + 2048,
+                "store grew to {} bytes after span {n}",
+                total_bytes(dir.path())
+            );
+        }
+        provider.shutdown().expect("shutdown");
+        assert!(!first.exists(), "the first file should have been deleted");
+        let names = span_names(dir.path());
+        assert_eq!(names.last().map(String::as_str), Some("span 99"));
+        // What is kept is the newest spans, without a gap.
+        let kept: Vec<String> = (100 - names.len()..100)
+            .map(|n| format!("span {n}"))
+            .collect();
+        assert_eq!(names, kept);
+        assert!(names.len() < 100);
+        assert_eq!(store.stats().exported(), 100);
+    }
+
+    #[test]
+    fn old_closed_files_are_deleted_but_locked_files_never() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let day_ago = SystemTime::now() - Duration::from_secs(86_400);
+        let make = |name: &str| {
+            let path = dir.path().join(name);
+            fs::write(&path, b"{}\n").expect("write");
+            File::options()
+                .write(true)
+                .open(&path)
+                .expect("open")
+                .set_modified(day_ago)
+                .expect("set mtime");
+            path
+        };
+        let closed = make("spans-1000-1.jsonl");
+        let live = make("spans-1001-2.jsonl");
+        let recent = dir.path().join("spans-1002-3.jsonl");
+        fs::write(&recent, b"{}\n").expect("write");
+        let not_a_store_file = make("notes.txt");
+        // Another process writing `live` holds a shared lock on it.
+        let writer = File::open(&live).expect("open");
+        writer.lock_shared().expect("lock");
+
+        let retention = Retention {
+            max_age: Duration::from_secs(3600),
+            ..Retention::default()
+        };
+        let (store, provider) = store_with(dir.path(), retention);
+        write_span(&store, &provider, "now");
+        provider.shutdown().expect("shutdown");
+
+        assert!(!closed.exists(), "a closed file a day old is deleted");
+        assert!(live.exists(), "a file another process writes is kept");
+        assert!(recent.exists(), "a recent file is kept");
+        assert!(not_a_store_file.exists(), "other files are left alone");
+        assert!(store.path().exists());
+        drop(writer);
+    }
+
+    #[test]
+    fn a_full_disk_drops_and_counts_spans_and_writing_resumes_after() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, provider) = store_with(dir.path(), Retention::default());
+        // Every write to /dev/full fails with ENOSPC.
+        std::os::unix::fs::symlink("/dev/full", store.path()).expect("symlink");
+        write_span(&store, &provider, "lost 1");
+        write_span(&store, &provider, "lost 2");
+        assert_eq!(store.stats().dropped(), 2);
+        assert_eq!(store.stats().exported(), 0);
+
+        // Room again: the file is reopened at the next line.
+        fs::remove_file(store.path()).expect("remove symlink");
+        write_span(&store, &provider, "kept");
+        provider.shutdown().expect("shutdown");
+        assert_eq!(store.stats().dropped(), 2);
+        assert_eq!(store.stats().exported(), 1);
+        assert_eq!(span_names(dir.path()), vec!["kept".to_owned()]);
+    }
+
+    #[test]
+    fn a_store_directory_that_becomes_unwritable_drops_and_counts_spans() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let traces = dir.path().join("traces");
+        let retention = Retention {
+            max_file_bytes: 1024,
+            ..Retention::default()
+        };
+        let (store, provider) = store_with(&traces, retention);
+        write_span(&store, &provider, "first");
+        // The directory is replaced by a regular file: the next file (each
+        // line rotates at this size) cannot be created.
+        fs::remove_dir_all(&traces).expect("remove");
+        fs::write(&traces, b"not a directory").expect("write");
+        write_span(&store, &provider, "lost 1");
+        write_span(&store, &provider, "lost 2");
+        provider.shutdown().expect("shutdown");
+        assert_eq!(store.stats().exported(), 1);
+        assert_eq!(store.stats().dropped(), 2);
     }
 }

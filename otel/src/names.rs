@@ -212,6 +212,8 @@ pub mod value {
     pub const ERROR_MODEL_ABANDONED: &str = "abandoned";
     /// `error.type` of a model call cut short by an interrupt.
     pub const ERROR_INTERRUPTED: &str = "interrupted";
+    /// `error.type` of a turn whose history could not be written.
+    pub const ERROR_HISTORY_WRITE: &str = "history_write_failed";
 }
 
 /// Metric instrument names (exported over OTLP only).

@@ -39,6 +39,8 @@ pub enum RequestId<'a> {
     Number(i64),
     /// A numeric id beyond `i64`.
     Unsigned(u64),
+    /// Any other numeric id (`1.5`, `1e3`).
+    OtherNumber(&'a serde_json::Number),
     /// A string id.
     Str(&'a str),
     /// A `null` id.
@@ -50,6 +52,7 @@ impl fmt::Display for RequestId<'_> {
         match self {
             RequestId::Number(n) => write!(f, "{n}"),
             RequestId::Unsigned(n) => write!(f, "{n}"),
+            RequestId::OtherNumber(n) => write!(f, "{n}"),
             RequestId::Str(s) => f.write_str(s),
             RequestId::Null => f.write_str("null"),
         }

@@ -28,7 +28,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::export::{ExportSetupError, ExportStats, OtlpSettings, otlp_processor};
-use crate::local_store::{LocalStore, LocalStoreProcessor};
+use crate::local_store::{LocalStore, LocalStoreProcessor, Retention};
 use crate::metrics::{self, Instruments, metrics_disabled_by_env, otlp_meter_provider};
 use crate::names::value;
 
@@ -42,6 +42,8 @@ pub struct TelemetryConfig {
     pub service_name: String,
     /// The local store directory; `None` writes no local store.
     pub trace_dir: Option<PathBuf>,
+    /// How much of the local store is kept.
+    pub retention: Retention,
     /// The log filter (`RUST_LOG` syntax); `None` means `info`.
     pub log_filter: Option<String>,
     /// OTLP export; on when an endpoint is set by flag or environment.
@@ -56,6 +58,7 @@ impl Default for TelemetryConfig {
         Self {
             service_name: value::SERVICE_NAME.to_owned(),
             trace_dir: None,
+            retention: Retention::default(),
             log_filter: None,
             otlp: OtlpSettings::default(),
             disabled: false,
@@ -203,12 +206,11 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     if !config.disabled {
         if let Some(dir) = config.trace_dir {
             let stats = ExportStats::new("local store");
-            let store = LocalStore::with_stats(&dir, Arc::clone(&stats)).map_err(|source| {
-                TelemetryError::TraceDir {
+            let store = LocalStore::with_retention(&dir, Arc::clone(&stats), config.retention)
+                .map_err(|source| TelemetryError::TraceDir {
                     path: dir.clone(),
                     source,
-                }
-            })?;
+                })?;
             store_file = Some(store.path());
             builder = builder.with_span_processor(LocalStoreProcessor::new(store));
             pipelines.push(stats);

@@ -1,5 +1,6 @@
 //! Protocol edge cases against the real binary: oversized messages, a
-//! second `initialize`, bad params, and browser requests.
+//! second `initialize`, bad params, browser requests, and WebSocket
+//! protocol violations (closed with 1002 / 1007).
 
 mod support;
 
@@ -183,4 +184,61 @@ async fn unsampled_carrier_is_honoured_and_its_request_is_not_recorded() {
         finished.request_span(&sampled.id_str()).trace_id,
         parent.trace_id
     );
+}
+
+/// Sends `frame` as the first frame of a fresh WebSocket connection and
+/// returns the close frame the server answers with.
+async fn close_after_frame(
+    frame: tokio_tungstenite::tungstenite::protocol::frame::Frame,
+) -> tokio_tungstenite::tungstenite::protocol::CloseFrame {
+    let server = support::Server::start(Transport::WebSocket).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url())
+        .await
+        .expect("websocket connect");
+    ws.send(Message::Frame(frame)).await.expect("send frame");
+    let mut close = None;
+    let drained = tokio::time::timeout(TIMEOUT, async {
+        while let Some(Ok(message)) = ws.next().await {
+            if let Message::Close(frame) = message {
+                close = frame;
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the server did not close");
+    drop(server.shutdown().await);
+    close.expect("a close frame with a code")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_text_frame_that_is_not_utf8_is_closed_with_1007() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let frame = Frame::message(
+        b"{\"id\":1,\"method\":\"\xff\xfe\"}".to_vec(),
+        OpCode::Data(Data::Text),
+        true,
+    );
+    let close = close_after_frame(frame).await;
+    assert_eq!(close.code, CloseCode::Invalid, "{close:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_frame_with_reserved_bits_is_closed_with_1002() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let mut frame = Frame::message(b"{}".to_vec(), OpCode::Data(Data::Text), true);
+    frame.header_mut().rsv1 = true;
+    let close = close_after_frame(frame).await;
+    assert_eq!(close.code, CloseCode::Protocol, "{close:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_frame_with_a_reserved_opcode_is_closed_with_1002() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let frame = Frame::message(b"{}".to_vec(), OpCode::Data(Data::Reserved(3)), true);
+    let close = close_after_frame(frame).await;
+    assert_eq!(close.code, CloseCode::Protocol, "{close:?}");
 }

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
@@ -340,6 +340,9 @@ async fn serve_connection(
             }
             Some(Err(err)) => {
                 tracing::debug!(connection, %err, "websocket read failed");
+                if let Some(frame) = close_for_read_error(&err) {
+                    close = frame;
+                }
                 break;
             }
         };
@@ -374,6 +377,30 @@ async fn serve_connection(
         Err(err) => tracing::error!(connection, %err, "websocket writer failed"),
     }
     tracing::info!(connection, "websocket connection closed");
+}
+
+/// The close frame that answers a client's protocol violation (RFC 6455
+/// section 7.4.1): 1007 for a text frame that is not UTF-8, 1002 for
+/// other protocol errors (reserved bits, unknown opcodes, unmasked frames).
+/// `None` for errors that are not the client's frames (I/O, a peer that
+/// went away), where the normal close stands.
+fn close_for_read_error(err: &WsError) -> Option<CloseFrame> {
+    match err {
+        WsError::Utf8(_) => Some(CloseFrame {
+            code: CloseCode::Invalid,
+            reason: "text frame is not valid UTF-8".into(),
+        }),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(problem) => {
+            let reason = problem.to_string();
+            let reason = skein_app_server_protocol::truncate_for_display(&reason, 110);
+            Some(CloseFrame {
+                code: CloseCode::Protocol,
+                reason: reason.into(),
+            })
+        }
+        _ => None,
+    }
 }
 
 /// How long a closing connection keeps discarding input it will not read.

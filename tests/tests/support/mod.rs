@@ -257,6 +257,12 @@ fn random_u64() -> u64 {
 #[derive(Debug, Clone)]
 pub struct SkeinHome(Arc<TempDir>);
 
+impl Default for SkeinHome {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl SkeinHome {
     /// A fresh, empty `SKEIN_HOME`.
     pub fn new() -> Self {
@@ -288,6 +294,7 @@ pub struct ServerOptions {
     env: Vec<(String, String)>,
     args: Vec<String>,
     home: Option<SkeinHome>,
+    trace_dir: Option<PathBuf>,
 }
 
 impl ServerOptions {
@@ -321,6 +328,12 @@ impl ServerOptions {
     /// server's [`Finished`] holds only its own spans.
     pub fn home(mut self, home: &SkeinHome) -> Self {
         self.home = Some(home.clone());
+        self
+    }
+
+    /// Writes spans to this directory instead of the home's.
+    pub fn trace_dir(mut self, dir: &Path) -> Self {
+        self.trace_dir = Some(dir.to_path_buf());
         self
     }
 }
@@ -407,6 +420,7 @@ impl Server {
                 (home.clone(), home.path().join(format!("traces-{n}")))
             }
         };
+        let trace_dir = options.trace_dir.clone().unwrap_or(trace_dir);
         let label = format!("skein serve ({transport})");
 
         let mut command = Command::new(skein_bin());
