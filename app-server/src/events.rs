@@ -64,7 +64,8 @@ pub fn notification_for(event: &Event) -> Option<Outgoing> {
             json!({"threadId": thread_id, "turnId": turn_id,
                    "item": {"id": item_id, "type": "mcpToolCall", "server": server, "tool": tool,
                             "status": "inProgress", "arguments": arguments,
-                            "result": null, "error": null}}),
+                            "result": null, "error": null},
+                   "startedAtMs": event.at_ms}),
         ),
         EventMsg::McpToolCallCompleted {
             turn_id,
@@ -80,7 +81,8 @@ pub fn notification_for(event: &Event) -> Option<Outgoing> {
             json!({"threadId": thread_id, "turnId": turn_id,
                    "item": {"id": item_id, "type": "mcpToolCall", "server": server, "tool": tool,
                             "status": status, "arguments": arguments, "result": result,
-                            "error": error.as_ref().map(|message| json!({"message": message}))}}),
+                            "error": error.as_ref().map(|message| json!({"message": message}))},
+                   "completedAtMs": event.at_ms}),
         ),
         EventMsg::TurnCompleted {
             turn_id,
