@@ -15,6 +15,10 @@ use tokio::sync::mpsc;
 /// Bound on starting or stopping a server.
 pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Connection limit given to every server that has one: far above what
+/// any scenario opens.
+pub const MAX_CONNECTIONS: u32 = 20_000;
+
 /// Paths of the executables the harness runs.
 #[derive(Clone, Debug)]
 pub struct Bins {
@@ -131,6 +135,9 @@ impl Running {
                 Transport::WebSocket => "ws://127.0.0.1:0",
                 Transport::Stdio => "stdio://",
             });
+            // As for jsonrpsee: the memory scenario opens 5,000 connections,
+            // past Skein's default limit of 1,024.
+            command.arg("--max-connections").arg(MAX_CONNECTIONS.to_string());
             for (key, _) in std::env::vars_os() {
                 if key.to_string_lossy().starts_with("OTEL_") {
                     command.env_remove(&key);
