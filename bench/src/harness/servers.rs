@@ -137,7 +137,9 @@ impl Running {
             });
             // As for jsonrpsee: the memory scenario opens 5,000 connections,
             // past Skein's default limit of 1,024.
-            command.arg("--max-connections").arg(MAX_CONNECTIONS.to_string());
+            command
+                .arg("--max-connections")
+                .arg(MAX_CONNECTIONS.to_string());
             for (key, _) in std::env::vars_os() {
                 if key.to_string_lossy().starts_with("OTEL_") {
                     command.env_remove(&key);
