@@ -110,13 +110,8 @@ pub fn parse_size(text: &str) -> Result<u64, RetentionParseError> {
         text: text.to_owned(),
         expected: "expected a whole number with an optional unit B, KiB, MiB or GiB, like 64MiB",
     };
-    let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(split);
-    let number: u64 = number.parse().map_err(|_| error())?;
-    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+    let (number, unit) = number_and_unit(text).ok_or_else(error)?;
+    let factor: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1024,
         "m" | "mib" => 1024 * 1024,
@@ -124,6 +119,17 @@ pub fn parse_size(text: &str) -> Result<u64, RetentionParseError> {
         _ => return Err(error()),
     };
     number.checked_mul(factor).ok_or_else(error)
+}
+
+/// Splits `64 MiB` into its whole number and its unit (trimmed, possibly
+/// empty); `None` when it does not start with a number that fits a `u64`.
+fn number_and_unit(text: &str) -> Option<(u64, &str)> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    Some((number.parse().ok()?, unit.trim()))
 }
 
 /// Parses an age: a whole number with a unit, `s`, `m`, `h` or `d`, as in
@@ -134,13 +140,8 @@ pub fn parse_age(text: &str) -> Result<Duration, RetentionParseError> {
         text: text.to_owned(),
         expected: "expected a whole number with a unit s, m, h or d, like 30m, 12h or 7d",
     };
-    let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(split);
-    let number: u64 = number.parse().map_err(|_| error())?;
-    let factor: u64 = match unit.trim() {
+    let (number, unit) = number_and_unit(text).ok_or_else(error)?;
+    let factor: u64 = match unit {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
