@@ -128,12 +128,16 @@ async fn a_tool_turn_runs_get_current_time_and_sends_the_result_back_to_the_mode
             n["method"] == "item/started" && n["params"]["item"]["type"] == "mcpToolCall"
         })
         .await;
+    // What a Codex client parses: the tool-call items as Codex's schemas
+    // define them.
+    support::codex_schema::assert_valid_notification(&started);
     let item = &started["params"]["item"];
     assert_eq!(item["server"], "time", "{item}");
     assert_eq!(item["tool"], "get_current_time", "{item}");
     assert_eq!(item["status"], "inProgress", "{item}");
     assert_eq!(item["arguments"], json!({"timezone": "UTC"}), "{item}");
     let completed_item = tool_item_completed(&mut client).await;
+    support::codex_schema::assert_valid_notification(&completed_item);
     let item = &completed_item["params"]["item"];
     assert_eq!(item["status"], "completed", "{item}");
     assert_eq!(item["id"], "call_time_1", "{item}");
@@ -150,6 +154,21 @@ async fn a_tool_turn_runs_get_current_time_and_sends_the_result_back_to_the_mode
         completed["params"]["usage"],
         json!({"inputTokens": 30, "outputTokens": 8}),
         "usage adds up over both model calls: {completed}"
+    );
+
+    // The configured server, running now, with the tools it offered.
+    let status = client
+        .request("mcpServerStatus/list", json!({}), None)
+        .await
+        .result()
+        .clone();
+    support::codex_schema::assert_valid_result("mcpServerStatus/list", &status);
+    let server_status = &status["data"][0];
+    assert_eq!(server_status["name"], "time", "{status}");
+    assert_eq!(server_status["runtimeStatus"], "connected", "{status}");
+    assert!(
+        server_status["tools"].get("get_current_time").is_some(),
+        "{status}"
     );
 
     let requests = mock.wait_for_requests(2).await;
