@@ -225,17 +225,7 @@ where
             &request.extensions,
         );
         let method = request.method.clone();
-        let future = {
-            let _entered = started.span.enter();
-            self.inner.call(request)
-        };
-        let shared = self.shared.clone();
-        let span = started.span.clone();
-        async move {
-            let response = future.instrument(span).await;
-            shared.finish(&started, &method, &response);
-            response
-        }
+        self.traced(started, method, || self.inner.call(request))
     }
 
     fn batch<'a>(&self, batch: Batch<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
@@ -283,9 +273,27 @@ where
             &notification.extensions,
         );
         let method = notification.method.clone();
+        self.traced(started, method, || self.inner.notification(notification))
+    }
+}
+
+impl<S> RpcTracing<S> {
+    /// Runs the inner service's future for one call or notification inside
+    /// its span: created with the span entered (so anything the inner
+    /// service records at once nests under it), polled inside it, then the
+    /// span is completed from the response.
+    fn traced<'a, F>(
+        &self,
+        started: Started,
+        method: Cow<'a, str>,
+        make: impl FnOnce() -> F,
+    ) -> impl Future<Output = MethodResponse> + Send + 'a
+    where
+        F: Future<Output = MethodResponse> + Send + 'a,
+    {
         let future = {
             let _entered = started.span.enter();
-            self.inner.notification(notification)
+            make()
         };
         let shared = self.shared.clone();
         let span = started.span.clone();
