@@ -164,11 +164,6 @@ impl EventReceiver {
             notified.await;
         }
     }
-
-    /// The next event if one is waiting.
-    pub fn try_recv(&mut self) -> Option<CoreEvent> {
-        lock(&self.shared.queue).events.pop_front()
-    }
 }
 
 impl Drop for EventReceiver {

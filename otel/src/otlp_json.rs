@@ -110,11 +110,6 @@ impl SpanGroups {
         self.spans == 0
     }
 
-    /// Bytes of encoded spans held.
-    pub fn bytes(&self) -> usize {
-        self.groups.iter().map(|(_, _, spans)| spans.len()).sum()
-    }
-
     /// Writes the held spans as one `TracesData` JSON object followed by a
     /// newline, and empties the groups (keeping their buffers).
     pub fn write_line(&mut self, resource: &EncodedResource, out: &mut Vec<u8>) {
