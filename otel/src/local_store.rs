@@ -33,8 +33,8 @@ use std::cell::{Cell, RefCell};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{Span as _, SpanContext};
@@ -170,7 +170,8 @@ pub struct LocalStore {
     wake: Condvar,
     file: Mutex<Current>,
     stats: Arc<ExportStats>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    /// Says when the writer thread has finished.
+    writer_done: Mutex<Option<Receiver<()>>>,
 }
 
 /// The file being written.
@@ -270,13 +271,17 @@ impl LocalStore {
             pending: Mutex::default(),
             wake: Condvar::new(),
             stats,
-            writer: Mutex::new(None),
+            writer_done: Mutex::new(None),
         });
         let for_thread = Arc::clone(&store);
-        let handle = std::thread::Builder::new()
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
             .name("skein-trace-store".into())
-            .spawn(move || for_thread.write_loop())?;
-        *lock(&store.writer) = Some(handle);
+            .spawn(move || {
+                for_thread.write_loop();
+                let _ = done_tx.send(());
+            })?;
+        *lock(&store.writer_done) = Some(done_rx);
         Ok(store)
     }
 
@@ -497,14 +502,10 @@ impl LocalStore {
     pub fn close(&self, timeout: Duration) -> OTelSdkResult {
         lock(&self.pending).closed = true;
         self.wake.notify_all();
-        if let Some(handle) = lock(&self.writer).take() {
-            let deadline = std::time::Instant::now() + timeout;
-            while !handle.is_finished() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            if handle.is_finished() {
-                let _ = handle.join();
-            } else {
+        if let Some(done) = lock(&self.writer_done).take() {
+            // Disconnected: the thread ended without saying so (it
+            // panicked); there is nothing left to wait for.
+            if let Err(RecvTimeoutError::Timeout) = done.recv_timeout(timeout) {
                 return Err(OTelSdkError::Timeout(timeout));
             }
         }
