@@ -47,24 +47,22 @@ impl ConnectionHandler {
         &self.session
     }
 
-    /// Handles one frame (a stdio line, a WebSocket text message) and queues
-    /// its reply, if it has one. Returns false when the connection's writer
-    /// is gone.
-    pub async fn handle_frame(&mut self, bytes: &[u8]) -> bool {
-        match self.process_frame(bytes).await {
-            Some(item) => self.session.outbound().send(item).await.is_ok(),
-            None => true,
-        }
+    /// Handles one frame (a stdio line, a WebSocket text message) and
+    /// appends what to write, in order, to `out`: the notifications its
+    /// handlers sent, then its reply, if it has one.
+    pub async fn handle_frame(&mut self, bytes: &[u8], out: &mut Vec<OutboundItem>) {
+        let reply = self.process_frame(bytes).await;
+        self.session.take_notices(out);
+        out.extend(reply);
     }
 
-    /// Queues an error reply with a `null` id (for input that never became a
-    /// message: too large, binary...). Returns false when the writer is gone.
-    pub async fn reject(&self, error: ErrorObject) -> bool {
-        let item = OutboundItem {
+    /// Appends an error reply with a `null` id to `out` (for input that
+    /// never became a message: too large, binary...).
+    pub fn reject(&self, error: ErrorObject, out: &mut Vec<OutboundItem>) {
+        out.push(OutboundItem {
             text: Outgoing::Error { id: None, error }.to_json(),
             spans: Vec::new(),
-        };
-        self.session.outbound().send(item).await.is_ok()
+        });
     }
 
     async fn process_frame(&mut self, bytes: &[u8]) -> Option<OutboundItem> {

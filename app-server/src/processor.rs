@@ -203,15 +203,13 @@ impl MessageProcessor {
             self.threads.turns(&info.id).map_err(thread_error)?
         };
         let thread = self.wire_thread(info, &turns);
-        session
-            .notify(Outgoing::Notification {
-                method: "thread/started".into(),
-                params: to_value(ThreadStartedNotification {
-                    thread: thread.clone(),
-                })?,
-                trace: None,
-            })
-            .await;
+        session.notify(Outgoing::Notification {
+            method: "thread/started".into(),
+            params: to_value(ThreadStartedNotification {
+                thread: thread.clone(),
+            })?,
+            trace: None,
+        });
         to_value(thread_response(thread, info, &self.env))
     }
 

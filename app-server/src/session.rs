@@ -81,6 +81,8 @@ pub struct ConnectionSession {
     client: OnceLock<ClientInfo>,
     outbound: mpsc::Sender<OutboundItem>,
     subscriptions: Mutex<Subscriptions>,
+    /// Notifications handlers queued for the response being prepared.
+    notices: Mutex<Vec<OutboundItem>>,
     /// Set, with the reason, when the connection must be ended by the
     /// server (a client that stopped reading: see [`StallReporter`]).
     overrun: Arc<watch::Sender<Option<String>>>,
@@ -104,6 +106,7 @@ impl ConnectionSession {
             client: OnceLock::new(),
             outbound,
             subscriptions: Mutex::default(),
+            notices: Mutex::default(),
             overrun: Arc::new(watch::channel(None).0),
         }
     }
@@ -208,14 +211,29 @@ impl ConnectionSession {
         self.client.set(client).is_ok()
     }
 
-    /// Queues a notification for the client. Returns false when the
-    /// connection is gone.
-    pub async fn notify(&self, message: Outgoing) -> bool {
+    /// Queues a notification a handler sends while it answers a request.
+    /// The connection writes it before that request's response, never
+    /// waiting for room: the connection's own task is the one that drains
+    /// the outbound queue, so a handler must not wait on it.
+    pub fn notify(&self, message: Outgoing) {
         let item = OutboundItem {
             text: message.to_json(),
             spans: Vec::new(),
         };
-        self.outbound.send(item).await.is_ok()
+        self.notices().push(item);
+    }
+
+    /// Moves the notifications handlers queued with [`notify`](Self::notify)
+    /// to `out`, in order.
+    pub fn take_notices(&self, out: &mut Vec<OutboundItem>) {
+        let mut notices = self.notices();
+        if !notices.is_empty() {
+            out.append(&mut notices);
+        }
+    }
+
+    fn notices(&self) -> MutexGuard<'_, Vec<OutboundItem>> {
+        self.notices.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The sender of the outbound queue.

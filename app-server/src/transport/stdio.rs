@@ -32,44 +32,77 @@ pub enum LineRead {
     Eof,
 }
 
-/// Reads one line into `buf` (cleared first), keeping at most `max` bytes in
-/// memory: the rest of a longer line is consumed and dropped.
-pub async fn read_line_limited<R: AsyncBufRead + Unpin>(
-    reader: &mut R,
-    buf: &mut Vec<u8>,
+/// Assembles lines from a buffered reader, keeping at most `max` bytes of
+/// a line in memory: the rest of a longer line is consumed and dropped.
+///
+/// [`next`](Self::next) is cancel-safe: a partial line stays here when its
+/// future is dropped, and the next call goes on with it.
+#[derive(Debug)]
+pub struct LineAssembler {
+    line: Vec<u8>,
+    skipped: Option<usize>,
+    complete: bool,
     max: usize,
-) -> std::io::Result<LineRead> {
-    buf.clear();
-    let mut skipped: Option<usize> = None;
-    loop {
-        let available = reader.fill_buf().await?;
-        if available.is_empty() {
-            return Ok(match skipped {
-                Some(len) => LineRead::TooLarge(len),
-                None if buf.is_empty() => LineRead::Eof,
-                None => LineRead::Line,
-            });
+}
+
+impl LineAssembler {
+    /// An assembler for lines of at most `max` bytes.
+    pub fn new(max: usize) -> Self {
+        Self {
+            line: Vec::new(),
+            skipped: None,
+            complete: false,
+            max,
         }
-        let newline = available.iter().position(|&b| b == b'\n');
-        let chunk = &available[..newline.unwrap_or(available.len())];
-        match skipped.as_mut() {
-            Some(len) => *len += chunk.len(),
-            None if buf.len() + chunk.len() > max => {
-                skipped = Some(buf.len() + chunk.len());
-                buf.clear();
-            }
-            None => buf.extend_from_slice(chunk),
+    }
+
+    /// The line the last [`LineRead::Line`] completed.
+    pub fn line(&self) -> &[u8] {
+        &self.line
+    }
+
+    /// Reads on until a line is complete, skipped as too large, or the
+    /// input ends.
+    pub async fn next<R: AsyncBufRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+    ) -> std::io::Result<LineRead> {
+        if self.complete {
+            self.line.clear();
+            self.complete = false;
         }
-        let used = chunk.len() + usize::from(newline.is_some());
-        reader.consume(used);
-        if newline.is_some() {
-            if buf.last() == Some(&b'\r') {
-                buf.pop();
+        loop {
+            let available = reader.fill_buf().await?;
+            if available.is_empty() {
+                self.complete = true;
+                return Ok(match self.skipped.take() {
+                    Some(len) => LineRead::TooLarge(len),
+                    None if self.line.is_empty() => LineRead::Eof,
+                    None => LineRead::Line,
+                });
             }
-            return Ok(match skipped {
-                Some(len) => LineRead::TooLarge(len),
-                None => LineRead::Line,
-            });
+            let newline = available.iter().position(|&b| b == b'\n');
+            let chunk = &available[..newline.unwrap_or(available.len())];
+            match self.skipped.as_mut() {
+                Some(len) => *len += chunk.len(),
+                None if self.line.len() + chunk.len() > self.max => {
+                    self.skipped = Some(self.line.len() + chunk.len());
+                    self.line.clear();
+                }
+                None => self.line.extend_from_slice(chunk),
+            }
+            let used = chunk.len() + usize::from(newline.is_some());
+            reader.consume(used);
+            if newline.is_some() {
+                if self.line.last() == Some(&b'\r') {
+                    self.line.pop();
+                }
+                self.complete = true;
+                return Ok(match self.skipped.take() {
+                    Some(len) => LineRead::TooLarge(len),
+                    None => LineRead::Line,
+                });
+            }
         }
     }
 }
@@ -80,7 +113,7 @@ pub async fn read_line_limited<R: AsyncBufRead + Unpin>(
 /// stdin and stdout are driven by two plain threads, not by tokio's
 /// `stdin()` / `stdout()`, which hand every read, write and flush to the
 /// blocking pool: the reader hands whole chunks to the connection, and the
-/// writer batches every reply queued at the time into one write.
+/// writer writes whole batches of replies.
 pub async fn serve_stdio(
     ctx: ServerContext,
     shutdown: watch::Receiver<bool>,
@@ -97,21 +130,39 @@ pub async fn serve_stdio(
     serve_lines(input, std::io::stdout(), ctx, shutdown, stop).await;
 }
 
-/// Serves one line-delimited connection over any buffered reader and any
+/// Most messages gathered into one batch for the writer.
+const BATCH_MESSAGES: usize = 1024;
+
+/// What woke the connection's task.
+enum Wake {
+    /// A line (or its end) from the input.
+    Input(std::io::Result<LineRead>),
+    /// A notification from one of the threads the connection follows.
+    Notice(OutboundItem),
+    /// Shutdown, or a client that stopped reading.
+    Stop,
+}
+
+/// Serves one line-delimited connection over a [`ChunkReader`] and any
 /// blocking writer (written from a thread of its own).
-pub async fn serve_lines<R, W>(
-    mut reader: R,
+///
+/// Lines already received are handled one after another, in order, and
+/// their replies gathered; the batch goes to the writer thread once no
+/// further complete line is buffered. Notifications of the threads the
+/// connection follows are batched the same way.
+pub async fn serve_lines<W>(
+    mut reader: ChunkReader,
     output: W,
     ctx: ServerContext,
     mut shutdown: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
 ) where
-    R: AsyncBufRead + Unpin,
     W: Write + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let (tx, mut rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let (batches, batches_rx) = mpsc::channel(2);
     let progress = Arc::new(WriteProgress::default());
-    let writer = match spawn_line_writer(output, rx, Arc::clone(&progress)) {
+    let writer = match spawn_line_writer(output, batches_rx, Arc::clone(&progress)) {
         Ok(writer) => writer,
         Err(err) => {
             tracing::error!(%err, "cannot start the stdout writer");
@@ -129,50 +180,110 @@ pub async fn serve_lines<R, W>(
     ));
     let mut handler = ConnectionHandler::new(session, ctx.service(), ctx.processor());
 
-    let mut line = Vec::new();
     let limit = ctx.max_message_bytes();
+    let mut lines = LineAssembler::new(limit);
     let overrun = handler.session().overrun();
     tokio::pin!(overrun);
+    let mut out = Vec::new();
     let mut stalled = false;
+    let mut writer_gone = false;
     loop {
-        let read = tokio::select! {
-            read = read_line_limited(&mut reader, &mut line, limit) => read,
-            _ = shutdown.wait_for(|stop| *stop) => break,
+        let wake = tokio::select! {
+            read = lines.next(&mut reader) => Wake::Input(read),
+            Some(item) = rx.recv() => Wake::Notice(item),
+            _ = shutdown.wait_for(|stop| *stop) => Wake::Stop,
             reason = &mut overrun => {
                 tracing::error!(%reason, "stdout is not being read; shutting down");
                 stalled = true;
-                break;
+                Wake::Stop
             }
         };
-        let keep_going = match read {
-            Ok(LineRead::Line) if line.iter().all(u8::is_ascii_whitespace) => true,
-            Ok(LineRead::Line) => handler.handle_frame(&line).await,
-            Ok(LineRead::TooLarge(len)) => {
+        let mut end = false;
+        match wake {
+            Wake::Stop => break,
+            Wake::Notice(item) => {
+                out.push(item);
+                drain_queue(&mut rx, &mut out);
+            }
+            Wake::Input(Ok(LineRead::Line)) if lines.line().iter().all(u8::is_ascii_whitespace) => {
+            }
+            Wake::Input(Ok(LineRead::Line)) => {
+                let mark = out.len();
+                handler.handle_frame(lines.line(), &mut out).await;
+                // Notifications the threads sent while the request was
+                // handled go before its response, as they happened first.
+                let mut earlier = Vec::new();
+                drain_queue(&mut rx, &mut earlier);
+                if !earlier.is_empty() {
+                    out.splice(mark..mark, earlier);
+                }
+            }
+            Wake::Input(Ok(LineRead::TooLarge(len))) => {
                 tracing::warn!(len, limit, "refusing an oversized message");
-                handler.reject(too_large_error(limit)).await
+                handler.reject(too_large_error(limit), &mut out);
             }
-            Ok(LineRead::Eof) => {
+            Wake::Input(Ok(LineRead::Eof)) => {
                 tracing::info!("stdin closed; shutting down");
-                break;
+                end = true;
             }
-            Err(err) => {
+            Wake::Input(Err(err)) => {
                 tracing::error!(%err, "reading stdin failed");
+                end = true;
+            }
+        }
+        if !end && out.len() < BATCH_MESSAGES && reader.has_line_ready() {
+            continue;
+        }
+        match send_batch(&batches, &mut out, &mut overrun).await {
+            Sent::Ok => {}
+            Sent::WriterGone => {
+                writer_gone = true;
                 break;
             }
-        };
-        if !keep_going {
+            Sent::Stalled => {
+                stalled = true;
+                break;
+            }
+        }
+        if end {
             break;
         }
     }
     // This connection is the server: its end is the server's end.
     let _ = stop.send(true);
-    handler
-        .session()
-        .close_subscriptions(true, EVENT_DRAIN_TIMEOUT)
-        .await;
-    // Dropping the handler drops the last sender, which lets the writer
-    // finish the queue and stop.
+    if !stalled && !writer_gone {
+        // Threads' final notifications are still written while the
+        // forwarders finish.
+        let closing = handler
+            .session()
+            .close_subscriptions(true, EVENT_DRAIN_TIMEOUT);
+        tokio::pin!(closing);
+        let mut writing = true;
+        loop {
+            tokio::select! {
+                () = &mut closing => break,
+                Some(item) = rx.recv() => {
+                    if writing {
+                        out.push(item);
+                        drain_queue(&mut rx, &mut out);
+                        writing = matches!(send_batch(&batches, &mut out, &mut overrun).await, Sent::Ok);
+                    }
+                }
+            }
+        }
+        if writing {
+            drain_queue(&mut rx, &mut out);
+            send_batch(&batches, &mut out, &mut overrun).await;
+        }
+    } else {
+        handler
+            .session()
+            .close_subscriptions(false, EVENT_DRAIN_TIMEOUT)
+            .await;
+    }
     drop(handler);
+    // Closing the batch queue lets the writer finish and stop.
+    drop(batches);
     watchdog.abort();
     if stalled {
         // The writer is stuck in a write nobody reads; it ends with the
@@ -181,6 +292,64 @@ pub async fn serve_lines<R, W>(
     }
     if writer.await.is_err() {
         tracing::error!("stdout writer thread failed");
+    }
+}
+
+/// Moves what the outbound queue already holds to `out` (bounded, so a
+/// flood of notifications cannot hold the connection here).
+fn drain_queue(rx: &mut mpsc::Receiver<OutboundItem>, out: &mut Vec<OutboundItem>) {
+    while out.len() < BATCH_MESSAGES {
+        match rx.try_recv() {
+            Ok(item) => out.push(item),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Messages on their way to stdout, as lines, with the request spans that
+/// end once they are written.
+#[derive(Debug, Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    spans: Vec<tracing::Span>,
+}
+
+/// What became of a batch handed to the writer.
+enum Sent {
+    Ok,
+    WriterGone,
+    Stalled,
+}
+
+/// Hands `out` (emptying it) to the writer thread as one batch, waiting
+/// for room unless the client stopped reading.
+async fn send_batch(
+    batches: &mpsc::Sender<Batch>,
+    out: &mut Vec<OutboundItem>,
+    overrun: &mut Pin<&mut impl Future<Output = String>>,
+) -> Sent {
+    if out.is_empty() {
+        return Sent::Ok;
+    }
+    let size = out.iter().map(|item| item.text.len() + 1).sum();
+    let mut batch = Batch {
+        bytes: Vec::with_capacity(size),
+        spans: Vec::with_capacity(out.len()),
+    };
+    for item in out.drain(..) {
+        batch.bytes.extend_from_slice(item.text.as_bytes());
+        batch.bytes.push(b'\n');
+        batch.spans.extend(item.spans);
+    }
+    tokio::select! {
+        sent = batches.send(batch) => match sent {
+            Ok(()) => Sent::Ok,
+            Err(_) => Sent::WriterGone,
+        },
+        reason = overrun.as_mut() => {
+            tracing::error!(%reason, "stdout is not being read; shutting down");
+            Sent::Stalled
+        }
     }
 }
 
@@ -240,15 +409,12 @@ async fn watch_for_stall(
     }
 }
 
-/// Most bytes one write of the line writer gathers before writing.
-const WRITE_BATCH_BYTES: usize = 256 * 1024;
-
-/// Starts the thread that writes queued items as lines to `output`. The
-/// returned receiver resolves once the queue closed and everything was
+/// Starts the thread that writes batches to `output`. The returned
+/// receiver resolves once the batch queue closed and everything was
 /// written (or the output failed).
 fn spawn_line_writer<W: Write + Send + 'static>(
     output: W,
-    rx: mpsc::Receiver<OutboundItem>,
+    rx: mpsc::Receiver<Batch>,
     progress: Arc<WriteProgress>,
 ) -> std::io::Result<oneshot::Receiver<()>> {
     let (done_tx, done_rx) = oneshot::channel();
@@ -261,36 +427,16 @@ fn spawn_line_writer<W: Write + Send + 'static>(
     Ok(done_rx)
 }
 
-/// Writes every queued item as one line. Items already queued are gathered
-/// into one write, and the output is flushed whenever the queue runs dry:
-/// one write and one flush per burst, not per message. The request spans an
-/// item completes end (are dropped) only after its bytes were flushed.
-fn write_lines<W: Write>(
-    mut output: W,
-    mut rx: mpsc::Receiver<OutboundItem>,
-    progress: &WriteProgress,
-) {
-    let mut buf = Vec::with_capacity(16 * 1024);
-    let mut written = Vec::new();
-    while let Some(item) = rx.blocking_recv() {
-        let mut next = Some(item);
-        while let Some(item) = next.take() {
-            buf.extend_from_slice(item.text.as_bytes());
-            buf.push(b'\n');
-            written.push(item);
-            if buf.len() < WRITE_BATCH_BYTES {
-                next = rx.try_recv().ok();
-            }
-        }
+/// Writes each batch with one write and one flush. The request spans of a
+/// batch end (are dropped) only after its bytes were flushed.
+fn write_lines<W: Write>(mut output: W, mut rx: mpsc::Receiver<Batch>, progress: &WriteProgress) {
+    while let Some(batch) = rx.blocking_recv() {
         progress.progressed();
-        let result = write_tracking(&mut output, &buf, progress).and_then(|()| output.flush());
+        let result =
+            write_tracking(&mut output, &batch.bytes, progress).and_then(|()| output.flush());
         progress.idle();
-        buf.clear();
         // The request spans end here, after their responses were written.
-        written.clear();
-        if buf.capacity() > WRITE_BATCH_BYTES * 2 {
-            buf.shrink_to(16 * 1024);
-        }
+        drop(batch);
         if let Err(err) = result {
             tracing::warn!(%err, "stdout closed; dropping further output");
             return;
@@ -364,6 +510,15 @@ impl ChunkReader {
     }
 }
 
+impl ChunkReader {
+    /// True when a complete line is already buffered (or another chunk
+    /// is waiting), so reading on will not wait.
+    pub fn has_line_ready(&self) -> bool {
+        let rest = &self.chunk[self.pos.min(self.chunk.len())..];
+        rest.contains(&b'\n') || (rest.is_empty() && !self.rx.is_empty())
+    }
+}
+
 impl AsyncRead for ChunkReader {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -414,14 +569,11 @@ mod tests {
 
     async fn lines(input: &[u8], max: usize) -> Vec<Result<String, LineRead>> {
         let mut reader = BufReader::with_capacity(4, input);
-        let mut buf = Vec::new();
+        let mut lines = LineAssembler::new(max);
         let mut out = Vec::new();
         loop {
-            match read_line_limited(&mut reader, &mut buf, max)
-                .await
-                .expect("io")
-            {
-                LineRead::Line => out.push(Ok(String::from_utf8_lossy(&buf).into_owned())),
+            match lines.next(&mut reader).await.expect("io") {
+                LineRead::Line => out.push(Ok(String::from_utf8_lossy(lines.line()).into_owned())),
                 LineRead::Eof => return out,
                 other => out.push(Err(other)),
             }
@@ -464,8 +616,8 @@ mod tests {
         let (tx, rx) = mpsc::channel(4);
         let done = spawn_line_writer(writer, rx, Arc::default()).expect("writer thread");
         let text = "x".repeat(1024 * 1024);
-        tx.send(OutboundItem {
-            text: text.clone(),
+        tx.send(Batch {
+            bytes: format!("{text}\n").into_bytes(),
             spans: vec![tracing::info_span!("held")],
         })
         .await
@@ -487,12 +639,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn queued_items_are_written_as_lines_in_order() {
+    async fn queued_batches_are_written_in_order() {
         let (mut reader, writer) = std::io::pipe().expect("pipe");
         let (tx, rx) = mpsc::channel(64);
         for n in 0..50 {
-            tx.send(OutboundItem {
-                text: format!("{{\"n\":{n}}}"),
+            tx.send(Batch {
+                bytes: format!("{{\"n\":{n}}}\n").into_bytes(),
                 spans: Vec::new(),
             })
             .await
@@ -511,13 +663,10 @@ mod tests {
     async fn chunk_reader_yields_the_source_then_eof() {
         let source = std::io::Cursor::new(b"one\ntwo\nthree".repeat(10_000));
         let mut reader = ChunkReader::spawn("test-reader", source).expect("reader");
-        let mut buf = Vec::new();
+        let mut lines = LineAssembler::new(1024);
         let mut count = 0;
         loop {
-            match read_line_limited(&mut reader, &mut buf, 1024)
-                .await
-                .expect("io")
-            {
+            match lines.next(&mut reader).await.expect("io") {
                 LineRead::Line => count += 1,
                 LineRead::Eof => break,
                 LineRead::TooLarge(len) => panic!("unexpected oversized line of {len}"),
@@ -525,6 +674,34 @@ mod tests {
         }
         // 10,000 copies of "one\ntwo\nthree" joined: "threeone" runs together.
         assert_eq!(count, 20_001);
+    }
+
+    #[tokio::test]
+    async fn a_partial_line_survives_a_cancelled_read() {
+        use futures_util::FutureExt;
+        use tokio::io::AsyncWriteExt;
+
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut reader = BufReader::new(server);
+        let mut lines = LineAssembler::new(100);
+        client.write_all(b"abc").await.expect("write");
+        // The read consumes "abc" and waits for the rest; dropping it
+        // (as a `select!` does when another branch wins) keeps "abc".
+        assert!(lines.next(&mut reader).now_or_never().is_none());
+        client.write_all(b"def\n").await.expect("write");
+        assert_eq!(lines.next(&mut reader).await.expect("io"), LineRead::Line);
+        assert_eq!(lines.line(), b"abcdef");
+    }
+
+    #[tokio::test]
+    async fn chunk_reader_knows_when_a_line_is_ready() {
+        let source = std::io::Cursor::new(b"one\ntwo".to_vec());
+        let mut reader = ChunkReader::spawn("test-ready", source).expect("reader");
+        let mut lines = LineAssembler::new(1024);
+        assert_eq!(lines.next(&mut reader).await.expect("io"), LineRead::Line);
+        assert_eq!(lines.line(), b"one");
+        // "two" has no newline: reading on would wait for more input.
+        assert!(!reader.has_line_ready());
     }
 
     #[tokio::test]

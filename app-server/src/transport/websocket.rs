@@ -23,8 +23,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -274,109 +273,210 @@ async fn write_response(
     stream.shutdown().await
 }
 
-type WsSink = SplitSink<WebSocketStream<Replay<TcpStream>>, Message>;
+type Ws = WebSocketStream<Replay<TcpStream>>;
 
-async fn serve_connection(
-    ws: WebSocketStream<Replay<TcpStream>>,
-    ctx: ServerContext,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let (sink, mut stream) = ws.split();
-    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+/// Most messages gathered before they are written.
+const WRITE_BATCH_FRAMES: usize = 256;
+
+/// What woke a connection's task.
+enum Wake {
+    /// The server is shutting down.
+    Shutdown,
+    /// A notification from one of the threads the connection follows.
+    Notice(OutboundItem),
+    /// The next frame from the client, or its end.
+    Input(Option<Result<Message, WsError>>),
+}
+
+/// How a connection ends.
+enum End {
+    /// With this close frame, once everything queued is written.
+    Close(CloseFrame),
+    /// With this close frame after discarding the rest of a refused
+    /// message still arriving (see [`linger`]).
+    CloseAndLinger(CloseFrame),
+    /// Without a closing handshake: the client is gone or stopped reading.
+    Abandon,
+}
+
+fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
+    CloseFrame {
+        code,
+        reason: reason.to_owned().into(),
+    }
+}
+
+/// Serves one upgraded connection in one task, which both reads and writes:
+/// no hand-off between tasks on the way from a request to its response.
+///
+/// Frames already received are handled one after another, in order, and
+/// their replies gathered; they are written (one flush) once no further
+/// input is ready, before the task waits again. Notifications of the
+/// threads the connection follows arrive through the session's outbound
+/// queue and are written the same way. A write that makes no progress for
+/// the stall timeout ends the connection. Request spans end (are dropped)
+/// once their responses were flushed.
+async fn serve_connection(mut ws: Ws, ctx: ServerContext, mut shutdown: watch::Receiver<bool>) {
+    let (tx, mut rx) = mpsc::channel(OUTBOUND_QUEUE);
     let session = Arc::new(ConnectionSession::new(Transport::WebSocket, tx));
     let connection = session.id();
-    let writer = tokio::spawn(write_frames(
-        sink,
-        rx,
-        Stall {
+    tracing::info!(connection, "websocket connection open");
+    let mut writer = FrameWriter {
+        stall: Stall {
             timeout: ctx.client_stall_timeout(),
             reporter: session.stall_reporter(),
             connection,
         },
-    ));
-    tracing::info!(connection, "websocket connection open");
-    let mut handler = ConnectionHandler::new(session, ctx.service(), ctx.processor());
-
-    let limit = ctx.max_message_bytes();
-    let mut close = CloseFrame {
-        code: CloseCode::Normal,
-        reason: "".into(),
+        written: Vec::new(),
     };
-    let overrun = handler.session().overrun();
-    tokio::pin!(overrun);
-    loop {
-        let next = tokio::select! {
-            next = stream.next() => next,
-            _ = shutdown.wait_for(|stop| *stop) => {
-                close = CloseFrame { code: CloseCode::Away, reason: "server shutting down".into() };
-                break;
-            }
-            reason = &mut overrun => {
-                // Close frame reasons are limited to 123 bytes.
-                let reason = skein_app_server_protocol::truncate_for_display(&reason, 110);
-                close = CloseFrame { code: CloseCode::Policy, reason: reason.into() };
-                break;
-            }
+    let mut handler = ConnectionHandler::new(session, ctx.service(), ctx.processor());
+    let limit = ctx.max_message_bytes();
+    let mut out = Vec::new();
+
+    let end = 'serve: loop {
+        let wake = tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => Wake::Shutdown,
+            Some(item) = rx.recv() => Wake::Notice(item),
+            next = ws.next() => Wake::Input(next),
         };
-        let keep_going = match next {
-            Some(Ok(Message::Text(text))) => handler.handle_frame(text.as_bytes()).await,
-            Some(Ok(Message::Binary(_))) => handler
-                .reject(ErrorObject::invalid_request(
-                    "binary frames are not supported: send each JSON-RPC message as a text frame",
-                ))
-                .await,
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => true,
-            Some(Ok(Message::Close(_))) | None => break,
-            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                // The rest of the oversized frame is still on the wire, so
-                // the stream cannot be resynchronized: answer, then close.
-                tracing::warn!(connection, size, max_size, "refusing an oversized message");
-                handler.reject(too_large_error(limit)).await;
-                close = CloseFrame {
-                    code: CloseCode::Size,
-                    reason: "message too large".into(),
-                };
-                break;
+        match wake {
+            Wake::Shutdown => {
+                break End::Close(close_frame(CloseCode::Away, "server shutting down"));
             }
-            Some(Err(err)) => {
-                tracing::debug!(connection, %err, "websocket read failed");
-                if let Some(frame) = close_for_read_error(&err) {
-                    close = frame;
+            Wake::Notice(item) => {
+                out.push(item);
+                drain_queue(&mut rx, &mut out);
+            }
+            Wake::Input(mut next) => loop {
+                if let Some(end) = handle_input(&mut handler, next, &mut rx, &mut out, limit).await
+                {
+                    // Replies to what came before the end are still owed.
+                    if writer.write(&mut ws, &mut out).await.is_err() {
+                        break 'serve End::Abandon;
+                    }
+                    break 'serve end;
                 }
-                break;
+                if out.len() >= WRITE_BATCH_FRAMES {
+                    break;
+                }
+                match ws.next().now_or_never() {
+                    Some(more) => next = more,
+                    None => break,
+                }
+            },
+        }
+        if writer.write(&mut ws, &mut out).await.is_err() {
+            break End::Abandon;
+        }
+    };
+
+    // Threads' final notifications (on graceful shutdown) are still
+    // written while the forwarders finish.
+    let graceful = *shutdown.borrow();
+    let mut writing = !matches!(end, End::Abandon);
+    {
+        let closing = handler
+            .session()
+            .close_subscriptions(graceful, EVENT_DRAIN_TIMEOUT);
+        tokio::pin!(closing);
+        loop {
+            tokio::select! {
+                () = &mut closing => break,
+                Some(item) = rx.recv() => {
+                    if writing {
+                        out.push(item);
+                        drain_queue(&mut rx, &mut out);
+                        writing = writer.write(&mut ws, &mut out).await.is_ok();
+                    }
+                }
             }
-        };
-        if !keep_going {
-            break;
         }
     }
-    let graceful = *shutdown.borrow();
-    handler
-        .session()
-        .close_subscriptions(graceful, EVENT_DRAIN_TIMEOUT)
-        .await;
+    if writing {
+        drain_queue(&mut rx, &mut out);
+        writing = writer.write(&mut ws, &mut out).await.is_ok();
+    }
     drop(handler);
-    let unread_input = close.code == CloseCode::Size;
-    match writer.await {
-        Ok(Some(sink)) => match sink.reunite(stream) {
-            Ok(mut ws) => {
-                let _ = ws.send(Message::Close(Some(close))).await;
-                if unread_input {
-                    // The rest of the refused message is still arriving:
-                    // closing now would reset the connection and could
-                    // destroy the error and the close frame before the
-                    // client reads them. Discard it first (bounded).
-                    linger(ws.get_mut()).await;
-                } else {
-                    let _ = ws.close(None).await;
-                }
-            }
-            Err(err) => tracing::debug!(connection, %err, "websocket halves did not match"),
-        },
-        Ok(None) => {}
-        Err(err) => tracing::error!(connection, %err, "websocket writer failed"),
+    match end {
+        End::Close(frame) if writing => {
+            let _ = ws.send(Message::Close(Some(frame))).await;
+            let _ = ws.close(None).await;
+        }
+        End::CloseAndLinger(frame) if writing => {
+            let _ = ws.send(Message::Close(Some(frame))).await;
+            // The rest of the refused message is still arriving: closing
+            // now would reset the connection and could destroy the error
+            // and the close frame before the client reads them. Discard
+            // it first (bounded).
+            linger(ws.get_mut()).await;
+        }
+        _ => {}
     }
     tracing::info!(connection, "websocket connection closed");
+}
+
+/// Moves what the outbound queue already holds to `out` (bounded, so a
+/// flood of notifications cannot hold the connection here).
+fn drain_queue(rx: &mut mpsc::Receiver<OutboundItem>, out: &mut Vec<OutboundItem>) {
+    while out.len() < WRITE_BATCH_FRAMES {
+        match rx.try_recv() {
+            Ok(item) => out.push(item),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Handles one read from the client, appending what to write to `out`.
+/// Returns how the connection ends, if this read ends it.
+async fn handle_input(
+    handler: &mut ConnectionHandler,
+    next: Option<Result<Message, WsError>>,
+    rx: &mut mpsc::Receiver<OutboundItem>,
+    out: &mut Vec<OutboundItem>,
+    limit: usize,
+) -> Option<End> {
+    let connection = handler.session().id();
+    match next {
+        Some(Ok(Message::Text(text))) => {
+            let mark = out.len();
+            handler.handle_frame(text.as_bytes(), out).await;
+            // Notifications the threads sent while the request was handled
+            // go before its response, as they happened first.
+            let mut earlier = Vec::new();
+            drain_queue(rx, &mut earlier);
+            if !earlier.is_empty() {
+                out.splice(mark..mark, earlier);
+            }
+            None
+        }
+        Some(Ok(Message::Binary(_))) => {
+            handler.reject(
+                ErrorObject::invalid_request(
+                    "binary frames are not supported: send each JSON-RPC message as a text frame",
+                ),
+                out,
+            );
+            None
+        }
+        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => None,
+        Some(Ok(Message::Close(_))) | None => Some(End::Close(close_frame(CloseCode::Normal, ""))),
+        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+            // The rest of the oversized frame is still on the wire, so the
+            // stream cannot be resynchronized: answer, then close.
+            tracing::warn!(connection, size, max_size, "refusing an oversized message");
+            handler.reject(too_large_error(limit), out);
+            Some(End::CloseAndLinger(close_frame(
+                CloseCode::Size,
+                "message too large",
+            )))
+        }
+        Some(Err(err)) => {
+            tracing::debug!(connection, %err, "websocket read failed");
+            Some(End::Close(
+                close_for_read_error(&err).unwrap_or_else(|| close_frame(CloseCode::Normal, "")),
+            ))
+        }
+    }
 }
 
 /// The close frame that answers a client's protocol violation (RFC 6455
@@ -424,58 +524,61 @@ async fn linger(socket: &mut Replay<TcpStream>) {
     let _ = socket.shutdown().await;
 }
 
-/// Most frames the writer buffers before it writes them out.
-const WRITE_BATCH_FRAMES: usize = 256;
-
-/// How a writer recognizes a client that stopped reading.
+/// How a connection recognizes a client that stopped reading.
 struct Stall {
     timeout: Duration,
     reporter: StallReporter,
     connection: u64,
 }
 
-/// Writes queued items as text frames until the queue closes; returns the
-/// sink for the closing handshake, or `None` when the peer is gone or
-/// stopped reading.
-///
-/// Frames already queued are buffered together and the socket is flushed
-/// once the queue runs dry: one write per burst, not per message. The
-/// request spans of a burst end (are dropped) after the flush. A write
-/// that makes no progress for the stall timeout ends the connection.
-async fn write_frames(
-    mut sink: WsSink,
-    mut rx: mpsc::Receiver<OutboundItem>,
+/// The writing side of a connection's task.
+struct FrameWriter {
     stall: Stall,
-) -> Option<WsSink> {
-    let mut written = Vec::new();
-    while let Some(item) = rx.recv().await {
-        let mut next = Some(item);
+    /// Request spans of the messages being written.
+    written: Vec<Vec<tracing::Span>>,
+}
+
+/// The client is gone or stopped reading; nothing more can be written.
+struct WriteFailed;
+
+impl FrameWriter {
+    /// Writes `out` (emptying it) as text frames with one flush. The
+    /// request spans of the written messages end afterwards. A write that
+    /// makes no progress for the stall timeout fails, reporting the stall.
+    async fn write(&mut self, ws: &mut Ws, out: &mut Vec<OutboundItem>) -> Result<(), WriteFailed> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        let written = &mut self.written;
         let burst = async {
-            while let Some(item) = next.take() {
-                sink.feed(Message::text(item.text)).await?;
+            for item in out.drain(..) {
                 written.push(item.spans);
-                if written.len() < WRITE_BATCH_FRAMES {
-                    next = rx.try_recv().ok();
-                }
+                ws.feed(Message::text(item.text)).await?;
             }
-            sink.flush().await
+            ws.flush().await
         };
-        let sent = tokio::time::timeout(stall.timeout, burst).await;
+        let sent = tokio::time::timeout(self.stall.timeout, burst).await;
+        out.clear();
         // The request spans end here, after their responses were written.
-        written.clear();
+        self.written.clear();
         match sent {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => Ok(()),
             Ok(Err(err)) => {
-                tracing::debug!(%err, "websocket peer gone; dropping further output");
-                return None;
+                tracing::debug!(
+                    connection = self.stall.connection,
+                    %err,
+                    "websocket peer gone; dropping further output"
+                );
+                Err(WriteFailed)
             }
             Err(_) => {
-                stall.reporter.report(stall.connection, stall.timeout);
-                return None;
+                self.stall
+                    .reporter
+                    .report(self.stall.connection, self.stall.timeout);
+                Err(WriteFailed)
             }
         }
     }
-    Some(sink)
 }
 
 /// A stream that first yields bytes already read from it, then reads on.
