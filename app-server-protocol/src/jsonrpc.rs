@@ -10,6 +10,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use skein_protocol::W3cTraceContext;
 
@@ -334,14 +335,15 @@ pub fn json_type_name(value: &Value) -> &'static str {
 }
 
 /// An outbound message. Serializes with `"jsonrpc": "2.0"`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub enum Outgoing {
     /// A successful response.
     Response {
         /// The request's id.
         id: RequestId,
-        /// The result.
-        result: Value,
+        /// The result, as JSON text (handlers serialize their typed
+        /// results straight to text, with no [`Value`] tree).
+        result: Box<RawValue>,
     },
     /// An error response.
     Error {
@@ -370,7 +372,10 @@ impl Outgoing {
         match self {
             Outgoing::Response { id, result } => {
                 obj.insert("id".into(), id_to_value(id));
-                obj.insert("result".into(), result.clone());
+                obj.insert(
+                    "result".into(),
+                    serde_json::from_str(result.get()).unwrap_or(Value::Null),
+                );
             }
             Outgoing::Error { id, error } => {
                 obj.insert("id".into(), id.as_ref().map_or(Value::Null, id_to_value));
@@ -456,7 +461,7 @@ impl Outgoing {
 struct WireResponse<'a> {
     jsonrpc: &'static str,
     id: &'a RequestId,
-    result: &'a Value,
+    result: &'a RawValue,
 }
 
 #[derive(Serialize)]
@@ -487,6 +492,7 @@ fn id_to_value(id: &RequestId) -> Value {
 mod tests {
     use super::*;
     use serde_json::json;
+    use serde_json::value::to_raw_value;
 
     fn single(bytes: &str) -> Incoming {
         match parse_frame(bytes.as_bytes()).expect("valid json") {
@@ -586,7 +592,7 @@ mod tests {
     fn outgoing_messages_carry_jsonrpc_version() {
         let out = Outgoing::Response {
             id: RequestId::Integer(3),
-            result: json!({}),
+            result: to_raw_value(&json!({})).expect("raw"),
         };
         assert_eq!(
             out.to_value(),
@@ -605,7 +611,7 @@ mod tests {
         let messages = [
             Outgoing::Response {
                 id: RequestId::String("a\"b".into()),
-                result: json!({"data": [1, {"x": null}], "s": "é"}),
+                result: to_raw_value(&json!({"data": [1, {"x": null}], "s": "é"})).expect("raw"),
             },
             Outgoing::Error {
                 id: None,
@@ -679,7 +685,7 @@ mod tests {
             assert_eq!(answer.to_value()["id"].to_string(), echoed, "{frame}");
             let reply = Outgoing::Response {
                 id: req.id,
-                result: Value::Null,
+                result: to_raw_value(&Value::Null).expect("raw"),
             };
             let json: Value = serde_json::from_str(&reply.to_json()).expect("json");
             assert_eq!(json["id"].to_string(), echoed, "{frame}");

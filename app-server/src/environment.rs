@@ -23,13 +23,13 @@ pub const SANDBOX_MODE: &str = "danger-full-access";
 
 /// `account/read`: no account, and none required.
 pub fn account_read(_params: GetAccountParams) -> HandlerResult {
-    Ok(json!({"account": null, "userId": null, "requiresOpenaiAuth": false}))
+    to_value(json!({"account": null, "userId": null, "requiresOpenaiAuth": false}))
 }
 
 /// `account/rateLimits/read`: Skein imposes no rate limits, so the
 /// snapshot is empty.
 pub fn account_rate_limits_read() -> HandlerResult {
-    Ok(json!({
+    to_value(json!({
         "rateLimits": {
             "limitId": null,
             "limitName": null,
@@ -44,17 +44,17 @@ pub fn account_rate_limits_read() -> HandlerResult {
 
 /// `configRequirements/read`: no administrator requirements exist.
 pub fn config_requirements_read() -> HandlerResult {
-    Ok(json!({"requirements": null}))
+    to_value(json!({"requirements": null}))
 }
 
 /// `skills/list`: Skein has no skills.
 pub fn skills_list(_params: SkillsListParams) -> HandlerResult {
-    Ok(json!({"data": []}))
+    to_value(json!({"data": []}))
 }
 
 /// `app/list`: Skein has no apps.
 pub fn app_list(_params: PageParams) -> HandlerResult {
-    Ok(json!({"data": [], "nextCursor": null}))
+    to_value(json!({"data": [], "nextCursor": null}))
 }
 
 /// The configured MCP servers, in Codex's `McpServerStatus` shape: their
@@ -129,7 +129,7 @@ pub fn effective_config(threads: &ThreadManager) -> EffectiveConfig {
 impl MessageProcessor {
     /// `mcpServerStatus/list`: the configured MCP servers.
     pub(crate) fn mcp_server_status_list(&self, _params: PageParams) -> HandlerResult {
-        Ok(json!({"data": mcp_servers(self.threads()), "nextCursor": null}))
+        to_value(json!({"data": mcp_servers(self.threads()), "nextCursor": null}))
     }
 
     /// `config/read`: the effective configuration. Origins and layers are
@@ -137,7 +137,7 @@ impl MessageProcessor {
     /// default), so none are listed.
     pub(crate) fn config_read(&self, params: ConfigReadParams) -> HandlerResult {
         let layers = params.include_layers.then(Vec::<Value>::new);
-        Ok(json!({
+        to_value(json!({
             "config": to_value(effective_config(self.threads()))?,
             "origins": Map::new(),
             "layers": layers,

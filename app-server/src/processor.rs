@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use serde::Serialize;
 use serde_json::Value;
 use serde_json::json;
+use serde_json::value::RawValue;
 use skein_app_server_protocol::jsonrpc::{INVALID_REQUEST, NOT_INITIALIZED, SERVER_OVERLOADED};
 use skein_app_server_protocol::v2::{
     InitializeParams, InitializeResponse, Model, ModelListParams, ModelListResponse,
@@ -45,7 +46,9 @@ pub struct MessageProcessor {
     pub(crate) env: Arc<ServerEnv>,
 }
 
-pub(crate) type HandlerResult = Result<Value, ErrorObject>;
+/// What a handler answers: its result serialized straight to JSON text,
+/// or an error.
+pub(crate) type HandlerResult = Result<Box<RawValue>, ErrorObject>;
 
 impl MessageProcessor {
     /// A processor over `threads`, reporting the server's working
@@ -205,9 +208,10 @@ impl MessageProcessor {
         let thread = self.wire_thread(info, &turns);
         session.notify(Outgoing::Notification {
             method: "thread/started".into(),
-            params: to_value(ThreadStartedNotification {
+            params: serde_json::to_value(ThreadStartedNotification {
                 thread: thread.clone(),
-            })?,
+            })
+            .map_err(ErrorObject::internal)?,
             trace: None,
         });
         to_value(thread_response(thread, info, &self.env))
@@ -257,14 +261,14 @@ impl MessageProcessor {
         // Codex answers `notLoaded` for any thread not loaded here, known
         // or not; so does Skein.
         if self.threads.handle(&params.thread_id).is_err() {
-            return Ok(json!({ "status": "notLoaded" }));
+            return to_value(json!({ "status": "notLoaded" }));
         }
         let status = if session.unsubscribe(&params.thread_id) {
             "unsubscribed"
         } else {
             "notSubscribed"
         };
-        Ok(json!({ "status": status }))
+        to_value(json!({ "status": status }))
     }
 
     /// Subscribes the connection to the thread and starts a turn there;
@@ -333,7 +337,7 @@ impl MessageProcessor {
             .steer(&params.thread_id, &params.expected_turn_id, params.input)
             .await
             .map_err(thread_error)?;
-        Ok(json!({ "turnId": params.expected_turn_id }))
+        to_value(json!({ "turnId": params.expected_turn_id }))
     }
 
     async fn turn_interrupt(&self, params: TurnInterruptParams) -> HandlerResult {
@@ -341,7 +345,7 @@ impl MessageProcessor {
             .interrupt(&params.thread_id, &params.turn_id)
             .await
             .map_err(thread_error)?;
-        Ok(json!({}))
+        to_value(json!({}))
     }
 
     fn thread_list(&self, params: ThreadListParams) -> HandlerResult {
@@ -444,8 +448,9 @@ pub(crate) fn thread_error(err: ThreadError) -> ErrorObject {
     }
 }
 
+/// Serializes a handler's typed result to JSON text.
 pub(crate) fn to_value(value: impl Serialize) -> HandlerResult {
-    serde_json::to_value(value).map_err(ErrorObject::internal)
+    serde_json::value::to_raw_value(&value).map_err(ErrorObject::internal)
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;

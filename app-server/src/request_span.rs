@@ -72,7 +72,7 @@ pub fn make_request_span(
 pub fn record_response(span: &tracing::Span, response: &Outgoing, timer: CallTimer) {
     let mut error_code = None;
     match response {
-        Outgoing::Response { result, .. } => rpc::record_ids(span, Some(result)),
+        Outgoing::Response { result, .. } => rpc::record_result_ids(span, result.get()),
         Outgoing::Error { error, .. } => {
             rpc::record_error(span, error.code, &error.message);
             error_code = Some(error.code);

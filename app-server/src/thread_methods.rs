@@ -57,7 +57,7 @@ impl MessageProcessor {
             .set_archived(&params.thread_id, true)
             .await
             .map_err(thread_error)?;
-        Ok(json!({}))
+        to_value(json!({}))
     }
 
     /// `thread/unarchive`: clears the flag; returns the thread.
@@ -78,7 +78,7 @@ impl MessageProcessor {
             .set_name(&params.thread_id, &params.name)
             .await
             .map_err(thread_error)?;
-        Ok(json!({}))
+        to_value(json!({}))
     }
 
     /// `thread/turns/list`: a page of the thread's turns, newest first by

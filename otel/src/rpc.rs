@@ -278,6 +278,48 @@ pub fn record_ids(span: &tracing::Span, object: Option<&Value>) {
     }
 }
 
+/// [`record_ids`] for a result given as JSON text: the same fields, read
+/// without building a [`Value`] tree (other members are skipped unparsed).
+/// Text that is not a JSON object records nothing.
+pub fn record_result_ids(span: &tracing::Span, json: &str) {
+    #[derive(serde::Deserialize)]
+    struct Id<'a> {
+        #[serde(borrow)]
+        id: Option<Cow<'a, str>>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Ids<'a> {
+        #[serde(borrow)]
+        thread_id: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        thread: Option<Id<'a>>,
+        #[serde(borrow)]
+        turn_id: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        expected_turn_id: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        turn: Option<Id<'a>>,
+    }
+    // Only objects can carry ids; skip anything else without parsing it.
+    if !json.trim_start().starts_with('{') {
+        return;
+    }
+    let Ok(ids) = serde_json::from_str::<Ids<'_>>(json) else {
+        return;
+    };
+    if let Some(id) = ids.thread_id.or_else(|| ids.thread.and_then(|t| t.id)) {
+        span.record(attr::THREAD_ID, id.as_ref());
+    }
+    let turn_id = ids
+        .turn_id
+        .or(ids.expected_turn_id)
+        .or_else(|| ids.turn.and_then(|t| t.id));
+    if let Some(id) = turn_id {
+        span.record(attr::TURN_ID, id.as_ref());
+    }
+}
+
 /// The string field `key` of a JSON object, if it is one.
 pub fn str_field<'a>(object: Option<&'a Value>, key: &str) -> Option<&'a str> {
     object?.get(key)?.as_str()

@@ -305,6 +305,14 @@ async fn thread_read_span_carries_thread_id(transport: Transport) {
         Some(thread_id.as_str()),
         "thread/read span: {span}"
     );
+    // thread/start names no thread in its params: the id comes from its
+    // result.
+    let span = finished.request_span(&started.id_str());
+    assert_eq!(
+        span.attr_str("thread.id").as_deref(),
+        Some(thread_id.as_str()),
+        "thread/start span: {span}"
+    );
 }
 
 async fn batch_of_three_requests_yields_three_responses_and_three_spans(transport: Transport) {
