@@ -96,8 +96,11 @@ struct ServeArgs {
     /// `/v1/metrics` are appended for the HTTP protocols). Overrides the environment. Without this flag, OTLP
     /// export is on when OTEL_EXPORTER_OTLP_ENDPOINT or
     /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set; the other standard
-    /// OTEL_EXPORTER_OTLP_* variables (headers, timeout), OTEL_SERVICE_NAME,
-    /// OTEL_RESOURCE_ATTRIBUTES and OTEL_TRACES_SAMPLER apply too.
+    /// OTEL_EXPORTER_OTLP_* variables (HEADERS, TIMEOUT, and for TLS
+    /// CERTIFICATE, CLIENT_CERTIFICATE, CLIENT_KEY, INSECURE), OTEL_SERVICE_NAME,
+    /// OTEL_RESOURCE_ATTRIBUTES and OTEL_TRACES_SAMPLER apply too. An
+    /// `https://` endpoint uses TLS, trusting the system's certificates or
+    /// those of OTEL_EXPORTER_OTLP_CERTIFICATE.
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
 

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use opentelemetry::Context;
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::Temporality;
@@ -23,6 +23,8 @@ use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Span, SpanData, SpanExporter, SpanProcessor,
 };
+
+use crate::otlp_connection::{Connection, ConnectionError, Signal, is_https};
 
 /// Spans one pipeline holds at most (queued or being exported).
 pub const MAX_PENDING_SPANS: u64 = 2048;
@@ -150,6 +152,9 @@ pub enum ExportSetupError {
     /// The runtime for gRPC export could not start.
     #[error("cannot start the gRPC export runtime: {0}")]
     Runtime(std::io::Error),
+    /// A TLS file, `INSECURE` or `TIMEOUT` setting cannot be used.
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
 }
 
 impl ExportSetupError {
@@ -386,36 +391,79 @@ impl<E: PushMetricExporter> PushMetricExporter for OwnRuntimeExporter<E> {
     }
 }
 
+/// Sets up an HTTP exporter builder (spans or metrics) for `protocol`:
+/// the flag endpoint when there is one (else the exporter reads the
+/// standard environment), the timeout, and the HTTP client that carries
+/// the connection's TLS settings.
+pub(crate) fn configure_http<B: WithExportConfig + WithHttpConfig>(
+    builder: B,
+    protocol: OtlpProtocol,
+    endpoint: Option<String>,
+    connection: &Connection,
+) -> Result<B, ExportSetupError> {
+    let builder = builder
+        .with_protocol(protocol.wire())
+        .with_timeout(connection.timeout())
+        .with_http_client(connection.http_client()?);
+    Ok(match endpoint {
+        Some(endpoint) => builder.with_endpoint(endpoint),
+        None => builder,
+    })
+}
+
+/// Sets up a gRPC exporter builder (spans or metrics): the endpoint
+/// resolved with `INSECURE` from the flag `flag_endpoint` or the
+/// environment, the timeout, and for an `https://` endpoint the TLS
+/// configuration (a plaintext endpoint gets none, and no trust store is
+/// loaded for it).
+pub(crate) fn configure_grpc<B: WithExportConfig + WithTonicConfig>(
+    builder: B,
+    flag_endpoint: Option<&str>,
+    connection: &Connection,
+) -> B {
+    let endpoint = connection.grpc_endpoint(flag_endpoint);
+    let tls = is_https(&endpoint);
+    let builder = builder
+        .with_protocol(Protocol::Grpc)
+        .with_timeout(connection.timeout())
+        .with_endpoint(endpoint);
+    if tls {
+        builder.with_tls_config(connection.grpc_tls())
+    } else {
+        builder
+    }
+}
+
 /// Builds the OTLP pipeline for `settings`, counting into a fresh
 /// `otlp` stats record.
 pub fn otlp_processor(
     settings: &OtlpSettings,
 ) -> Result<(CountingProcessor, Arc<ExportStats>), ExportSetupError> {
     let protocol = settings.resolved_protocol()?;
-    let endpoint = settings.explicit_endpoint(protocol);
+    let connection = Connection::from_env(Signal::Traces)?;
     let stats = ExportStats::new("otlp");
     let delay = Duration::from_secs(1);
     let otlp_error = ExportSetupError::otlp(protocol);
     let processor = match protocol {
         OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
-            let mut builder = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(protocol.wire());
-            if let Some(endpoint) = endpoint {
-                builder = builder.with_endpoint(endpoint);
-            }
+            let builder = configure_http(
+                opentelemetry_otlp::SpanExporter::builder().with_http(),
+                protocol,
+                settings.explicit_endpoint(protocol),
+                &connection,
+            )?;
             let exporter = builder.build().map_err(otlp_error)?;
             CountingProcessor::new(exporter, Arc::clone(&stats), delay)
         }
         OtlpProtocol::Grpc => {
             let exporter = OwnRuntimeExporter::build("skein-otlp-grpc", || {
-                let mut builder = opentelemetry_otlp::SpanExporter::builder()
-                    .with_tonic()
-                    .with_protocol(protocol.wire());
-                if let Some(endpoint) = endpoint {
-                    builder = builder.with_endpoint(endpoint);
-                }
-                builder.build().map_err(otlp_error)
+                configure_grpc(
+                    opentelemetry_otlp::SpanExporter::builder().with_tonic(),
+                    settings.endpoint.as_deref(),
+                    &connection,
+                )
+                .build()
+                .map_err(otlp_error)
             })?;
             CountingProcessor::new(exporter, Arc::clone(&stats), delay)
         }

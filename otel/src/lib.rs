@@ -16,6 +16,8 @@
 //! - [`otlp_json`]: the direct OTLP/JSON span encoder the store writes
 //!   with.
 //! - [`export`]: OTLP export and the accounting of dropped spans.
+//! - [`otlp_connection`]: how an OTLP exporter reaches its collector: TLS
+//!   files, `INSECURE`, the timeout.
 //! - [`metrics`]: metric instruments, exported over OTLP next to the spans.
 
 pub mod carrier;
@@ -23,6 +25,7 @@ pub mod export;
 pub mod local_store;
 pub mod metrics;
 pub mod names;
+pub mod otlp_connection;
 pub mod otlp_json;
 pub mod rpc;
 pub mod telemetry;

@@ -23,15 +23,16 @@ use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, Meter};
-use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use skein_protocol::{TokenUsage, TurnKind, TurnStatus};
 
 use crate::export::{
-    ExportSetupError, ExportStats, OtlpProtocol, OtlpSettings, OwnRuntimeExporter,
+    ExportSetupError, ExportStats, OtlpProtocol, OtlpSettings, OwnRuntimeExporter, configure_grpc,
+    configure_http,
 };
 use crate::names::{attr, metric, value};
+use crate::otlp_connection::{Connection, Signal};
 
 /// Bucket boundaries (s) of `rpc.server.call.duration`, as the OTel RPC
 /// and HTTP conventions advise.
@@ -298,31 +299,32 @@ pub fn otlp_meter_provider(
     resource: Resource,
 ) -> Result<SdkMeterProvider, ExportSetupError> {
     let protocol = settings.resolved_protocol()?;
-    let endpoint = settings.signal_endpoint(protocol, "/v1/metrics");
+    let connection = Connection::from_env(Signal::Metrics)?;
     let otlp_error = ExportSetupError::otlp(protocol);
     let builder = SdkMeterProvider::builder().with_resource(resource);
     let provider = match protocol {
         OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
-            let mut exporter = opentelemetry_otlp::MetricExporter::builder()
-                .with_http()
-                .with_protocol(protocol.wire());
-            if let Some(endpoint) = endpoint {
-                exporter = exporter.with_endpoint(endpoint);
-            }
-            let exporter = exporter.build().map_err(otlp_error)?;
+            let exporter = configure_http(
+                opentelemetry_otlp::MetricExporter::builder().with_http(),
+                protocol,
+                settings.signal_endpoint(protocol, "/v1/metrics"),
+                &connection,
+            )?
+            .build()
+            .map_err(otlp_error)?;
             builder
                 .with_reader(PeriodicReader::builder(exporter).build())
                 .build()
         }
         OtlpProtocol::Grpc => {
             let exporter = OwnRuntimeExporter::build("skein-otlp-grpc-metrics", || {
-                let mut exporter = opentelemetry_otlp::MetricExporter::builder()
-                    .with_tonic()
-                    .with_protocol(protocol.wire());
-                if let Some(endpoint) = endpoint {
-                    exporter = exporter.with_endpoint(endpoint);
-                }
-                exporter.build().map_err(otlp_error)
+                configure_grpc(
+                    opentelemetry_otlp::MetricExporter::builder().with_tonic(),
+                    settings.endpoint.as_deref(),
+                    &connection,
+                )
+                .build()
+                .map_err(otlp_error)
             })?;
             builder
                 .with_reader(PeriodicReader::builder(exporter).build())

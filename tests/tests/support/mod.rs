@@ -134,7 +134,25 @@ fn build_skein() -> PathBuf {
     } else {
         profile_dir
     };
-    let output = std::process::Command::new(cargo)
+    let mut command = std::process::Command::new(cargo);
+    // Cargo sets these for the test process (they describe the tests
+    // package). Build scripts that depend on them (ring's does) would see
+    // other values here than in the `cargo test` build that shares their
+    // units, and every build would redo them and all that depends on them.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || key.starts_with("CARGO_BIN_")
+            || matches!(
+                key.as_ref(),
+                "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR"
+            )
+        {
+            command.env_remove(key.as_ref());
+        }
+    }
+    let output = command
         .args(["build", "--package", "skein-app-server", "--bin", "skein"])
         .args([
             "--profile",
