@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+use support::raw_ws::{self, RawWs};
 use support::{STATUS_CODE_ERROR, Server, ServerOptions, TIMEOUT, Transport, skein_bin};
 
 /// The code of an overloaded answer.
@@ -770,4 +771,52 @@ async fn silent_connections_are_closed_after_the_idle_timeout() {
         .wait_for_stderr(|l| l.contains("websocket connection closed"))
         .await;
     server.shutdown().await;
+}
+
+/// `initialize` with this id, as JSON text.
+fn initialize_text(id: i64) -> String {
+    json!({"jsonrpc": "2.0", "id": id, "method": "initialize",
+        "params": {"clientInfo": {"name": "hardening", "version": "1"}}})
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_followed_by_a_half_close_is_answered_before_the_close_frame() {
+    // A client may send its last request and shut its sending side down at
+    // once (shutdown(Write)): the server reads EOF right after the request,
+    // yet the answer must still go out, then a close frame, then the end.
+    const TRIALS: usize = 300;
+    let server = Server::start(Transport::WebSocket).await;
+    let addr = server.ws_addr();
+    let mut lost = Vec::new();
+    let mut answered_ids = Vec::new();
+    for trial in 0..TRIALS {
+        let mut ws = RawWs::open(&addr).await;
+        let id = support::next_request_id();
+        ws.send_text(&initialize_text(id)).await;
+        ws.shutdown_write().await;
+        let frames = ws.frames_until_closed().await;
+        let answer = frames.iter().position(|f| {
+            f.text()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .is_some_and(|v| v["id"] == json!(id) && v.get("result").is_some())
+        });
+        let close = frames.iter().position(|f| f.opcode == raw_ws::OP_CLOSE);
+        match (answer, close) {
+            (Some(answer), Some(close)) if answer < close && close + 1 == frames.len() => {
+                answered_ids.push(id);
+            }
+            _ => lost.push((trial, frames)),
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {TRIALS} half-closed connections did not get answer then close frame; first: {:?}",
+        lost.len(),
+        lost.first()
+    );
+    let finished = server.shutdown().await;
+    for id in answered_ids {
+        assert_eq!(finished.request_span(&id.to_string()).name, "initialize");
+    }
 }

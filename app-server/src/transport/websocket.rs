@@ -478,7 +478,13 @@ async fn write_frames(
     Some(sink)
 }
 
+/// Why a [`Replay`] read fails at the end of the client's input.
+const CLIENT_CLOSED_ITS_SIDE: &str = "the client closed its side of the connection";
+
 /// A stream that first yields bytes already read from it, then reads on.
+///
+/// The end of input is reported as an [`io::ErrorKind::UnexpectedEof`]
+/// error, never as a zero-length read (see `poll_read`).
 ///
 /// With an idle timeout, a read that has waited that long since the last
 /// bytes arrived fails with [`io::ErrorKind::TimedOut`], which ends the
@@ -541,6 +547,20 @@ impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
+                if buf.filled().len() == before && buf.remaining() > 0 {
+                    // End of input: the client closed its side (perhaps
+                    // only its side: shutdown(Write) after a last request).
+                    // Reported as an error, not as EOF: tungstenite takes
+                    // an EOF without a close handshake for a dead
+                    // connection and marks the whole WebSocket terminated,
+                    // so the writer could no longer send the answers still
+                    // queued. An I/O error ends the reader the same way but
+                    // leaves the writing half usable.
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        CLIENT_CLOSED_ITS_SIDE,
+                    )));
+                }
                 if let Some(idle) = &mut this.idle
                     && buf.filled().len() > before
                 {
@@ -625,10 +645,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn replay_yields_prefix_then_inner() {
+    async fn replay_yields_prefix_then_inner_then_eof_as_an_error() {
         let mut r = Replay::new(b"abc".to_vec(), &b"def"[..]);
-        let mut out = String::new();
-        r.read_to_string(&mut out).await.expect("read");
-        assert_eq!(out, "abcdef");
+        let mut out = [0u8; 6];
+        r.read_exact(&mut out).await.expect("read");
+        assert_eq!(&out, b"abcdef");
+        let end = r.read(&mut [0u8; 4]).await.expect_err("EOF is an error");
+        assert_eq!(end.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(end.to_string(), CLIENT_CLOSED_ITS_SIDE);
     }
 }
