@@ -40,10 +40,7 @@ async fn raw_upgrade(addr: &str, authorization: Option<&str>) -> String {
     let auth = authorization
         .map(|a| format!("Authorization: {a}\r\n"))
         .unwrap_or_default();
-    let request = format!(
-        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{auth}\r\n"
-    );
+    let request = raw_ws::upgrade_request(addr, &auth);
     stream.write_all(request.as_bytes()).await.expect("send");
     let mut response = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -819,4 +816,70 @@ async fn a_request_followed_by_a_half_close_is_answered_before_the_close_frame()
     for id in answered_ids {
         assert_eq!(finished.request_span(&id.to_string()).name, "initialize");
     }
+}
+
+/// The body of an HTTP response (after the blank line).
+fn body_of(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, body)| body)
+}
+
+/// Asserts `response` has `status` and a body of one line containing
+/// `reason`.
+fn assert_one_line_answer(response: &str, status: &str, reason: &str) {
+    assert!(
+        status_line(response).starts_with(&format!("HTTP/1.1 {status}")),
+        "expected {status}: {response:?}"
+    );
+    let body = body_of(response);
+    assert!(
+        body.ends_with('\n') && body.lines().count() == 1 && body.contains(reason),
+        "expected a one-line reason containing {reason:?}: {response:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_get_431_and_refused_upgrades_get_400_or_426() {
+    let server = Server::start(Transport::WebSocket).await;
+    let addr = server.ws_addr();
+    let filler = format!("X-Filler: {}\r\n", "a".repeat(20 * 1024));
+
+    // A complete head past 16 KiB, and one that never ends.
+    let complete = raw_ws::upgrade_request(&addr, &filler);
+    let response = raw_ws::http_exchange(&addr, complete.as_bytes()).await;
+    assert_one_line_answer(&response, "431 Request Header Fields Too Large", "16 KiB");
+    let endless = format!("GET / HTTP/1.1\r\nHost: {addr}\r\n{filler}");
+    let response = raw_ws::http_exchange(&addr, endless.as_bytes()).await;
+    assert_one_line_answer(&response, "431 Request Header Fields Too Large", "16 KiB");
+
+    // No key: 400 naming the header.
+    let no_key = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    let response = raw_ws::http_exchange(&addr, no_key.as_bytes()).await;
+    assert_one_line_answer(&response, "400 Bad Request", "Sec-WebSocket-Key");
+
+    // Another version: 426 with the version spoken.
+    let version_8 = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n"
+    );
+    let response = raw_ws::http_exchange(&addr, version_8.as_bytes()).await;
+    assert_one_line_answer(&response, "426 Upgrade Required", "version 13");
+    let head = response.split_once("\r\n\r\n").map_or("", |(head, _)| head);
+    assert!(
+        head.lines().any(|l| l == "Sec-WebSocket-Version: 13"),
+        "426 must name the version spoken: {response:?}"
+    );
+
+    // None of this disturbs the server.
+    let health = healthz(&addr).await;
+    assert!(status_line(&health).starts_with("HTTP/1.1 200"), "{health}");
+    let mut ws = RawWs::open(&addr).await;
+    let id = support::next_request_id();
+    ws.send_text(&initialize_text(id)).await;
+    let answer = ws.next_frame().await.expect("an answer");
+    let answer: Value = serde_json::from_str(&answer.text().expect("a text frame")).expect("JSON");
+    assert_eq!(answer["id"], json!(id), "{answer}");
+    server.shutdown().await;
 }

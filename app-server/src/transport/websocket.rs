@@ -7,6 +7,13 @@
 //!   web page in a browser cannot drive a local server;
 //! - an upgrade without a valid `Authorization: Bearer` token (when
 //!   `--ws-auth` is set) is refused with `401` (see [`super::auth`]);
+//! - a head larger than 16 KiB (or with more than 64 header fields) gets
+//!   `431`;
+//! - an upgrade tokio-tungstenite would refuse gets its answer here rather
+//!   than a dropped connection: `426` with `Sec-WebSocket-Version: 13` for
+//!   another WebSocket version (RFC 6455 section 4.2.2), `400` with a
+//!   one-line reason for a missing or malformed `Sec-WebSocket-Key`, a
+//!   missing `Connection: Upgrade` or an HTTP version before 1.1;
 //! - an upgrade past `--max-connections` open connections gets `503` with
 //!   `Retry-After`;
 //! - a WebSocket upgrade is handed to tokio-tungstenite, replaying the bytes
@@ -45,6 +52,10 @@ use skein_app_server_protocol::ErrorObject;
 
 /// Largest HTTP request head accepted.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most header fields accepted in a request head.
+const MAX_HEADER_FIELDS: usize = 64;
+/// The one WebSocket protocol version spoken (RFC 6455).
+const WEBSOCKET_VERSION: &str = "13";
 /// How long a client may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Initial read buffer of a WebSocket connection.
@@ -122,14 +133,20 @@ pub async fn serve_websocket(
 }
 
 /// What the request head asked for.
+#[derive(Debug, PartialEq, Eq)]
 enum Route {
     Health,
-    /// A WebSocket upgrade, with its `Authorization` header if any.
+    /// A WebSocket upgrade tokio-tungstenite will accept, with its
+    /// `Authorization` header if any.
     Upgrade {
         authorization: Option<String>,
     },
     Forbidden,
     BadRequest(&'static str),
+    /// `431`: the head is too large; the reason ends in a newline.
+    HeadTooLarge(&'static str),
+    /// `426`: a WebSocket version other than [`WEBSOCKET_VERSION`].
+    UnsupportedVersion,
 }
 
 async fn handle_socket(
@@ -152,6 +169,23 @@ async fn handle_socket(
             .await
         }
         Route::BadRequest(why) => write_http(&mut stream, "400 Bad Request", why).await,
+        Route::HeadTooLarge(why) => {
+            write_http(&mut stream, "431 Request Header Fields Too Large", why).await?;
+            // The rest of the head is likely still arriving: closing with
+            // unread input would reset the connection, which can destroy
+            // the answer before the client reads it. Discard it (bounded).
+            discard_input(&mut stream).await;
+            Ok(())
+        }
+        Route::UnsupportedVersion => {
+            // RFC 6455 section 4.2.2: name the version this server speaks.
+            let headers =
+                format!("Upgrade: websocket\r\nSec-WebSocket-Version: {WEBSOCKET_VERSION}\r\n");
+            let body = format!(
+                "unsupported WebSocket version: this server speaks version {WEBSOCKET_VERSION}\n"
+            );
+            write_response(&mut stream, "426 Upgrade Required", &headers, &body).await
+        }
         Route::Upgrade { authorization } => {
             if let Err(why) = ctx.ws_auth().check(authorization.as_deref()) {
                 tracing::info!(reason = why, "refusing an unauthenticated upgrade");
@@ -199,12 +233,18 @@ async fn handle_socket(
     }
 }
 
+/// Reads until the end of the request head (the bytes after it, if any,
+/// come along), or until more than [`MAX_HEAD_BYTES`] arrived without it:
+/// [`route`] answers that with `431`.
 async fn read_head(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
     let mut head = Vec::with_capacity(1024);
     loop {
         // Straight into the vector's spare room: no buffer in this future,
         // which lives in every connection's task.
         head.reserve(1024);
+        // Only the new bytes need a look, with the three before them (the
+        // blank line may straddle two reads).
+        let searched = head.len().saturating_sub(3);
         let n = stream.read_buf(&mut head).await?;
         if n == 0 {
             return Err(io::Error::new(
@@ -212,23 +252,26 @@ async fn read_head(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
                 "closed before the request head",
             ));
         }
-        if head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if head[searched..].windows(4).any(|w| w == b"\r\n\r\n") || head.len() > MAX_HEAD_BYTES {
             return Ok(head);
-        }
-        if head.len() > MAX_HEAD_BYTES {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "request head too large",
-            ));
         }
     }
 }
 
+/// Decides what to answer from the request head alone. Upgrades that
+/// tokio-tungstenite's handshake would refuse are answered here (it would
+/// only drop the connection), so only acceptable ones reach it.
 fn route(head: &[u8]) -> Route {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADER_FIELDS];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => {}
+        Ok(_) if head.len() > MAX_HEAD_BYTES => {
+            return Route::HeadTooLarge("request head larger than 16 KiB\n");
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Route::HeadTooLarge("more than 64 header fields\n");
+        }
         _ => return Route::BadRequest("malformed HTTP request\n"),
     }
     let header = |name: &str| {
@@ -245,13 +288,63 @@ fn route(head: &[u8]) -> Route {
         return Route::Forbidden;
     }
     let upgrade = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    if request.method == Some("GET") && upgrade {
-        Route::Upgrade {
-            authorization: header("authorization"),
-        }
-    } else {
-        Route::BadRequest("this endpoint speaks WebSocket (JSON-RPC) and serves GET /healthz\n")
+    if request.method != Some("GET") || !upgrade {
+        return Route::BadRequest(
+            "this endpoint speaks WebSocket (JSON-RPC) and serves GET /healthz\n",
+        );
     }
+    // The checks of tungstenite's server handshake, in its order, each
+    // with its own answer. A missing version is answered like another
+    // version: such a client predates RFC 6455, and 426 tells it the one
+    // spoken.
+    if request.version != Some(1) {
+        return Route::BadRequest("a WebSocket upgrade needs HTTP/1.1\n");
+    }
+    let connection_upgrade = header("connection").is_some_and(|v| {
+        v.split([' ', ','])
+            .any(|token| token.eq_ignore_ascii_case("upgrade"))
+    });
+    if !connection_upgrade {
+        return Route::BadRequest("a WebSocket upgrade needs a Connection: Upgrade header\n");
+    }
+    if header("sec-websocket-version").as_deref() != Some(WEBSOCKET_VERSION) {
+        return Route::UnsupportedVersion;
+    }
+    match header("sec-websocket-key") {
+        None => Route::BadRequest("a WebSocket upgrade needs a Sec-WebSocket-Key header\n"),
+        Some(key) if !is_websocket_key(key.as_bytes()) => {
+            Route::BadRequest("Sec-WebSocket-Key must be 16 bytes in base64 (24 characters)\n")
+        }
+        Some(_) => Route::Upgrade {
+            authorization: header("authorization"),
+        },
+    }
+}
+
+/// Whether `key` is 16 bytes in padded base64, as RFC 6455 section 4.1
+/// asks (and tungstenite checks): 22 characters of the base64 alphabet,
+/// then `==`; the last character holds only 2 bits of the 16 bytes, so its
+/// low 4 bits are zero.
+fn is_websocket_key(key: &[u8]) -> bool {
+    fn sextet(c: u8) -> Option<u8> {
+        match c {
+            b'A'..=b'Z' => Some(c - b'A'),
+            b'a'..=b'z' => Some(c - b'a' + 26),
+            b'0'..=b'9' => Some(c - b'0' + 52),
+            b'+' => Some(62),
+            b'/' => Some(63),
+            _ => None,
+        }
+    }
+    let [body @ .., b'=', b'='] = key else {
+        return false;
+    };
+    body.len() == 22
+        && body.iter().all(|&c| sextet(c).is_some())
+        && body
+            .last()
+            .and_then(|&c| sextet(c))
+            .is_some_and(|v| v & 0x0F == 0)
 }
 
 async fn write_http(stream: &mut TcpStream, status: &str, body: &str) -> io::Result<()> {
@@ -406,10 +499,15 @@ fn close_for_read_error(err: &WsError) -> Option<CloseFrame> {
 /// How long a closing connection keeps discarding input it will not read.
 const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Reads and discards what the client still sends, until it closes its
-/// side, [`LINGER_TIMEOUT`] passes, or the connection fails; then shuts
-/// the socket down.
+/// Discards what the client still sends, then shuts the socket down.
 async fn linger(socket: &mut Replay<TcpStream>) {
+    discard_input(socket).await;
+    let _ = socket.shutdown().await;
+}
+
+/// Reads and discards what the client still sends, until it closes its
+/// side, [`LINGER_TIMEOUT`] passes, or the connection fails.
+async fn discard_input<S: AsyncRead + Unpin>(socket: &mut S) {
     // On the heap: a buffer in this future would make every connection's
     // task that much larger, lingering or not.
     let mut sink = vec![0u8; 16 * 1024];
@@ -421,7 +519,6 @@ async fn linger(socket: &mut Replay<TcpStream>) {
         }
     })
     .await;
-    let _ = socket.shutdown().await;
 }
 
 /// Most frames the writer buffers before it writes them out.
@@ -606,34 +703,42 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
 mod tests {
     use super::*;
 
+    /// An upgrade request head with these header lines (each ending in
+    /// CRLF) after `Host`.
+    fn upgrade_head(lines: &str) -> Vec<u8> {
+        format!("GET / HTTP/1.1\r\nHost: x\r\n{lines}\r\n").into_bytes()
+    }
+
+    const UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\n";
+    const KEY: &str = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    const VERSION: &str = "Sec-WebSocket-Version: 13\r\n";
+
+    fn valid_upgrade(extra: &str) -> Vec<u8> {
+        upgrade_head(&format!("{UPGRADE}{KEY}{VERSION}{extra}"))
+    }
+
     #[test]
     fn routes_health_upgrade_and_browser_requests() {
-        assert!(matches!(
+        assert_eq!(
             route(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"),
             Route::Health
-        ));
-        assert!(matches!(
-            route(
-                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
-            ),
+        );
+        assert_eq!(
+            route(&valid_upgrade("")),
             Route::Upgrade {
                 authorization: None
             }
-        ));
-        match route(
-            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nAuthorization: Bearer t\r\n\r\n",
-        ) {
-            Route::Upgrade { authorization } => {
-                assert_eq!(authorization.as_deref(), Some("Bearer t"));
+        );
+        assert_eq!(
+            route(&valid_upgrade("Authorization: Bearer t\r\n")),
+            Route::Upgrade {
+                authorization: Some("Bearer t".to_owned())
             }
-            _ => panic!("an upgrade with a token routes to the upgrade"),
-        }
-        assert!(matches!(
-            route(
-                b"GET / HTTP/1.1\r\nHost: x\r\nOrigin: http://evil\r\nUpgrade: websocket\r\n\r\n"
-            ),
+        );
+        assert_eq!(
+            route(&valid_upgrade("Origin: http://evil\r\n")),
             Route::Forbidden
-        ));
+        );
         assert!(matches!(
             route(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n"),
             Route::BadRequest(_)
@@ -642,6 +747,100 @@ mod tests {
             route(b"\x00\x01garbage\r\n\r\n"),
             Route::BadRequest(_)
         ));
+    }
+
+    #[test]
+    fn heads_past_16_kib_or_64_fields_are_too_large() {
+        let filler = format!("X-Filler: {}\r\n", "a".repeat(MAX_HEAD_BYTES));
+        // Complete, but too large.
+        assert_eq!(
+            route(&valid_upgrade(&filler)),
+            Route::HeadTooLarge("request head larger than 16 KiB\n")
+        );
+        // Cut off at the limit (read_head stops reading there).
+        let mut cut = valid_upgrade(&filler);
+        cut.truncate(MAX_HEAD_BYTES + 1);
+        assert_eq!(
+            route(&cut),
+            Route::HeadTooLarge("request head larger than 16 KiB\n")
+        );
+        let many: String = (0..=MAX_HEADER_FIELDS)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect();
+        assert_eq!(
+            route(&valid_upgrade(&many)),
+            Route::HeadTooLarge("more than 64 header fields\n")
+        );
+        // Just inside both limits.
+        let some: String = (0..MAX_HEADER_FIELDS - 6)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect();
+        assert!(matches!(
+            route(&valid_upgrade(&some)),
+            Route::Upgrade { .. }
+        ));
+        // An incomplete head below the limit is malformed, not too large.
+        let partial = b"GET / HTTP/1.1\r\nHost: x\r\n";
+        assert!(matches!(route(partial), Route::BadRequest(_)));
+    }
+
+    #[test]
+    fn upgrades_tungstenite_would_refuse_are_answered_here() {
+        for version in ["8", "14", "13, 8", ""] {
+            let head = upgrade_head(&format!(
+                "{UPGRADE}{KEY}Sec-WebSocket-Version: {version}\r\n"
+            ));
+            assert_eq!(route(&head), Route::UnsupportedVersion, "{version:?}");
+        }
+        assert_eq!(
+            route(&upgrade_head(&format!("{UPGRADE}{KEY}"))),
+            Route::UnsupportedVersion
+        );
+        let missing_key = route(&upgrade_head(&format!("{UPGRADE}{VERSION}")));
+        assert_eq!(
+            missing_key,
+            Route::BadRequest("a WebSocket upgrade needs a Sec-WebSocket-Key header\n")
+        );
+        for key in [
+            "",
+            "short==",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZR==",
+            "dGhlIHNhbXBsZSBub25j*Q==",
+            "dGhlIHNhbXBsZSBub25jZQ===",
+        ] {
+            let head = upgrade_head(&format!("{UPGRADE}{VERSION}Sec-WebSocket-Key: {key}\r\n"));
+            assert_eq!(
+                route(&head),
+                Route::BadRequest("Sec-WebSocket-Key must be 16 bytes in base64 (24 characters)\n"),
+                "{key:?}"
+            );
+        }
+        let no_connection = upgrade_head(&format!("Upgrade: websocket\r\n{KEY}{VERSION}"));
+        assert_eq!(
+            route(&no_connection),
+            Route::BadRequest("a WebSocket upgrade needs a Connection: Upgrade header\n")
+        );
+        let listed = upgrade_head(&format!(
+            "Upgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n{KEY}{VERSION}"
+        ));
+        assert!(matches!(route(&listed), Route::Upgrade { .. }));
+        let http10 = format!("GET / HTTP/1.0\r\nHost: x\r\n{UPGRADE}{KEY}{VERSION}\r\n");
+        assert_eq!(
+            route(http10.as_bytes()),
+            Route::BadRequest("a WebSocket upgrade needs HTTP/1.1\n")
+        );
+    }
+
+    #[test]
+    fn websocket_keys_are_16_bytes_of_base64() {
+        assert!(is_websocket_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(is_websocket_key(b"AAAAAAAAAAAAAAAAAAAAAA=="));
+        assert!(is_websocket_key(b"/+/+/+/+/+/+/+/+/+/+/w=="));
+        assert!(!is_websocket_key(b"AAAAAAAAAAAAAAAAAAAAAB=="));
+        assert!(!is_websocket_key(b"AAAAAAAAAAAAAAAAAAAAAAA="));
+        assert!(!is_websocket_key(b"AAAAAAAAAAAAAAAAAAAAAAAA"));
+        assert!(!is_websocket_key(b"=="));
     }
 
     #[tokio::test]
