@@ -8,7 +8,7 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -741,11 +741,43 @@ async fn running_out_of_file_descriptors_does_not_take_the_server_down() {
     server.child.kill().await.expect("kill");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_are_closed_after_the_idle_timeout() {
-    let mut server = Server::start_with(
+    let server = Server::start_with(
         Transport::WebSocket,
         ServerOptions::default().arg("--ws-idle-timeout").arg("1"),
+    )
+    .await;
+    // By hand: a WebSocket library would answer the server's pings.
+    let mut ws = RawWs::open(&server.ws_addr()).await;
+    let id = support::next_request_id();
+    ws.send_text(&initialize_text(id)).await;
+    // Say nothing more, not even a pong: after the answer, the server pings
+    // (after half the timeout), then closes the connection.
+    let frames = ws.frames_until_closed().await;
+    let opcodes: Vec<u8> = frames.iter().map(|f| f.opcode).collect();
+    let answer = frames[0].text().expect("the answer first");
+    assert!(answer.contains(&format!("\"id\":{id}")), "{answer}");
+    assert!(
+        opcodes[1..opcodes.len() - 1]
+            .iter()
+            .all(|&op| op == raw_ws::OP_PING)
+            && opcodes.len() >= 3
+            && opcodes.last() == Some(&raw_ws::OP_CLOSE),
+        "expected the answer, pings, then a close frame; got opcodes {opcodes:?}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_only_reads_answers_pings_and_stays_open_past_the_idle_timeout() {
+    const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+    const PINGS: usize = 3;
+    let mut server = Server::start_with(
+        Transport::WebSocket,
+        ServerOptions::default()
+            .arg("--ws-idle-timeout")
+            .arg(&IDLE_TIMEOUT.as_secs().to_string()),
     )
     .await;
     let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url())
@@ -753,20 +785,103 @@ async fn silent_connections_are_closed_after_the_idle_timeout() {
         .expect("connect");
     let init = initialize(&mut ws).await;
     assert!(init.get("result").is_some(), "{init}");
-    // Say nothing more: the server ends the connection.
-    let ended = tokio::time::timeout(TIMEOUT, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => {}
-            }
+    let quiet_since = Instant::now();
+    // Only read: tokio-tungstenite answers each ping with a pong as it
+    // reads on, which is all the client sends.
+    let mut pings = 0;
+    while pings < PINGS {
+        let message = tokio::time::timeout(TIMEOUT, ws.next())
+            .await
+            .expect("a ping within the timeout");
+        match message {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            other => panic!("expected only pings while quiet, got {other:?}"),
         }
-    })
-    .await;
-    assert!(ended.is_ok(), "the idle connection stayed open");
+    }
+    let quiet = quiet_since.elapsed();
+    assert!(
+        quiet > IDLE_TIMEOUT,
+        "{PINGS} pings came within {quiet:?}, less than the idle timeout"
+    );
+    // Still open: a request is answered.
+    let id = support::next_request_id();
+    ws.send(Message::text(
+        json!({"jsonrpc": "2.0", "id": id, "method": "model/list", "params": {}}).to_string(),
+    ))
+    .await
+    .expect("send model/list");
+    loop {
+        let message = tokio::time::timeout(TIMEOUT, ws.next())
+            .await
+            .expect("model/list answered in time");
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                let answer: Value = serde_json::from_str(&text).expect("JSON");
+                assert_eq!(answer["id"], json!(id), "{answer}");
+                assert!(answer.get("result").is_some(), "{answer}");
+                break;
+            }
+            Some(Ok(Message::Ping(_))) => {}
+            other => panic!("expected the model/list answer, got {other:?}"),
+        }
+    }
+    ws.close(None).await.expect("close");
     server
         .wait_for_stderr(|l| l.contains("websocket connection closed"))
         .await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_listening_to_a_turn_longer_than_the_idle_timeout_gets_all_of_it() {
+    // While the turn streams, output flows all the time and the client
+    // sends nothing but pongs: the pings must go out between the deltas.
+    const IDLE_TIMEOUT_SECS: u64 = 1;
+    const WORDS: usize = 12;
+    const DELAY_MS: u64 = 250;
+    let mut server = Server::start_with(
+        Transport::WebSocket,
+        ServerOptions::default()
+            .echo_delay_ms(DELAY_MS)
+            .arg("--ws-idle-timeout")
+            .arg(&IDLE_TIMEOUT_SECS.to_string()),
+    )
+    .await;
+    let mut client = server.connect().await;
+    client.initialize("listener", "1").await;
+    let thread = client.start_thread().await;
+    let input: Vec<String> = (0..WORDS).map(|i| format!("word{i}")).collect();
+    let started = Instant::now();
+    let turn = client
+        .start_turn(&thread, &input.join(" "), None)
+        .await
+        .turn_id();
+    let completed = client.wait_for_turn_completed(&turn).await;
+    let listened = started.elapsed();
+    assert_eq!(
+        completed["params"]["turn"]["status"], "completed",
+        "{completed}"
+    );
+    assert!(
+        listened > Duration::from_secs(2 * IDLE_TIMEOUT_SECS),
+        "the turn took only {listened:?}: too short to outlast the idle timeout"
+    );
+    let deltas: String = client
+        .take_notifications(|n| {
+            n["method"] == "item/agentMessage/delta"
+                && support::notification_turn_id(n) == Some(turn.as_str())
+        })
+        .iter()
+        .map(|n| {
+            n["params"]["delta"]
+                .as_str()
+                .expect("delta text")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(deltas, input.join(" "), "the deltas are the whole answer");
+    client.request("model/list", json!({}), None).await.result();
+    client.close().await;
     server.shutdown().await;
 }
 

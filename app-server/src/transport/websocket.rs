@@ -20,6 +20,11 @@
 //!   already read;
 //! - anything else gets `400`.
 //!
+//! With `--ws-idle-timeout`, a connection whose client sent nothing for
+//! half the timeout gets a WebSocket ping: a live client's automatic pong
+//! is input, so it stays open while only listening; a dead one is closed
+//! at the timeout (see [`Pinger`]).
+//!
 //! When `accept` fails (usually: out of file descriptors), the accept loop
 //! backs off (see [`crate::limits::AcceptBackoff`]) and keeps serving the
 //! connections already open.
@@ -27,6 +32,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -36,6 +42,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
@@ -222,9 +229,10 @@ async fn handle_socket(
                 .read_buffer_size(WS_READ_BUFFER_BYTES)
                 .write_buffer_size(WS_WRITE_BUFFER_BYTES);
             let replay = Replay::new(head, stream).with_idle_timeout(ctx.ws_idle_timeout());
+            let pinger = replay.pinger();
             match tokio_tungstenite::accept_async_with_config(replay, Some(config)).await {
                 Ok(ws) => {
-                    serve_connection(ws, ctx, shutdown).await;
+                    serve_connection(ws, pinger, ctx, shutdown).await;
                     Ok(())
                 }
                 Err(err) => Err(io::Error::other(err)),
@@ -371,6 +379,7 @@ type WsSink = SplitSink<WebSocketStream<Replay<TcpStream>>, Message>;
 
 async fn serve_connection(
     ws: WebSocketStream<Replay<TcpStream>>,
+    pinger: Option<Pinger>,
     ctx: ServerContext,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -381,6 +390,7 @@ async fn serve_connection(
     let writer = tokio::spawn(write_frames(
         sink,
         rx,
+        pinger,
         Stall {
             timeout: ctx.client_stall_timeout(),
             reporter: session.stall_reporter(),
@@ -539,13 +549,41 @@ struct Stall {
 /// once the queue runs dry: one write per burst, not per message. The
 /// request spans of a burst end (are dropped) after the flush. A write
 /// that makes no progress for the stall timeout ends the connection.
+///
+/// With a [`Pinger`], a ping goes out between bursts whenever it is due,
+/// in a write of its own under the same stall timeout. It is due even
+/// while output flows (a client listening to a long turn sends nothing
+/// but its pongs), so the choice between a queued item and a due ping is
+/// left to `select!`'s random order.
 async fn write_frames(
     mut sink: WsSink,
     mut rx: mpsc::Receiver<OutboundItem>,
+    mut pinger: Option<Pinger>,
     stall: Stall,
 ) -> Option<WsSink> {
     let mut written = Vec::new();
-    while let Some(item) = rx.recv().await {
+    loop {
+        let item = tokio::select! {
+            item = rx.recv() => match item {
+                Some(item) => item,
+                None => break,
+            },
+            () = Pinger::due(pinger.as_mut()) => {
+                let ping = sink.send(Message::Ping(Default::default()));
+                let sent = tokio::time::timeout(stall.timeout, ping).await;
+                if let Ok(Err(WsError::Protocol(ProtocolError::SendAfterClosing))) = sent {
+                    // The client started the closing handshake (nothing
+                    // was written): no more pings, and no reason to end
+                    // the writer, whose return lets the close be answered.
+                    pinger = None;
+                    continue;
+                }
+                if !went_out(sent, &stall) {
+                    return None;
+                }
+                continue;
+            }
+        };
         let mut next = Some(item);
         let burst = async {
             while let Some(item) = next.take() {
@@ -560,19 +598,107 @@ async fn write_frames(
         let sent = tokio::time::timeout(stall.timeout, burst).await;
         // The request spans end here, after their responses were written.
         written.clear();
-        match sent {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                tracing::debug!(%err, "websocket peer gone; dropping further output");
-                return None;
-            }
-            Err(_) => {
-                stall.reporter.report(stall.connection, stall.timeout);
-                return None;
-            }
+        if !went_out(sent, &stall) {
+            return None;
         }
     }
     Some(sink)
+}
+
+/// Whether a write bounded by the stall timeout went out. When it did not,
+/// the writer ends: the peer is gone, or it stopped reading (reported).
+fn went_out(sent: Result<Result<(), WsError>, tokio::time::error::Elapsed>, stall: &Stall) -> bool {
+    match sent {
+        Ok(Ok(())) => true,
+        Ok(Err(err)) => {
+            tracing::debug!(%err, "websocket peer gone; dropping further output");
+            false
+        }
+        Err(_) => {
+            stall.reporter.report(stall.connection, stall.timeout);
+            false
+        }
+    }
+}
+
+/// The share of the idle timeout a connection may be quiet before it is
+/// pinged: half, so the pong has the other half to arrive.
+const PING_AFTER_IDLE_DIVISOR: u32 = 2;
+
+/// Decides when a connection's writer sends a WebSocket ping: once its
+/// client has sent nothing for `interval` (half the idle timeout), and
+/// again `interval` after each ping while it stays quiet. The client's pong
+/// is input like any other ([`Replay`] records it on the [`InputClock`] and
+/// pushes its idle deadline back), so a live client stays open, while one
+/// that does not answer reaches the idle timeout and is closed.
+#[derive(Debug)]
+struct Pinger {
+    interval: Duration,
+    clock: Arc<InputClock>,
+    /// When to look again; on the heap, and only with an idle timeout, so
+    /// that it does not grow every connection's task.
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Pinger {
+    /// Must be called within the runtime.
+    fn new(interval: Duration, clock: Arc<InputClock>) -> Self {
+        let first = clock.last_input() + interval;
+        Self {
+            interval,
+            clock,
+            timer: Box::pin(tokio::time::sleep_until(first)),
+        }
+    }
+
+    /// Resolves when a ping is due (never without a pinger). Cancel safe:
+    /// dropping it while it waits changes nothing.
+    async fn due(pinger: Option<&mut Pinger>) {
+        let Some(pinger) = pinger else {
+            return std::future::pending().await;
+        };
+        loop {
+            pinger.timer.as_mut().await;
+            let now = Instant::now();
+            let quiet_until = pinger.clock.last_input() + pinger.interval;
+            if quiet_until <= now {
+                // Quiet for the whole interval: ping, and look again one
+                // interval after this ping.
+                pinger.timer.as_mut().reset(now + pinger.interval);
+                return;
+            }
+            // Input arrived meanwhile: the interval runs from it.
+            pinger.timer.as_mut().reset(quiet_until);
+        }
+    }
+}
+
+/// When a connection last received input: written by its [`Replay`] on
+/// every read that brought bytes, read by its [`Pinger`].
+#[derive(Debug)]
+struct InputClock {
+    start: Instant,
+    /// Milliseconds from `start` to the last input.
+    last_ms: AtomicU64,
+}
+
+impl InputClock {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, at: Instant) {
+        let ms = u64::try_from(at.duration_since(self.start).as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The last input (the clock's creation before any).
+    fn last_input(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
 }
 
 /// Why a [`Replay`] read fails at the end of the client's input.
@@ -586,7 +712,8 @@ const CLIENT_CLOSED_ITS_SIDE: &str = "the client closed its side of the connecti
 /// With an idle timeout, a read that has waited that long since the last
 /// bytes arrived fails with [`io::ErrorKind::TimedOut`], which ends the
 /// connection: any frame from the client (a WebSocket ping or pong too)
-/// counts as activity.
+/// counts as activity. The time of the last input is also kept on an
+/// [`InputClock`] for the connection's [`Pinger`].
 #[derive(Debug)]
 pub struct Replay<S> {
     prefix: Vec<u8>,
@@ -598,7 +725,8 @@ pub struct Replay<S> {
 #[derive(Debug)]
 struct Idle {
     timeout: Duration,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    deadline: Pin<Box<Sleep>>,
+    clock: Arc<InputClock>,
 }
 
 impl<S> Replay<S> {
@@ -618,8 +746,20 @@ impl<S> Replay<S> {
         self.idle = timeout.map(|timeout| Idle {
             timeout,
             deadline: Box::pin(tokio::time::sleep(timeout)),
+            clock: Arc::new(InputClock::new()),
         });
         self
+    }
+
+    /// The pinger keeping a live client open, with an idle timeout.
+    /// Must be called within the runtime.
+    fn pinger(&self) -> Option<Pinger> {
+        self.idle.as_ref().map(|idle| {
+            Pinger::new(
+                idle.timeout / PING_AFTER_IDLE_DIVISOR,
+                Arc::clone(&idle.clock),
+            )
+        })
     }
 }
 
@@ -661,8 +801,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
                 if let Some(idle) = &mut this.idle
                     && buf.filled().len() > before
                 {
-                    let next = tokio::time::Instant::now() + idle.timeout;
-                    idle.deadline.as_mut().reset(next);
+                    let now = Instant::now();
+                    idle.deadline.as_mut().reset(now + idle.timeout);
+                    idle.clock.record(now);
                 }
                 Poll::Ready(Ok(()))
             }
