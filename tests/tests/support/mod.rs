@@ -982,6 +982,24 @@ impl Client {
         }
     }
 
+    /// Sends a WebSocket text frame carrying `bytes` as they are, even when
+    /// they are not UTF-8 (which the server must refuse, closing with 1007).
+    pub async fn send_text_bytes(&mut self, bytes: Vec<u8>) {
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        match &mut self.conn {
+            Conn::Stdio { .. } => panic!("text frames only exist on WebSocket"),
+            Conn::WebSocket(ws) => ws
+                .send(Message::Frame(Frame::message(
+                    bytes,
+                    OpCode::Data(Data::Text),
+                    true,
+                )))
+                .await
+                .unwrap_or_else(|e| panic!("{}: sending a text frame failed: {e}", self.label)),
+        }
+    }
+
     /// The next message from the server (response, batch or notification).
     pub async fn recv(&mut self) -> Value {
         let label = self.label.clone();
