@@ -203,8 +203,10 @@ struct ServeArgs {
     max_loaded_threads: usize,
 
     /// Close a WebSocket connection whose client sent nothing for this many
-    /// seconds. Any frame counts, WebSocket pings included, so a client
-    /// that pings stays connected. Default: never.
+    /// seconds. After half of it without input the server sends a
+    /// WebSocket ping; the pong a live client answers with counts as input
+    /// (any frame does), so a client that is connected but only listening
+    /// stays open, and one that does not answer is closed. Default: never.
     #[arg(long, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     ws_idle_timeout: Option<u64>,

@@ -8,7 +8,7 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+use support::raw_ws::{self, RawWs};
 use support::{STATUS_CODE_ERROR, Server, ServerOptions, TIMEOUT, Transport, skein_bin};
 
 /// The code of an overloaded answer.
@@ -39,10 +40,7 @@ async fn raw_upgrade(addr: &str, authorization: Option<&str>) -> String {
     let auth = authorization
         .map(|a| format!("Authorization: {a}\r\n"))
         .unwrap_or_default();
-    let request = format!(
-        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{auth}\r\n"
-    );
+    let request = raw_ws::upgrade_request(addr, &auth);
     stream.write_all(request.as_bytes()).await.expect("send");
     let mut response = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -743,11 +741,43 @@ async fn running_out_of_file_descriptors_does_not_take_the_server_down() {
     server.child.kill().await.expect("kill");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_are_closed_after_the_idle_timeout() {
-    let mut server = Server::start_with(
+    let server = Server::start_with(
         Transport::WebSocket,
         ServerOptions::default().arg("--ws-idle-timeout").arg("1"),
+    )
+    .await;
+    // By hand: a WebSocket library would answer the server's pings.
+    let mut ws = RawWs::open(&server.ws_addr()).await;
+    let id = support::next_request_id();
+    ws.send_text(&initialize_text(id)).await;
+    // Say nothing more, not even a pong: after the answer, the server pings
+    // (after half the timeout), then closes the connection.
+    let frames = ws.frames_until_closed().await;
+    let opcodes: Vec<u8> = frames.iter().map(|f| f.opcode).collect();
+    let answer = frames[0].text().expect("the answer first");
+    assert!(answer.contains(&format!("\"id\":{id}")), "{answer}");
+    assert!(
+        opcodes[1..opcodes.len() - 1]
+            .iter()
+            .all(|&op| op == raw_ws::OP_PING)
+            && opcodes.len() >= 3
+            && opcodes.last() == Some(&raw_ws::OP_CLOSE),
+        "expected the answer, pings, then a close frame; got opcodes {opcodes:?}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_only_reads_answers_pings_and_stays_open_past_the_idle_timeout() {
+    const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+    const PINGS: usize = 3;
+    let mut server = Server::start_with(
+        Transport::WebSocket,
+        ServerOptions::default()
+            .arg("--ws-idle-timeout")
+            .arg(&IDLE_TIMEOUT.as_secs().to_string()),
     )
     .await;
     let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url())
@@ -755,19 +785,216 @@ async fn silent_connections_are_closed_after_the_idle_timeout() {
         .expect("connect");
     let init = initialize(&mut ws).await;
     assert!(init.get("result").is_some(), "{init}");
-    // Say nothing more: the server ends the connection.
-    let ended = tokio::time::timeout(TIMEOUT, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => {}
-            }
+    let quiet_since = Instant::now();
+    // Only read: tokio-tungstenite answers each ping with a pong as it
+    // reads on, which is all the client sends.
+    let mut pings = 0;
+    while pings < PINGS {
+        let message = tokio::time::timeout(TIMEOUT, ws.next())
+            .await
+            .expect("a ping within the timeout");
+        match message {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            other => panic!("expected only pings while quiet, got {other:?}"),
         }
-    })
-    .await;
-    assert!(ended.is_ok(), "the idle connection stayed open");
+    }
+    let quiet = quiet_since.elapsed();
+    assert!(
+        quiet > IDLE_TIMEOUT,
+        "{PINGS} pings came within {quiet:?}, less than the idle timeout"
+    );
+    // Still open: a request is answered.
+    let id = support::next_request_id();
+    ws.send(Message::text(
+        json!({"jsonrpc": "2.0", "id": id, "method": "model/list", "params": {}}).to_string(),
+    ))
+    .await
+    .expect("send model/list");
+    loop {
+        let message = tokio::time::timeout(TIMEOUT, ws.next())
+            .await
+            .expect("model/list answered in time");
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                let answer: Value = serde_json::from_str(&text).expect("JSON");
+                assert_eq!(answer["id"], json!(id), "{answer}");
+                assert!(answer.get("result").is_some(), "{answer}");
+                break;
+            }
+            Some(Ok(Message::Ping(_))) => {}
+            other => panic!("expected the model/list answer, got {other:?}"),
+        }
+    }
+    ws.close(None).await.expect("close");
     server
         .wait_for_stderr(|l| l.contains("websocket connection closed"))
         .await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_listening_to_a_turn_longer_than_the_idle_timeout_gets_all_of_it() {
+    // While the turn streams, output flows all the time and the client
+    // sends nothing but pongs: the pings must go out between the deltas.
+    const IDLE_TIMEOUT_SECS: u64 = 1;
+    const WORDS: usize = 12;
+    const DELAY_MS: u64 = 250;
+    let mut server = Server::start_with(
+        Transport::WebSocket,
+        ServerOptions::default()
+            .echo_delay_ms(DELAY_MS)
+            .arg("--ws-idle-timeout")
+            .arg(&IDLE_TIMEOUT_SECS.to_string()),
+    )
+    .await;
+    let mut client = server.connect().await;
+    client.initialize("listener", "1").await;
+    let thread = client.start_thread().await;
+    let input: Vec<String> = (0..WORDS).map(|i| format!("word{i}")).collect();
+    let started = Instant::now();
+    let turn = client
+        .start_turn(&thread, &input.join(" "), None)
+        .await
+        .turn_id();
+    let completed = client.wait_for_turn_completed(&turn).await;
+    let listened = started.elapsed();
+    assert_eq!(
+        completed["params"]["turn"]["status"], "completed",
+        "{completed}"
+    );
+    assert!(
+        listened > Duration::from_secs(2 * IDLE_TIMEOUT_SECS),
+        "the turn took only {listened:?}: too short to outlast the idle timeout"
+    );
+    let deltas: String = client
+        .take_notifications(|n| {
+            n["method"] == "item/agentMessage/delta"
+                && support::notification_turn_id(n) == Some(turn.as_str())
+        })
+        .iter()
+        .map(|n| {
+            n["params"]["delta"]
+                .as_str()
+                .expect("delta text")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(deltas, input.join(" "), "the deltas are the whole answer");
+    client.request("model/list", json!({}), None).await.result();
+    client.close().await;
+    server.shutdown().await;
+}
+
+/// `initialize` with this id, as JSON text.
+fn initialize_text(id: i64) -> String {
+    json!({"jsonrpc": "2.0", "id": id, "method": "initialize",
+        "params": {"clientInfo": {"name": "hardening", "version": "1"}}})
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_followed_by_a_half_close_is_answered_before_the_close_frame() {
+    // A client may send its last request and shut its sending side down at
+    // once (shutdown(Write)): the server reads EOF right after the request,
+    // yet the answer must still go out, then a close frame, then the end.
+    const TRIALS: usize = 300;
+    let server = Server::start(Transport::WebSocket).await;
+    let addr = server.ws_addr();
+    let mut lost = Vec::new();
+    let mut answered_ids = Vec::new();
+    for trial in 0..TRIALS {
+        let mut ws = RawWs::open(&addr).await;
+        let id = support::next_request_id();
+        ws.send_text(&initialize_text(id)).await;
+        ws.shutdown_write().await;
+        let frames = ws.frames_until_closed().await;
+        let answer = frames.iter().position(|f| {
+            f.text()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .is_some_and(|v| v["id"] == json!(id) && v.get("result").is_some())
+        });
+        let close = frames.iter().position(|f| f.opcode == raw_ws::OP_CLOSE);
+        match (answer, close) {
+            (Some(answer), Some(close)) if answer < close && close + 1 == frames.len() => {
+                answered_ids.push(id);
+            }
+            _ => lost.push((trial, frames)),
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {TRIALS} half-closed connections did not get answer then close frame; first: {:?}",
+        lost.len(),
+        lost.first()
+    );
+    let finished = server.shutdown().await;
+    for id in answered_ids {
+        assert_eq!(finished.request_span(&id.to_string()).name, "initialize");
+    }
+}
+
+/// The body of an HTTP response (after the blank line).
+fn body_of(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, body)| body)
+}
+
+/// Asserts `response` has `status` and a body of one line containing
+/// `reason`.
+fn assert_one_line_answer(response: &str, status: &str, reason: &str) {
+    assert!(
+        status_line(response).starts_with(&format!("HTTP/1.1 {status}")),
+        "expected {status}: {response:?}"
+    );
+    let body = body_of(response);
+    assert!(
+        body.ends_with('\n') && body.lines().count() == 1 && body.contains(reason),
+        "expected a one-line reason containing {reason:?}: {response:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_get_431_and_refused_upgrades_get_400_or_426() {
+    let server = Server::start(Transport::WebSocket).await;
+    let addr = server.ws_addr();
+    let filler = format!("X-Filler: {}\r\n", "a".repeat(20 * 1024));
+
+    // A complete head past 16 KiB, and one that never ends.
+    let complete = raw_ws::upgrade_request(&addr, &filler);
+    let response = raw_ws::http_exchange(&addr, complete.as_bytes()).await;
+    assert_one_line_answer(&response, "431 Request Header Fields Too Large", "16 KiB");
+    let endless = format!("GET / HTTP/1.1\r\nHost: {addr}\r\n{filler}");
+    let response = raw_ws::http_exchange(&addr, endless.as_bytes()).await;
+    assert_one_line_answer(&response, "431 Request Header Fields Too Large", "16 KiB");
+
+    // No key: 400 naming the header.
+    let no_key = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    let response = raw_ws::http_exchange(&addr, no_key.as_bytes()).await;
+    assert_one_line_answer(&response, "400 Bad Request", "Sec-WebSocket-Key");
+
+    // Another version: 426 with the version spoken.
+    let version_8 = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n"
+    );
+    let response = raw_ws::http_exchange(&addr, version_8.as_bytes()).await;
+    assert_one_line_answer(&response, "426 Upgrade Required", "version 13");
+    let head = response.split_once("\r\n\r\n").map_or("", |(head, _)| head);
+    assert!(
+        head.lines().any(|l| l == "Sec-WebSocket-Version: 13"),
+        "426 must name the version spoken: {response:?}"
+    );
+
+    // None of this disturbs the server.
+    let health = healthz(&addr).await;
+    assert!(status_line(&health).starts_with("HTTP/1.1 200"), "{health}");
+    let mut ws = RawWs::open(&addr).await;
+    let id = support::next_request_id();
+    ws.send_text(&initialize_text(id)).await;
+    let answer = ws.next_frame().await.expect("an answer");
+    let answer: Value = serde_json::from_str(&answer.text().expect("a text frame")).expect("JSON");
+    assert_eq!(answer["id"], json!(id), "{answer}");
     server.shutdown().await;
 }

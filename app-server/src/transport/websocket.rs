@@ -7,11 +7,23 @@
 //!   web page in a browser cannot drive a local server;
 //! - an upgrade without a valid `Authorization: Bearer` token (when
 //!   `--ws-auth` is set) is refused with `401` (see [`super::auth`]);
+//! - a head larger than 16 KiB (or with more than 64 header fields) gets
+//!   `431`;
+//! - an upgrade tokio-tungstenite would refuse gets its answer here rather
+//!   than a dropped connection: `426` with `Sec-WebSocket-Version: 13` for
+//!   another WebSocket version (RFC 6455 section 4.2.2), `400` with a
+//!   one-line reason for a missing or malformed `Sec-WebSocket-Key`, a
+//!   missing `Connection: Upgrade` or an HTTP version before 1.1;
 //! - an upgrade past `--max-connections` open connections gets `503` with
 //!   `Retry-After`;
 //! - a WebSocket upgrade is handed to tokio-tungstenite, replaying the bytes
 //!   already read;
 //! - anything else gets `400`.
+//!
+//! With `--ws-idle-timeout`, a connection whose client sent nothing for
+//! half the timeout gets a WebSocket ping: a live client's automatic pong
+//! is input, so it stays open while only listening; a dead one is closed
+//! at the timeout (see [`Pinger`]).
 //!
 //! When `accept` fails (usually: out of file descriptors), the accept loop
 //! backs off (see [`crate::limits::AcceptBackoff`]) and keeps serving the
@@ -20,6 +32,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,6 +41,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
@@ -44,6 +58,10 @@ use skein_app_server_protocol::ErrorObject;
 
 /// Largest HTTP request head accepted.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most header fields accepted in a request head.
+const MAX_HEADER_FIELDS: usize = 64;
+/// The one WebSocket protocol version spoken (RFC 6455).
+const WEBSOCKET_VERSION: &str = "13";
 /// How long a client may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Initial read buffer of a WebSocket connection.
@@ -121,14 +139,20 @@ pub async fn serve_websocket(
 }
 
 /// What the request head asked for.
+#[derive(Debug, PartialEq, Eq)]
 enum Route {
     Health,
-    /// A WebSocket upgrade, with its `Authorization` header if any.
+    /// A WebSocket upgrade tokio-tungstenite will accept, with its
+    /// `Authorization` header if any.
     Upgrade {
         authorization: Option<String>,
     },
     Forbidden,
     BadRequest(&'static str),
+    /// `431`: the head is too large; the reason ends in a newline.
+    HeadTooLarge(&'static str),
+    /// `426`: a WebSocket version other than [`WEBSOCKET_VERSION`].
+    UnsupportedVersion,
 }
 
 async fn handle_socket(
@@ -151,6 +175,23 @@ async fn handle_socket(
             .await
         }
         Route::BadRequest(why) => write_http(&mut stream, "400 Bad Request", why).await,
+        Route::HeadTooLarge(why) => {
+            write_http(&mut stream, "431 Request Header Fields Too Large", why).await?;
+            // The rest of the head is likely still arriving: closing with
+            // unread input would reset the connection, which can destroy
+            // the answer before the client reads it. Discard it (bounded).
+            discard_input(&mut stream).await;
+            Ok(())
+        }
+        Route::UnsupportedVersion => {
+            // RFC 6455 section 4.2.2: name the version this server speaks.
+            let headers =
+                format!("Upgrade: websocket\r\nSec-WebSocket-Version: {WEBSOCKET_VERSION}\r\n");
+            let body = format!(
+                "unsupported WebSocket version: this server speaks version {WEBSOCKET_VERSION}\n"
+            );
+            write_response(&mut stream, "426 Upgrade Required", &headers, &body).await
+        }
         Route::Upgrade { authorization } => {
             if let Err(why) = ctx.ws_auth().check(authorization.as_deref()) {
                 tracing::info!(reason = why, "refusing an unauthenticated upgrade");
@@ -187,9 +228,10 @@ async fn handle_socket(
                 .read_buffer_size(WS_READ_BUFFER_BYTES)
                 .write_buffer_size(WS_WRITE_BUFFER_BYTES);
             let replay = Replay::new(head, stream).with_idle_timeout(ctx.ws_idle_timeout());
+            let pinger = replay.pinger();
             match tokio_tungstenite::accept_async_with_config(replay, Some(config)).await {
                 Ok(ws) => {
-                    serve_connection(ws, ctx, shutdown).await;
+                    serve_connection(ws, pinger, ctx, shutdown).await;
                     Ok(())
                 }
                 Err(err) => Err(io::Error::other(err)),
@@ -198,12 +240,18 @@ async fn handle_socket(
     }
 }
 
+/// Reads until the end of the request head (the bytes after it, if any,
+/// come along), or until more than [`MAX_HEAD_BYTES`] arrived without it:
+/// [`route`] answers that with `431`.
 async fn read_head(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
     let mut head = Vec::with_capacity(1024);
     loop {
         // Straight into the vector's spare room: no buffer in this future,
         // which lives in every connection's task.
         head.reserve(1024);
+        // Only the new bytes need a look, with the three before them (the
+        // blank line may straddle two reads).
+        let searched = head.len().saturating_sub(3);
         let n = stream.read_buf(&mut head).await?;
         if n == 0 {
             return Err(io::Error::new(
@@ -211,23 +259,26 @@ async fn read_head(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
                 "closed before the request head",
             ));
         }
-        if head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if head[searched..].windows(4).any(|w| w == b"\r\n\r\n") || head.len() > MAX_HEAD_BYTES {
             return Ok(head);
-        }
-        if head.len() > MAX_HEAD_BYTES {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "request head too large",
-            ));
         }
     }
 }
 
+/// Decides what to answer from the request head alone. Upgrades that
+/// tokio-tungstenite's handshake would refuse are answered here (it would
+/// only drop the connection), so only acceptable ones reach it.
 fn route(head: &[u8]) -> Route {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADER_FIELDS];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => {}
+        Ok(_) if head.len() > MAX_HEAD_BYTES => {
+            return Route::HeadTooLarge("request head larger than 16 KiB\n");
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Route::HeadTooLarge("more than 64 header fields\n");
+        }
         _ => return Route::BadRequest("malformed HTTP request\n"),
     }
     let header = |name: &str| {
@@ -244,13 +295,63 @@ fn route(head: &[u8]) -> Route {
         return Route::Forbidden;
     }
     let upgrade = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    if request.method == Some("GET") && upgrade {
-        Route::Upgrade {
-            authorization: header("authorization"),
-        }
-    } else {
-        Route::BadRequest("this endpoint speaks WebSocket (JSON-RPC) and serves GET /healthz\n")
+    if request.method != Some("GET") || !upgrade {
+        return Route::BadRequest(
+            "this endpoint speaks WebSocket (JSON-RPC) and serves GET /healthz\n",
+        );
     }
+    // The checks of tungstenite's server handshake, in its order, each
+    // with its own answer. A missing version is answered like another
+    // version: such a client predates RFC 6455, and 426 tells it the one
+    // spoken.
+    if request.version != Some(1) {
+        return Route::BadRequest("a WebSocket upgrade needs HTTP/1.1\n");
+    }
+    let connection_upgrade = header("connection").is_some_and(|v| {
+        v.split([' ', ','])
+            .any(|token| token.eq_ignore_ascii_case("upgrade"))
+    });
+    if !connection_upgrade {
+        return Route::BadRequest("a WebSocket upgrade needs a Connection: Upgrade header\n");
+    }
+    if header("sec-websocket-version").as_deref() != Some(WEBSOCKET_VERSION) {
+        return Route::UnsupportedVersion;
+    }
+    match header("sec-websocket-key") {
+        None => Route::BadRequest("a WebSocket upgrade needs a Sec-WebSocket-Key header\n"),
+        Some(key) if !is_websocket_key(key.as_bytes()) => {
+            Route::BadRequest("Sec-WebSocket-Key must be 16 bytes in base64 (24 characters)\n")
+        }
+        Some(_) => Route::Upgrade {
+            authorization: header("authorization"),
+        },
+    }
+}
+
+/// Whether `key` is 16 bytes in padded base64, as RFC 6455 section 4.1
+/// asks (and tungstenite checks): 22 characters of the base64 alphabet,
+/// then `==`; the last character holds only 2 bits of the 16 bytes, so its
+/// low 4 bits are zero.
+fn is_websocket_key(key: &[u8]) -> bool {
+    fn sextet(c: u8) -> Option<u8> {
+        match c {
+            b'A'..=b'Z' => Some(c - b'A'),
+            b'a'..=b'z' => Some(c - b'a' + 26),
+            b'0'..=b'9' => Some(c - b'0' + 52),
+            b'+' => Some(62),
+            b'/' => Some(63),
+            _ => None,
+        }
+    }
+    let [body @ .., b'=', b'='] = key else {
+        return false;
+    };
+    body.len() == 22
+        && body.iter().all(|&c| sextet(c).is_some())
+        && body
+            .last()
+            .and_then(|&c| sextet(c))
+            .is_some_and(|v| v & 0x0F == 0)
 }
 
 async fn write_http(stream: &mut TcpStream, status: &str, body: &str) -> io::Result<()> {
@@ -286,6 +387,8 @@ enum Wake {
     Notice(OutboundItem),
     /// The next frame from the client, or its end.
     Input(Option<Result<Message, WsError>>),
+    /// The client has been quiet long enough to be pinged (see [`Pinger`]).
+    Ping,
 }
 
 /// How a connection ends.
@@ -314,9 +417,17 @@ fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
 /// input is ready, before the task waits again. Notifications of the
 /// threads the connection follows arrive through the session's outbound
 /// queue and are written the same way. A write that makes no progress for
-/// the stall timeout ends the connection. Request spans end (are dropped)
+/// the stall timeout ends the connection. With a [`Pinger`], a ping goes
+/// out, in a write of its own, whenever the client has been quiet long
+/// enough (even while output flows: a client listening to a long turn
+/// sends nothing but its pongs). Request spans end (are dropped)
 /// once their responses were flushed.
-async fn serve_connection(mut ws: Ws, ctx: ServerContext, mut shutdown: watch::Receiver<bool>) {
+async fn serve_connection(
+    mut ws: Ws,
+    mut pinger: Option<Pinger>,
+    ctx: ServerContext,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let (tx, mut rx) = mpsc::channel(OUTBOUND_QUEUE);
     let session = Arc::new(ConnectionSession::new(Transport::WebSocket, tx));
     let connection = session.id();
@@ -338,6 +449,7 @@ async fn serve_connection(mut ws: Ws, ctx: ServerContext, mut shutdown: watch::R
             _ = shutdown.wait_for(|stop| *stop) => Wake::Shutdown,
             Some(item) = rx.recv() => Wake::Notice(item),
             next = ws.next() => Wake::Input(next),
+            () = Pinger::due(pinger.as_mut()) => Wake::Ping,
         };
         match wake {
             Wake::Shutdown => {
@@ -347,6 +459,11 @@ async fn serve_connection(mut ws: Ws, ctx: ServerContext, mut shutdown: watch::R
                 out.push(item);
                 drain_queue(&mut rx, &mut out);
             }
+            Wake::Ping => match writer.ping(&mut ws).await {
+                Pinged::Sent => {}
+                Pinged::Closing => pinger = None,
+                Pinged::Failed => break End::Abandon,
+            },
             Wake::Input(mut next) => loop {
                 if let Some(end) = handle_input(&mut handler, next, &mut rx, &mut out, limit).await
                 {
@@ -506,10 +623,15 @@ fn close_for_read_error(err: &WsError) -> Option<CloseFrame> {
 /// How long a closing connection keeps discarding input it will not read.
 const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Reads and discards what the client still sends, until it closes its
-/// side, [`LINGER_TIMEOUT`] passes, or the connection fails; then shuts
-/// the socket down.
+/// Discards what the client still sends, then shuts the socket down.
 async fn linger(socket: &mut Replay<TcpStream>) {
+    discard_input(socket).await;
+    let _ = socket.shutdown().await;
+}
+
+/// Reads and discards what the client still sends, until it closes its
+/// side, [`LINGER_TIMEOUT`] passes, or the connection fails.
+async fn discard_input<S: AsyncRead + Unpin>(socket: &mut S) {
     // On the heap: a buffer in this future would make every connection's
     // task that much larger, lingering or not.
     let mut sink = vec![0u8; 16 * 1024];
@@ -521,7 +643,6 @@ async fn linger(socket: &mut Replay<TcpStream>) {
         }
     })
     .await;
-    let _ = socket.shutdown().await;
 }
 
 /// How a connection recognizes a client that stopped reading.
@@ -540,6 +661,16 @@ struct FrameWriter {
 
 /// The client is gone or stopped reading; nothing more can be written.
 struct WriteFailed;
+
+/// What became of a ping.
+enum Pinged {
+    Sent,
+    /// The client started the closing handshake: nothing was written, and
+    /// no more pings are due; the close is still answered.
+    Closing,
+    /// The client is gone or stopped reading.
+    Failed,
+}
 
 impl FrameWriter {
     /// Writes `out` (emptying it) as text frames with one flush. The
@@ -561,6 +692,31 @@ impl FrameWriter {
         out.clear();
         // The request spans end here, after their responses were written.
         self.written.clear();
+        self.outcome(sent)
+    }
+
+    /// Sends a WebSocket ping, under the stall timeout.
+    async fn ping(&mut self, ws: &mut Ws) -> Pinged {
+        let sent = tokio::time::timeout(
+            self.stall.timeout,
+            ws.send(Message::Ping(Default::default())),
+        )
+        .await;
+        if let Ok(Err(WsError::Protocol(ProtocolError::SendAfterClosing))) = sent {
+            return Pinged::Closing;
+        }
+        match self.outcome(sent) {
+            Ok(()) => Pinged::Sent,
+            Err(WriteFailed) => Pinged::Failed,
+        }
+    }
+
+    /// Whether a write bounded by the stall timeout went out; when it did
+    /// not, the peer is gone, or it stopped reading (reported).
+    fn outcome(
+        &self,
+        sent: Result<Result<(), WsError>, tokio::time::error::Elapsed>,
+    ) -> Result<(), WriteFailed> {
         match sent {
             Ok(Ok(())) => Ok(()),
             Ok(Err(err)) => {
@@ -581,12 +737,99 @@ impl FrameWriter {
     }
 }
 
+/// The share of the idle timeout a connection may be quiet before it is
+/// pinged: half, so the pong has the other half to arrive.
+const PING_AFTER_IDLE_DIVISOR: u32 = 2;
+
+/// Decides when a connection's task sends a WebSocket ping: once its
+/// client has sent nothing for `interval` (half the idle timeout), and
+/// again `interval` after each ping while it stays quiet. The client's pong
+/// is input like any other ([`Replay`] records it on the [`InputClock`] and
+/// pushes its idle deadline back), so a live client stays open, while one
+/// that does not answer reaches the idle timeout and is closed.
+#[derive(Debug)]
+struct Pinger {
+    interval: Duration,
+    clock: Arc<InputClock>,
+    /// When to look again; on the heap, and only with an idle timeout, so
+    /// that it does not grow every connection's task.
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Pinger {
+    /// Must be called within the runtime.
+    fn new(interval: Duration, clock: Arc<InputClock>) -> Self {
+        let first = clock.last_input() + interval;
+        Self {
+            interval,
+            clock,
+            timer: Box::pin(tokio::time::sleep_until(first)),
+        }
+    }
+
+    /// Resolves when a ping is due (never without a pinger). Cancel safe:
+    /// dropping it while it waits changes nothing.
+    async fn due(pinger: Option<&mut Pinger>) {
+        let Some(pinger) = pinger else {
+            return std::future::pending().await;
+        };
+        loop {
+            pinger.timer.as_mut().await;
+            let now = Instant::now();
+            let quiet_until = pinger.clock.last_input() + pinger.interval;
+            if quiet_until <= now {
+                // Quiet for the whole interval: ping, and look again one
+                // interval after this ping.
+                pinger.timer.as_mut().reset(now + pinger.interval);
+                return;
+            }
+            // Input arrived meanwhile: the interval runs from it.
+            pinger.timer.as_mut().reset(quiet_until);
+        }
+    }
+}
+
+/// When a connection last received input: written by its [`Replay`] on
+/// every read that brought bytes, read by its [`Pinger`].
+#[derive(Debug)]
+struct InputClock {
+    start: Instant,
+    /// Milliseconds from `start` to the last input.
+    last_ms: AtomicU64,
+}
+
+impl InputClock {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, at: Instant) {
+        let ms = u64::try_from(at.duration_since(self.start).as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The last input (the clock's creation before any).
+    fn last_input(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// Why a [`Replay`] read fails at the end of the client's input.
+const CLIENT_CLOSED_ITS_SIDE: &str = "the client closed its side of the connection";
+
 /// A stream that first yields bytes already read from it, then reads on.
+///
+/// The end of input is reported as an [`io::ErrorKind::UnexpectedEof`]
+/// error, never as a zero-length read (see `poll_read`).
 ///
 /// With an idle timeout, a read that has waited that long since the last
 /// bytes arrived fails with [`io::ErrorKind::TimedOut`], which ends the
 /// connection: any frame from the client (a WebSocket ping or pong too)
-/// counts as activity.
+/// counts as activity. The time of the last input is also kept on an
+/// [`InputClock`] for the connection's [`Pinger`].
 #[derive(Debug)]
 pub struct Replay<S> {
     prefix: Vec<u8>,
@@ -598,7 +841,8 @@ pub struct Replay<S> {
 #[derive(Debug)]
 struct Idle {
     timeout: Duration,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    deadline: Pin<Box<Sleep>>,
+    clock: Arc<InputClock>,
 }
 
 impl<S> Replay<S> {
@@ -618,8 +862,20 @@ impl<S> Replay<S> {
         self.idle = timeout.map(|timeout| Idle {
             timeout,
             deadline: Box::pin(tokio::time::sleep(timeout)),
+            clock: Arc::new(InputClock::new()),
         });
         self
+    }
+
+    /// The pinger keeping a live client open, with an idle timeout.
+    /// Must be called within the runtime.
+    fn pinger(&self) -> Option<Pinger> {
+        self.idle.as_ref().map(|idle| {
+            Pinger::new(
+                idle.timeout / PING_AFTER_IDLE_DIVISOR,
+                Arc::clone(&idle.clock),
+            )
+        })
     }
 }
 
@@ -644,11 +900,26 @@ impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
+                if buf.filled().len() == before && buf.remaining() > 0 {
+                    // End of input: the client closed its side (perhaps
+                    // only its side: shutdown(Write) after a last request).
+                    // Reported as an error, not as EOF: tungstenite takes
+                    // an EOF without a close handshake for a dead
+                    // connection and marks the whole WebSocket terminated,
+                    // so the connection could no longer write the answers
+                    // still owed. An I/O error ends reading the same way but
+                    // leaves the writing half usable.
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        CLIENT_CLOSED_ITS_SIDE,
+                    )));
+                }
                 if let Some(idle) = &mut this.idle
                     && buf.filled().len() > before
                 {
-                    let next = tokio::time::Instant::now() + idle.timeout;
-                    idle.deadline.as_mut().reset(next);
+                    let now = Instant::now();
+                    idle.deadline.as_mut().reset(now + idle.timeout);
+                    idle.clock.record(now);
                 }
                 Poll::Ready(Ok(()))
             }
@@ -689,34 +960,42 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
 mod tests {
     use super::*;
 
+    /// An upgrade request head with these header lines (each ending in
+    /// CRLF) after `Host`.
+    fn upgrade_head(lines: &str) -> Vec<u8> {
+        format!("GET / HTTP/1.1\r\nHost: x\r\n{lines}\r\n").into_bytes()
+    }
+
+    const UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\n";
+    const KEY: &str = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    const VERSION: &str = "Sec-WebSocket-Version: 13\r\n";
+
+    fn valid_upgrade(extra: &str) -> Vec<u8> {
+        upgrade_head(&format!("{UPGRADE}{KEY}{VERSION}{extra}"))
+    }
+
     #[test]
     fn routes_health_upgrade_and_browser_requests() {
-        assert!(matches!(
+        assert_eq!(
             route(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"),
             Route::Health
-        ));
-        assert!(matches!(
-            route(
-                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
-            ),
+        );
+        assert_eq!(
+            route(&valid_upgrade("")),
             Route::Upgrade {
                 authorization: None
             }
-        ));
-        match route(
-            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nAuthorization: Bearer t\r\n\r\n",
-        ) {
-            Route::Upgrade { authorization } => {
-                assert_eq!(authorization.as_deref(), Some("Bearer t"));
+        );
+        assert_eq!(
+            route(&valid_upgrade("Authorization: Bearer t\r\n")),
+            Route::Upgrade {
+                authorization: Some("Bearer t".to_owned())
             }
-            _ => panic!("an upgrade with a token routes to the upgrade"),
-        }
-        assert!(matches!(
-            route(
-                b"GET / HTTP/1.1\r\nHost: x\r\nOrigin: http://evil\r\nUpgrade: websocket\r\n\r\n"
-            ),
+        );
+        assert_eq!(
+            route(&valid_upgrade("Origin: http://evil\r\n")),
             Route::Forbidden
-        ));
+        );
         assert!(matches!(
             route(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n"),
             Route::BadRequest(_)
@@ -727,11 +1006,108 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn heads_past_16_kib_or_64_fields_are_too_large() {
+        let filler = format!("X-Filler: {}\r\n", "a".repeat(MAX_HEAD_BYTES));
+        // Complete, but too large.
+        assert_eq!(
+            route(&valid_upgrade(&filler)),
+            Route::HeadTooLarge("request head larger than 16 KiB\n")
+        );
+        // Cut off at the limit (read_head stops reading there).
+        let mut cut = valid_upgrade(&filler);
+        cut.truncate(MAX_HEAD_BYTES + 1);
+        assert_eq!(
+            route(&cut),
+            Route::HeadTooLarge("request head larger than 16 KiB\n")
+        );
+        let many: String = (0..=MAX_HEADER_FIELDS)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect();
+        assert_eq!(
+            route(&valid_upgrade(&many)),
+            Route::HeadTooLarge("more than 64 header fields\n")
+        );
+        // Just inside both limits.
+        let some: String = (0..MAX_HEADER_FIELDS - 6)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect();
+        assert!(matches!(
+            route(&valid_upgrade(&some)),
+            Route::Upgrade { .. }
+        ));
+        // An incomplete head below the limit is malformed, not too large.
+        let partial = b"GET / HTTP/1.1\r\nHost: x\r\n";
+        assert!(matches!(route(partial), Route::BadRequest(_)));
+    }
+
+    #[test]
+    fn upgrades_tungstenite_would_refuse_are_answered_here() {
+        for version in ["8", "14", "13, 8", ""] {
+            let head = upgrade_head(&format!(
+                "{UPGRADE}{KEY}Sec-WebSocket-Version: {version}\r\n"
+            ));
+            assert_eq!(route(&head), Route::UnsupportedVersion, "{version:?}");
+        }
+        assert_eq!(
+            route(&upgrade_head(&format!("{UPGRADE}{KEY}"))),
+            Route::UnsupportedVersion
+        );
+        let missing_key = route(&upgrade_head(&format!("{UPGRADE}{VERSION}")));
+        assert_eq!(
+            missing_key,
+            Route::BadRequest("a WebSocket upgrade needs a Sec-WebSocket-Key header\n")
+        );
+        for key in [
+            "",
+            "short==",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZR==",
+            "dGhlIHNhbXBsZSBub25j*Q==",
+            "dGhlIHNhbXBsZSBub25jZQ===",
+        ] {
+            let head = upgrade_head(&format!("{UPGRADE}{VERSION}Sec-WebSocket-Key: {key}\r\n"));
+            assert_eq!(
+                route(&head),
+                Route::BadRequest("Sec-WebSocket-Key must be 16 bytes in base64 (24 characters)\n"),
+                "{key:?}"
+            );
+        }
+        let no_connection = upgrade_head(&format!("Upgrade: websocket\r\n{KEY}{VERSION}"));
+        assert_eq!(
+            route(&no_connection),
+            Route::BadRequest("a WebSocket upgrade needs a Connection: Upgrade header\n")
+        );
+        let listed = upgrade_head(&format!(
+            "Upgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n{KEY}{VERSION}"
+        ));
+        assert!(matches!(route(&listed), Route::Upgrade { .. }));
+        let http10 = format!("GET / HTTP/1.0\r\nHost: x\r\n{UPGRADE}{KEY}{VERSION}\r\n");
+        assert_eq!(
+            route(http10.as_bytes()),
+            Route::BadRequest("a WebSocket upgrade needs HTTP/1.1\n")
+        );
+    }
+
+    #[test]
+    fn websocket_keys_are_16_bytes_of_base64() {
+        assert!(is_websocket_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(is_websocket_key(b"AAAAAAAAAAAAAAAAAAAAAA=="));
+        assert!(is_websocket_key(b"/+/+/+/+/+/+/+/+/+/+/w=="));
+        assert!(!is_websocket_key(b"AAAAAAAAAAAAAAAAAAAAAB=="));
+        assert!(!is_websocket_key(b"AAAAAAAAAAAAAAAAAAAAAAA="));
+        assert!(!is_websocket_key(b"AAAAAAAAAAAAAAAAAAAAAAAA"));
+        assert!(!is_websocket_key(b"=="));
+    }
+
     #[tokio::test]
-    async fn replay_yields_prefix_then_inner() {
+    async fn replay_yields_prefix_then_inner_then_eof_as_an_error() {
         let mut r = Replay::new(b"abc".to_vec(), &b"def"[..]);
-        let mut out = String::new();
-        r.read_to_string(&mut out).await.expect("read");
-        assert_eq!(out, "abcdef");
+        let mut out = [0u8; 6];
+        r.read_exact(&mut out).await.expect("read");
+        assert_eq!(&out, b"abcdef");
+        let end = r.read(&mut [0u8; 4]).await.expect_err("EOF is an error");
+        assert_eq!(end.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(end.to_string(), CLIENT_CLOSED_ITS_SIDE);
     }
 }

@@ -36,6 +36,7 @@ macro_rules! both_transports {
 }
 
 pub mod mock_llm;
+pub mod raw_ws;
 
 use std::collections::VecDeque;
 use std::collections::hash_map::RandomState;
@@ -996,6 +997,24 @@ impl Client {
                 .send(Message::binary(bytes))
                 .await
                 .unwrap_or_else(|e| panic!("{}: sending a binary frame failed: {e}", self.label)),
+        }
+    }
+
+    /// Sends a WebSocket text frame carrying `bytes` as they are, even when
+    /// they are not UTF-8 (which the server must refuse, closing with 1007).
+    pub async fn send_text_bytes(&mut self, bytes: Vec<u8>) {
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        match &mut self.conn {
+            Conn::Stdio { .. } => panic!("text frames only exist on WebSocket"),
+            Conn::WebSocket(ws) => ws
+                .send(Message::Frame(Frame::message(
+                    bytes,
+                    OpCode::Data(Data::Text),
+                    true,
+                )))
+                .await
+                .unwrap_or_else(|e| panic!("{}: sending a text frame failed: {e}", self.label)),
         }
     }
 
