@@ -83,6 +83,12 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     skein: Option<PathBuf>,
 
+    /// Also measure this other `skein` build (e.g. the code before a
+    /// change), traced and with tracing off, interleaved with the others in
+    /// the WebSocket and stdio scenarios: before and after in one run.
+    #[arg(long, value_name = "PATH")]
+    baseline: Option<PathBuf>,
+
     /// Also write the markdown report to this file.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -169,6 +175,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             Some(path) => path.clone(),
             None => find("skein")?,
         },
+        baseline: args.baseline.clone(),
         jsonrpsee: find("bench-jsonrpsee")?,
         ceiling: find("bench-ceiling")?,
         line_echo: find("bench-line-echo")?,
@@ -194,6 +201,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .copied()
         .filter(|t| *t != Target::SkeinUnsampled)
         .collect();
+    let mut stdio_targets = vec![Target::SkeinTraced, Target::SkeinOff];
+    if args.baseline.is_some() {
+        ws_targets.extend([Target::BaselineTraced, Target::BaselineOff]);
+        stdio_targets.extend([Target::BaselineTraced, Target::BaselineOff]);
+    }
+    stdio_targets.push(Target::LineEcho);
     let window = Window {
         warmup: Duration::from_secs_f64(args.warmup.max(0.0)),
         measured: Duration::from_secs_f64(args.duration.max(0.1)),
@@ -216,7 +229,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             }
         }
         if args.only.contains(&Scenario::Stdio) {
-            for target in [Target::SkeinTraced, Target::SkeinOff, Target::LineEcho] {
+            for &target in &stdio_targets {
                 eprintln!("rep {rep}: stdio {}…", target.label());
                 let label = format!("rep {rep} stdio");
                 let sample = stdio_run(

@@ -285,6 +285,17 @@ impl Results {
             ("unsampled / off", Target::SkeinUnsampled, Target::SkeinOff),
             ("traced / ceiling", Target::SkeinTraced, Target::Ceiling),
             ("jsonrpsee / ceiling", Target::Jsonrpsee, Target::Ceiling),
+            (
+                "jsonrpsee + middleware / jsonrpsee",
+                Target::JsonrpseeMiddleware,
+                Target::Jsonrpsee,
+            ),
+            (
+                "traced / baseline traced",
+                Target::SkeinTraced,
+                Target::BaselineTraced,
+            ),
+            ("off / baseline off", Target::SkeinOff, Target::BaselineOff),
         ];
         let _ = writeln!(
             out,

@@ -24,6 +24,8 @@ pub const MAX_CONNECTIONS: u32 = 20_000;
 pub struct Bins {
     /// The release `skein` binary.
     pub skein: PathBuf,
+    /// Another `skein` build measured beside it (`--baseline`), if any.
+    pub baseline: Option<PathBuf>,
     /// `bench-jsonrpsee`.
     pub jsonrpsee: PathBuf,
     /// `bench-ceiling`.
@@ -43,6 +45,10 @@ pub enum Target {
     SkeinUnsampled,
     /// Skein with tracing off (`OTEL_SDK_DISABLED=true`, `--trace-dir none`).
     SkeinOff,
+    /// The `--baseline` build, configured as [`Target::SkeinTraced`].
+    BaselineTraced,
+    /// The `--baseline` build, configured as [`Target::SkeinOff`].
+    BaselineOff,
     /// The jsonrpsee server.
     Jsonrpsee,
     /// The jsonrpsee server with `--middleware`.
@@ -60,6 +66,8 @@ impl Target {
             Target::SkeinTraced => "skein traced",
             Target::SkeinUnsampled => "skein unsampled",
             Target::SkeinOff => "skein off",
+            Target::BaselineTraced => "baseline traced",
+            Target::BaselineOff => "baseline off",
             Target::Jsonrpsee => "jsonrpsee",
             Target::JsonrpseeMiddleware => "jsonrpsee + middleware",
             Target::Ceiling => "ceiling",
@@ -77,13 +85,17 @@ impl Target {
 
     /// Whether request spans land in a store the harness must check.
     pub fn records_spans(self) -> bool {
-        self == Target::SkeinTraced
+        matches!(self, Target::SkeinTraced | Target::BaselineTraced)
     }
 
     fn is_skein(self) -> bool {
         matches!(
             self,
-            Target::SkeinTraced | Target::SkeinUnsampled | Target::SkeinOff
+            Target::SkeinTraced
+                | Target::SkeinUnsampled
+                | Target::SkeinOff
+                | Target::BaselineTraced
+                | Target::BaselineOff
         )
     }
 }
@@ -130,7 +142,14 @@ impl Running {
             .context("creating a temporary SKEIN_HOME")?;
         let mut trace_dir = None;
         let mut command = if target.is_skein() {
-            let mut command = Command::new(&bins.skein);
+            let bin = match (target, &bins.baseline) {
+                (Target::BaselineTraced | Target::BaselineOff, Some(baseline)) => baseline,
+                (Target::BaselineTraced | Target::BaselineOff, None) => {
+                    bail!("{} needs --baseline", target.label())
+                }
+                _ => &bins.skein,
+            };
+            let mut command = Command::new(bin);
             command.arg("serve").arg("--listen").arg(match transport {
                 Transport::WebSocket => "ws://127.0.0.1:0",
                 Transport::Stdio => "stdio://",
@@ -152,7 +171,7 @@ impl Running {
                 .env("SKEIN_HOME", home.path())
                 .env("RUST_LOG", "warn")
                 .env("NO_COLOR", "1");
-            if target == Target::SkeinOff {
+            if matches!(target, Target::SkeinOff | Target::BaselineOff) {
                 command
                     .arg("--trace-dir")
                     .arg("none")
