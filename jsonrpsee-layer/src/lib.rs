@@ -42,6 +42,39 @@
 //! `opentelemetry` 0.33); `rpc.server.call.duration` goes to the meter
 //! provider installed in `opentelemetry::global` when the layer is built.
 //!
+//! # Cost
+//!
+//! Most of a traced call's cost is the `tracing-opentelemetry` layer's, not
+//! this crate's. Its defaults add work to every span that request spans do
+//! not need: busy/idle timings taken on every poll
+//! (`with_tracked_inactivity`), the OS thread's id and name (`with_threads`;
+//! its `thread.id` also means something else in agent conventions), the
+//! source location (`with_location`), the target (`with_target`), and
+//! making the span's context current on every poll
+//! (`with_context_activation`). A service that does not read those can turn
+//! them off, as Skein does for its own spans:
+//!
+//! ```
+//! # use opentelemetry::trace::TracerProvider as _;
+//! use tracing_subscriber::Layer as _;
+//! use tracing_subscriber::layer::SubscriberExt as _;
+//! # let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+//! let subscriber = tracing_subscriber::registry().with(
+//!     tracing_opentelemetry::layer()
+//!         .with_tracer(provider.tracer("my-service"))
+//!         .with_tracked_inactivity(false)
+//!         .with_threads(false)
+//!         .with_location(false)
+//!         .with_target(false)
+//!         .with_context_activation(false)
+//!         .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+//! );
+//! # let _ = subscriber;
+//! ```
+//!
+//! Skein's benchmark harness measures the middleware this way
+//! (`BENCHMARKS.md` in the repository).
+//!
 //! # Parents
 //!
 //! The first valid carrier wins:

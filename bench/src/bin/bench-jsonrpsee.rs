@@ -117,12 +117,18 @@ fn install_tracing(dir: &std::path::Path) -> anyhow::Result<SdkTracerProvider> {
         .with_span_processor(LocalStoreProcessor::new(store))
         .build();
     // At INFO, as a service would run it: jsonrpsee's own TRACE-level
-    // spans stay out, the middleware's request spans (INFO) go in.
+    // spans stay out, the middleware's request spans (INFO) go in. The
+    // layer is set up as Skein sets up its own (and as the crate docs
+    // advise): none of tracing-opentelemetry's per-span extras.
     tracing_subscriber::registry()
         .with(
             tracing_opentelemetry::layer()
                 .with_tracer(provider.tracer("bench-jsonrpsee"))
                 .with_context_activation(false)
+                .with_tracked_inactivity(false)
+                .with_threads(false)
+                .with_location(false)
+                .with_target(false)
                 .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
         )
         .try_init()
