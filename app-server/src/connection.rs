@@ -7,38 +7,56 @@
 //! (`initialize` first) simple and needs no task per request.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+
+use tokio::sync::mpsc;
 
 use skein_app_server_protocol::{ErrorObject, Frame, Incoming, Outgoing, parse_frame};
 use tower::{Service, ServiceExt};
 
 use crate::processor::MessageProcessor;
-use crate::session::{ConnectionSession, OutboundItem};
+use crate::server::EVENT_DRAIN_TIMEOUT;
+use crate::session::{ConnectionSession, OUTBOUND_QUEUE, OutboundItem, Transport};
 use crate::tracing_layer::{RequestTracing, RpcCall, TracedReply};
 
 /// The service every request goes through: the router wrapped in request
 /// tracing.
 pub type RpcService = RequestTracing<MessageProcessor>;
 
-/// Handles inbound frames for one connection.
+/// The end of a connection's subscriptions, under way (see
+/// [`ConnectionHandler::start_closing`]).
+pub type Closing = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Handles inbound frames for one connection, and holds the receiving
+/// side of its outbound queue (the notifications of the threads it
+/// follows), which the connection's task drains between frames.
 #[derive(Debug)]
 pub struct ConnectionHandler {
     session: Arc<ConnectionSession>,
     service: RpcService,
     processor: MessageProcessor,
+    queued: mpsc::Receiver<OutboundItem>,
+    /// Most queued notifications taken at once (see [`Self::take_queued`]).
+    batch_limit: usize,
 }
 
 impl ConnectionHandler {
-    /// A handler for `session`, routing through `service`.
+    /// A new connection over `transport`, routing through `service`.
+    /// Queued notifications are taken at most `batch_limit` at a time.
     pub fn new(
-        session: Arc<ConnectionSession>,
+        transport: Transport,
         service: RpcService,
         processor: MessageProcessor,
+        batch_limit: usize,
     ) -> Self {
+        let (tx, queued) = mpsc::channel(OUTBOUND_QUEUE);
         Self {
-            session,
+            session: Arc::new(ConnectionSession::new(transport, tx)),
             service,
             processor,
+            queued,
+            batch_limit,
         }
     }
 
@@ -47,13 +65,58 @@ impl ConnectionHandler {
         &self.session
     }
 
+    /// Waits for the next queued notification. Cancel-safe.
+    pub async fn next_queued(&mut self) -> Option<OutboundItem> {
+        self.queued.recv().await
+    }
+
+    /// Moves the notifications already queued to `out`, until `out` holds
+    /// the batch limit (so a flood of notifications cannot hold the
+    /// connection there).
+    pub fn take_queued(&mut self, out: &mut Vec<OutboundItem>) {
+        while out.len() < self.batch_limit {
+            match self.queued.try_recv() {
+                Ok(item) => out.push(item),
+                Err(_) => break,
+            }
+        }
+    }
+
     /// Handles one frame (a stdio line, a WebSocket text message) and
-    /// appends what to write, in order, to `out`: the notifications its
-    /// handlers sent, then its reply, if it has one.
+    /// appends what to write, in order, to `out`: the thread notifications
+    /// queued while it was handled (they happened first), the
+    /// notifications its handlers sent, then its reply, if it has one.
     pub async fn handle_frame(&mut self, bytes: &[u8], out: &mut Vec<OutboundItem>) {
         let reply = self.process_frame(bytes).await;
+        // Bounded on its own, whatever `out` already holds.
+        let mut earlier = Vec::new();
+        self.take_queued(&mut earlier);
+        out.append(&mut earlier);
         self.session.take_notices(out);
         out.extend(reply);
+    }
+
+    /// Starts ending the connection's subscriptions (see
+    /// [`ConnectionSession::close_subscriptions`]). Drive it with
+    /// [`Self::next_while_closing`], which hands over the notifications the
+    /// forwarders still queue meanwhile.
+    pub fn start_closing(&self, graceful: bool) -> Closing {
+        let session = Arc::clone(&self.session);
+        Box::pin(async move {
+            session
+                .close_subscriptions(graceful, EVENT_DRAIN_TIMEOUT)
+                .await;
+        })
+    }
+
+    /// The next notification queued while `closing` runs; `None` once it
+    /// has finished (what is still queued then is left for
+    /// [`Self::take_queued`]).
+    pub async fn next_while_closing(&mut self, closing: &mut Closing) -> Option<OutboundItem> {
+        tokio::select! {
+            () = closing => None,
+            Some(item) = self.queued.recv() => Some(item),
+        }
     }
 
     /// Appends an error reply with a `null` id to `out` (for input that

@@ -17,8 +17,8 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, ReadBuf};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::connection::ConnectionHandler;
-use crate::server::{EVENT_DRAIN_TIMEOUT, ServerContext};
-use crate::session::{ConnectionSession, OUTBOUND_QUEUE, OutboundItem, StallReporter, Transport};
+use crate::server::ServerContext;
+use crate::session::{OutboundItem, StallReporter, Transport};
 use crate::transport::too_large_error;
 
 /// One read from a line-delimited stream.
@@ -159,7 +159,6 @@ pub async fn serve_lines<W>(
 ) where
     W: Write + Send + 'static,
 {
-    let (tx, mut rx) = mpsc::channel(OUTBOUND_QUEUE);
     let (batches, batches_rx) = mpsc::channel(2);
     let progress = Arc::new(WriteProgress::default());
     let writer = match spawn_line_writer(output, batches_rx, Arc::clone(&progress)) {
@@ -170,7 +169,13 @@ pub async fn serve_lines<W>(
             return;
         }
     };
-    let session = Arc::new(ConnectionSession::new(Transport::Stdio, tx));
+    let mut handler = ConnectionHandler::new(
+        Transport::Stdio,
+        ctx.service(),
+        ctx.processor(),
+        BATCH_MESSAGES,
+    );
+    let session = handler.session();
     tracing::info!(connection = session.id(), "stdio connection open");
     let watchdog = tokio::spawn(watch_for_stall(
         progress,
@@ -178,7 +183,6 @@ pub async fn serve_lines<W>(
         session.stall_reporter(),
         session.id(),
     ));
-    let mut handler = ConnectionHandler::new(session, ctx.service(), ctx.processor());
 
     let limit = ctx.max_message_bytes();
     let mut lines = LineAssembler::new(limit);
@@ -190,7 +194,7 @@ pub async fn serve_lines<W>(
     loop {
         let wake = tokio::select! {
             read = lines.next(&mut reader) => Wake::Input(read),
-            Some(item) = rx.recv() => Wake::Notice(item),
+            Some(item) = handler.next_queued() => Wake::Notice(item),
             _ = shutdown.wait_for(|stop| *stop) => Wake::Stop,
             reason = &mut overrun => {
                 tracing::error!(%reason, "stdout is not being read; shutting down");
@@ -203,20 +207,12 @@ pub async fn serve_lines<W>(
             Wake::Stop => break,
             Wake::Notice(item) => {
                 out.push(item);
-                drain_queue(&mut rx, &mut out);
+                handler.take_queued(&mut out);
             }
             Wake::Input(Ok(LineRead::Line)) if lines.line().iter().all(u8::is_ascii_whitespace) => {
             }
             Wake::Input(Ok(LineRead::Line)) => {
-                let mark = out.len();
                 handler.handle_frame(lines.line(), &mut out).await;
-                // Notifications the threads sent while the request was
-                // handled go before its response, as they happened first.
-                let mut earlier = Vec::new();
-                drain_queue(&mut rx, &mut earlier);
-                if !earlier.is_empty() {
-                    out.splice(mark..mark, earlier);
-                }
             }
             Wake::Input(Ok(LineRead::TooLarge(len))) => {
                 tracing::warn!(len, limit, "refusing an oversized message");
@@ -251,35 +247,20 @@ pub async fn serve_lines<W>(
     }
     // This connection is the server: its end is the server's end.
     let _ = stop.send(true);
-    if !stalled && !writer_gone {
-        // Threads' final notifications are still written while the
-        // forwarders finish.
-        let closing = handler
-            .session()
-            .close_subscriptions(true, EVENT_DRAIN_TIMEOUT);
-        tokio::pin!(closing);
-        let mut writing = true;
-        loop {
-            tokio::select! {
-                () = &mut closing => break,
-                Some(item) = rx.recv() => {
-                    if writing {
-                        out.push(item);
-                        drain_queue(&mut rx, &mut out);
-                        writing = matches!(send_batch(&batches, &mut out, &mut overrun).await, Sent::Ok);
-                    }
-                }
-            }
-        }
+    // Threads' final notifications are still written while the
+    // forwarders finish, unless output is already lost.
+    let mut writing = !stalled && !writer_gone;
+    let mut closing = handler.start_closing(writing);
+    while let Some(item) = handler.next_while_closing(&mut closing).await {
         if writing {
-            drain_queue(&mut rx, &mut out);
-            send_batch(&batches, &mut out, &mut overrun).await;
+            out.push(item);
+            handler.take_queued(&mut out);
+            writing = matches!(send_batch(&batches, &mut out, &mut overrun).await, Sent::Ok);
         }
-    } else {
-        handler
-            .session()
-            .close_subscriptions(false, EVENT_DRAIN_TIMEOUT)
-            .await;
+    }
+    if writing {
+        handler.take_queued(&mut out);
+        send_batch(&batches, &mut out, &mut overrun).await;
     }
     drop(handler);
     // Closing the batch queue lets the writer finish and stop.
@@ -292,17 +273,6 @@ pub async fn serve_lines<W>(
     }
     if writer.await.is_err() {
         tracing::error!("stdout writer thread failed");
-    }
-}
-
-/// Moves what the outbound queue already holds to `out` (bounded, so a
-/// flood of notifications cannot hold the connection here).
-fn drain_queue(rx: &mut mpsc::Receiver<OutboundItem>, out: &mut Vec<OutboundItem>) {
-    while out.len() < BATCH_MESSAGES {
-        match rx.try_recv() {
-            Ok(item) => out.push(item),
-            Err(_) => break,
-        }
     }
 }
 

@@ -39,7 +39,7 @@ use std::time::Duration;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::WebSocketStream;
@@ -51,8 +51,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use crate::connection::ConnectionHandler;
 use crate::limits::{AcceptBackoff, RETRY_AFTER};
 use crate::memory::{Trimmer, release_free_memory};
-use crate::server::{EVENT_DRAIN_TIMEOUT, ServerContext};
-use crate::session::{ConnectionSession, OUTBOUND_QUEUE, OutboundItem, StallReporter, Transport};
+use crate::server::ServerContext;
+use crate::session::{OutboundItem, StallReporter, Transport};
 use crate::transport::too_large_error;
 use skein_app_server_protocol::ErrorObject;
 
@@ -428,26 +428,29 @@ async fn serve_connection(
     ctx: ServerContext,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (tx, mut rx) = mpsc::channel(OUTBOUND_QUEUE);
-    let session = Arc::new(ConnectionSession::new(Transport::WebSocket, tx));
-    let connection = session.id();
+    let mut handler = ConnectionHandler::new(
+        Transport::WebSocket,
+        ctx.service(),
+        ctx.processor(),
+        WRITE_BATCH_FRAMES,
+    );
+    let connection = handler.session().id();
     tracing::info!(connection, "websocket connection open");
     let mut writer = FrameWriter {
         stall: Stall {
             timeout: ctx.client_stall_timeout(),
-            reporter: session.stall_reporter(),
+            reporter: handler.session().stall_reporter(),
             connection,
         },
         written: Vec::new(),
     };
-    let mut handler = ConnectionHandler::new(session, ctx.service(), ctx.processor());
     let limit = ctx.max_message_bytes();
     let mut out = Vec::new();
 
     let end = 'serve: loop {
         let wake = tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => Wake::Shutdown,
-            Some(item) = rx.recv() => Wake::Notice(item),
+            Some(item) = handler.next_queued() => Wake::Notice(item),
             next = ws.next() => Wake::Input(next),
             () = Pinger::due(pinger.as_mut()) => Wake::Ping,
         };
@@ -457,7 +460,7 @@ async fn serve_connection(
             }
             Wake::Notice(item) => {
                 out.push(item);
-                drain_queue(&mut rx, &mut out);
+                handler.take_queued(&mut out);
             }
             Wake::Ping => match writer.ping(&mut ws).await {
                 Pinged::Sent => {}
@@ -465,8 +468,7 @@ async fn serve_connection(
                 Pinged::Failed => break End::Abandon,
             },
             Wake::Input(mut next) => loop {
-                if let Some(end) = handle_input(&mut handler, next, &mut rx, &mut out, limit).await
-                {
+                if let Some(end) = handle_input(&mut handler, next, &mut out, limit).await {
                     // Replies to what came before the end are still owed.
                     if writer.write(&mut ws, &mut out).await.is_err() {
                         break 'serve End::Abandon;
@@ -491,26 +493,16 @@ async fn serve_connection(
     // written while the forwarders finish.
     let graceful = *shutdown.borrow();
     let mut writing = !matches!(end, End::Abandon);
-    {
-        let closing = handler
-            .session()
-            .close_subscriptions(graceful, EVENT_DRAIN_TIMEOUT);
-        tokio::pin!(closing);
-        loop {
-            tokio::select! {
-                () = &mut closing => break,
-                Some(item) = rx.recv() => {
-                    if writing {
-                        out.push(item);
-                        drain_queue(&mut rx, &mut out);
-                        writing = writer.write(&mut ws, &mut out).await.is_ok();
-                    }
-                }
-            }
+    let mut closing = handler.start_closing(graceful);
+    while let Some(item) = handler.next_while_closing(&mut closing).await {
+        if writing {
+            out.push(item);
+            handler.take_queued(&mut out);
+            writing = writer.write(&mut ws, &mut out).await.is_ok();
         }
     }
     if writing {
-        drain_queue(&mut rx, &mut out);
+        handler.take_queued(&mut out);
         writing = writer.write(&mut ws, &mut out).await.is_ok();
     }
     drop(handler);
@@ -532,38 +524,18 @@ async fn serve_connection(
     tracing::info!(connection, "websocket connection closed");
 }
 
-/// Moves what the outbound queue already holds to `out` (bounded, so a
-/// flood of notifications cannot hold the connection here).
-fn drain_queue(rx: &mut mpsc::Receiver<OutboundItem>, out: &mut Vec<OutboundItem>) {
-    while out.len() < WRITE_BATCH_FRAMES {
-        match rx.try_recv() {
-            Ok(item) => out.push(item),
-            Err(_) => break,
-        }
-    }
-}
-
 /// Handles one read from the client, appending what to write to `out`.
 /// Returns how the connection ends, if this read ends it.
 async fn handle_input(
     handler: &mut ConnectionHandler,
     next: Option<Result<Message, WsError>>,
-    rx: &mut mpsc::Receiver<OutboundItem>,
     out: &mut Vec<OutboundItem>,
     limit: usize,
 ) -> Option<End> {
     let connection = handler.session().id();
     match next {
         Some(Ok(Message::Text(text))) => {
-            let mark = out.len();
             handler.handle_frame(text.as_bytes(), out).await;
-            // Notifications the threads sent while the request was handled
-            // go before its response, as they happened first.
-            let mut earlier = Vec::new();
-            drain_queue(rx, &mut earlier);
-            if !earlier.is_empty() {
-                out.splice(mark..mark, earlier);
-            }
             None
         }
         Some(Ok(Message::Binary(_))) => {
