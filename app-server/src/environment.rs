@@ -14,7 +14,7 @@ use skein_app_server_protocol::v2::{
 use skein_core::ThreadManager;
 use skein_core::mcp::McpServerState;
 
-use crate::processor::{HandlerResult, MessageProcessor, to_value};
+use crate::processor::{HandlerResult, MessageProcessor, to_result};
 use crate::wire::{APPROVAL_POLICY, APPROVALS_REVIEWER};
 
 /// `sandbox_mode` in Codex's configuration vocabulary: Skein runs no
@@ -23,13 +23,13 @@ pub const SANDBOX_MODE: &str = "danger-full-access";
 
 /// `account/read`: no account, and none required.
 pub fn account_read(_params: GetAccountParams) -> HandlerResult {
-    to_value(json!({"account": null, "userId": null, "requiresOpenaiAuth": false}))
+    to_result(json!({"account": null, "userId": null, "requiresOpenaiAuth": false}))
 }
 
 /// `account/rateLimits/read`: Skein imposes no rate limits, so the
 /// snapshot is empty.
 pub fn account_rate_limits_read() -> HandlerResult {
-    to_value(json!({
+    to_result(json!({
         "rateLimits": {
             "limitId": null,
             "limitName": null,
@@ -44,17 +44,17 @@ pub fn account_rate_limits_read() -> HandlerResult {
 
 /// `configRequirements/read`: no administrator requirements exist.
 pub fn config_requirements_read() -> HandlerResult {
-    to_value(json!({"requirements": null}))
+    to_result(json!({"requirements": null}))
 }
 
 /// `skills/list`: Skein has no skills.
 pub fn skills_list(_params: SkillsListParams) -> HandlerResult {
-    to_value(json!({"data": []}))
+    to_result(json!({"data": []}))
 }
 
 /// `app/list`: Skein has no apps.
 pub fn app_list(_params: PageParams) -> HandlerResult {
-    to_value(json!({"data": [], "nextCursor": null}))
+    to_result(json!({"data": [], "nextCursor": null}))
 }
 
 /// The configured MCP servers, in Codex's `McpServerStatus` shape: their
@@ -129,7 +129,7 @@ pub fn effective_config(threads: &ThreadManager) -> EffectiveConfig {
 impl MessageProcessor {
     /// `mcpServerStatus/list`: the configured MCP servers.
     pub(crate) fn mcp_server_status_list(&self, _params: PageParams) -> HandlerResult {
-        to_value(json!({"data": mcp_servers(self.threads()), "nextCursor": null}))
+        to_result(json!({"data": mcp_servers(self.threads()), "nextCursor": null}))
     }
 
     /// `config/read`: the effective configuration. Origins and layers are
@@ -137,8 +137,8 @@ impl MessageProcessor {
     /// default), so none are listed.
     pub(crate) fn config_read(&self, params: ConfigReadParams) -> HandlerResult {
         let layers = params.include_layers.then(Vec::<Value>::new);
-        to_value(json!({
-            "config": to_value(effective_config(self.threads()))?,
+        to_result(json!({
+            "config": to_result(effective_config(self.threads()))?,
             "origins": Map::new(),
             "layers": layers,
         }))

@@ -124,14 +124,14 @@ impl MessageProcessor {
                     session,
                 )
                 .await
-                .and_then(|turn| to_value(TurnStartResponse { turn }))
+                .and_then(|turn| to_result(TurnStartResponse { turn }))
             }
             Method::ReviewStart => self.review_start(parse_params(params)?, session).await,
             Method::ThreadCompactStart => {
                 let params: ThreadIdParams = parse_params(params)?;
                 self.start_turn(&params.thread_id, TurnKind::Compact, Vec::new(), session)
                     .await
-                    .and_then(|turn| to_value(TurnStartResponse { turn }))
+                    .and_then(|turn| to_result(TurnStartResponse { turn }))
             }
             Method::TurnSteer => self.turn_steer(parse_params(params)?).await,
             Method::TurnInterrupt => self.turn_interrupt(parse_params(params)?).await,
@@ -214,7 +214,7 @@ impl MessageProcessor {
             .map_err(ErrorObject::internal)?,
             trace: None,
         });
-        to_value(thread_response(thread, info, &self.env))
+        to_result(thread_response(thread, info, &self.env))
     }
 
     fn thread_resume(
@@ -233,7 +233,7 @@ impl MessageProcessor {
         } else {
             &turns
         };
-        to_value(thread_response(
+        to_result(thread_response(
             self.wire_thread(&info, turns),
             &info,
             &self.env,
@@ -261,14 +261,14 @@ impl MessageProcessor {
         // Codex answers `notLoaded` for any thread not loaded here, known
         // or not; so does Skein.
         if self.threads.handle(&params.thread_id).is_err() {
-            return to_value(json!({ "status": "notLoaded" }));
+            return to_result(json!({ "status": "notLoaded" }));
         }
         let status = if session.unsubscribe(&params.thread_id) {
             "unsubscribed"
         } else {
             "notSubscribed"
         };
-        to_value(json!({ "status": status }))
+        to_result(json!({ "status": status }))
     }
 
     /// Subscribes the connection to the thread and starts a turn there;
@@ -326,7 +326,7 @@ impl MessageProcessor {
         let turn = self
             .start_turn(&params.thread_id, TurnKind::Review, Vec::new(), session)
             .await?;
-        to_value(ReviewStartResponse {
+        to_result(ReviewStartResponse {
             turn,
             review_thread_id: params.thread_id,
         })
@@ -337,7 +337,7 @@ impl MessageProcessor {
             .steer(&params.thread_id, &params.expected_turn_id, params.input)
             .await
             .map_err(thread_error)?;
-        to_value(json!({ "turnId": params.expected_turn_id }))
+        to_result(json!({ "turnId": params.expected_turn_id }))
     }
 
     async fn turn_interrupt(&self, params: TurnInterruptParams) -> HandlerResult {
@@ -345,7 +345,7 @@ impl MessageProcessor {
             .interrupt(&params.thread_id, &params.turn_id)
             .await
             .map_err(thread_error)?;
-        to_value(json!({}))
+        to_result(json!({}))
     }
 
     fn thread_list(&self, params: ThreadListParams) -> HandlerResult {
@@ -358,7 +358,7 @@ impl MessageProcessor {
                 params.archived.unwrap_or(false),
             )
             .map_err(thread_error)?;
-        to_value(ThreadListResponse {
+        to_result(ThreadListResponse {
             data: page
                 .threads
                 .iter()
@@ -377,7 +377,7 @@ impl MessageProcessor {
                 .map(|info| (info, Vec::new()))
         }
         .map_err(thread_error)?;
-        to_value(ThreadReadResponse {
+        to_result(ThreadReadResponse {
             thread: self.wire_thread(&info, &turns),
         })
     }
@@ -389,7 +389,7 @@ impl MessageProcessor {
                 "already initialized: `initialize` may be sent once per connection",
             ));
         }
-        to_value(InitializeResponse {
+        to_result(InitializeResponse {
             user_agent: format!("{SERVER_NAME}/{SERVER_VERSION}"),
             codex_home: self.env.home.clone(),
             platform_family: std::env::consts::FAMILY.into(),
@@ -403,7 +403,7 @@ impl MessageProcessor {
 }
 
 fn model_list(threads: &ThreadManager, _params: ModelListParams) -> HandlerResult {
-    to_value(ModelListResponse {
+    to_result(ModelListResponse {
         data: threads
             .models()
             .into_iter()
@@ -449,7 +449,7 @@ pub(crate) fn thread_error(err: ThreadError) -> ErrorObject {
 }
 
 /// Serializes a handler's typed result to JSON text.
-pub(crate) fn to_value(value: impl Serialize) -> HandlerResult {
+pub(crate) fn to_result(value: impl Serialize) -> HandlerResult {
     serde_json::value::to_raw_value(&value).map_err(ErrorObject::internal)
 }
 

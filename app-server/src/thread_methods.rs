@@ -10,7 +10,7 @@ use skein_app_server_protocol::v2::{
 };
 use skein_core::TurnRecord;
 
-use crate::processor::{HandlerResult, MessageProcessor, thread_error, to_value};
+use crate::processor::{HandlerResult, MessageProcessor, thread_error, to_result};
 use crate::wire::turn_to_wire;
 
 /// Default page size of the listings here.
@@ -48,7 +48,7 @@ impl MessageProcessor {
         } else {
             None
         };
-        to_value(ThreadLoadedListResponse { data, next_cursor })
+        to_result(ThreadLoadedListResponse { data, next_cursor })
     }
 
     /// `thread/archive`: flags the thread archived in its history.
@@ -57,7 +57,7 @@ impl MessageProcessor {
             .set_archived(&params.thread_id, true)
             .await
             .map_err(thread_error)?;
-        to_value(json!({}))
+        to_result(json!({}))
     }
 
     /// `thread/unarchive`: clears the flag; returns the thread.
@@ -67,7 +67,7 @@ impl MessageProcessor {
             .set_archived(&params.thread_id, false)
             .await
             .map_err(thread_error)?;
-        to_value(ThreadUnarchiveResponse {
+        to_result(ThreadUnarchiveResponse {
             thread: self.wire_thread(&info, &[]),
         })
     }
@@ -78,7 +78,7 @@ impl MessageProcessor {
             .set_name(&params.thread_id, &params.name)
             .await
             .map_err(thread_error)?;
-        to_value(json!({}))
+        to_result(json!({}))
     }
 
     /// `thread/turns/list`: a page of the thread's turns, newest first by
@@ -109,7 +109,7 @@ impl MessageProcessor {
                 turn
             })
             .collect();
-        to_value(ThreadTurnsListResponse {
+        to_result(ThreadTurnsListResponse {
             data,
             next_cursor: page.next_cursor,
             backwards_cursor: page.backwards_cursor,
