@@ -7,7 +7,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use serde::Serialize;
@@ -44,6 +44,9 @@ pub const SERVER_NAME: &str = "skein";
 pub struct MessageProcessor {
     pub(crate) threads: ThreadManager,
     pub(crate) env: Arc<ServerEnv>,
+    /// The `model/list` result, serialized once: the models come from the
+    /// configuration, which does not change while the server runs.
+    models: Arc<OnceLock<Box<RawValue>>>,
 }
 
 /// What a handler answers: its result serialized straight to JSON text,
@@ -57,7 +60,17 @@ impl MessageProcessor {
         Self {
             threads,
             env: Arc::new(ServerEnv::detect()),
+            models: Arc::default(),
         }
+    }
+
+    /// Answers `model/list` from the list serialized on first use.
+    fn model_list(&self, _params: ModelListParams) -> HandlerResult {
+        if let Some(json) = self.models.get() {
+            return Ok(json.clone());
+        }
+        let json = model_list(&self.threads)?;
+        Ok(self.models.get_or_init(|| json).clone())
     }
 
     /// Handles one request.
@@ -96,7 +109,7 @@ impl MessageProcessor {
         }
         match method {
             Method::Initialize => self.initialize(parse_params(params)?, session),
-            Method::ModelList => model_list(&self.threads, parse_params(params)?),
+            Method::ModelList => self.model_list(parse_params(params)?),
             Method::ThreadStart => {
                 log_ignored(method, params.as_ref(), THREAD_START_IGNORED);
                 self.thread_start(parse_params(params)?, session).await
@@ -402,7 +415,9 @@ impl MessageProcessor {
     }
 }
 
-fn model_list(threads: &ThreadManager, _params: ModelListParams) -> HandlerResult {
+/// The `model/list` result: every page is the whole list, so the params
+/// change nothing.
+fn model_list(threads: &ThreadManager) -> HandlerResult {
     to_result(ModelListResponse {
         data: threads
             .models()
