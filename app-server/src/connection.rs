@@ -17,7 +17,7 @@ use tower::{Service, ServiceExt};
 
 use crate::processor::MessageProcessor;
 use crate::server::EVENT_DRAIN_TIMEOUT;
-use crate::session::{ConnectionSession, OUTBOUND_QUEUE, OutboundItem, Transport};
+use crate::session::{ConnectionSession, HeldSpan, OUTBOUND_QUEUE, OutboundItem, Transport};
 use crate::tracing_layer::{RequestTracing, RpcCall, TracedReply};
 
 /// The service every request goes through: the router wrapped in request
@@ -144,7 +144,7 @@ impl ConnectionHandler {
                 let reply = self.process_incoming(incoming).await?;
                 Some(OutboundItem {
                     text: reply.message.to_json(),
-                    spans: vec![reply.span],
+                    spans: reply.span.map(HeldSpan::Request).into_iter().collect(),
                 })
             }
             Frame::Batch(items) => {
@@ -152,13 +152,13 @@ impl ConnectionHandler {
                 let mut spans = Vec::with_capacity(items.len());
                 for incoming in items {
                     if let Some(reply) = self.process_incoming(incoming).await {
-                        text.push(if spans.is_empty() { b'[' } else { b',' });
+                        text.push(if text.is_empty() { b'[' } else { b',' });
                         reply.message.write_json(&mut text);
-                        spans.push(reply.span);
+                        spans.extend(reply.span.map(HeldSpan::Request));
                     }
                 }
                 // A batch of notifications only gets no reply at all.
-                (!spans.is_empty()).then(|| {
+                (!text.is_empty()).then(|| {
                     text.push(b']');
                     OutboundItem {
                         // Serialized JSON is UTF-8.
@@ -201,7 +201,7 @@ impl ConnectionHandler {
             }
             Incoming::Invalid { id, error } => Some(TracedReply {
                 message: Outgoing::Error { id, error },
-                span: tracing::Span::none(),
+                span: None,
             }),
         }
     }

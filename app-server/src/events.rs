@@ -13,7 +13,7 @@ use skein_core::{CoreEvent, EventReceiver};
 use skein_protocol::{Event, EventMsg, TurnStatus};
 use tokio::sync::mpsc;
 
-use crate::session::OutboundItem;
+use crate::session::{HeldSpan, OutboundItem};
 use crate::wire::{item_json, usage_breakdown};
 
 /// The notification for a core event, or `None` for internal events.
@@ -142,7 +142,11 @@ pub async fn forward_events(mut events: EventReceiver, outbound: mpsc::Sender<Ou
         };
         let item = OutboundItem {
             text: message.to_json(),
-            spans: vec![hold],
+            spans: if hold.is_none() {
+                Vec::new()
+            } else {
+                vec![HeldSpan::Event(hold)]
+            },
         };
         if outbound.send(item).await.is_err() {
             return;

@@ -8,7 +8,9 @@
 use skein_app_server_protocol::{Method, Outgoing, Request, RequestId};
 use skein_otel::CarrierSource;
 use skein_otel::names::value;
-use skein_otel::rpc::{self, CallTimer, MethodLookup, RequestSpanBuilder};
+use skein_otel::rpc::{
+    self, CallTimer, MethodLookup, RequestSpan, RequestSpanBuilder, StringValue,
+};
 
 use crate::session::ConnectionSession;
 
@@ -20,20 +22,18 @@ use crate::session::ConnectionSession;
 pub fn make_request_span(
     request: &Request,
     session: &ConnectionSession,
-) -> (tracing::Span, CallTimer) {
+) -> (RequestSpan, CallTimer) {
     let known = Method::from_name(&request.method);
 
     // Client metadata: from the params of `initialize` itself, from the
     // connection's state on every later request.
-    let (client_name, client_version) = match (known, session.client()) {
+    let (client_name, client_version) = match (known, session.client_values()) {
         (Some(Method::Initialize), _) => {
             let info = request.params.as_ref().and_then(|p| p.get("clientInfo"));
-            (
-                rpc::str_field(info, "name"),
-                rpc::str_field(info, "version"),
-            )
+            let value = |key| rpc::str_field(info, key).map(|s| StringValue::from(s.to_owned()));
+            (value("name"), value("version"))
         }
-        (_, Some(client)) => (Some(client.name.as_str()), Some(client.version.as_str())),
+        (_, Some((name, version))) => (Some(name.clone()), Some(version.clone())),
         (_, None) => (None, None),
     };
 
@@ -53,15 +53,19 @@ pub fn make_request_span(
         client_name,
         client_version,
         service_name: value::SERVICE_NAME,
+        service_value: Some(StringValue::from(value::SERVICE_NAME)),
         api_version: Some(value::API_VERSION),
         environment_fallback: true,
     };
     let meta = request.params.as_ref().and_then(|p| p.get("_meta"));
-    let (span, timer) = builder.start([
-        (CarrierSource::Envelope, request.trace.as_ref()),
-        (CarrierSource::ParamsMeta, meta),
-    ]);
-    rpc::record_ids(&span, request.params.as_ref());
+    let (mut span, timer) = builder.start_span(
+        rpc::request_tracer(),
+        [
+            (CarrierSource::Envelope, request.trace.as_ref()),
+            (CarrierSource::ParamsMeta, meta),
+        ],
+    );
+    span.record_ids(request.params.as_ref());
     (span, timer)
 }
 
@@ -69,12 +73,12 @@ pub fn make_request_span(
 /// the error status for an error response. Then records the request's
 /// duration since `timer` started, with its error code, in
 /// `rpc.server.call.duration`.
-pub fn record_response(span: &tracing::Span, response: &Outgoing, timer: CallTimer) {
+pub fn record_response(span: &mut RequestSpan, response: &Outgoing, timer: CallTimer) {
     let mut error_code = None;
     match response {
-        Outgoing::Response { result, .. } => rpc::record_result_ids(span, result.get()),
+        Outgoing::Response { result, .. } => span.record_result_ids(result.get()),
         Outgoing::Error { error, .. } => {
-            rpc::record_error(span, error.code, &error.message);
+            span.record_error(error.code, &error.message);
             error_code = Some(error.code);
         }
         Outgoing::Notification { .. } => {}

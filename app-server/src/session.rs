@@ -9,6 +9,7 @@ use skein_app_server_protocol::Outgoing;
 use skein_app_server_protocol::v2::ClientInfo;
 use skein_core::ThreadHandle;
 use skein_otel::names::value;
+use skein_otel::rpc::{RequestSpan, StringValue};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
@@ -35,15 +36,27 @@ impl Transport {
     }
 }
 
-/// One serialized message on its way to the client, with the request spans
-/// it completes. The writer drops the spans once the bytes are written, so a
+/// One serialized message on its way to the client, with the spans it
+/// completes. The writer drops the spans once the bytes are written, so a
 /// request span ends when its response has been written.
 #[derive(Debug)]
 pub struct OutboundItem {
     /// The JSON text, without a trailing newline.
     pub text: String,
-    /// Request spans that end when this item is written.
-    pub spans: Vec<tracing::Span>,
+    /// Spans that end when this item is written.
+    pub spans: Vec<HeldSpan>,
+}
+
+/// A span held open until the message that completes it is written.
+// A request span is held unboxed: boxing it would cost an allocation per
+// request, to save a few hundred bytes of copying.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum HeldSpan {
+    /// A request span, completed by its response.
+    Request(RequestSpan),
+    /// A core span (a turn's), completed by the event's notification.
+    Event(tracing::Span),
 }
 
 /// Default of `--client-stall-timeout`: how long a connection's writer may
@@ -79,6 +92,8 @@ pub struct ConnectionSession {
     id: u64,
     transport: Transport,
     client: OnceLock<ClientInfo>,
+    /// The client's name and version as span attribute values, made once.
+    client_values: OnceLock<(StringValue, StringValue)>,
     outbound: mpsc::Sender<OutboundItem>,
     subscriptions: Mutex<Subscriptions>,
     /// Notifications handlers queued for the response being prepared.
@@ -104,6 +119,7 @@ impl ConnectionSession {
             id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
             transport,
             client: OnceLock::new(),
+            client_values: OnceLock::new(),
             outbound,
             subscriptions: Mutex::default(),
             notices: Mutex::default(),
@@ -208,7 +224,22 @@ impl ConnectionSession {
     /// Records the client from `initialize`. Returns false when the
     /// connection was already initialized.
     pub fn initialize(&self, client: ClientInfo) -> bool {
-        self.client.set(client).is_ok()
+        let values = (
+            StringValue::from(Arc::<str>::from(client.name.as_str())),
+            StringValue::from(Arc::<str>::from(client.version.as_str())),
+        );
+        if self.client.set(client).is_err() {
+            return false;
+        }
+        // Set right after `client`, by the one caller that set it.
+        let _ = self.client_values.set(values);
+        true
+    }
+
+    /// The client's name and version as span attribute values, once
+    /// `initialize` succeeded.
+    pub fn client_values(&self) -> Option<&(StringValue, StringValue)> {
+        self.client_values.get()
     }
 
     /// Queues a notification a handler sends while it answers a request.

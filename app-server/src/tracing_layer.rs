@@ -2,7 +2,7 @@
 //!
 //! [`RequestTracingLayer`] wraps the method router. For each request it
 //! builds the `app_server.request` span (see [`crate::request_span`]), runs
-//! the inner service inside it, records the outcome (on the span and in the
+//! the inner service with that span as the current OTel context, records the outcome (on the span and in the
 //! `rpc.server.call.duration` metric, timed from the call's arrival here),
 //! and hands the span on with the response in a [`TracedReply`]. The
 //! connection's writer drops the span once the response is written, which
@@ -16,7 +16,8 @@ use std::task::{Context, Poll};
 
 use skein_app_server_protocol::{Outgoing, Request};
 use tower::{Layer, Service};
-use tracing::Instrument;
+
+use skein_otel::rpc::RequestSpan;
 
 use crate::request_span::{make_request_span, record_response};
 use crate::session::ConnectionSession;
@@ -35,9 +36,9 @@ pub struct RpcCall {
 pub struct TracedReply {
     /// The response or error.
     pub message: Outgoing,
-    /// The request span; it ends when the last handle is dropped, after the
-    /// response is written.
-    pub span: tracing::Span,
+    /// The request span, when the message answers a request; it ends when
+    /// dropped, after the response is written.
+    pub span: Option<RequestSpan>,
 }
 
 /// Layer that wraps a `Service<RpcCall, Response = Outgoing>` in request
@@ -75,16 +76,22 @@ where
     }
 
     fn call(&mut self, call: RpcCall) -> Self::Future {
-        let (span, timer) = make_request_span(&call.request, &call.session);
+        let (mut span, timer) = make_request_span(&call.request, &call.session);
+        // The request span is the current OTel context while the handler
+        // runs (and while its future is made), so what it hands to core
+        // carries the span's context.
         let inner = {
-            let _entered = span.enter();
+            let _current = span.context().attach();
             self.inner.call(call)
         };
-        let instrumented = inner.instrument(span.clone());
+        let inner = span.within(inner);
         Box::pin(async move {
-            let message = instrumented.await?;
-            record_response(&span, &message, timer);
-            Ok(TracedReply { message, span })
+            let message = inner.await?;
+            record_response(&mut span, &message, timer);
+            Ok(TracedReply {
+                message,
+                span: Some(span),
+            })
         })
     }
 }

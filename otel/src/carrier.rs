@@ -290,8 +290,21 @@ pub fn carrier_from_ids(trace_id: &str, span_id: &str) -> Option<W3cTraceContext
 }
 
 /// The carrier for the current span, or `None` outside any traced span.
+///
+/// The current span is the innermost `tracing` span with a context, else
+/// the current OTel context's span: a request handler runs with its request
+/// span as the current OTel context (see [`crate::rpc::RequestSpan`]).
 pub fn current_carrier() -> Option<W3cTraceContext> {
-    carrier_for_span(&tracing::Span::current())
+    carrier_for_span(&tracing::Span::current()).or_else(|| {
+        let cx = Context::current();
+        let span = cx.span();
+        let sc = span.span_context();
+        if sc.is_valid() {
+            carrier_for_span_context(sc)
+        } else {
+            None
+        }
+    })
 }
 
 fn json_type(value: &Value) -> &'static str {

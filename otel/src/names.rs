@@ -150,6 +150,10 @@ pub mod attr {
     /// The span export pipeline a `skein.spans.dropped` point counts for:
     /// `otlp` or `local store`.
     pub const PIPELINE: &str = "pipeline";
+    /// Where an ignored carrier came from (on `skein.carrier.invalid`).
+    pub const CARRIER_SOURCE: &str = "skein.carrier.source";
+    /// Why the carrier was ignored (on `skein.carrier.invalid`).
+    pub const CARRIER_ERROR: &str = "skein.carrier.error";
 }
 
 /// Span event names.
@@ -159,6 +163,9 @@ pub mod event {
     /// A model request is sent again after a retryable failure (on the
     /// `chat` span).
     pub const MODEL_RETRY: &str = "skein.model.retry";
+    /// A request carried a trace carrier that is not valid W3C Trace
+    /// Context; it was ignored (on the request span).
+    pub const INVALID_CARRIER: &str = "skein.carrier.invalid";
 }
 
 /// Fixed attribute values.

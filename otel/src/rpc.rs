@@ -17,13 +17,23 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use opentelemetry::trace::TraceContextExt;
+use std::sync::{Arc, OnceLock};
+
+pub use opentelemetry::StringValue;
+use opentelemetry::context::{FutureExt as _, WithContext};
+use opentelemetry::trace::{
+    Span as OtelSpan, SpanBuilder, SpanContext, SpanKind, Status, TraceContextExt, Tracer,
+    TracerProvider as _,
+};
+use opentelemetry::{Context as OtelContext, KeyValue};
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span as SdkSpan};
 use serde_json::Value;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::carrier::{CarrierSource, choose_parent, choose_parent_among, set_remote_parent};
-use crate::names::{attr, span, value};
+use crate::names::{attr, event, span, value};
+use crate::telemetry::SCOPE_NAME;
 
 /// The `tracing` target of request spans. It starts with `skein`, so
 /// Skein's OTel layer exports these spans.
@@ -75,7 +85,7 @@ pub enum MethodLookup {
 }
 
 /// One inbound call, described as plain borrowed data.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct RequestSpanBuilder<'a> {
     /// The method as sent.
     pub method: &'a str,
@@ -87,12 +97,16 @@ pub struct RequestSpanBuilder<'a> {
     pub transport: Option<&'static str>,
     /// `app_server.connection_id`, when the server numbers connections.
     pub connection_id: Option<u64>,
-    /// `app_server.client_name`.
-    pub client_name: Option<&'a str>,
+    /// `app_server.client_name` (an OTel value, so a server can keep it
+    /// shared for the connection's lifetime).
+    pub client_name: Option<StringValue>,
     /// `app_server.client_version`.
-    pub client_version: Option<&'a str>,
+    pub client_version: Option<StringValue>,
     /// `rpc.service`: the service answering.
     pub service_name: &'a str,
+    /// `service_name` as a ready OTel value (static or shared), so that
+    /// [`Self::start_span`] need not copy it per request.
+    pub service_value: Option<StringValue>,
     /// `app_server.api_version`, for servers that version their API.
     pub api_version: Option<&'static str>,
     /// Whether the process environment's `TRACEPARENT` is the last carrier
@@ -115,6 +129,7 @@ impl<'a> RequestSpanBuilder<'a> {
             client_name: None,
             client_version: None,
             service_name,
+            service_value: None,
             api_version: None,
             environment_fallback: false,
         }
@@ -174,8 +189,9 @@ impl<'a> RequestSpanBuilder<'a> {
             { attr::JSONRPC_PROTOCOL_VERSION } = value::JSONRPC_VERSION,
             { attr::APP_SERVER_CONNECTION_ID } = connection_id,
             { attr::APP_SERVER_API_VERSION } = self.api_version,
-            { attr::APP_SERVER_CLIENT_NAME } = self.client_name,
-            { attr::APP_SERVER_CLIENT_VERSION } = self.client_version,
+            { attr::APP_SERVER_CLIENT_NAME } = self.client_name.as_ref().map(StringValue::as_str),
+            { attr::APP_SERVER_CLIENT_VERSION } =
+                self.client_version.as_ref().map(StringValue::as_str),
             { attr::THREAD_ID } = Empty,
             { attr::TURN_ID } = Empty,
             { attr::ERROR_TYPE } = Empty,
@@ -228,6 +244,305 @@ impl CallTimer {
     }
 }
 
+/// The tracer of Skein's own request spans: the one [`crate::telemetry`]
+/// installed, or, before that (in tests, say), one without exporters whose
+/// spans still get valid contexts that propagate.
+pub fn request_tracer() -> &'static SdkTracer {
+    REQUEST_TRACER.get_or_init(|| SdkTracerProvider::builder().build().tracer(SCOPE_NAME))
+}
+
+static REQUEST_TRACER: OnceLock<SdkTracer> = OnceLock::new();
+
+/// Makes `tracer` the one [`request_tracer`] returns. Only the first call
+/// (or a call before any request span) takes effect; later ones return
+/// `false`.
+pub(crate) fn install_request_tracer(tracer: SdkTracer) -> bool {
+    REQUEST_TRACER.set(tracer).is_ok()
+}
+
+/// A JSON-RPC server span, owned by the call it describes.
+///
+/// Unlike every other Skein span it is an OTel span built directly, not a
+/// `tracing` span: a server makes one per request, and building it here
+/// keeps static attributes static (no string copied per request) and skips
+/// the generic field-by-field conversion. It ends when dropped, so a server
+/// drops it once the response is written. While the call runs, the server
+/// makes [`RequestSpan::context`] the current OTel context, which is how
+/// spans and carriers made inside the call find their parent.
+pub struct RequestSpan<S: OtelSpan = SdkSpan> {
+    span: S,
+}
+
+impl<S: OtelSpan> fmt::Debug for RequestSpan<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestSpan")
+            .field("context", self.span.span_context())
+            .finish()
+    }
+}
+
+impl<S: OtelSpan> RequestSpan<S> {
+    /// The span's context (invalid only when the tracer is shut down).
+    pub fn span_context(&self) -> &SpanContext {
+        self.span.span_context()
+    }
+
+    /// An OTel context whose active span is this one, to attach while the
+    /// call runs.
+    pub fn context(&self) -> OtelContext {
+        OtelContext::new().with_remote_span_context(self.span.span_context().clone())
+    }
+
+    /// Marks the span as failed by a JSON-RPC error: ERROR status with the
+    /// message, `error.type` (the code as a string) and
+    /// `rpc.response.status_code`.
+    pub fn record_error(&mut self, code: i64, message: &str) {
+        if !self.span.is_recording() {
+            return;
+        }
+        self.span.set_status(Status::error(message.to_owned()));
+        self.span
+            .set_attribute(KeyValue::new(attr::ERROR_TYPE, code.to_string()));
+        self.span
+            .set_attribute(KeyValue::new(attr::RPC_RESPONSE_STATUS_CODE, code));
+    }
+
+    /// Settles the method of a span started with
+    /// [`MethodLookup::Deferred`], once the call has shown whether the
+    /// server handles `method`: a known method is recorded as
+    /// `rpc.method`; for an unknown one the span is renamed `jsonrpc`,
+    /// `rpc.method` is `_OTHER` and `rpc.method_original` keeps the name as
+    /// sent.
+    pub fn settle_method(&mut self, method: &str, known: bool) {
+        if !self.span.is_recording() {
+            return;
+        }
+        if known {
+            self.span
+                .set_attribute(KeyValue::new(attr::RPC_METHOD, method.to_owned()));
+            return;
+        }
+        self.span.update_name(value::UNKNOWN_METHOD_SPAN_NAME);
+        self.span
+            .set_attribute(KeyValue::new(attr::RPC_METHOD, value::METHOD_OTHER));
+        self.span.set_attribute(KeyValue::new(
+            attr::RPC_METHOD_ORIGINAL,
+            truncate_for_display(method, MAX_ORIGINAL_METHOD_LEN).into_owned(),
+        ));
+    }
+
+    /// Records `thread.id` / `turn.id` found in a params or result object:
+    /// `threadId`, `thread.id`, `turnId`, `expectedTurnId` (Codex's
+    /// `turn/steer`) or `turn.id`.
+    pub fn record_ids(&mut self, object: Option<&Value>) {
+        if !self.span.is_recording() {
+            return;
+        }
+        let (thread_id, turn_id) = ids_of(object);
+        self.record_id_pair(thread_id, turn_id);
+    }
+
+    /// [`Self::record_ids`] for a result given as JSON text, read without
+    /// building a [`Value`] tree.
+    pub fn record_result_ids(&mut self, json: &str) {
+        if !self.span.is_recording() {
+            return;
+        }
+        let ids = result_ids(json);
+        self.record_id_pair(ids.0.as_deref(), ids.1.as_deref());
+    }
+
+    fn record_id_pair(&mut self, thread_id: Option<&str>, turn_id: Option<&str>) {
+        if let Some(id) = thread_id {
+            self.span
+                .set_attribute(KeyValue::new(attr::THREAD_ID, id.to_owned()));
+        }
+        if let Some(id) = turn_id {
+            self.span
+                .set_attribute(KeyValue::new(attr::TURN_ID, id.to_owned()));
+        }
+    }
+}
+
+impl<S: OtelSpan> RequestSpan<S> {
+    /// Runs `future` with this span as the current OTel context on every
+    /// poll, so spans and carriers made inside it find their parent.
+    pub fn within<F>(&self, future: F) -> WithContext<F> {
+        future.with_context(self.context())
+    }
+}
+
+impl<S: OtelSpan> Drop for RequestSpan<S> {
+    fn drop(&mut self) {
+        self.span.end();
+    }
+}
+
+impl RequestSpanBuilder<'_> {
+    /// Builds the SERVER span for this call with `tracer`, and starts its
+    /// [`CallTimer`].
+    ///
+    /// The span is a root of the process's span tree; its parent is the
+    /// first valid carrier among `carriers` (then the environment's, when
+    /// [`environment_fallback`](Self::environment_fallback) is set).
+    /// Invalid carriers are logged as warnings, noted on the span as
+    /// `skein.carrier.invalid` events, and otherwise ignored.
+    pub fn start_span<'c, T: Tracer>(
+        &self,
+        tracer: &T,
+        carriers: impl IntoIterator<Item = (CarrierSource, Option<&'c Value>)>,
+    ) -> (RequestSpan<T::Span>, CallTimer) {
+        let started = Instant::now();
+        let choice = if self.environment_fallback {
+            choose_parent(carriers)
+        } else {
+            choose_parent_among(carriers)
+        };
+        let parent = match choice.parent {
+            Some(parent) => OtelContext::new().with_remote_span_context(parent),
+            None => OtelContext::new(),
+        };
+        let name: Cow<'static, str> = match self.lookup {
+            MethodLookup::Known(name) => Cow::Borrowed(name),
+            MethodLookup::Unknown => Cow::Borrowed(value::UNKNOWN_METHOD_SPAN_NAME),
+            MethodLookup::Deferred => Cow::Owned(self.method.to_owned()),
+        };
+        let builder = SpanBuilder::from_name(name)
+            .with_kind(SpanKind::Server)
+            .with_attributes(self.attributes());
+        let mut span = tracer.build_with_context(builder, &parent);
+        for (source, reason) in &choice.rejected {
+            let id = self.request_id.map(tracing::field::display);
+            tracing::warn!(
+                method = %truncate_for_display(self.method, MAX_ORIGINAL_METHOD_LEN),
+                id,
+                %source,
+                %reason,
+                "ignoring invalid trace carrier"
+            );
+            span.add_event(
+                event::INVALID_CARRIER,
+                vec![
+                    KeyValue::new(attr::CARRIER_SOURCE, source.to_string()),
+                    KeyValue::new(attr::CARRIER_ERROR, reason.to_string()),
+                ],
+            );
+        }
+        let timer = CallTimer {
+            rpc_method: self.bounded_method().unwrap_or(value::METHOD_OTHER),
+            started,
+        };
+        (RequestSpan { span }, timer)
+    }
+
+    /// The attributes a request span starts with. Static values stay
+    /// static; the request id is formatted once and shared by its two keys.
+    fn attributes(&self) -> Vec<KeyValue> {
+        let mut attrs = Vec::with_capacity(16);
+        attrs.push(KeyValue::new(attr::RPC_SYSTEM, value::JSONRPC));
+        attrs.push(KeyValue::new(attr::RPC_SYSTEM_NAME, value::JSONRPC));
+        attrs.push(KeyValue::new(
+            attr::RPC_SERVICE,
+            self.service_value
+                .clone()
+                .unwrap_or_else(|| StringValue::from(self.service_name.to_owned())),
+        ));
+        match self.lookup {
+            MethodLookup::Known(name) => attrs.push(KeyValue::new(attr::RPC_METHOD, name)),
+            MethodLookup::Unknown => {
+                attrs.push(KeyValue::new(attr::RPC_METHOD, value::METHOD_OTHER));
+                attrs.push(KeyValue::new(
+                    attr::RPC_METHOD_ORIGINAL,
+                    truncate_for_display(self.method, MAX_ORIGINAL_METHOD_LEN).into_owned(),
+                ));
+            }
+            MethodLookup::Deferred => {}
+        }
+        if let Some(transport) = self.transport {
+            attrs.push(KeyValue::new(attr::RPC_TRANSPORT, transport));
+        }
+        if let Some(id) = self.request_id {
+            let id: StringValue = Arc::<str>::from(id.to_string()).into();
+            attrs.push(KeyValue::new(attr::RPC_REQUEST_ID, id.clone()));
+            attrs.push(KeyValue::new(attr::JSONRPC_REQUEST_ID, id));
+        }
+        attrs.push(KeyValue::new(
+            attr::JSONRPC_PROTOCOL_VERSION,
+            value::JSONRPC_VERSION,
+        ));
+        if let Some(id) = self.connection_id {
+            attrs.push(KeyValue::new(
+                attr::APP_SERVER_CONNECTION_ID,
+                i64::try_from(id).unwrap_or(i64::MAX),
+            ));
+        }
+        if let Some(version) = self.api_version {
+            attrs.push(KeyValue::new(attr::APP_SERVER_API_VERSION, version));
+        }
+        if let Some(name) = &self.client_name {
+            attrs.push(KeyValue::new(attr::APP_SERVER_CLIENT_NAME, name.clone()));
+        }
+        if let Some(version) = &self.client_version {
+            attrs.push(KeyValue::new(
+                attr::APP_SERVER_CLIENT_VERSION,
+                version.clone(),
+            ));
+        }
+        attrs
+    }
+}
+
+/// `thread.id` / `turn.id` in a params or result object.
+fn ids_of(object: Option<&Value>) -> (Option<&str>, Option<&str>) {
+    let Some(object) = object else {
+        return (None, None);
+    };
+    let thread_id =
+        str_field(Some(object), "threadId").or_else(|| str_field(object.get("thread"), "id"));
+    let turn_id = str_field(Some(object), "turnId")
+        .or_else(|| str_field(Some(object), "expectedTurnId"))
+        .or_else(|| str_field(object.get("turn"), "id"));
+    (thread_id, turn_id)
+}
+
+/// [`ids_of`] for JSON text: the same fields, read without building a
+/// [`Value`] tree (other members are skipped unparsed). Text that is not a
+/// JSON object has no ids.
+fn result_ids(json: &str) -> (Option<Cow<'_, str>>, Option<Cow<'_, str>>) {
+    #[derive(serde::Deserialize)]
+    struct Id<'a> {
+        #[serde(borrow)]
+        id: Option<Cow<'a, str>>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Ids<'a> {
+        #[serde(borrow)]
+        thread_id: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        thread: Option<Id<'a>>,
+        #[serde(borrow)]
+        turn_id: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        expected_turn_id: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        turn: Option<Id<'a>>,
+    }
+    // Only objects can carry ids; skip anything else without parsing it.
+    if !json.trim_start().starts_with('{') {
+        return (None, None);
+    }
+    let Ok(ids) = serde_json::from_str::<Ids<'_>>(json) else {
+        return (None, None);
+    };
+    let thread_id = ids.thread_id.or_else(|| ids.thread.and_then(|t| t.id));
+    let turn_id = ids
+        .turn_id
+        .or(ids.expected_turn_id)
+        .or_else(|| ids.turn.and_then(|t| t.id));
+    (thread_id, turn_id)
+}
+
 /// Marks a request span as failed by a JSON-RPC error: ERROR status with
 /// the message, `error.type` (the code as a string) and
 /// `rpc.response.status_code`.
@@ -264,15 +579,10 @@ pub fn settle_method(span: &tracing::Span, method: &str, known: bool) {
 /// `threadId`, `thread.id`, `turnId`, `expectedTurnId` (Codex's
 /// `turn/steer`) or `turn.id`.
 pub fn record_ids(span: &tracing::Span, object: Option<&Value>) {
-    let Some(object) = object else { return };
-    let thread_id =
-        str_field(Some(object), "threadId").or_else(|| str_field(object.get("thread"), "id"));
+    let (thread_id, turn_id) = ids_of(object);
     if let Some(id) = thread_id {
         span.record(attr::THREAD_ID, id);
     }
-    let turn_id = str_field(Some(object), "turnId")
-        .or_else(|| str_field(Some(object), "expectedTurnId"))
-        .or_else(|| str_field(object.get("turn"), "id"));
     if let Some(id) = turn_id {
         span.record(attr::TURN_ID, id);
     }
@@ -282,39 +592,10 @@ pub fn record_ids(span: &tracing::Span, object: Option<&Value>) {
 /// without building a [`Value`] tree (other members are skipped unparsed).
 /// Text that is not a JSON object records nothing.
 pub fn record_result_ids(span: &tracing::Span, json: &str) {
-    #[derive(serde::Deserialize)]
-    struct Id<'a> {
-        #[serde(borrow)]
-        id: Option<Cow<'a, str>>,
-    }
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Ids<'a> {
-        #[serde(borrow)]
-        thread_id: Option<Cow<'a, str>>,
-        #[serde(borrow)]
-        thread: Option<Id<'a>>,
-        #[serde(borrow)]
-        turn_id: Option<Cow<'a, str>>,
-        #[serde(borrow)]
-        expected_turn_id: Option<Cow<'a, str>>,
-        #[serde(borrow)]
-        turn: Option<Id<'a>>,
-    }
-    // Only objects can carry ids; skip anything else without parsing it.
-    if !json.trim_start().starts_with('{') {
-        return;
-    }
-    let Ok(ids) = serde_json::from_str::<Ids<'_>>(json) else {
-        return;
-    };
-    if let Some(id) = ids.thread_id.or_else(|| ids.thread.and_then(|t| t.id)) {
+    let (thread_id, turn_id) = result_ids(json);
+    if let Some(id) = thread_id {
         span.record(attr::THREAD_ID, id.as_ref());
     }
-    let turn_id = ids
-        .turn_id
-        .or(ids.expected_turn_id)
-        .or_else(|| ids.turn.and_then(|t| t.id));
     if let Some(id) = turn_id {
         span.record(attr::TURN_ID, id.as_ref());
     }

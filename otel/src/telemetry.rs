@@ -226,6 +226,11 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     }
     let provider = builder.build();
     let tracer = provider.tracer(SCOPE_NAME);
+    if !crate::rpc::install_request_tracer(tracer.clone()) {
+        return Err(TelemetryError::AlreadyInstalled(
+            "request spans already had a tracer".to_owned(),
+        ));
+    }
 
     let otel_layer = otel_layer(tracer);
     // The log layer sees events only, never spans: formatting every span's

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::connection::ConnectionHandler;
 use crate::server::ServerContext;
-use crate::session::{OutboundItem, StallReporter, Transport};
+use crate::session::{HeldSpan, OutboundItem, StallReporter, Transport};
 use crate::transport::too_large_error;
 
 /// One read from a line-delimited stream.
@@ -281,7 +281,7 @@ pub async fn serve_lines<W>(
 #[derive(Debug, Default)]
 struct Batch {
     bytes: Vec<u8>,
-    spans: Vec<tracing::Span>,
+    spans: Vec<HeldSpan>,
 }
 
 /// What became of a batch handed to the writer.
@@ -588,7 +588,7 @@ mod tests {
         let text = "x".repeat(1024 * 1024);
         tx.send(Batch {
             bytes: format!("{text}\n").into_bytes(),
-            spans: vec![tracing::info_span!("held")],
+            spans: vec![HeldSpan::Event(tracing::info_span!("held"))],
         })
         .await
         .expect("queue");

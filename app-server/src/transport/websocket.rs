@@ -52,7 +52,7 @@ use crate::connection::ConnectionHandler;
 use crate::limits::{AcceptBackoff, RETRY_AFTER};
 use crate::memory::{Trimmer, release_free_memory};
 use crate::server::ServerContext;
-use crate::session::{OutboundItem, StallReporter, Transport};
+use crate::session::{HeldSpan, OutboundItem, StallReporter, Transport};
 use crate::transport::too_large_error;
 use skein_app_server_protocol::ErrorObject;
 
@@ -628,7 +628,7 @@ struct Stall {
 struct FrameWriter {
     stall: Stall,
     /// Request spans of the messages being written.
-    written: Vec<Vec<tracing::Span>>,
+    written: Vec<Vec<HeldSpan>>,
 }
 
 /// The client is gone or stopped reading; nothing more can be written.
