@@ -7,7 +7,7 @@
 //!
 //! Spans are printed to stderr, one line each, by a small exporter; swap
 //! in any exporter (OTLP, say) in `tracer_provider`: the middleware only
-//! uses what the application installed.
+//! uses the provider the application gives it.
 
 use std::time::Duration;
 
@@ -57,22 +57,22 @@ impl SpanExporter for StderrExporter {
     }
 }
 
-/// The application's own tracer provider and subscriber; the middleware
-/// needs nothing more.
+/// The application's own tracer provider, and a `tracing` subscriber for
+/// its own spans (the `hello` handler opens one, which nests under the
+/// request span); the middleware needs nothing more.
 fn tracer_provider() -> SdkTracerProvider {
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(StderrExporter)
         .build();
-    // Request spans have the target `skein::rpc`; the extras
-    // tracing-opentelemetry adds by default (code location, OS thread,
-    // busy/idle times) are turned off to keep the lines short.
+    // The extras tracing-opentelemetry adds by default (code location, OS
+    // thread, busy/idle times) are turned off to keep the lines short.
     let otel = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("traced_server"))
         .with_location(false)
         .with_threads(false)
         .with_target(false)
         .with_tracked_inactivity(false)
-        .with_filter(EnvFilter::new("skein=info"));
+        .with_filter(EnvFilter::new("traced_server=info"));
     tracing_subscriber::registry().with(otel).init();
     provider
 }
@@ -80,6 +80,7 @@ fn tracer_provider() -> SdkTracerProvider {
 fn module() -> Result<RpcModule<()>, Box<dyn std::error::Error>> {
     let mut module = RpcModule::new(());
     module.register_method("hello", |params, _, _| {
+        let _greeting = tracing::info_span!("compose greeting").entered();
         let name: String = params.one().unwrap_or_else(|_| "world".to_owned());
         format!("hello, {name}")
     })?;
@@ -102,9 +103,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .set_http_middleware(
             tower::ServiceBuilder::new().layer(skein_jsonrpsee::TraceHeadersLayer::default()),
         )
-        .set_rpc_middleware(
-            RpcServiceBuilder::new().layer(skein_jsonrpsee::RpcTracingLayer::new("traced-example")),
-        )
+        .set_rpc_middleware(RpcServiceBuilder::new().layer(
+            skein_jsonrpsee::RpcTracingLayer::new("traced-example").with_tracer_provider(&provider),
+        ))
         .build("127.0.0.1:0")
         .await?;
     let addr = server.local_addr()?;

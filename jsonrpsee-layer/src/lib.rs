@@ -14,8 +14,8 @@
 //! use jsonrpsee::server::middleware::rpc::RpcServiceBuilder;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! // The application installs its tracer provider and a `tracing`
-//! // subscriber with a `tracing_opentelemetry` layer, as usual.
+//! // The application's tracer provider, with whatever exporter it uses.
+//! let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
 //! let mut module = RpcModule::new(());
 //! module.register_method("ping", |_, _, _| "pong")?;
 //!
@@ -25,9 +25,9 @@
 //!         tower::ServiceBuilder::new().layer(skein_jsonrpsee::TraceHeadersLayer::default()),
 //!     )
 //!     // One SERVER span per call; "my-service" is recorded as `rpc.service`.
-//!     .set_rpc_middleware(
-//!         RpcServiceBuilder::new().layer(skein_jsonrpsee::RpcTracingLayer::new("my-service")),
-//!     )
+//!     .set_rpc_middleware(RpcServiceBuilder::new().layer(
+//!         skein_jsonrpsee::RpcTracingLayer::new("my-service").with_tracer_provider(&provider),
+//!     ))
 //!     .build("127.0.0.1:0")
 //!     .await?;
 //! let handle = server.start(module);
@@ -36,44 +36,24 @@
 //! # }
 //! ```
 //!
-//! The crate keeps no global state of its own. Spans go through `tracing`
-//! (target `skein::rpc`, level INFO) to whatever OpenTelemetry layer the
-//! application installed (`tracing-opentelemetry` 0.34 with
-//! `opentelemetry` 0.33); `rpc.server.call.duration` goes to the meter
-//! provider installed in `opentelemetry::global` when the layer is built.
+//! The crate keeps no global state of its own. Spans are built with the
+//! tracer provider given to [`RpcTracingLayer::with_tracer_provider`], or
+//! else the one installed in `opentelemetry::global` when the layer is
+//! built (`opentelemetry` 0.33); `rpc.server.call.duration` goes to the
+//! global meter provider. While a call runs, its span is the current OTel
+//! context: spans the handler opens through OTel, or through `tracing` with
+//! a `tracing-opentelemetry` layer, are its children. Log events are not
+//! attached to the request span (there is no `tracing` span to attach them
+//! to); open a span of your own where you want them as span events.
 //!
 //! # Cost
 //!
-//! Most of a traced call's cost is the `tracing-opentelemetry` layer's, not
-//! this crate's. Its defaults add work to every span that request spans do
-//! not need: busy/idle timings taken on every poll
-//! (`with_tracked_inactivity`), the OS thread's id and name (`with_threads`;
-//! its `thread.id` also means something else in agent conventions), the
-//! source location (`with_location`), the target (`with_target`), and
-//! making the span's context current on every poll
-//! (`with_context_activation`). A service that does not read those can turn
-//! them off, as Skein does for its own spans:
-//!
-//! ```
-//! # use opentelemetry::trace::TracerProvider as _;
-//! use tracing_subscriber::Layer as _;
-//! use tracing_subscriber::layer::SubscriberExt as _;
-//! # let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
-//! let subscriber = tracing_subscriber::registry().with(
-//!     tracing_opentelemetry::layer()
-//!         .with_tracer(provider.tracer("my-service"))
-//!         .with_tracked_inactivity(false)
-//!         .with_threads(false)
-//!         .with_location(false)
-//!         .with_target(false)
-//!         .with_context_activation(false)
-//!         .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
-//! );
-//! # let _ = subscriber;
-//! ```
-//!
-//! Skein's benchmark harness measures the middleware this way
-//! (`BENCHMARKS.md` in the repository).
+//! Request spans are built directly with the tracer, not through `tracing`:
+//! static attributes stay static values, the request id is formatted once,
+//! and nothing is converted field by field. What remains per call is the
+//! SDK's span (ids, attributes, the processors' work at its end) and the
+//! carrier parsing. Skein's benchmark harness measures the middleware
+//! against the same server without it (`BENCHMARKS.md` in the repository).
 //!
 //! # Parents
 //!
@@ -86,8 +66,9 @@
 //!    need [`TraceHeadersLayer`]);
 //! 3. none: the span is a root.
 //!
-//! An invalid carrier never fails a call: it is logged as a warning inside
-//! the span, with the reason, and the next candidate is tried.
+//! An invalid carrier never fails a call: it is logged as a warning and
+//! recorded on the span as a `skein.carrier.invalid` event, with the
+//! reason, and the next candidate is tried.
 //!
 //! Skein clients may also put a carrier in the JSON-RPC envelope's `trace`
 //! member. jsonrpsee's request parser drops envelope members it does not

@@ -10,14 +10,15 @@ use jsonrpsee::server::middleware::rpc::{Batch, BatchEntry, Notification, Reques
 use jsonrpsee::server::{BatchResponseBuilder, ConnectionId, Extensions, MethodResponse};
 use jsonrpsee::types::{ErrorCode, Id};
 use opentelemetry::StringValue;
+use opentelemetry::global::{BoxedSpan, BoxedTracer};
 use opentelemetry::metrics::Histogram;
+use opentelemetry::trace::TracerProvider;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use skein_otel::CarrierSource;
 use skein_otel::names::value;
-use skein_otel::rpc::{self, CallTimer, MethodLookup, RequestId, RequestSpanBuilder};
-use tracing::Instrument;
+use skein_otel::rpc::{CallTimer, MethodLookup, RequestId, RequestSpan, RequestSpanBuilder};
 
 use crate::headers::HeaderCarrier;
 
@@ -25,8 +26,8 @@ use crate::headers::HeaderCarrier;
 /// assembled here also respects unless told otherwise.
 const DEFAULT_MAX_RESPONSE_BODY_SIZE: u32 = 10 * 1024 * 1024;
 
-/// The instrumentation scope of the metrics recorded here.
-const METER_NAME: &str = "skein-jsonrpsee";
+/// The instrumentation scope of the spans and metrics recorded here.
+const SCOPE_NAME: &str = "skein-jsonrpsee";
 
 /// jsonrpsee `RpcServiceBuilder` layer that traces every call.
 ///
@@ -55,7 +56,9 @@ pub struct RpcTracingLayer {
 #[derive(Clone, Debug)]
 struct Shared {
     /// `rpc.service` on every span.
-    service_name: Box<str>,
+    service_name: Arc<str>,
+    /// The tracer spans are built with.
+    tracer: Arc<BoxedTracer>,
     /// The methods the server registers, when told: the lookup is then
     /// made up front, from a set of static names.
     methods: Option<HashSet<&'static str>>,
@@ -68,19 +71,35 @@ struct Shared {
 impl RpcTracingLayer {
     /// A layer whose spans record `service_name` as `rpc.service`.
     ///
-    /// `rpc.server.call.duration` is recorded with the meter provider
-    /// installed globally (`opentelemetry::global`) when this is called;
-    /// with none installed, recording does nothing.
+    /// Spans are built with the tracer provider installed globally
+    /// (`opentelemetry::global::set_tracer_provider`) when this is called,
+    /// unless [`with_tracer_provider`](Self::with_tracer_provider) names
+    /// another; `rpc.server.call.duration` is recorded with the global meter
+    /// provider. With none installed, recording does nothing.
     pub fn new(service_name: impl Into<String>) -> Self {
-        let meter = opentelemetry::global::meter(METER_NAME);
+        let meter = opentelemetry::global::meter(SCOPE_NAME);
         Self {
             shared: Arc::new(Shared {
-                service_name: service_name.into().into_boxed_str(),
+                service_name: Arc::from(service_name.into()),
+                tracer: Arc::new(opentelemetry::global::tracer(SCOPE_NAME)),
                 methods: None,
                 duration: skein_otel::metrics::rpc_call_duration_histogram(&meter),
                 max_response_body_size: DEFAULT_MAX_RESPONSE_BODY_SIZE as usize,
             }),
         }
+    }
+
+    /// Builds spans with a tracer of `provider` (scope `skein-jsonrpsee`)
+    /// instead of the global one.
+    pub fn with_tracer_provider<P>(mut self, provider: &P) -> Self
+    where
+        P: TracerProvider,
+        P::Tracer: Send + Sync + 'static,
+        <P::Tracer as opentelemetry::trace::Tracer>::Span: Send + Sync + 'static,
+    {
+        Arc::make_mut(&mut self.shared).tracer =
+            Arc::new(BoxedTracer::new(Box::new(provider.tracer(SCOPE_NAME))));
+        self
     }
 
     /// Tells the layer which methods the server registers (for example
@@ -126,7 +145,7 @@ pub struct RpcTracing<S> {
 
 /// A started call: its span, timer, and how its method was classified.
 struct Started {
-    span: tracing::Span,
+    span: RequestSpan<BoxedSpan>,
     timer: CallTimer,
     lookup: MethodLookup,
 }
@@ -159,13 +178,17 @@ impl Shared {
             request_id: id.map(request_id),
             transport,
             connection_id: extensions.get::<ConnectionId>().map(|c| c.0 as u64),
+            service_value: Some(StringValue::from(Arc::clone(&self.service_name))),
             ..RequestSpanBuilder::new(method, &self.service_name)
         };
         let meta = meta_carrier(params);
-        let (span, timer) = builder.start([
-            (CarrierSource::ParamsMeta, meta.as_ref()),
-            (header_source, headers.and_then(HeaderCarrier::carrier)),
-        ]);
+        let (span, timer) = builder.start_span(
+            &*self.tracer,
+            [
+                (CarrierSource::ParamsMeta, meta.as_ref()),
+                (header_source, headers.and_then(HeaderCarrier::carrier)),
+            ],
+        );
         Started {
             span,
             timer,
@@ -173,7 +196,7 @@ impl Shared {
         }
     }
 
-    fn finish(&self, started: &Started, method: &str, response: &MethodResponse) {
+    fn finish(&self, started: &mut Started, method: &str, response: &MethodResponse) {
         let error_code = if response.is_error() {
             response.as_error_code().map(i64::from)
         } else {
@@ -182,11 +205,13 @@ impl Shared {
         let mut unknown = started.lookup == MethodLookup::Unknown;
         if started.lookup == MethodLookup::Deferred {
             unknown = error_code == Some(i64::from(ErrorCode::MethodNotFound.code()));
-            rpc::settle_method(&started.span, method, !unknown);
+            started.span.settle_method(method, !unknown);
         }
         if let Some(code) = error_code {
             let message = error_message(response.as_json());
-            rpc::record_error(&started.span, code, message.as_deref().unwrap_or_default());
+            started
+                .span
+                .record_error(code, message.as_deref().unwrap_or_default());
         }
         let bounded: StringValue = match started.lookup {
             MethodLookup::Known(name) => name.into(),
@@ -278,10 +303,10 @@ where
 }
 
 impl<S> RpcTracing<S> {
-    /// Runs the inner service's future for one call or notification inside
-    /// its span: created with the span entered (so anything the inner
-    /// service records at once nests under it), polled inside it, then the
-    /// span is completed from the response.
+    /// Runs the inner service's future for one call or notification with
+    /// its span as the current OTel context: while the future is made and on
+    /// every poll (so spans the handler opens, through `tracing` or OTel,
+    /// nest under it); then the span is completed from the response.
     fn traced<'a, F>(
         &self,
         started: Started,
@@ -292,14 +317,15 @@ impl<S> RpcTracing<S> {
         F: Future<Output = MethodResponse> + Send + 'a,
     {
         let future = {
-            let _entered = started.span.enter();
+            let _current = started.span.context().attach();
             make()
         };
+        let future = started.span.within(future);
         let shared = self.shared.clone();
-        let span = started.span.clone();
+        let mut started = started;
         async move {
-            let response = future.instrument(span).await;
-            shared.finish(&started, &method, &response);
+            let response = future.await;
+            shared.finish(&mut started, &method, &response);
             response
         }
     }

@@ -11,7 +11,6 @@ use jsonrpsee::rpc_params;
 use jsonrpsee::ws_client::{WsClient, WsClientBuilder};
 use opentelemetry::trace::{SpanId, SpanKind, Status};
 use serde_json::{Value, json};
-use skein_jsonrpsee::RpcTracingLayer;
 use support::*;
 
 fn headers(traceparent: &str) -> HeaderMap {
@@ -56,7 +55,7 @@ fn assert_parented_by_client(span: &opentelemetry_sdk::trace::SpanData) {
 #[tokio::test]
 async fn params_meta_traceparent_parents_the_server_span() {
     let capture = Capture::install();
-    let (addr, server) = start(RpcTracingLayer::new(SERVICE)).await;
+    let (addr, server) = start(capture.layer()).await;
     let client = http_client(addr, HeaderMap::new());
 
     let echoed: Value = client
@@ -82,9 +81,36 @@ async fn params_meta_traceparent_parents_the_server_span() {
 }
 
 #[tokio::test]
+async fn a_span_the_handler_opens_is_a_child_of_the_server_span() {
+    let capture = Capture::install();
+    let (addr, server) = start(capture.layer()).await;
+    let client = http_client(addr, headers(TRACEPARENT));
+
+    let done: String = client
+        .request("nested", rpc_params![])
+        .await
+        .expect("nested");
+    assert_eq!(done, "done");
+
+    let server_span = capture.wait_for(1, |s| s.name == "nested").await.remove(0);
+    let inner = capture
+        .wait_for(1, |s| s.name == "handler work")
+        .await
+        .remove(0);
+    assert_parented_by_client(&server_span);
+    assert_eq!(
+        inner.span_context.trace_id(),
+        server_span.span_context.trace_id()
+    );
+    assert_eq!(inner.parent_span_id, server_span.span_context.span_id());
+    assert!(!inner.parent_span_is_remote);
+    server.stop().expect("stop");
+}
+
+#[tokio::test]
 async fn http_traceparent_header_parents_the_server_span() {
     let capture = Capture::install();
-    let (addr, server) = start(RpcTracingLayer::new(SERVICE)).await;
+    let (addr, server) = start(capture.layer()).await;
     let client = http_client(addr, headers(TRACEPARENT));
 
     let _: Value = client.request("echo", rpc_params![1]).await.expect("echo");
@@ -97,7 +123,7 @@ async fn http_traceparent_header_parents_the_server_span() {
 #[tokio::test]
 async fn params_meta_wins_over_the_http_header() {
     let capture = Capture::install();
-    let (addr, server) = start(RpcTracingLayer::new(SERVICE)).await;
+    let (addr, server) = start(capture.layer()).await;
     let client = http_client(addr, headers(OTHER_TRACEPARENT));
 
     let _: Value = client
@@ -113,7 +139,7 @@ async fn params_meta_wins_over_the_http_header() {
 #[tokio::test]
 async fn batch_of_three_gives_one_span_per_element() {
     let capture = Capture::install();
-    let (addr, server) = start(RpcTracingLayer::new(SERVICE)).await;
+    let (addr, server) = start(capture.layer()).await;
     let client = http_client(addr, headers(TRACEPARENT));
 
     let mut batch = BatchRequestBuilder::new();
@@ -151,7 +177,7 @@ async fn batch_of_three_gives_one_span_per_element() {
 #[tokio::test]
 async fn unknown_method_is_other_with_the_original_name() {
     let capture = Capture::install();
-    let (addr, server) = start(RpcTracingLayer::new(SERVICE)).await;
+    let (addr, server) = start(capture.layer()).await;
     let client = http_client(addr, HeaderMap::new());
 
     let error = client
@@ -183,7 +209,7 @@ async fn unknown_method_is_other_with_the_original_name() {
 #[tokio::test]
 async fn with_methods_classifies_unknown_methods_up_front() {
     let capture = Capture::install();
-    let layer = RpcTracingLayer::new(SERVICE).with_methods(module().method_names());
+    let layer = capture.layer().with_methods(module().method_names());
     let (addr, server) = start(layer).await;
     let client = http_client(addr, HeaderMap::new());
 
@@ -213,7 +239,7 @@ async fn with_methods_classifies_unknown_methods_up_front() {
 #[tokio::test]
 async fn error_response_sets_error_status_and_error_type() {
     let capture = Capture::install();
-    let (addr, server) = start(RpcTracingLayer::new(SERVICE)).await;
+    let (addr, server) = start(capture.layer()).await;
     let client = http_client(addr, HeaderMap::new());
 
     let error = client
@@ -241,7 +267,7 @@ async fn error_response_sets_error_status_and_error_type() {
 #[tokio::test]
 async fn invalid_carrier_gives_a_root_span_and_the_call_succeeds() {
     let capture = Capture::install();
-    let (addr, server) = start(RpcTracingLayer::new(SERVICE)).await;
+    let (addr, server) = start(capture.layer()).await;
     // Invalid in both places: upper-case hex is not W3C.
     let bad = "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01";
     let client = http_client(addr, headers(bad));
@@ -266,7 +292,7 @@ async fn invalid_carrier_gives_a_root_span_and_the_call_succeeds() {
 #[tokio::test]
 async fn websocket_upgrade_traceparent_parents_the_connections_calls() {
     let capture = Capture::install();
-    let (addr, server) = start(RpcTracingLayer::new(SERVICE)).await;
+    let (addr, server) = start(capture.layer()).await;
     let client = ws_client(addr, headers(TRACEPARENT)).await;
 
     let _: Value = client.request("echo", rpc_params![1]).await.expect("first");
@@ -309,7 +335,7 @@ async fn websocket_upgrade_traceparent_parents_the_connections_calls() {
 #[tokio::test]
 async fn notifications_are_traced_without_a_request_id() {
     let capture = Capture::install();
-    let (addr, server) = start(RpcTracingLayer::new(SERVICE)).await;
+    let (addr, server) = start(capture.layer()).await;
     let client = ws_client(addr, HeaderMap::new()).await;
 
     client

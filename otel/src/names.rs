@@ -7,8 +7,6 @@
 /// Span names (the `tracing` names; the exported OTel name may differ, see
 /// [`attr::OTEL_NAME`]).
 pub mod span {
-    /// One inbound JSON-RPC request. Exported under the method's name.
-    pub const APP_SERVER_REQUEST: &str = "app_server.request";
     /// Core's short-lived span for one submission. Exported as
     /// `op.dispatch.<op kind>`.
     pub const SUBMISSION_DISPATCH: &str = "submission.dispatch";

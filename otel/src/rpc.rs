@@ -2,16 +2,22 @@
 //! a JSON-RPC server span.
 //!
 //! A server describes an inbound call as plain data in a
-//! [`RequestSpanBuilder`] and calls [`RequestSpanBuilder::start`] with its
-//! carrier candidates; it gets back the SERVER span, parented from the first
-//! valid carrier, and a [`CallTimer`]. When the response is ready,
-//! [`record_error`] (for an error response), [`record_ids`] and, for a
-//! method looked up only by calling it, [`settle_method`] complete the
-//! span. Skein's tower layer and the `skein-jsonrpsee` middleware both call
-//! in here; nothing else names a request attribute.
+//! [`RequestSpanBuilder`] and calls [`RequestSpanBuilder::start_span`] with
+//! a tracer and its carrier candidates; it gets back the SERVER span (a
+//! [`RequestSpan`]), parented from the first valid carrier, and a
+//! [`CallTimer`]. It runs the call with [`RequestSpan::within`], so what
+//! the call opens nests under the span. When the response is ready,
+//! [`RequestSpan::record_error`] (for an error response),
+//! [`RequestSpan::record_result_ids`] and, for a method looked up only by
+//! calling it, [`RequestSpan::settle_method`] complete the span, which ends
+//! when dropped. Skein's tower layer and the `skein-jsonrpsee` middleware
+//! both call in here; nothing else names a request attribute.
 //!
-//! The builder borrows everything it is given: building a span copies no
-//! request data beyond what the span itself keeps.
+//! Request spans are OTel spans built directly, not `tracing` spans: a
+//! server makes one per request, and this way static attributes stay
+//! static values and nothing is converted field by field. The builder
+//! borrows what it is given; building a span copies only what the span
+//! keeps.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -28,16 +34,10 @@ use opentelemetry::trace::{
 use opentelemetry::{Context as OtelContext, KeyValue};
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span as SdkSpan};
 use serde_json::Value;
-use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::carrier::{CarrierSource, choose_parent, choose_parent_among, set_remote_parent};
-use crate::names::{attr, event, span, value};
+use crate::carrier::{CarrierSource, choose_parent, choose_parent_among};
+use crate::names::{attr, event, value};
 use crate::telemetry::SCOPE_NAME;
-
-/// The `tracing` target of request spans. It starts with `skein`, so
-/// Skein's OTel layer exports these spans.
-pub const REQUEST_TARGET: &str = "skein::rpc";
 
 /// Longest `rpc.method_original` recorded for an unknown method.
 pub const MAX_ORIGINAL_METHOD_LEN: usize = 256;
@@ -143,84 +143,6 @@ impl<'a> RequestSpanBuilder<'a> {
             MethodLookup::Unknown => Some(value::METHOD_OTHER),
             MethodLookup::Deferred => None,
         }
-    }
-
-    /// Builds the SERVER span for this call and starts its [`CallTimer`].
-    ///
-    /// The span is a root of the local span tree; its OTel parent is the
-    /// first valid carrier among `carriers` (then the environment's, when
-    /// [`environment_fallback`](Self::environment_fallback) is set).
-    /// Invalid carriers are logged as warnings inside the span and
-    /// otherwise ignored.
-    pub fn start<'c>(
-        &self,
-        carriers: impl IntoIterator<Item = (CarrierSource, Option<&'c Value>)>,
-    ) -> (tracing::Span, CallTimer) {
-        let started = Instant::now();
-        let (otel_name, rpc_method, original) = match self.lookup {
-            MethodLookup::Known(name) => (name, Some(name), None),
-            MethodLookup::Unknown => (
-                value::UNKNOWN_METHOD_SPAN_NAME,
-                Some(value::METHOD_OTHER),
-                Some(truncate_for_display(self.method, MAX_ORIGINAL_METHOD_LEN)),
-            ),
-            MethodLookup::Deferred => (self.method, None, None),
-        };
-        let request_id = self.request_id.map(tracing::field::display);
-        let connection_id = self
-            .connection_id
-            .map(|id| i64::try_from(id).unwrap_or(i64::MAX));
-        let span = tracing::info_span!(
-            target: REQUEST_TARGET,
-            parent: None,
-            span::APP_SERVER_REQUEST,
-            { attr::OTEL_NAME } = otel_name,
-            { attr::OTEL_KIND } = value::KIND_SERVER,
-            { attr::OTEL_STATUS_CODE } = Empty,
-            { attr::OTEL_STATUS_DESCRIPTION } = Empty,
-            { attr::RPC_SYSTEM } = value::JSONRPC,
-            { attr::RPC_SYSTEM_NAME } = value::JSONRPC,
-            { attr::RPC_SERVICE } = self.service_name,
-            { attr::RPC_METHOD } = rpc_method,
-            { attr::RPC_METHOD_ORIGINAL } = original.as_deref(),
-            { attr::RPC_TRANSPORT } = self.transport,
-            { attr::RPC_REQUEST_ID } = request_id,
-            { attr::JSONRPC_REQUEST_ID } = request_id,
-            { attr::JSONRPC_PROTOCOL_VERSION } = value::JSONRPC_VERSION,
-            { attr::APP_SERVER_CONNECTION_ID } = connection_id,
-            { attr::APP_SERVER_API_VERSION } = self.api_version,
-            { attr::APP_SERVER_CLIENT_NAME } = self.client_name.as_ref().map(StringValue::as_str),
-            { attr::APP_SERVER_CLIENT_VERSION } =
-                self.client_version.as_ref().map(StringValue::as_str),
-            { attr::THREAD_ID } = Empty,
-            { attr::TURN_ID } = Empty,
-            { attr::ERROR_TYPE } = Empty,
-            { attr::RPC_RESPONSE_STATUS_CODE } = Empty,
-        );
-
-        let choice = if self.environment_fallback {
-            choose_parent(carriers)
-        } else {
-            choose_parent_among(carriers)
-        };
-        if let Some(parent) = choice.parent {
-            set_remote_parent(&span, parent);
-        }
-        for (source, reason) in &choice.rejected {
-            tracing::warn!(
-                parent: &span,
-                method = %truncate_for_display(self.method, MAX_ORIGINAL_METHOD_LEN),
-                id = request_id,
-                %source,
-                %reason,
-                "ignoring invalid trace carrier"
-            );
-        }
-        let timer = CallTimer {
-            rpc_method: self.bounded_method().unwrap_or(value::METHOD_OTHER),
-            started,
-        };
-        (span, timer)
     }
 }
 
@@ -543,64 +465,6 @@ fn result_ids(json: &str) -> (Option<Cow<'_, str>>, Option<Cow<'_, str>>) {
     (thread_id, turn_id)
 }
 
-/// Marks a request span as failed by a JSON-RPC error: ERROR status with
-/// the message, `error.type` (the code as a string) and
-/// `rpc.response.status_code`.
-pub fn record_error(span: &tracing::Span, code: i64, message: &str) {
-    span.record(attr::OTEL_STATUS_CODE, value::STATUS_ERROR);
-    span.record(attr::OTEL_STATUS_DESCRIPTION, message);
-    span.record(attr::ERROR_TYPE, tracing::field::display(code));
-    span.record(attr::RPC_RESPONSE_STATUS_CODE, code);
-}
-
-/// Settles the method of a span started with [`MethodLookup::Deferred`],
-/// once the call has shown whether the server handles `method`: a known
-/// method is recorded as `rpc.method`; for an unknown one the span is
-/// renamed `jsonrpc`, `rpc.method` is `_OTHER` and `rpc.method_original`
-/// keeps the name as sent.
-pub fn settle_method(span: &tracing::Span, method: &str, known: bool) {
-    if known {
-        span.record(attr::RPC_METHOD, method);
-        return;
-    }
-    // `otel.name` is only read until the OTel span starts (when the span is
-    // first entered); rename the started span itself.
-    span.context()
-        .span()
-        .update_name(value::UNKNOWN_METHOD_SPAN_NAME);
-    span.record(attr::RPC_METHOD, value::METHOD_OTHER);
-    span.record(
-        attr::RPC_METHOD_ORIGINAL,
-        truncate_for_display(method, MAX_ORIGINAL_METHOD_LEN).as_ref(),
-    );
-}
-
-/// Records `thread.id` / `turn.id` found in a params or result object:
-/// `threadId`, `thread.id`, `turnId`, `expectedTurnId` (Codex's
-/// `turn/steer`) or `turn.id`.
-pub fn record_ids(span: &tracing::Span, object: Option<&Value>) {
-    let (thread_id, turn_id) = ids_of(object);
-    if let Some(id) = thread_id {
-        span.record(attr::THREAD_ID, id);
-    }
-    if let Some(id) = turn_id {
-        span.record(attr::TURN_ID, id);
-    }
-}
-
-/// [`record_ids`] for a result given as JSON text: the same fields, read
-/// without building a [`Value`] tree (other members are skipped unparsed).
-/// Text that is not a JSON object records nothing.
-pub fn record_result_ids(span: &tracing::Span, json: &str) {
-    let (thread_id, turn_id) = result_ids(json);
-    if let Some(id) = thread_id {
-        span.record(attr::THREAD_ID, id.as_ref());
-    }
-    if let Some(id) = turn_id {
-        span.record(attr::TURN_ID, id.as_ref());
-    }
-}
-
 /// The string field `key` of a JSON object, if it is one.
 pub fn str_field<'a>(object: Option<&'a Value>, key: &str) -> Option<&'a str> {
     object?.get(key)?.as_str()
@@ -643,6 +507,125 @@ mod tests {
         assert_eq!(b.bounded_method(), Some("thread/start"));
         b.lookup = MethodLookup::Unknown;
         assert_eq!(b.bounded_method(), Some(value::METHOD_OTHER));
+    }
+
+    fn capture() -> (
+        opentelemetry_sdk::trace::InMemorySpanExporter,
+        SdkTracerProvider,
+    ) {
+        let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        (exporter, provider)
+    }
+
+    fn attr_of(span: &opentelemetry_sdk::trace::SpanData, key: &str) -> Option<String> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.as_str().into_owned())
+    }
+
+    const TP: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    #[test]
+    fn a_request_span_is_a_server_span_parented_from_the_first_valid_carrier() {
+        let (exporter, provider) = capture();
+        let tracer = provider.tracer("test");
+        let builder = RequestSpanBuilder {
+            lookup: MethodLookup::Known("thread/start"),
+            request_id: Some(RequestId::Number(7)),
+            transport: Some("stdio"),
+            client_name: Some(StringValue::from("ide")),
+            ..RequestSpanBuilder::new("thread/start", "svc")
+        };
+        let bad = serde_json::json!({"traceparent": "00-zz"});
+        let good = serde_json::json!({"traceparent": TP});
+        let (mut span, _) = builder.start_span(
+            &tracer,
+            [
+                (CarrierSource::Envelope, Some(&bad)),
+                (CarrierSource::ParamsMeta, Some(&good)),
+            ],
+        );
+        span.record_result_ids(r#"{"thread":{"id":"t-1"},"other":[1,2]}"#);
+        span.record_error(-32602, "bad params");
+        drop(span);
+
+        let spans = exporter.get_finished_spans().expect("spans");
+        assert_eq!(spans.len(), 1);
+        let s = &spans[0];
+        assert_eq!(s.name, "thread/start");
+        assert_eq!(s.span_kind, SpanKind::Server);
+        assert_eq!(
+            s.span_context.trace_id().to_string(),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        assert_eq!(s.parent_span_id.to_string(), "b7ad6b7169203331");
+        assert!(s.parent_span_is_remote);
+        for (key, want) in [
+            (attr::RPC_SYSTEM_NAME, "jsonrpc"),
+            (attr::RPC_SERVICE, "svc"),
+            (attr::RPC_METHOD, "thread/start"),
+            (attr::RPC_TRANSPORT, "stdio"),
+            (attr::RPC_REQUEST_ID, "7"),
+            (attr::JSONRPC_REQUEST_ID, "7"),
+            (attr::APP_SERVER_CLIENT_NAME, "ide"),
+            (attr::THREAD_ID, "t-1"),
+            (attr::ERROR_TYPE, "-32602"),
+        ] {
+            assert_eq!(attr_of(s, key).as_deref(), Some(want), "{key}");
+        }
+        assert_eq!(s.status, Status::error("bad params"));
+        // The envelope's invalid carrier was noted, with where it came from.
+        assert_eq!(s.events.events.len(), 1);
+        let event = &s.events.events[0];
+        assert_eq!(event.name, event::INVALID_CARRIER);
+        assert!(
+            event
+                .attributes
+                .iter()
+                .any(|kv| kv.key.as_str() == attr::CARRIER_SOURCE
+                    && kv.value.as_str().contains("envelope"))
+        );
+    }
+
+    #[test]
+    fn a_deferred_unknown_method_is_renamed_and_recorded_as_other() {
+        let (exporter, provider) = capture();
+        let (mut span, timer) =
+            RequestSpanBuilder::new("no/such", "svc").start_span(&provider.tracer("test"), []);
+        assert_eq!(timer.rpc_method(), value::METHOD_OTHER);
+        span.settle_method("no/such", false);
+        drop(span);
+        let spans = exporter.get_finished_spans().expect("spans");
+        assert_eq!(spans[0].name, value::UNKNOWN_METHOD_SPAN_NAME);
+        assert_eq!(
+            attr_of(&spans[0], attr::RPC_METHOD).as_deref(),
+            Some(value::METHOD_OTHER)
+        );
+        assert_eq!(
+            attr_of(&spans[0], attr::RPC_METHOD_ORIGINAL).as_deref(),
+            Some("no/such")
+        );
+        // No carrier: a root.
+        assert_eq!(
+            spans[0].parent_span_id,
+            opentelemetry::trace::SpanId::INVALID
+        );
+    }
+
+    #[tokio::test]
+    async fn the_current_carrier_inside_a_call_is_its_request_span() {
+        let (_exporter, provider) = capture();
+        let (span, _) =
+            RequestSpanBuilder::new("turn/start", "svc").start_span(&provider.tracer("test"), []);
+        let expected = crate::carrier_for_span_context(span.span_context());
+        assert!(expected.is_some());
+        let inside = span.within(async { crate::current_carrier() }).await;
+        assert_eq!(inside, expected);
+        assert_eq!(crate::current_carrier(), None);
     }
 
     #[test]

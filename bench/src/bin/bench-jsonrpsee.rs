@@ -62,10 +62,10 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
-    let rpc_middleware = RpcServiceBuilder::new().option_layer(
-        args.middleware
-            .then(|| skein_jsonrpsee::RpcTracingLayer::new("bench-jsonrpsee")),
-    );
+    let rpc_middleware =
+        RpcServiceBuilder::new().option_layer(provider.as_ref().map(|p| {
+            skein_jsonrpsee::RpcTracingLayer::new("bench-jsonrpsee").with_tracer_provider(p)
+        }));
     let http_middleware = tower::ServiceBuilder::new().option_layer(
         args.middleware
             .then(skein_jsonrpsee::TraceHeadersLayer::default),
@@ -116,10 +116,9 @@ fn install_tracing(dir: &std::path::Path) -> anyhow::Result<SdkTracerProvider> {
     let provider = SdkTracerProvider::builder()
         .with_span_processor(LocalStoreProcessor::new(store))
         .build();
-    // At INFO, as a service would run it: jsonrpsee's own TRACE-level
-    // spans stay out, the middleware's request spans (INFO) go in. The
-    // layer is set up as Skein sets up its own (and as the crate docs
-    // advise): none of tracing-opentelemetry's per-span extras.
+    // The middleware builds its spans with this provider directly; the
+    // subscriber is what a service would also run (for its own spans), at
+    // INFO so jsonrpsee's TRACE-level spans stay out.
     tracing_subscriber::registry()
         .with(
             tracing_opentelemetry::layer()

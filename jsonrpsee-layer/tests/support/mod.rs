@@ -35,7 +35,7 @@ pub const FAIL_CODE: i32 = -32050;
 /// tasks run on the same thread).
 pub struct Capture {
     exporter: InMemorySpanExporter,
-    _provider: SdkTracerProvider,
+    provider: SdkTracerProvider,
     _guard: DefaultGuard,
 }
 
@@ -50,9 +50,15 @@ impl Capture {
         let guard = tracing::subscriber::set_default(subscriber);
         Self {
             exporter,
-            _provider: provider,
+            provider,
             _guard: guard,
         }
+    }
+
+    /// The middleware, building its spans with this capture's provider
+    /// (the same one the application's `tracing` layer uses).
+    pub fn layer(&self) -> RpcTracingLayer {
+        RpcTracingLayer::new(SERVICE).with_tracer_provider(&self.provider)
     }
 
     /// Waits (30 s at most) until `count` spans named by `pred` are
@@ -116,6 +122,13 @@ pub fn module() -> RpcModule<()> {
             Err::<(), _>(ErrorObjectOwned::owned(FAIL_CODE, "boom", None::<()>))
         })
         .expect("register fail");
+    module
+        .register_method("nested", |_, _, _| {
+            // The application's own instrumentation inside a handler.
+            let _work = tracing::info_span!("handler work").entered();
+            "done"
+        })
+        .expect("register nested");
     module
 }
 
