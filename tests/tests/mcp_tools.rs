@@ -1,7 +1,8 @@
 //! End-to-end tests of tool turns: the real `skein` binary, a local
 //! stand-in for the paid model API (`support::mock_llm`), and real MCP
-//! servers over stdio: `mcp-server-time` from PyPI, and
-//! `tests/mcp/meta_reporter.py` written with the official Python `mcp` SDK.
+//! servers over stdio: `mcp-server-time` from PyPI,
+//! `tests/mcp/meta_reporter.py` written with the official Python `mcp` SDK,
+//! and `tests/mcp/malformed_reply.py`, a raw server that garbles replies.
 //!
 //! Both come from the virtualenv `.ci/run` installs: `SKEIN_MCP_SERVER_TIME_BIN`
 //! and `SKEIN_MCP_PYTHON`, else `~/.cache/skein-ci/mcp-venv`. Without them
@@ -612,6 +613,105 @@ async fn a_tool_result_with_is_error_fails_the_item_and_marks_the_spans_tool_err
     assert_eq!(execute.name, "execute_tool refuse", "{execute}");
     assert_attr(execute, "error.type", "tool_error");
     assert_eq!(execute.status_code, STATUS_CODE_ERROR, "{execute}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_mcp_reply_fails_the_tool_call_cleanly_and_skein_keeps_serving() {
+    let Some((_, python)) = mcp_venv() else {
+        return;
+    };
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("mcp/malformed_reply.py")
+        .display()
+        .to_string();
+    let mock = MockLlm::start(vec![
+        Reply::Stream(tool_call_chunks("call_garbled", "garbled", &json!({}))),
+        Reply::Stream(text_chunks(&["The tool broke."], 1, 1)),
+        Reply::Stream(tool_call_chunks(
+            "call_echo",
+            "echo",
+            &json!({"text": "after the garbage"}),
+        )),
+        Reply::Stream(text_chunks(&["fine"], 1, 1)),
+    ])
+    .await;
+    let mut server =
+        Server::start_with(Transport::Stdio, options(&mock, "raw", &python, &[script])).await;
+    let mut client = connect(&mut server).await;
+    let thread_id = client.start_thread().await;
+    let turn_id = client
+        .start_turn(&thread_id, "call the garbled tool", None)
+        .await
+        .turn_id();
+    // Within the test's timeout, far below the default tool timeout: the
+    // garbage is read and refused, not waited out.
+    let item = tool_item_completed(&mut client).await;
+    support::codex_schema::assert_valid_notification(&item);
+    let item = &item["params"]["item"];
+    assert_eq!(item["status"], "failed", "{item}");
+    assert_eq!(item["result"], Value::Null, "{item}");
+    let message = item["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an error message: {item}"))
+        .to_owned();
+    assert!(
+        message.contains("MCP server \"raw\"") && message.contains("tools/call"),
+        "{message}"
+    );
+    let completed = client.wait_for_turn_completed(&turn_id).await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "completed",
+        "the model answers after the tool error: {completed}"
+    );
+    server
+        .wait_for_stderr(|line| line.contains("malformed-reply: sent garbage"))
+        .await;
+    let requests = mock.wait_for_requests(2).await;
+    let tool_message = &requests[1].body["messages"][2];
+    assert_eq!(tool_message["role"], "tool", "{tool_message}");
+    assert_eq!(
+        tool_message["content"],
+        format!("error: {message}"),
+        "the model hears of the failure: {tool_message}"
+    );
+
+    // Skein still answers requests, and the tool server is usable again.
+    let read = client
+        .request(
+            "thread/read",
+            json!({"threadId": thread_id, "includeTurns": true}),
+            None,
+        )
+        .await;
+    let items = read.result()["thread"]["turns"][0]["items"].to_string();
+    assert!(items.contains("call_garbled"), "{items}");
+    let turn_id = client
+        .start_turn(&thread_id, "echo after the garbage", None)
+        .await
+        .turn_id();
+    let item = tool_item_completed(&mut client).await;
+    assert_eq!(item["params"]["item"]["status"], "completed", "{item}");
+    assert!(item.to_string().contains("after the garbage"), "{item}");
+    let completed = client.wait_for_turn_completed(&turn_id).await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "completed",
+        "{completed}"
+    );
+    client.close().await;
+    let finished = server.shutdown().await;
+    let call = finished
+        .spans
+        .iter()
+        .find(|s| s.name == "tools/call garbled")
+        .unwrap_or_else(|| panic!("no tools/call span:\n{}", finished.dump()));
+    assert_eq!(call.status_code, STATUS_CODE_ERROR, "{call}");
+    assert_attr(call, "error.type", "unexpected_response");
+    let starts = finished
+        .stderr()
+        .iter()
+        .filter(|l| l.contains("MCP server started") && l.contains("server=raw"))
+        .count();
+    assert_eq!(starts, 1, "the same server process answered the next call");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
