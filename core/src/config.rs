@@ -614,6 +614,111 @@ env = { TZ = "UTC" }
         assert!(err.to_string().contains("otel.redact[0]"), "{err}");
     }
 
+    /// Loads no file and no overrides with exactly the environment `vars`.
+    fn load_env(vars: &[(&str, &str)]) -> Config {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vars: BTreeMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::load_with_env(&dir.path().join("none.toml"), &[], &|k| {
+            vars.get(k).cloned()
+        })
+        .expect("load")
+    }
+
+    #[test]
+    fn the_openai_provider_defaults_to_the_openai_api_without_a_key() {
+        let config = load_env(&[]);
+        let openai = &config.providers[OPENAI_PROVIDER];
+        assert_eq!(openai.id, "openai");
+        assert_eq!(openai.base_url, "https://api.openai.com/v1");
+        assert_eq!(openai.base_url, OPENAI_DEFAULT_BASE_URL);
+        assert_eq!(openai.api_key, None);
+        assert_eq!(openai.wire_api, WireApi::Chat);
+        assert_eq!(
+            openai.request_timeout,
+            Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS)
+        );
+        // Set but empty is the same as unset.
+        let config = load_env(&[("OPENAI_BASE_URL", ""), ("OPENAI_API_KEY", "")]);
+        let openai = &config.providers[OPENAI_PROVIDER];
+        assert_eq!(openai.base_url, OPENAI_DEFAULT_BASE_URL);
+        assert_eq!(openai.api_key, None);
+    }
+
+    #[test]
+    fn the_openai_provider_reads_openai_base_url_and_openai_api_key() {
+        let config = load_env(&[
+            ("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1/"),
+            ("OPENAI_API_KEY", "sk-from-env"),
+        ]);
+        let openai = &config.providers[OPENAI_PROVIDER];
+        assert_eq!(openai.base_url, "http://127.0.0.1:8000/v1");
+        assert_eq!(openai.api_key.as_deref(), Some("sk-from-env"));
+        assert!(!format!("{openai:?}").contains("sk-from-env"));
+        // Only those two names count.
+        let config = load_env(&[("OPENAI_KEY", "sk-other"), ("OPENAI_URL", "http://x/v1")]);
+        let openai = &config.providers[OPENAI_PROVIDER];
+        assert_eq!(openai.base_url, OPENAI_DEFAULT_BASE_URL);
+        assert_eq!(openai.api_key, None);
+    }
+
+    #[test]
+    fn the_environment_switch_turns_content_recording_on_for_its_on_values() {
+        for on in [
+            "true",
+            "TRUE",
+            "True",
+            "SPAN_ONLY",
+            "span_only",
+            "SPAN_AND_EVENT",
+            "Span_And_Event",
+            " true ",
+        ] {
+            let config = load_env(&[(CAPTURE_CONTENT_ENV, on)]);
+            assert!(config.content.capture, "{CAPTURE_CONTENT_ENV}={on:?} is on");
+        }
+    }
+
+    #[test]
+    fn the_environment_switch_leaves_content_recording_off_otherwise() {
+        assert!(!load_env(&[]).content.capture, "unset is off");
+        for off in [
+            "false",
+            "FALSE",
+            "NO_CONTENT",
+            "no_content",
+            "",
+            "1",
+            "yes",
+            "EVENT_ONLY",
+        ] {
+            let config = load_env(&[(CAPTURE_CONTENT_ENV, off)]);
+            assert!(
+                !config.content.capture,
+                "{CAPTURE_CONTENT_ENV}={off:?} is off"
+            );
+        }
+    }
+
+    #[test]
+    fn capture_content_in_the_config_turns_content_recording_on() {
+        let config = load("[otel]\ncapture_content = true\n", &[]).expect("load");
+        assert!(config.content.capture);
+        let config = load("[otel]\ncapture_content = false\n", &[]).expect("load");
+        assert!(!config.content.capture);
+        // Either switch turns it on: the file cannot veto the environment.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "[otel]\ncapture_content = false\n").expect("write");
+        let config = Config::load_with_env(&path, &[], &|k| {
+            (k == CAPTURE_CONTENT_ENV).then(|| "SPAN_ONLY".to_owned())
+        })
+        .expect("load");
+        assert!(config.content.capture);
+    }
+
     #[test]
     fn content_is_redacted_and_truncated_and_off_by_default() {
         let policy = ContentPolicy {

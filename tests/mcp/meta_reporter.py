@@ -6,11 +6,16 @@ Tools:
   request that invoked it, as JSON text, so a test can check the trace
   context a client sent;
 - `echo`: answers with its `text` argument;
-- `wait_for_cancel`: waits until its request is cancelled, then says so on
-  stderr;
+- `wait_for_cancel`: says on stderr that it started (with its request id),
+  then waits until its request is cancelled and says so;
+- `refuse`: fails as a tool does, answering with `isError: true` and its
+  `reason` argument as the text;
 - `crash`: ends the server process at once;
 - `break_for_good`: ends the server process and makes every later start
   fail (it creates the file named by `SKEIN_TEST_BROKEN_MARKER`).
+
+Every `notifications/cancelled` it receives is logged on stderr with the
+request id it names.
 """
 
 import json
@@ -19,13 +24,28 @@ import sys
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 
 MARKER = os.environ.get("SKEIN_TEST_BROKEN_MARKER")
 if MARKER and os.path.exists(MARKER):
     print("meta-reporter: broken for good, refusing to start", file=sys.stderr, flush=True)
     sys.exit(2)
 
-server = MCPServer("meta-reporter")
+
+
+async def log_cancellations(ctx, call_next):
+    """Middleware: log each notifications/cancelled and the id it names."""
+    if ctx.method == "notifications/cancelled":
+        request_id = (ctx.params or {}).get("requestId")
+        print(
+            f"meta-reporter: received notifications/cancelled requestId={request_id}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return await call_next(ctx)
+
+
+server = MCPServer("meta-reporter", middleware=[log_cancellations])
 
 
 @server.tool()
@@ -42,14 +62,30 @@ def echo(text: str) -> str:
 
 
 @server.tool()
-async def wait_for_cancel() -> str:
+async def wait_for_cancel(ctx: Context) -> str:
     """Wait until this request is cancelled."""
+    request_id = ctx.request_id
+    print(
+        f"meta-reporter: wait_for_cancel started requestId={request_id}",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         await anyio.sleep(3600)
     except anyio.get_cancelled_exc_class():
-        print("meta-reporter: wait_for_cancel was cancelled", file=sys.stderr, flush=True)
+        print(
+            f"meta-reporter: wait_for_cancel was cancelled requestId={request_id}",
+            file=sys.stderr,
+            flush=True,
+        )
         raise
     return "no cancellation came"
+
+
+@server.tool()
+def refuse(reason: str) -> str:
+    """Fail as a tool does, with this reason."""
+    raise ToolError(reason)
 
 
 @server.tool()

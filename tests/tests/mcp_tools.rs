@@ -1,7 +1,8 @@
 //! End-to-end tests of tool turns: the real `skein` binary, a local
 //! stand-in for the paid model API (`support::mock_llm`), and real MCP
-//! servers over stdio: `mcp-server-time` from PyPI, and
-//! `tests/mcp/meta_reporter.py` written with the official Python `mcp` SDK.
+//! servers over stdio: `mcp-server-time` from PyPI,
+//! `tests/mcp/meta_reporter.py` written with the official Python `mcp` SDK,
+//! and `tests/mcp/malformed_reply.py`, a raw server that garbles replies.
 //!
 //! Both come from the virtualenv `.ci/run` installs: `SKEIN_MCP_SERVER_TIME_BIN`
 //! and `SKEIN_MCP_PYTHON`, else `~/.cache/skein-ci/mcp-venv`. Without them
@@ -12,6 +13,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 use support::mock_llm::{MockLlm, Reply, text_chunks, tool_call_chunks};
@@ -238,8 +240,13 @@ async fn the_mcp_request_carries_the_tools_call_span_context_in_params_meta() {
     let mut client = connect(&mut server).await;
     let thread_id = client.start_thread().await;
     let parent = TraceContext::random();
+    let tracestate = "vendor=abc,other=xyz";
     let turn_id = client
-        .start_turn(&thread_id, "report your meta", Some(&parent))
+        .request(
+            "turn/start",
+            support::turn_start_params(&thread_id, "report your meta"),
+            Some(json!({"traceparent": parent.traceparent(), "tracestate": tracestate})),
+        )
         .await
         .turn_id();
     let item = tool_item_completed(&mut client).await;
@@ -252,6 +259,10 @@ async fn the_mcp_request_carries_the_tools_call_span_context_in_params_meta() {
         .as_str()
         .unwrap_or_else(|| panic!("no traceparent in _meta: {meta}"));
     let received = TraceContext::parse(traceparent).expect("a valid traceparent");
+    assert_eq!(
+        meta["tracestate"], tracestate,
+        "the client's tracestate goes along: {meta}"
+    );
     client.wait_for_turn_completed(&turn_id).await;
     client.close().await;
     let finished = server.shutdown().await;
@@ -418,18 +429,40 @@ async fn tool_arguments_and_results_are_recorded_only_redacted_when_content_is_o
     );
 }
 
+/// The id after `requestId=` in a meta reporter's stderr line.
+fn logged_request_id(line: &str) -> String {
+    line.split_once("requestId=")
+        .map(|(_, rest)| {
+            rest.chars()
+                .take_while(char::is_ascii_alphanumeric)
+                .collect::<String>()
+        })
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| panic!("no requestId in {line:?}"))
+}
+
+/// The tool blocks until its request is cancelled; only the interrupt can
+/// end the call (the tool timeout is far beyond the test's). The latency
+/// from `turn/interrupt` to `turn/completed` is printed, not asserted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupting_a_tool_call_cancels_the_mcp_request() {
     let Some((_, python)) = mcp_venv() else {
         return;
     };
-    let mock = MockLlm::start(vec![Reply::Stream(tool_call_chunks(
-        "call_wait",
-        "wait_for_cancel",
-        &json!({}),
-    ))])
+    let mock = MockLlm::start(vec![
+        Reply::Stream(tool_call_chunks("call_wait", "wait_for_cancel", &json!({}))),
+        Reply::Stream(tool_call_chunks(
+            "call_echo",
+            "echo",
+            &json!({"text": "still the same process"}),
+        )),
+        Reply::Stream(text_chunks(&["fine"], 1, 1)),
+    ])
     .await;
-    let mut server = start_with_reporter(&mock, &python, ServerOptions::default()).await;
+    let extra = ServerOptions::default()
+        .arg("-c")
+        .arg("mcp_servers.meta.tool_timeout_ms=3600000");
+    let mut server = start_with_reporter(&mock, &python, extra).await;
     let mut client = connect(&mut server).await;
     let thread_id = client.start_thread().await;
     let turn_id = client.start_turn(&thread_id, "wait", None).await.turn_id();
@@ -438,27 +471,247 @@ async fn interrupting_a_tool_call_cancels_the_mcp_request() {
             n["method"] == "item/started" && n["params"]["item"]["type"] == "mcpToolCall"
         })
         .await;
-    client
-        .request(
+    // The tool is running on the server: its request is in flight.
+    let started = server
+        .wait_for_stderr(|line| line.contains("wait_for_cancel started requestId="))
+        .await;
+    let request_id = logged_request_id(&started);
+
+    let sent = Instant::now();
+    let interrupt = client
+        .send_request(
             "turn/interrupt",
             json!({"threadId": thread_id, "turnId": turn_id}),
             None,
         )
-        .await
-        .result();
+        .await;
     let completed = client.wait_for_turn_completed(&turn_id).await;
+    let to_completed = sent.elapsed();
+    client.recv_response(interrupt).await.result();
+    eprintln!("interrupt of a blocked MCP tool call: turn/completed after {to_completed:?}");
     assert_eq!(
         completed["params"]["turn"]["status"], "interrupted",
         "{completed}"
     );
     let item = tool_item_completed(&mut client).await;
     assert_eq!(item["params"]["item"]["status"], "failed", "{item}");
-    // The server's stderr reaches Skein's log: it saw notifications/cancelled.
+    assert_eq!(
+        item["params"]["item"]["error"]["message"], "interrupted",
+        "{item}"
+    );
+    // The server received notifications/cancelled naming that request, and
+    // its handler was cancelled.
     server
-        .wait_for_stderr(|line| line.contains("wait_for_cancel was cancelled"))
+        .wait_for_stderr(|line| {
+            line.contains("received notifications/cancelled")
+                && logged_request_id(line) == request_id
+        })
         .await;
+    server
+        .wait_for_stderr(|line| {
+            line.contains("wait_for_cancel was cancelled") && logged_request_id(line) == request_id
+        })
+        .await;
+    assert_eq!(
+        mock.requests().len(),
+        1,
+        "no model call after the interrupt"
+    );
+
+    // The server process lives on and serves the next turn.
+    let turn_id_2 = client.start_turn(&thread_id, "echo", None).await.turn_id();
+    let item = tool_item_completed(&mut client).await;
+    assert_eq!(item["params"]["item"]["status"], "completed", "{item}");
+    assert!(
+        item.to_string().contains("still the same process"),
+        "{item}"
+    );
+    client.wait_for_turn_completed(&turn_id_2).await;
     client.close().await;
-    server.shutdown().await;
+    let finished = server.shutdown().await;
+    let starts = finished
+        .stderr()
+        .iter()
+        .filter(|l| l.contains("MCP server started") && l.contains("server=meta"))
+        .count();
+    assert_eq!(starts, 1, "the cancelled call did not cost the server");
+    let call = finished
+        .spans
+        .iter()
+        .find(|s| s.name == "tools/call wait_for_cancel")
+        .unwrap_or_else(|| panic!("no tools/call span:\n{}", finished.dump()));
+    assert_eq!(
+        call.attr_str("jsonrpc.request.id").as_deref(),
+        Some(request_id.as_str()),
+        "{call}"
+    );
+    let execute = finished.parent_of(call);
+    assert_eq!(execute.name, "execute_tool wait_for_cancel", "{execute}");
+    assert_attr(execute, "error.type", "interrupted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_result_with_is_error_fails_the_item_and_marks_the_spans_tool_error() {
+    let Some((_, python)) = mcp_venv() else {
+        return;
+    };
+    let mock = MockLlm::start(vec![
+        Reply::Stream(tool_call_chunks(
+            "call_refuse",
+            "refuse",
+            &json!({"reason": "the disk is full"}),
+        )),
+        Reply::Stream(text_chunks(&["The tool failed."], 1, 1)),
+    ])
+    .await;
+    let mut server = start_with_reporter(&mock, &python, ServerOptions::default()).await;
+    let mut client = connect(&mut server).await;
+    let thread_id = client.start_thread().await;
+    let turn_id = client
+        .start_turn(&thread_id, "try it", None)
+        .await
+        .turn_id();
+    let completed_item = tool_item_completed(&mut client).await;
+    support::codex_schema::assert_valid_notification(&completed_item);
+    let item = &completed_item["params"]["item"];
+    assert_eq!(item["status"], "failed", "{item}");
+    // The tool answered: its result (flagged isError) is what the client
+    // gets; there was no failure to call it.
+    assert_eq!(item["result"]["isError"], true, "{item}");
+    let text = item["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a text result: {item}"));
+    assert!(text.contains("the disk is full"), "{text}");
+    assert_eq!(item["error"], Value::Null, "{item}");
+    let completed = client.wait_for_turn_completed(&turn_id).await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "completed",
+        "the model answers after a tool error: {completed}"
+    );
+    let requests = mock.wait_for_requests(2).await;
+    let tool_message = &requests[1].body["messages"][2];
+    assert_eq!(tool_message["role"], "tool", "{tool_message}");
+    assert_eq!(
+        tool_message["content"],
+        format!("error: {text}"),
+        "the model hears it is an error: {tool_message}"
+    );
+    client.close().await;
+    let finished = server.shutdown().await;
+    let calls: Vec<&Span> = finished
+        .spans
+        .iter()
+        .filter(|s| s.name == "tools/call refuse")
+        .collect();
+    let [call] = calls.as_slice() else {
+        panic!("one tools/call span expected:\n{}", finished.dump());
+    };
+    assert_eq!(call.kind, SPAN_KIND_CLIENT, "{call}");
+    assert_attr(call, "error.type", "tool_error");
+    assert_eq!(call.status_code, STATUS_CODE_ERROR, "{call}");
+    let execute = finished.parent_of(call);
+    assert_eq!(execute.name, "execute_tool refuse", "{execute}");
+    assert_attr(execute, "error.type", "tool_error");
+    assert_eq!(execute.status_code, STATUS_CODE_ERROR, "{execute}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_mcp_reply_fails_the_tool_call_cleanly_and_skein_keeps_serving() {
+    let Some((_, python)) = mcp_venv() else {
+        return;
+    };
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("mcp/malformed_reply.py")
+        .display()
+        .to_string();
+    let mock = MockLlm::start(vec![
+        Reply::Stream(tool_call_chunks("call_garbled", "garbled", &json!({}))),
+        Reply::Stream(text_chunks(&["The tool broke."], 1, 1)),
+        Reply::Stream(tool_call_chunks(
+            "call_echo",
+            "echo",
+            &json!({"text": "after the garbage"}),
+        )),
+        Reply::Stream(text_chunks(&["fine"], 1, 1)),
+    ])
+    .await;
+    let mut server =
+        Server::start_with(Transport::Stdio, options(&mock, "raw", &python, &[script])).await;
+    let mut client = connect(&mut server).await;
+    let thread_id = client.start_thread().await;
+    let turn_id = client
+        .start_turn(&thread_id, "call the garbled tool", None)
+        .await
+        .turn_id();
+    // Within the test's timeout, far below the default tool timeout: the
+    // garbage is read and refused, not waited out.
+    let item = tool_item_completed(&mut client).await;
+    support::codex_schema::assert_valid_notification(&item);
+    let item = &item["params"]["item"];
+    assert_eq!(item["status"], "failed", "{item}");
+    assert_eq!(item["result"], Value::Null, "{item}");
+    let message = item["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an error message: {item}"))
+        .to_owned();
+    assert!(
+        message.contains("MCP server \"raw\"") && message.contains("tools/call"),
+        "{message}"
+    );
+    let completed = client.wait_for_turn_completed(&turn_id).await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "completed",
+        "the model answers after the tool error: {completed}"
+    );
+    server
+        .wait_for_stderr(|line| line.contains("malformed-reply: sent garbage"))
+        .await;
+    let requests = mock.wait_for_requests(2).await;
+    let tool_message = &requests[1].body["messages"][2];
+    assert_eq!(tool_message["role"], "tool", "{tool_message}");
+    assert_eq!(
+        tool_message["content"],
+        format!("error: {message}"),
+        "the model hears of the failure: {tool_message}"
+    );
+
+    // Skein still answers requests, and the tool server is usable again.
+    let read = client
+        .request(
+            "thread/read",
+            json!({"threadId": thread_id, "includeTurns": true}),
+            None,
+        )
+        .await;
+    let items = read.result()["thread"]["turns"][0]["items"].to_string();
+    assert!(items.contains("call_garbled"), "{items}");
+    let turn_id = client
+        .start_turn(&thread_id, "echo after the garbage", None)
+        .await
+        .turn_id();
+    let item = tool_item_completed(&mut client).await;
+    assert_eq!(item["params"]["item"]["status"], "completed", "{item}");
+    assert!(item.to_string().contains("after the garbage"), "{item}");
+    let completed = client.wait_for_turn_completed(&turn_id).await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "completed",
+        "{completed}"
+    );
+    client.close().await;
+    let finished = server.shutdown().await;
+    let call = finished
+        .spans
+        .iter()
+        .find(|s| s.name == "tools/call garbled")
+        .unwrap_or_else(|| panic!("no tools/call span:\n{}", finished.dump()));
+    assert_eq!(call.status_code, STATUS_CODE_ERROR, "{call}");
+    assert_attr(call, "error.type", "unexpected_response");
+    let starts = finished
+        .stderr()
+        .iter()
+        .filter(|l| l.contains("MCP server started") && l.contains("server=raw"))
+        .count();
+    assert_eq!(starts, 1, "the same server process answered the next call");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@
 #[macro_use]
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::mock_llm::{MockLlm, Reply, text_chunks};
@@ -22,11 +22,14 @@ const API_KEY: &str = "sk-mock-secret-0123456789";
 /// The exported name of the model call spans.
 const CHAT: &str = "chat mock-model";
 
+/// Starts Skein with `mock` as the default provider, then `options` (whose
+/// `-c` arguments come last, so they win).
 async fn start(mock: &MockLlm, options: ServerOptions) -> (Server, Client) {
-    let mut options = options.env("MOCK_API_KEY", API_KEY);
+    let mut base = ServerOptions::default().env("MOCK_API_KEY", API_KEY);
     for arg in mock.config_args() {
-        options = options.arg(&arg);
+        base = base.arg(&arg);
     }
+    let options = base.merge(options);
     let mut server = Server::start_with(Transport::Stdio, options).await;
     let mut client = server.connect().await;
     client.initialize("e2e-model-provider", "0.0.1").await;
@@ -203,6 +206,65 @@ async fn a_turn_streams_from_the_api_under_a_chat_span_whose_context_goes_out_as
     assert!(!everything.contains(API_KEY), "the API key leaked");
 }
 
+/// `(model, provider, isDefault)` of each model `model/list` offers.
+async fn listed_models(client: &mut Client) -> Vec<(String, String, Value)> {
+    let models = client.request("model/list", json!({}), None).await;
+    models.result()["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no data: {}", models.result()))
+        .iter()
+        .map(|m| {
+            (
+                m["model"].as_str().unwrap_or_default().to_owned(),
+                m["provider"].as_str().unwrap_or_default().to_owned(),
+                m["isDefault"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_list_marks_the_configured_default_model_and_only_it() {
+    let mock = MockLlm::start(vec![]).await;
+    let (server, mut client) = start(&mock, ServerOptions::default()).await;
+    assert_eq!(
+        listed_models(&mut client).await,
+        vec![
+            ("mock-model".into(), "mock".into(), json!(true)),
+            ("echo".into(), "skein".into(), json!(false)),
+        ]
+    );
+    client.close().await;
+    server.shutdown().await;
+
+    // Another default model of the same provider is the one marked.
+    let options = ServerOptions::default()
+        .arg("-c")
+        .arg("model=\"mock-model-large\"");
+    let (server, mut client) = start(&mock, options).await;
+    assert_eq!(
+        listed_models(&mut client).await,
+        vec![
+            ("mock-model-large".into(), "mock".into(), json!(true)),
+            ("echo".into(), "skein".into(), json!(false)),
+        ]
+    );
+    client.close().await;
+    server.shutdown().await;
+
+    // With no provider configured, echo is the default.
+    let mut server = Server::start_with(Transport::Stdio, ServerOptions::default()).await;
+    let mut client = server.connect().await;
+    client.initialize("e2e-model-provider", "0.0.1").await;
+    assert_eq!(
+        listed_models(&mut client).await,
+        vec![("echo".into(), "skein".into(), json!(true))]
+    );
+    client.close().await;
+    server.shutdown().await;
+    assert!(mock.requests().is_empty(), "listing never calls the API");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_is_retried_after_retry_after_and_the_turn_completes() {
     let mock = MockLlm::start(vec![
@@ -357,40 +419,78 @@ async fn a_cut_stream_fails_the_turn_and_keeps_the_partial_answer() {
     assert_attr(&chat, "error.type", "stream_cut");
 }
 
+/// The model streams a first delta, then stalls for good: it sends nothing
+/// more and keeps the connection open. Only the interrupt can end the call
+/// (the request timeout is set far past the test's own), so a turn that
+/// ends `interrupted` within the test's timeout proves cancellation does
+/// not wait on the model. The measured latencies are printed; the 1 s bound
+/// is not asserted, to keep the test sound on a loaded machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn interrupt_mid_stream_ends_the_turn_and_closes_the_model_connection() {
+async fn interrupt_while_the_model_stalls_ends_the_turn_and_closes_the_model_connection() {
     let mut chunks = text_chunks(&["partial"], 1, 1);
-    chunks.truncate(2);
+    chunks.truncate(2); // the role chunk and "partial"; no finish, no [DONE]
     let mock = MockLlm::start(vec![Reply::Hold(chunks)]).await;
-    let (server, mut client) = start(&mock, ServerOptions::default()).await;
+    let options = ServerOptions::default()
+        .arg("-c")
+        .arg("model_providers.mock.request_timeout_ms=3600000");
+    let (server, mut client) = start(&mock, options).await;
     let thread_id = client.start_thread().await;
     let turn_id = client.start_turn(&thread_id, "hi", None).await.turn_id();
     client
         .wait_for_notification("the first delta", |n| {
-            n["method"] == "item/agentMessage/delta"
+            n["method"] == "item/agentMessage/delta" && notification_turn_id(n) == Some(&turn_id)
         })
         .await;
+    assert_eq!(
+        mock.closes(),
+        0,
+        "the stream is still open when interrupted"
+    );
+
+    let sent = Instant::now();
     let interrupt = client
-        .request(
+        .send_request(
             "turn/interrupt",
             json!({"threadId": thread_id, "turnId": turn_id}),
             None,
         )
         .await;
-    interrupt.result();
     let completed = client.wait_for_turn_completed(&turn_id).await;
+    let to_completed = sent.elapsed();
+    client.recv_response(interrupt).await.result();
     assert_eq!(
         completed["params"]["turn"]["status"], "interrupted",
         "{completed}"
     );
-    mock.wait_for_close().await;
+    // The model's server saw the connection close, after the interrupt.
+    let closed_at = mock.wait_for_close().await;
+    assert!(
+        closed_at >= sent,
+        "the connection closed before the interrupt"
+    );
+    eprintln!(
+        "interrupt of a stalled model stream: turn/completed after {to_completed:?}, \
+         model connection closed after {:?}",
+        closed_at - sent
+    );
+    assert_eq!(
+        mock.requests().len(),
+        1,
+        "an interrupted call is not retried"
+    );
     let turns = read_turns(&mut client, &thread_id).await;
+    assert_eq!(turns[0]["status"], "interrupted", "{turns:?}");
     assert!(
         turns[0]["items"].to_string().contains("partial"),
-        "{turns:?}"
+        "the partial answer is kept: {turns:?}"
     );
     client.close().await;
-    server.shutdown().await;
+    let finished = server.shutdown().await;
+    let chats = chat_spans(&finished, finished.turn_span(&turn_id));
+    let [chat] = chats.as_slice() else {
+        panic!("expected one chat span:\n{}", finished.dump());
+    };
+    assert_attr(chat, "error.type", "interrupted");
 }
 
 fn content_attrs(span: &Span) -> Vec<&str> {

@@ -17,7 +17,7 @@
 //! Cancellation is by drop: dropping the future closes the HTTP connection.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use eventsource_stream::Eventsource as _;
 use futures_util::StreamExt as _;
@@ -33,6 +33,9 @@ use crate::conversation::{Message, ToolCall};
 pub const MAX_ATTEMPTS: u32 = 3;
 /// Longest wait between attempts, whatever `Retry-After` says.
 pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
+/// Longest `Retry-After` taken from a response, before [`MAX_RETRY_WAIT`]
+/// bounds the wait itself.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// Wait before the second attempt when the server names none; doubled
 /// after each failure.
 const BASE_BACKOFF: Duration = Duration::from_millis(250);
@@ -417,11 +420,31 @@ fn backoff(attempt: u32) -> Duration {
     BASE_BACKOFF.saturating_mul(1u32 << attempt.saturating_sub(1).min(6))
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is not used by model APIs).
+/// `Retry-After`, read now.
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    let secs: f64 = value.trim().parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
+    retry_after_at(headers, SystemTime::now())
+}
+
+/// `Retry-After` as seen at `now`, in either of its forms: a number of
+/// seconds, or an HTTP date (the wait until then; zero when it is past).
+/// Either is capped at [`MAX_RETRY_AFTER`]; anything else is ignored.
+fn retry_after_at(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    let wait = match value.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => {
+            Duration::from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64()))
+        }
+        Ok(_) => return None,
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            at.duration_since(now).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// The `error.message` of an error body, or its start.
@@ -538,5 +561,52 @@ mod tests {
         assert_eq!(retry_after(&headers), None);
         assert_eq!(backoff(1), Duration::from_millis(250));
         assert_eq!(backoff(2), Duration::from_millis(500));
+    }
+
+    fn headers_with_retry_after(value: &str) -> reqwest::header::HeaderMap {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::RETRY_AFTER, value.parse().expect("value"));
+        headers
+    }
+
+    #[test]
+    fn retry_after_in_seconds_is_read_and_capped() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let wait = |v: &str| retry_after_at(&headers_with_retry_after(v), now);
+        assert_eq!(wait("0"), Some(Duration::ZERO));
+        assert_eq!(wait(" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(wait("1.5"), Some(Duration::from_millis(1500)));
+        assert_eq!(wait("3600"), Some(MAX_RETRY_AFTER));
+        assert_eq!(wait("86400"), Some(MAX_RETRY_AFTER));
+        assert_eq!(wait("-1"), None);
+        assert_eq!(wait("NaN"), None);
+        assert_eq!(wait("inf"), None);
+        assert_eq!(wait(""), None);
+    }
+
+    #[test]
+    fn retry_after_as_an_http_date_is_the_wait_until_then_capped() {
+        // Tue, 14 Nov 2023 22:13:20 GMT
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let wait = |v: &str| retry_after_at(&headers_with_retry_after(v), now);
+        assert_eq!(
+            wait("Tue, 14 Nov 2023 22:13:32 GMT"),
+            Some(Duration::from_secs(12))
+        );
+        // The obsolete forms HTTP still allows.
+        assert_eq!(
+            wait("Tuesday, 14-Nov-23 22:13:25 GMT"),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            wait("Tue Nov 14 22:13:21 2023"),
+            Some(Duration::from_secs(1))
+        );
+        // A date already past: retry at once.
+        assert_eq!(wait("Tue, 14 Nov 2023 22:00:00 GMT"), Some(Duration::ZERO));
+        // Far ahead: capped as the seconds form is.
+        assert_eq!(wait("Wed, 15 Nov 2023 22:13:20 GMT"), Some(MAX_RETRY_AFTER));
+        assert_eq!(wait("Tue, 14 Nov 2023 25:99:00 GMT"), None);
+        assert_eq!(wait("next Tuesday"), None);
     }
 }

@@ -26,8 +26,8 @@ pub enum Reply {
     /// `200` with these payloads, then the connection is closed without
     /// `[DONE]` (a stream cut mid-way).
     Cut(Vec<Value>),
-    /// `200` with these payloads, then the stream stays open until the
-    /// client closes the connection.
+    /// `200` with these payloads, then the stream stalls: nothing more is
+    /// sent and the connection stays open until the client closes it.
     Hold(Vec<Value>),
     /// `200` with these raw SSE `data:` lines (anything, even invalid
     /// JSON), then `data: [DONE]`.
@@ -51,7 +51,8 @@ pub struct Recorded {
 struct State {
     script: VecDeque<Reply>,
     requests: Vec<Recorded>,
-    closes: usize,
+    /// When each held stream saw the client close its connection.
+    closes: Vec<Instant>,
 }
 
 /// The running mock server.
@@ -188,24 +189,30 @@ impl MockLlm {
         requests
     }
 
-    /// Waits until a client closed a held stream.
-    pub async fn wait_for_close(&self) {
+    /// How many held streams the client has closed so far.
+    pub fn closes(&self) -> usize {
+        self.state.lock().expect("mock state").closes.len()
+    }
+
+    /// Waits until a client closed a held stream; returns when the server
+    /// saw the first close.
+    pub async fn wait_for_close(&self) -> Instant {
         let mut rx = self.changed.subscribe();
         let waited = tokio::time::timeout(TIMEOUT, async {
             loop {
-                if self.state.lock().expect("mock state").closes > 0 {
-                    return;
+                if let Some(at) = self.state.lock().expect("mock state").closes.first() {
+                    return Some(*at);
                 }
                 if rx.changed().await.is_err() {
-                    return;
+                    return None;
                 }
             }
         })
         .await;
-        assert!(
-            waited.is_ok(),
-            "mock LLM: the client did not close the held stream within {TIMEOUT:?}"
-        );
+        match waited {
+            Ok(Some(at)) => at,
+            _ => panic!("mock LLM: the client did not close the held stream within {TIMEOUT:?}"),
+        }
     }
 
     fn bump(&self) {
@@ -286,7 +293,11 @@ impl MockLlm {
                         Ok(_) => {}
                     }
                 }
-                self.state.lock().expect("mock state").closes += 1;
+                self.state
+                    .lock()
+                    .expect("mock state")
+                    .closes
+                    .push(Instant::now());
                 self.bump();
             }
         }
