@@ -495,10 +495,7 @@ async fn a_notification_missing_a_required_field_fails_validation() {
                 "{method} has no {path:?} to remove: {notification}"
             );
             let what = format!("{method} without {}", path.join("."));
-            assert!(
-                !errors(file, &broken).is_empty(),
-                "{what} must fail {file}"
-            );
+            assert!(!errors(file, &broken).is_empty(), "{what} must fail {file}");
             assert!(
                 !errors("ServerNotification.json", &envelope(&broken)).is_empty(),
                 "{what} must fail ServerNotification.json"

@@ -548,7 +548,11 @@ async fn config_read_returns_the_configured_values_and_never_a_secret() {
     let config = &result["config"];
     assert_eq!(config["model"], json!("e2e-model"), "{config:#}");
     assert_eq!(config["model_provider"], json!("e2e"), "{config:#}");
-    assert_eq!(config["instructions"], json!("Answer in haiku."), "{config:#}");
+    assert_eq!(
+        config["instructions"],
+        json!("Answer in haiku."),
+        "{config:#}"
+    );
     assert_eq!(config["max_tool_rounds"], json!(5), "{config:#}");
     assert_eq!(
         config["model_providers"]["e2e"],
