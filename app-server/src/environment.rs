@@ -4,7 +4,11 @@
 //! Skein has no account, needs no authentication, and has no skills or
 //! apps: those methods answer that honestly, in the shape Codex clients
 //! parse. `config/read` and `mcpServerStatus/list` answer from the
-//! configuration Skein runs with (`config.toml` and `-c` overrides).
+//! configuration Skein runs with (`config.toml` and `-c` overrides),
+//! secrets redacted.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -12,6 +16,7 @@ use skein_app_server_protocol::v2::{
     ConfigReadParams, GetAccountParams, PageParams, SkillsListParams,
 };
 use skein_core::ThreadManager;
+use skein_core::config::{Config, DEFAULT_TOOL_TIMEOUT_MS};
 use skein_core::mcp::McpServerState;
 
 use crate::processor::{HandlerResult, MessageProcessor, to_result};
@@ -97,32 +102,127 @@ pub fn mcp_servers(threads: &ThreadManager) -> Vec<Value> {
         .collect()
 }
 
-/// The configuration Skein runs with, in the keys of Codex's `Config`
-/// (snake case, as in its `config.toml`).
+/// What `config/read` shows in place of a value that may be a secret.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// The configuration Skein runs with, in the keys of its `config.toml`
+/// (which are Codex's, snake case), defaults and `-c` overrides applied.
+///
+/// Secrets never appear: a provider's API key is shown only by the name of
+/// the environment variable it is read from (`env_key`), the values of an
+/// MCP server's `env` table and the `otel.redact` patterns (which may spell
+/// out the very secrets they hide) are each replaced by `[REDACTED]`.
 #[derive(Clone, Debug, Serialize)]
 pub struct EffectiveConfig {
     /// The model new threads use.
     pub model: Option<String>,
     /// The provider serving it.
     pub model_provider: Option<String>,
+    /// System instructions sent before the conversation, when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<String>,
     /// Skein never asks for approval.
     pub approval_policy: &'static str,
     /// Who would review approvals (nobody is asked).
     pub approvals_reviewer: &'static str,
     /// Skein runs no sandbox.
     pub sandbox_mode: &'static str,
+    /// Every provider by id, the built-in `openai` included (the offline
+    /// `skein` provider has no settings, so no table).
+    pub model_providers: BTreeMap<String, EffectiveProvider>,
+    /// The MCP servers by name.
+    pub mcp_servers: BTreeMap<String, EffectiveMcpServer>,
+    /// Bound on model calls answered with tool calls in one turn.
+    pub max_tool_rounds: u32,
+    /// Content recording on spans.
+    pub otel: EffectiveOtel,
 }
 
-/// The effective configuration: the default model and provider as
-/// configured, and what Skein does about approvals and sandboxing.
-pub fn effective_config(threads: &ThreadManager) -> EffectiveConfig {
-    let config = threads.config();
+/// One `[model_providers.<id>]` table as Skein uses it.
+#[derive(Clone, Debug, Serialize)]
+pub struct EffectiveProvider {
+    /// Name shown to people.
+    pub name: String,
+    /// The API's base URL.
+    pub base_url: String,
+    /// The environment variable the API key is read from; never the key.
+    pub env_key: Option<String>,
+    /// The wire protocol.
+    pub wire_api: &'static str,
+    /// Timeout of one model request, in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+/// One `[mcp_servers.<name>]` table as Skein uses it.
+#[derive(Clone, Debug, Serialize)]
+pub struct EffectiveMcpServer {
+    /// The program.
+    pub command: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// The extra environment variables' names; every value is
+    /// `[REDACTED]`.
+    pub env: BTreeMap<String, &'static str>,
+    /// Timeout of one tool call, in milliseconds.
+    pub tool_timeout_ms: u64,
+}
+
+/// The `[otel]` table as Skein uses it.
+#[derive(Clone, Debug, Serialize)]
+pub struct EffectiveOtel {
+    /// Whether content is recorded (from the file, `-c` or
+    /// `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`).
+    pub capture_content: bool,
+    /// One `[REDACTED]` per redaction pattern.
+    pub redact: Vec<&'static str>,
+    /// Limit on one recorded content attribute, in bytes.
+    pub max_content_bytes: usize,
+}
+
+/// The effective configuration: what `config` holds, with secrets
+/// redacted, and what Skein does about approvals and sandboxing.
+pub fn effective_config(config: &Config) -> EffectiveConfig {
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     EffectiveConfig {
         model: Some(config.model.clone()),
         model_provider: Some(config.model_provider.clone()),
+        instructions: config.instructions.clone(),
         approval_policy: APPROVAL_POLICY,
         approvals_reviewer: APPROVALS_REVIEWER,
         sandbox_mode: SANDBOX_MODE,
+        model_providers: config
+            .providers
+            .iter()
+            .map(|(id, provider)| {
+                let entry = EffectiveProvider {
+                    name: provider.name.clone(),
+                    base_url: provider.base_url.clone(),
+                    env_key: provider.env_key.clone(),
+                    wire_api: provider.wire_api.as_str(),
+                    request_timeout_ms: millis(provider.request_timeout),
+                };
+                (id.clone(), entry)
+            })
+            .collect(),
+        mcp_servers: config
+            .mcp_servers
+            .iter()
+            .map(|(name, server)| {
+                let entry = EffectiveMcpServer {
+                    command: server.command.clone(),
+                    args: server.args.clone(),
+                    env: server.env.keys().map(|k| (k.clone(), REDACTED)).collect(),
+                    tool_timeout_ms: server.tool_timeout_ms.unwrap_or(DEFAULT_TOOL_TIMEOUT_MS),
+                };
+                (name.clone(), entry)
+            })
+            .collect(),
+        max_tool_rounds: config.max_tool_rounds,
+        otel: EffectiveOtel {
+            capture_content: config.content.capture,
+            redact: vec![REDACTED; config.content.redact.len()],
+            max_content_bytes: config.content.max_bytes,
+        },
     }
 }
 
@@ -138,9 +238,88 @@ impl MessageProcessor {
     pub(crate) fn config_read(&self, params: ConfigReadParams) -> HandlerResult {
         let layers = params.include_layers.then(Vec::<Value>::new);
         to_result(json!({
-            "config": to_result(effective_config(self.threads()))?,
+            "config": to_result(effective_config(self.threads().config()))?,
             "origins": Map::new(),
             "layers": layers,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_effective_config_shows_settings_and_hides_secrets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            r#"
+model = "qwen"
+model_provider = "local"
+instructions = "Answer in French."
+max_tool_rounds = 7
+[model_providers.local]
+name = "Local"
+base_url = "http://127.0.0.1:9/v1"
+env_key = "LOCAL_KEY"
+request_timeout_ms = 1500
+[mcp_servers.time]
+command = "mcp-server-time"
+args = ["--tz", "UTC"]
+env = { TOKEN = "mcp-env-secret" }
+[otel]
+capture_content = true
+redact = ["redact-pattern-secret"]
+max_content_bytes = 99
+"#,
+        )
+        .expect("write");
+        let config = Config::load_with_env(&path, &[], &|k| match k {
+            "LOCAL_KEY" => Some("sk-provider-secret".into()),
+            "OPENAI_API_KEY" => Some("sk-openai-secret".into()),
+            _ => None,
+        })
+        .expect("load");
+        let shown = serde_json::to_value(effective_config(&config)).expect("json");
+        assert_eq!(shown["model"], json!("qwen"));
+        assert_eq!(shown["instructions"], json!("Answer in French."));
+        assert_eq!(shown["max_tool_rounds"], json!(7));
+        assert_eq!(
+            shown["model_providers"]["local"],
+            json!({"name": "Local", "base_url": "http://127.0.0.1:9/v1", "env_key": "LOCAL_KEY",
+                   "wire_api": "chat", "request_timeout_ms": 1500})
+        );
+        assert_eq!(
+            shown["model_providers"]["openai"]["env_key"],
+            json!("OPENAI_API_KEY")
+        );
+        assert_eq!(
+            shown["mcp_servers"]["time"],
+            json!({"command": "mcp-server-time", "args": ["--tz", "UTC"],
+                   "env": {"TOKEN": "[REDACTED]"}, "tool_timeout_ms": DEFAULT_TOOL_TIMEOUT_MS})
+        );
+        assert_eq!(
+            shown["otel"],
+            json!({"capture_content": true, "redact": ["[REDACTED]"], "max_content_bytes": 99})
+        );
+        let text = shown.to_string();
+        for secret in [
+            "sk-provider-secret",
+            "sk-openai-secret",
+            "mcp-env-secret",
+            "redact-pattern-secret",
+        ] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+    }
+
+    #[test]
+    fn instructions_are_left_out_when_not_configured() {
+        let shown = serde_json::to_value(effective_config(&Config::default())).expect("json");
+        assert!(shown.get("instructions").is_none(), "{shown}");
+        assert_eq!(shown["mcp_servers"], json!({}));
+        assert_eq!(shown["otel"]["redact"], json!([]));
     }
 }

@@ -73,6 +73,25 @@ pub const TURN_START_IGNORED: &[&str] = &[
     "turnTrigger",
 ];
 
+/// Codex `thread/list` filters and orderings Skein does not apply: it
+/// lists every thread of its store (archived or not, as asked), newest
+/// first.
+pub const THREAD_LIST_IGNORED: &[&str] = &[
+    "currentAccountOnly",
+    "cwd",
+    "excludedThreadIds",
+    "modelProviders",
+    "originators",
+    "searchTerm",
+    "sectionId",
+    "sortDirection",
+    "sortKey",
+    "sourceKinds",
+    "useStateDbOnly",
+];
+/// Codex `turn/steer` parameters Skein accepts and does not act on.
+pub const TURN_STEER_IGNORED: &[&str] = &["clientUserMessageId"];
+
 /// The fields of `ignored` that `params` carries (with a non-null value).
 pub fn present<'a>(params: Option<&Value>, ignored: &[&'a str]) -> Vec<&'a str> {
     let Some(Value::Object(map)) = params else {
@@ -112,5 +131,21 @@ mod tests {
         );
         assert!(present(None, TURN_START_IGNORED).is_empty());
         assert!(present(Some(&json!([1])), TURN_START_IGNORED).is_empty());
+    }
+
+    #[test]
+    fn thread_list_filters_and_steer_message_ids_are_named() {
+        let list = json!({"limit": 5, "archived": true, "searchTerm": "x", "sortKey": "updated_at",
+                          "cwd": ["/a"], "sectionId": null});
+        assert_eq!(
+            present(Some(&list), THREAD_LIST_IGNORED),
+            ["cwd", "searchTerm", "sortKey"]
+        );
+        let steer = json!({"threadId": "t", "expectedTurnId": "u", "input": [],
+                           "clientUserMessageId": "m-1"});
+        assert_eq!(
+            present(Some(&steer), TURN_STEER_IGNORED),
+            ["clientUserMessageId"]
+        );
     }
 }

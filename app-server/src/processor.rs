@@ -28,8 +28,8 @@ use skein_protocol::{TurnKind, TurnStatus, UserInput};
 use tower::Service;
 
 use crate::ignored_params::{
-    THREAD_FORK_IGNORED, THREAD_RESUME_IGNORED, THREAD_START_IGNORED, TURN_START_IGNORED,
-    log_ignored,
+    THREAD_FORK_IGNORED, THREAD_LIST_IGNORED, THREAD_RESUME_IGNORED, THREAD_START_IGNORED,
+    TURN_START_IGNORED, TURN_STEER_IGNORED, log_ignored,
 };
 use crate::session::ConnectionSession;
 use crate::tracing_layer::RpcCall;
@@ -114,7 +114,10 @@ impl MessageProcessor {
                 log_ignored(method, params.as_ref(), THREAD_START_IGNORED);
                 self.thread_start(parse_params(params)?, session).await
             }
-            Method::ThreadList => self.thread_list(parse_params(params)?),
+            Method::ThreadList => {
+                log_ignored(method, params.as_ref(), THREAD_LIST_IGNORED);
+                self.thread_list(parse_params(params)?)
+            }
             Method::ThreadRead => self.thread_read(parse_params(params)?),
             Method::ThreadResume => {
                 log_ignored(method, params.as_ref(), THREAD_RESUME_IGNORED);
@@ -146,7 +149,10 @@ impl MessageProcessor {
                     .await
                     .and_then(|turn| to_result(TurnStartResponse { turn }))
             }
-            Method::TurnSteer => self.turn_steer(parse_params(params)?).await,
+            Method::TurnSteer => {
+                log_ignored(method, params.as_ref(), TURN_STEER_IGNORED);
+                self.turn_steer(parse_params(params)?).await
+            }
             Method::TurnInterrupt => self.turn_interrupt(parse_params(params)?).await,
             Method::ThreadLoadedList => self.thread_loaded_list(parse_params(params)?),
             Method::ThreadArchive => self.thread_archive(parse_params(params)?).await,

@@ -21,6 +21,8 @@ pub const ECHO_PROVIDER: &str = "skein";
 pub const ECHO_MODEL: &str = "echo";
 /// The built-in OpenAI provider's id.
 pub const OPENAI_PROVIDER: &str = "openai";
+/// The environment variable holding the built-in OpenAI provider's key.
+pub const OPENAI_API_KEY_ENV: &str = "OPENAI_API_KEY";
 /// The OpenAI API, when `OPENAI_BASE_URL` is unset.
 pub const OPENAI_DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 /// Default bound on model calls answered with tool calls in one turn.
@@ -81,6 +83,15 @@ pub enum WireApi {
     /// `POST {base_url}/chat/completions` with `stream: true`.
     #[default]
     Chat,
+}
+
+impl WireApi {
+    /// The value as written in `config.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WireApi::Chat => "chat",
+        }
+    }
 }
 
 /// One `[model_providers.<id>]` table.
@@ -166,6 +177,9 @@ pub struct Provider {
     pub name: String,
     /// The base URL, without a trailing slash.
     pub base_url: String,
+    /// The environment variable the API key is read from, if any (its
+    /// name; the value is [`Provider::api_key`]).
+    pub env_key: Option<String>,
     /// The API key, if the provider has one. Never logged.
     pub api_key: Option<String>,
     /// The wire protocol.
@@ -180,6 +194,7 @@ impl std::fmt::Debug for Provider {
             .field("id", &self.id)
             .field("name", &self.name)
             .field("base_url", &self.base_url)
+            .field("env_key", &self.env_key)
             .field("api_key", &self.api_key.as_ref().map(|_| "[set]"))
             .field("request_timeout", &self.request_timeout)
             .finish()
@@ -312,7 +327,8 @@ fn builtin_providers(env: &dyn Fn(&str) -> Option<String>) -> BTreeMap<String, P
         id: OPENAI_PROVIDER.to_owned(),
         name: "OpenAI".to_owned(),
         base_url: base_url.trim_end_matches('/').to_owned(),
-        api_key: env("OPENAI_API_KEY").filter(|k| !k.is_empty()),
+        env_key: Some(OPENAI_API_KEY_ENV.to_owned()),
+        api_key: env(OPENAI_API_KEY_ENV).filter(|k| !k.is_empty()),
         wire_api: WireApi::Chat,
         request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
     };
@@ -407,6 +423,7 @@ impl Config {
                     name: p.name.unwrap_or_else(|| id.clone()),
                     id,
                     base_url: url,
+                    env_key: p.env_key,
                     api_key,
                     wire_api: p.wire_api,
                     request_timeout: Duration::from_millis(
@@ -578,6 +595,7 @@ env = { TZ = "UTC" }
         let local = &config.providers["local"];
         assert_eq!(local.base_url, "http://127.0.0.1:8000/v1");
         assert_eq!(local.api_key.as_deref(), Some("sk-local"));
+        assert_eq!(local.env_key.as_deref(), Some("LOCAL_API_KEY"));
         assert!(!format!("{local:?}").contains("sk-local"));
         assert_eq!(config.mcp_servers["time"].env["TZ"], "UTC");
     }

@@ -11,9 +11,10 @@
 mod support;
 
 use serde_json::{Value, json};
+use skein_app_server_protocol::Method;
 use support::codex_schema::{
     NOTIFICATION_SCHEMAS, RESULT_SCHEMAS, assert_codex_request, assert_valid_notification,
-    assert_valid_result, errors, result_schema,
+    assert_valid_result, errors, notification_schema, result_schema,
 };
 use support::{Client, NOT_INITIALIZED, Server, ServerOptions, Transport};
 
@@ -307,8 +308,10 @@ async fn every_method_and_notification_conforms_to_the_codex_schemas(transport: 
     .await;
     assert_eq!(unsubscribed, json!({"status": "unsubscribed"}));
 
-    // Every method with a schema was exercised.
-    for (method, _) in RESULT_SCHEMAS {
+    // Every method the router knows was exercised (and so has a schema:
+    // `call` looks it up).
+    for method in Method::ALL {
+        let method = method.as_str();
         assert!(
             seen.iter().any(|m| m == method),
             "{method} was not exercised"
@@ -382,6 +385,123 @@ async fn a_result_missing_a_required_field_fails_validation() {
         !errors(file, &broken).is_empty(),
         "an unknown status must fail"
     );
+    client.close().await;
+    server.shutdown().await;
+}
+
+/// The conformance test cannot skip a method: every method of the router's
+/// `Method` list has a Codex result schema, and every schema listed names
+/// a method the router knows.
+#[test]
+fn every_router_method_has_a_codex_result_schema() {
+    let listed: Vec<&str> = RESULT_SCHEMAS.iter().map(|(method, _)| *method).collect();
+    let missing: Vec<&str> = Method::ALL
+        .iter()
+        .map(|m| m.as_str())
+        .filter(|m| !listed.contains(m))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "router methods without a Codex result schema in RESULT_SCHEMAS, so not checked: {missing:?}"
+    );
+    let stale: Vec<&str> = listed
+        .iter()
+        .copied()
+        .filter(|m| Method::from_name(m).is_none())
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "RESULT_SCHEMAS lists methods the router does not know: {stale:?}"
+    );
+    let mut unique = listed.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), listed.len(), "duplicates in RESULT_SCHEMAS");
+}
+
+/// Notification validation is not vacuous either: removing a field Codex
+/// requires from a real `turn/completed` or `item/completed` fails both
+/// the `ServerNotification` envelope and the notification's own schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_missing_a_required_field_fails_validation() {
+    let mut server = Server::start(Transport::Stdio).await;
+    let mut client = server.connect().await;
+    client.initialize("codex-conformance", "1").await;
+    let thread_id = client.start_thread().await;
+    let turn_id = client
+        .start_turn(&thread_id, "hello there", None)
+        .await
+        .turn_id();
+    let turn_completed = client.wait_for_turn_completed(&turn_id).await;
+    let item_completed = client
+        .received()
+        .iter()
+        .find(|m| {
+            m["method"] == "item/completed"
+                && m["params"]["turnId"] == json!(turn_id)
+                && m["params"]["item"]["type"] == "agentMessage"
+        })
+        .cloned()
+        .expect("item/completed of the answer");
+
+    // Each path is a field Codex requires, removed from the params.
+    let cases: [(&Value, &[&[&str]]); 2] = [
+        (
+            &turn_completed,
+            &[
+                &["threadId"],
+                &["turn"],
+                &["turn", "id"],
+                &["turn", "status"],
+                &["turn", "items"],
+            ],
+        ),
+        (
+            &item_completed,
+            &[
+                &["threadId"],
+                &["turnId"],
+                &["item"],
+                &["completedAtMs"],
+                &["item", "id"],
+                &["item", "type"],
+                &["item", "text"],
+            ],
+        ),
+    ];
+    for (notification, paths) in cases {
+        let method = notification["method"].as_str().expect("method");
+        let file = notification_schema(method);
+        let envelope = |params: &Value| json!({"method": method, "params": params});
+        let params = &notification["params"];
+        assert_eq!(errors(file, params), Vec::<String>::new(), "{notification}");
+        assert_eq!(
+            errors("ServerNotification.json", &envelope(params)),
+            Vec::<String>::new(),
+            "{notification}"
+        );
+        for path in paths {
+            let (last, parents) = path.split_last().expect("non-empty path");
+            let mut broken = params.clone();
+            let mut object = &mut broken;
+            for key in parents {
+                object = &mut object[*key];
+            }
+            assert!(
+                object
+                    .as_object_mut()
+                    .and_then(|o| o.remove(*last))
+                    .is_some(),
+                "{method} has no {path:?} to remove: {notification}"
+            );
+            let what = format!("{method} without {}", path.join("."));
+            assert!(!errors(file, &broken).is_empty(), "{what} must fail {file}");
+            assert!(
+                !errors("ServerNotification.json", &envelope(&broken)).is_empty(),
+                "{what} must fail ServerNotification.json"
+            );
+        }
+    }
     client.close().await;
     server.shutdown().await;
 }

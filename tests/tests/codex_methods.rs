@@ -1,8 +1,10 @@
 //! End-to-end tests of the Codex v2 methods and behaviours Skein adopted:
 //! `expectedTurnId`, the error code before `initialize`, the session
 //! methods (`thread/loaded/list`, `thread/archive` / `unarchive`,
-//! `thread/name/set`, `thread/turns/list`) and the `thread/status/changed`
-//! and `thread/tokenUsage/updated` notifications. Results are also checked
+//! `thread/name/set`, `thread/turns/list`), `config/read` and
+//! `mcpServerStatus/list` answering from `config.toml`, the debug log of
+//! Codex parameters Skein ignores, and the `thread/status/changed` and
+//! `thread/tokenUsage/updated` notifications. Results are also checked
 //! against Codex's schemas.
 
 #[macro_use]
@@ -11,8 +13,8 @@ mod support;
 use serde_json::{Value, json};
 use support::codex_schema::{assert_valid_notification, assert_valid_result};
 use support::{
-    Client, INVALID_PARAMS, INVALID_REQUEST, NOT_INITIALIZED, Server, ServerOptions, SkeinHome,
-    Transport,
+    Client, INVALID_PARAMS, INVALID_REQUEST, NOT_INITIALIZED, STATUS_CODE_ERROR, Server,
+    ServerOptions, SkeinHome, Transport,
 };
 
 both_transports!(
@@ -117,6 +119,20 @@ async fn steer_accepts_codex_expected_turn_id_and_skeins_turn_id(transport: Tran
     assert_eq!(
         span.attr_str("turn.id").as_deref(),
         Some(turn_id.as_str()),
+        "{span}"
+    );
+    assert_eq!(
+        span.attr_str("thread.id").as_deref(),
+        Some(thread_id.as_str()),
+        "{span}"
+    );
+    // A steer that fails has no result to take the ids from: the span
+    // still names the turn the client expected, from the params.
+    let span = finished.request_span(&wrong.id_str());
+    assert_eq!(span.status_code, STATUS_CODE_ERROR, "{span}");
+    assert_eq!(
+        span.attr_str("turn.id").as_deref(),
+        Some("not-the-running-turn"),
         "{span}"
     );
     assert_eq!(
@@ -463,6 +479,170 @@ async fn loaded_list_unsubscribe_and_status_follow_what_this_server_has_loaded()
     )
     .await;
     assert_eq!(again, json!({"status": "notSubscribed"}));
+    client.close().await;
+    server.shutdown().await;
+}
+
+/// The API key of the provider in [`configured_home`]'s `config.toml`,
+/// given to the server through the variable its `env_key` names.
+const PROVIDER_KEY: &str = "sk-e2e-provider-key-7f3a91";
+/// A secret in an MCP server's `env` table.
+const MCP_ENV_SECRET: &str = "mcp-env-secret-52c0d8";
+/// A redaction pattern spelling out a secret.
+const REDACT_PATTERN_SECRET: &str = "literal-secret-e4b6";
+
+/// A `SKEIN_HOME` whose `config.toml` sets every section Skein has. The
+/// provider and the MCP server are never called (no turn runs).
+fn configured_home() -> SkeinHome {
+    let home = SkeinHome::new();
+    let config = format!(
+        r#"
+model = "e2e-model"
+model_provider = "e2e"
+instructions = "Answer in haiku."
+max_tool_rounds = 5
+
+[model_providers.e2e]
+name = "E2E provider"
+base_url = "http://127.0.0.1:9/v1/"
+env_key = "SKEIN_E2E_PROVIDER_KEY"
+wire_api = "chat"
+request_timeout_ms = 4321
+
+[mcp_servers.tools]
+command = "/nonexistent/mcp-server"
+args = ["--verbose", "--port", "0"]
+env = {{ MCP_TOKEN = "{MCP_ENV_SECRET}", MCP_MODE = "test" }}
+tool_timeout_ms = 1234
+
+[otel]
+capture_content = true
+redact = ["sk-[a-z0-9-]+", "{REDACT_PATTERN_SECRET}"]
+max_content_bytes = 2048
+"#
+    );
+    std::fs::write(home.path().join("config.toml"), config).expect("write config.toml");
+    home
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_read_returns_the_configured_values_and_never_a_secret() {
+    let home = configured_home();
+    let options = ServerOptions::default()
+        .home(&home)
+        .env("SKEIN_E2E_PROVIDER_KEY", PROVIDER_KEY);
+    let (server, mut client) = start(Transport::Stdio, options).await;
+
+    let read = client
+        .request("config/read", json!({"includeLayers": false}), None)
+        .await;
+    let answer = read.message.to_string();
+    for secret in [PROVIDER_KEY, MCP_ENV_SECRET, REDACT_PATTERN_SECRET] {
+        assert!(
+            !answer.contains(secret),
+            "config/read leaks {secret:?}: {answer}"
+        );
+    }
+    let result = read.result();
+    assert_valid_result("config/read", result);
+    let config = &result["config"];
+    assert_eq!(config["model"], json!("e2e-model"), "{config:#}");
+    assert_eq!(config["model_provider"], json!("e2e"), "{config:#}");
+    assert_eq!(
+        config["instructions"],
+        json!("Answer in haiku."),
+        "{config:#}"
+    );
+    assert_eq!(config["max_tool_rounds"], json!(5), "{config:#}");
+    assert_eq!(
+        config["model_providers"]["e2e"],
+        json!({"name": "E2E provider", "base_url": "http://127.0.0.1:9/v1",
+               "env_key": "SKEIN_E2E_PROVIDER_KEY", "wire_api": "chat",
+               "request_timeout_ms": 4321}),
+        "{config:#}"
+    );
+    assert_eq!(
+        config["mcp_servers"],
+        json!({"tools": {"command": "/nonexistent/mcp-server",
+                         "args": ["--verbose", "--port", "0"],
+                         "env": {"MCP_MODE": "[REDACTED]", "MCP_TOKEN": "[REDACTED]"},
+                         "tool_timeout_ms": 1234}}),
+        "{config:#}"
+    );
+    assert_eq!(
+        config["otel"],
+        json!({"capture_content": true, "redact": ["[REDACTED]", "[REDACTED]"],
+               "max_content_bytes": 2048}),
+        "{config:#}"
+    );
+    assert_eq!(config["approval_policy"], json!("never"), "{config:#}");
+    assert_eq!(
+        config["sandbox_mode"],
+        json!("danger-full-access"),
+        "{config:#}"
+    );
+
+    // The same server is listed by mcpServerStatus/list, not started.
+    let mcp = call(&mut client, "mcpServerStatus/list", json!({})).await;
+    let servers = mcp["data"].as_array().expect("data");
+    assert_eq!(servers.len(), 1, "{mcp}");
+    assert_eq!(servers[0]["name"], json!("tools"), "{mcp}");
+    assert_eq!(servers[0]["runtimeStatus"], json!("notStarted"), "{mcp}");
+    client.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignored_codex_params_are_named_in_the_debug_log() {
+    let options = ServerOptions::default().env("RUST_LOG", "info,skein_app_server=debug");
+    let (mut server, mut client) = start(Transport::Stdio, options).await;
+    let ignored_line = |method: &'static str| {
+        move |line: &str| {
+            line.contains("does not act on") && line.contains(&format!("method=\"{method}\""))
+        }
+    };
+
+    let thread_id = client
+        .request(
+            "thread/start",
+            json!({"model": "echo", "serviceName": "codex-ide", "cwd": "/elsewhere"}),
+            None,
+        )
+        .await
+        .thread_id();
+    let line = server.wait_for_stderr(ignored_line("thread/start")).await;
+    assert!(line.contains("DEBUG"), "{line}");
+    assert!(
+        line.contains("\"cwd\"") && line.contains("\"serviceName\""),
+        "{line}"
+    );
+    assert!(!line.contains("\"model\""), "model is acted on: {line}");
+
+    call(
+        &mut client,
+        "thread/list",
+        json!({"limit": 5, "searchTerm": "needle", "sortKey": "updated_at"}),
+    )
+    .await;
+    let line = server.wait_for_stderr(ignored_line("thread/list")).await;
+    assert!(
+        line.contains("\"searchTerm\"") && line.contains("\"sortKey\""),
+        "{line}"
+    );
+    assert!(!line.contains("\"limit\""), "limit is acted on: {line}");
+
+    // No turn runs, so the steer fails; the parameter is still named.
+    let steer = client
+        .request(
+            "turn/steer",
+            json!({"threadId": thread_id, "expectedTurnId": "none", "clientUserMessageId": "m-1",
+                   "input": [{"type": "text", "text": "x"}]}),
+            None,
+        )
+        .await;
+    assert!(steer.message.get("error").is_some(), "{}", steer.message);
+    let line = server.wait_for_stderr(ignored_line("turn/steer")).await;
+    assert!(line.contains("\"clientUserMessageId\""), "{line}");
     client.close().await;
     server.shutdown().await;
 }

@@ -154,12 +154,20 @@ pub fn assert_valid_notification(message: &Value) {
         &format!("{method} notification"),
         &json!({"method": method, "params": params}),
     );
-    let file = NOTIFICATION_SCHEMAS
+    assert_valid(
+        notification_schema(method),
+        &format!("{method} params"),
+        params,
+    );
+}
+
+/// The params schema of notification `method`.
+pub fn notification_schema(method: &str) -> &'static str {
+    NOTIFICATION_SCHEMAS
         .iter()
         .find(|(m, _)| *m == method)
         .map(|(_, file)| *file)
-        .unwrap_or_else(|| panic!("no Codex schema listed for notification {method}"));
-    assert_valid(file, &format!("{method} params"), params);
+        .unwrap_or_else(|| panic!("no Codex schema listed for notification {method}"))
 }
 
 /// Checks that a request Skein is sent is shaped the way a Codex client
