@@ -643,33 +643,20 @@ mod tests {
 #[cfg(test)]
 mod id_recording_tests {
     use super::*;
-    use opentelemetry::trace::TracerProvider as _;
-    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+    use opentelemetry_sdk::trace::InMemorySpanExporter;
     use serde_json::json;
-    use tracing_subscriber::layer::SubscriberExt;
 
-    /// The `thread.id` and `turn.id` the OTel span carries once `record`
-    /// has filled a request span declaring both fields empty.
-    fn exported_ids(record: impl FnOnce(&tracing::Span)) -> (Option<String>, Option<String>) {
+    /// The `thread.id` and `turn.id` the exported request span carries once
+    /// `record` has filled it.
+    fn exported_ids(record: impl FnOnce(&mut RequestSpan)) -> (Option<String>, Option<String>) {
         let exporter = InMemorySpanExporter::default();
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(exporter.clone())
             .build();
-        // Without the layer's own `thread.id` (the OS thread's number), as
-        // Skein's telemetry sets it up.
-        let layer = tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("test"))
-            .with_threads(false);
-        let subscriber = tracing_subscriber::registry().with(layer);
-        tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::info_span!(
-                target: REQUEST_TARGET,
-                "request",
-                { attr::THREAD_ID } = Empty,
-                { attr::TURN_ID } = Empty,
-            );
-            record(&span);
-        });
+        let (mut span, _) =
+            RequestSpanBuilder::new("turn/steer", "svc").start_span(&provider.tracer("test"), []);
+        record(&mut span);
+        drop(span);
         let spans = exporter.get_finished_spans().expect("finished spans");
         assert_eq!(spans.len(), 1, "{spans:?}");
         let get = |key: &str| {
@@ -690,16 +677,16 @@ mod id_recording_tests {
     fn record_ids_takes_the_turn_from_expected_turn_id_alone() {
         let steer = json!({"threadId": "th-1", "expectedTurnId": "tu-1", "input": []});
         assert_eq!(
-            exported_ids(|span| record_ids(span, Some(&steer))),
+            exported_ids(|span| span.record_ids(Some(&steer))),
             owned(Some("th-1"), Some("tu-1"))
         );
         let turn_only = json!({"expectedTurnId": "tu-2"});
         assert_eq!(
-            exported_ids(|span| record_ids(span, Some(&turn_only))),
+            exported_ids(|span| span.record_ids(Some(&turn_only))),
             owned(None, Some("tu-2"))
         );
         assert_eq!(
-            exported_ids(|span| record_ids(span, None)),
+            exported_ids(|span| span.record_ids(None)),
             owned(None, None)
         );
     }
@@ -707,25 +694,23 @@ mod id_recording_tests {
     #[test]
     fn record_result_ids_reads_expected_turn_id_and_result_shapes() {
         assert_eq!(
-            exported_ids(|span| record_result_ids(
-                span,
-                r#"{"threadId": "th-1", "expectedTurnId": "tu-1"}"#
-            )),
+            exported_ids(
+                |span| span.record_result_ids(r#"{"threadId": "th-1", "expectedTurnId": "tu-1"}"#)
+            ),
             owned(Some("th-1"), Some("tu-1"))
         );
         assert_eq!(
-            exported_ids(|span| record_result_ids(span, r#"{"expectedTurnId": "tu-2"}"#)),
+            exported_ids(|span| span.record_result_ids(r#"{"expectedTurnId": "tu-2"}"#)),
             owned(None, Some("tu-2"))
         );
         assert_eq!(
-            exported_ids(|span| record_result_ids(
-                span,
+            exported_ids(|span| span.record_result_ids(
                 r#"{"thread": {"id": "th-3", "turns": []}, "turn": {"id": "tu-3", "items": []}}"#
             )),
             owned(Some("th-3"), Some("tu-3"))
         );
         assert_eq!(
-            exported_ids(|span| record_result_ids(span, r#"["expectedTurnId", "tu-4"]"#)),
+            exported_ids(|span| span.record_result_ids(r#"["expectedTurnId", "tu-4"]"#)),
             owned(None, None)
         );
     }
