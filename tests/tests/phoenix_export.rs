@@ -8,7 +8,8 @@
 //!
 //! Phoenix comes from `SKEIN_PHOENIX_BIN`, else `phoenix` on `PATH`
 //! (`.ci/run` installs it into a virtualenv). When it cannot be started at
-//! all, the test says so loudly and skips.
+//! all, the test says so loudly and skips, except with `CI=true` (which
+//! `.ci/run` sets), where it fails.
 
 mod support;
 
@@ -308,6 +309,9 @@ async fn turn_tree_reaches_phoenix(phoenix: &Phoenix, protocol: &str) {
 async fn turn_tree_reaches_phoenix_over_http_protobuf_and_grpc() {
     let phoenix = match start_phoenix().await {
         Ok(phoenix) => phoenix,
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true but Phoenix could not be started: {why}")
+        }
         Err(why) => {
             // Straight to the stderr handle: libtest captures `eprintln!`
             // of passing tests, and a skip must be seen.
