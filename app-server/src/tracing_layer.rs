@@ -77,14 +77,10 @@ where
 
     fn call(&mut self, call: RpcCall) -> Self::Future {
         let (mut span, timer) = make_request_span(&call.request, &call.session);
-        // The request span is the current OTel context while the handler
-        // runs (and while its future is made), so what it hands to core
+        // The request span is the current OTel context while the handler's
+        // future is made and while it runs, so what it hands to core
         // carries the span's context.
-        let inner = {
-            let _current = span.context().attach();
-            self.inner.call(call)
-        };
-        let inner = span.within(inner);
+        let inner = span.within(|| self.inner.call(call));
         Box::pin(async move {
             let message = inner.await?;
             record_response(&mut span, &message, timer);

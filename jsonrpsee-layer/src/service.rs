@@ -316,11 +316,7 @@ impl<S> RpcTracing<S> {
     where
         F: Future<Output = MethodResponse> + Send + 'a,
     {
-        let future = {
-            let _current = started.span.context().attach();
-            make()
-        };
-        let future = started.span.within(future);
+        let future = started.span.within(make);
         let shared = self.shared.clone();
         let mut started = started;
         async move {

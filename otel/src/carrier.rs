@@ -75,26 +75,50 @@ pub enum CarrierError {
 /// Returns `Ok(None)` when there is nothing to read (`null`, or an object
 /// with neither field), and an error when the shape is wrong.
 pub fn carrier_from_json(value: &Value) -> Result<Option<W3cTraceContext>, CarrierError> {
+    Ok(
+        carrier_fields(value)?.map(|(traceparent, tracestate)| W3cTraceContext {
+            traceparent: traceparent.map(str::to_owned),
+            tracestate: tracestate.map(str::to_owned),
+        }),
+    )
+}
+
+/// The `traceparent` and `tracestate` of a carrier object, borrowed;
+/// `None` when there is nothing to read (see [`carrier_from_json`]).
+#[allow(clippy::type_complexity)]
+fn carrier_fields(value: &Value) -> Result<Option<(Option<&str>, Option<&str>)>, CarrierError> {
     let obj = match value {
         Value::Null => return Ok(None),
         Value::Object(obj) => obj,
         other => return Err(CarrierError::NotAnObject(json_type(other))),
     };
-    let field = |name: &'static str| -> Result<Option<String>, CarrierError> {
+    let field = |name: &'static str| -> Result<Option<&str>, CarrierError> {
         match obj.get(name) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
             Some(other) => Err(CarrierError::NotAString {
                 field: name,
                 got: json_type(other),
             }),
         }
     };
-    let carrier = W3cTraceContext {
-        traceparent: field("traceparent")?,
-        tracestate: field("tracestate")?,
+    let traceparent = field("traceparent")?;
+    let tracestate = field("tracestate")?;
+    Ok((traceparent.is_some() || tracestate.is_some()).then_some((traceparent, tracestate)))
+}
+
+/// The remote span context a carrier object names, read without copying
+/// it: [`carrier_from_json`] then [`span_context_from_carrier`].
+fn span_context_from_json(value: &Value) -> Result<Option<SpanContext>, CarrierError> {
+    let Some((traceparent, tracestate)) = carrier_fields(value)? else {
+        return Ok(None);
     };
-    Ok((!carrier.is_empty()).then_some(carrier))
+    let traceparent = traceparent.ok_or(CarrierError::MissingTraceparent)?;
+    let (cx, tracestate_error) = w3c::span_context(traceparent, tracestate)?;
+    if let Some(reason) = tracestate_error {
+        tracing::warn!(%reason, "dropping invalid tracestate; the traceparent is still used");
+    }
+    Ok(Some(cx))
 }
 
 /// Parses a carrier into a remote span context.
@@ -180,9 +204,7 @@ pub fn choose_parent_among<'a>(
     let mut choice = ParentChoice::default();
     for (source, raw) in candidates {
         let Some(raw) = raw else { continue };
-        match carrier_from_json(raw)
-            .and_then(|c| c.map(|c| span_context_from_carrier(&c)).transpose())
-        {
+        match span_context_from_json(raw) {
             Ok(Some(parent)) => {
                 choice.parent = Some(parent);
                 choice.source = Some(source);

@@ -287,10 +287,17 @@ impl<S: OtelSpan> RequestSpan<S> {
 }
 
 impl<S: OtelSpan> RequestSpan<S> {
-    /// Runs `future` with this span as the current OTel context on every
-    /// poll, so spans and carriers made inside it find their parent.
-    pub fn within<F>(&self, future: F) -> WithContext<F> {
-        future.with_context(self.context())
+    /// Makes the call's future with `make`, then returns it wrapped so that
+    /// it runs with this span as the current OTel context on every poll:
+    /// spans and carriers made inside the call (while the future is made,
+    /// or while it runs) find their parent.
+    pub fn within<F>(&self, make: impl FnOnce() -> F) -> WithContext<F> {
+        let cx = self.context();
+        let future = {
+            let _current = cx.clone().attach();
+            make()
+        };
+        future.with_context(cx)
     }
 }
 
@@ -450,8 +457,15 @@ fn result_ids(json: &str) -> (Option<Cow<'_, str>>, Option<Cow<'_, str>>) {
         #[serde(borrow)]
         turn: Option<Id<'a>>,
     }
-    // Only objects can carry ids; skip anything else without parsing it.
-    if !json.trim_start().starts_with('{') {
+    // Only objects can carry ids; skip anything else without parsing it,
+    // and objects whose text names none of the keys. The text is a
+    // server's serializer output, which writes keys without escapes; a
+    // false match (a string value, an escaped quote) only costs the parse.
+    if !json.trim_start().starts_with('{')
+        || !(json.contains("\"thread")
+            || json.contains("\"turn")
+            || json.contains("\"expectedTurnId"))
+    {
         return (None, None);
     }
     let Ok(ids) = serde_json::from_str::<Ids<'_>>(json) else {
@@ -623,7 +637,7 @@ mod tests {
             RequestSpanBuilder::new("turn/start", "svc").start_span(&provider.tracer("test"), []);
         let expected = crate::carrier_for_span_context(span.span_context());
         assert!(expected.is_some());
-        let inside = span.within(async { crate::current_carrier() }).await;
+        let inside = span.within(|| async { crate::current_carrier() }).await;
         assert_eq!(inside, expected);
         assert_eq!(crate::current_carrier(), None);
     }
