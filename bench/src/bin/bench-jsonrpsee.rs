@@ -62,10 +62,14 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
-    let rpc_middleware =
-        RpcServiceBuilder::new().option_layer(provider.as_ref().map(|p| {
-            skein_jsonrpsee::RpcTracingLayer::new("bench-jsonrpsee").with_tracer_provider(p)
-        }));
+    // Set up as the crate docs advise: the application's provider, and the
+    // registered methods named up front (as Skein's own layer knows its
+    // methods), so spans and metrics use static method names.
+    let rpc_middleware = RpcServiceBuilder::new().option_layer(provider.as_ref().map(|p| {
+        skein_jsonrpsee::RpcTracingLayer::new("bench-jsonrpsee")
+            .with_tracer_provider(p)
+            .with_methods([INITIALIZE, MODEL_LIST])
+    }));
     let http_middleware = tower::ServiceBuilder::new().option_layer(
         args.middleware
             .then(skein_jsonrpsee::TraceHeadersLayer::default),
