@@ -52,8 +52,7 @@ pub fn make_request_span(
         connection_id: Some(session.id()),
         client_name,
         client_version,
-        service_name: value::SERVICE_NAME,
-        service_value: Some(StringValue::from(value::SERVICE_NAME)),
+        service_name: StringValue::from(value::SERVICE_NAME),
         api_version: Some(value::API_VERSION),
         environment_fallback: true,
     };

@@ -178,8 +178,7 @@ impl Shared {
             request_id: id.map(request_id),
             transport,
             connection_id: extensions.get::<ConnectionId>().map(|c| c.0 as u64),
-            service_value: Some(StringValue::from(Arc::clone(&self.service_name))),
-            ..RequestSpanBuilder::new(method, &self.service_name)
+            ..RequestSpanBuilder::new(method, Arc::clone(&self.service_name))
         };
         let meta = meta_carrier(params);
         let (span, timer) = builder.start_span(

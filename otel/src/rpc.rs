@@ -102,11 +102,9 @@ pub struct RequestSpanBuilder<'a> {
     pub client_name: Option<StringValue>,
     /// `app_server.client_version`.
     pub client_version: Option<StringValue>,
-    /// `rpc.service`: the service answering.
-    pub service_name: &'a str,
-    /// `service_name` as a ready OTel value (static or shared), so that
-    /// [`Self::start_span`] need not copy it per request.
-    pub service_value: Option<StringValue>,
+    /// `rpc.service`: the service answering, as an OTel value (static or
+    /// shared), so that [`Self::start_span`] need not copy it per request.
+    pub service_name: StringValue,
     /// `app_server.api_version`, for servers that version their API.
     pub api_version: Option<&'static str>,
     /// Whether the process environment's `TRACEPARENT` is the last carrier
@@ -119,7 +117,7 @@ impl<'a> RequestSpanBuilder<'a> {
     /// A call of `method` to `service_name`, with nothing else known yet:
     /// the method lookup deferred, no id, transport, connection or client,
     /// and no environment fallback.
-    pub fn new(method: &'a str, service_name: &'a str) -> Self {
+    pub fn new(method: &'a str, service_name: impl Into<StringValue>) -> Self {
         Self {
             method,
             lookup: MethodLookup::Deferred,
@@ -128,8 +126,7 @@ impl<'a> RequestSpanBuilder<'a> {
             connection_id: None,
             client_name: None,
             client_version: None,
-            service_name,
-            service_value: None,
+            service_name: service_name.into(),
             api_version: None,
             environment_fallback: false,
         }
@@ -370,12 +367,7 @@ impl RequestSpanBuilder<'_> {
         let mut attrs = Vec::with_capacity(16);
         attrs.push(KeyValue::new(attr::RPC_SYSTEM, value::JSONRPC));
         attrs.push(KeyValue::new(attr::RPC_SYSTEM_NAME, value::JSONRPC));
-        attrs.push(KeyValue::new(
-            attr::RPC_SERVICE,
-            self.service_value
-                .clone()
-                .unwrap_or_else(|| StringValue::from(self.service_name.to_owned())),
-        ));
+        attrs.push(KeyValue::new(attr::RPC_SERVICE, self.service_name.clone()));
         match self.lookup {
             MethodLookup::Known(name) => attrs.push(KeyValue::new(attr::RPC_METHOD, name)),
             MethodLookup::Unknown => {
