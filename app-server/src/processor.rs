@@ -402,7 +402,7 @@ impl MessageProcessor {
     }
 
     fn initialize(&self, params: InitializeParams, session: &ConnectionSession) -> HandlerResult {
-        if !session.initialize(params.client_info) {
+        if !session.initialize(&params.client_info) {
             return Err(ErrorObject::new(
                 INVALID_REQUEST,
                 "already initialized: `initialize` may be sent once per connection",

@@ -27,7 +27,7 @@ pub fn make_request_span(
 
     // Client metadata: from the params of `initialize` itself, from the
     // connection's state on every later request.
-    let (client_name, client_version) = match (known, session.client_values()) {
+    let (client_name, client_version) = match (known, session.client()) {
         (Some(Method::Initialize), _) => {
             let info = request.params.as_ref().and_then(|p| p.get("clientInfo"));
             let value = |key| rpc::str_field(info, key).map(|s| StringValue::from(s.to_owned()));

@@ -91,9 +91,9 @@ pub const OUTBOUND_QUEUE: usize = 256;
 pub struct ConnectionSession {
     id: u64,
     transport: Transport,
-    client: OnceLock<ClientInfo>,
-    /// The client's name and version as span attribute values, made once.
-    client_values: OnceLock<(StringValue, StringValue)>,
+    /// The client's name and version from `initialize`, kept as the span
+    /// attribute values every later request records.
+    client: OnceLock<(StringValue, StringValue)>,
     outbound: mpsc::Sender<OutboundItem>,
     subscriptions: Mutex<Subscriptions>,
     /// Notifications handlers queued for the response being prepared.
@@ -119,7 +119,6 @@ impl ConnectionSession {
             id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
             transport,
             client: OnceLock::new(),
-            client_values: OnceLock::new(),
             outbound,
             subscriptions: Mutex::default(),
             notices: Mutex::default(),
@@ -211,8 +210,8 @@ impl ConnectionSession {
         self.transport
     }
 
-    /// The client, once `initialize` succeeded.
-    pub fn client(&self) -> Option<&ClientInfo> {
+    /// The client's name and version, once `initialize` succeeded.
+    pub fn client(&self) -> Option<&(StringValue, StringValue)> {
         self.client.get()
     }
 
@@ -223,23 +222,13 @@ impl ConnectionSession {
 
     /// Records the client from `initialize`. Returns false when the
     /// connection was already initialized.
-    pub fn initialize(&self, client: ClientInfo) -> bool {
-        let values = (
-            StringValue::from(Arc::<str>::from(client.name.as_str())),
-            StringValue::from(Arc::<str>::from(client.version.as_str())),
-        );
-        if self.client.set(client).is_err() {
-            return false;
-        }
-        // Set right after `client`, by the one caller that set it.
-        let _ = self.client_values.set(values);
-        true
-    }
-
-    /// The client's name and version as span attribute values, once
-    /// `initialize` succeeded.
-    pub fn client_values(&self) -> Option<&(StringValue, StringValue)> {
-        self.client_values.get()
+    pub fn initialize(&self, client: &ClientInfo) -> bool {
+        self.client
+            .set((
+                StringValue::from(Arc::<str>::from(client.name.as_str())),
+                StringValue::from(Arc::<str>::from(client.version.as_str())),
+            ))
+            .is_ok()
     }
 
     /// Queues a notification a handler sends while it answers a request.
