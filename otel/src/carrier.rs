@@ -83,10 +83,12 @@ pub fn carrier_from_json(value: &Value) -> Result<Option<W3cTraceContext>, Carri
     )
 }
 
-/// The `traceparent` and `tracestate` of a carrier object, borrowed;
-/// `None` when there is nothing to read (see [`carrier_from_json`]).
-#[allow(clippy::type_complexity)]
-fn carrier_fields(value: &Value) -> Result<Option<(Option<&str>, Option<&str>)>, CarrierError> {
+/// A carrier's `traceparent` and `tracestate`, borrowed.
+type CarrierFields<'a> = (Option<&'a str>, Option<&'a str>);
+
+/// The fields of a carrier object; `None` when there is nothing to read
+/// (see [`carrier_from_json`]).
+fn carrier_fields(value: &Value) -> Result<Option<CarrierFields<'_>>, CarrierError> {
     let obj = match value {
         Value::Null => return Ok(None),
         Value::Object(obj) => obj,
@@ -110,15 +112,9 @@ fn carrier_fields(value: &Value) -> Result<Option<(Option<&str>, Option<&str>)>,
 /// The remote span context a carrier object names, read without copying
 /// it: [`carrier_from_json`] then [`span_context_from_carrier`].
 fn span_context_from_json(value: &Value) -> Result<Option<SpanContext>, CarrierError> {
-    let Some((traceparent, tracestate)) = carrier_fields(value)? else {
-        return Ok(None);
-    };
-    let traceparent = traceparent.ok_or(CarrierError::MissingTraceparent)?;
-    let (cx, tracestate_error) = w3c::span_context(traceparent, tracestate)?;
-    if let Some(reason) = tracestate_error {
-        tracing::warn!(%reason, "dropping invalid tracestate; the traceparent is still used");
-    }
-    Ok(Some(cx))
+    carrier_fields(value)?
+        .map(|(traceparent, tracestate)| span_context_from_fields(traceparent, tracestate))
+        .transpose()
 }
 
 /// Parses a carrier into a remote span context.
@@ -126,11 +122,19 @@ fn span_context_from_json(value: &Value) -> Result<Option<SpanContext>, CarrierE
 /// An invalid `tracestate` is dropped with a warning; it does not
 /// invalidate the `traceparent`.
 pub fn span_context_from_carrier(carrier: &W3cTraceContext) -> Result<SpanContext, CarrierError> {
-    let traceparent = carrier
-        .traceparent
-        .as_deref()
-        .ok_or(CarrierError::MissingTraceparent)?;
-    let (cx, tracestate_error) = w3c::span_context(traceparent, carrier.tracestate.as_deref())?;
+    span_context_from_fields(
+        carrier.traceparent.as_deref(),
+        carrier.tracestate.as_deref(),
+    )
+}
+
+/// [`span_context_from_carrier`] for the carrier's two fields, borrowed.
+fn span_context_from_fields(
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) -> Result<SpanContext, CarrierError> {
+    let traceparent = traceparent.ok_or(CarrierError::MissingTraceparent)?;
+    let (cx, tracestate_error) = w3c::span_context(traceparent, tracestate)?;
     if let Some(reason) = tracestate_error {
         tracing::warn!(%reason, "dropping invalid tracestate; the traceparent is still used");
     }
