@@ -111,13 +111,7 @@ async fn run_turn_to_end(client: &mut Client, thread_id: &str, input: &str) -> (
 
 /// `thread/read` with turns; returns `result.thread`.
 async fn read_thread(client: &mut Client, thread_id: &str) -> Value {
-    let response = client
-        .request(
-            "thread/read",
-            json!({"threadId": thread_id, "includeTurns": true}),
-            None,
-        )
-        .await;
+    let response = client.read_thread_with_turns(thread_id).await;
     let thread = response.result()["thread"].clone();
     assert_eq!(thread["id"], json!(thread_id), "{}", response.message);
     thread
@@ -827,13 +821,7 @@ async fn ephemeral_thread_leaves_no_file_while_a_normal_one_is_written_as_json_l
     );
     let (server, mut client) = start(Some(&home), 0).await;
     assert_eq!(listed_ids(&mut client).await, [normal_id]);
-    let response = client
-        .request(
-            "thread/read",
-            json!({"threadId": ephemeral_id, "includeTurns": true}),
-            None,
-        )
-        .await;
+    let response = client.read_thread_with_turns(&ephemeral_id).await;
     assert!(
         response.message.get("error").is_some(),
         "an ephemeral thread is gone after a restart: {}",

@@ -676,13 +676,7 @@ async fn a_malformed_mcp_reply_fails_the_tool_call_cleanly_and_skein_keeps_servi
     );
 
     // Skein still answers requests, and the tool server is usable again.
-    let read = client
-        .request(
-            "thread/read",
-            json!({"threadId": thread_id, "includeTurns": true}),
-            None,
-        )
-        .await;
+    let read = client.read_thread_with_turns(&thread_id).await;
     let items = read.result()["thread"]["turns"][0]["items"].to_string();
     assert!(items.contains("call_garbled"), "{items}");
     let turn_id = client

@@ -63,13 +63,7 @@ fn deltas_of(client: &mut Client, turn_id: &str) -> String {
 }
 
 async fn read_turns(client: &mut Client, thread_id: &str) -> Vec<Value> {
-    let read = client
-        .request(
-            "thread/read",
-            json!({"threadId": thread_id, "includeTurns": true}),
-            None,
-        )
-        .await;
+    let read = client.read_thread_with_turns(thread_id).await;
     read.result()["thread"]["turns"]
         .as_array()
         .cloned()

@@ -457,13 +457,7 @@ async fn fifty_mixed_clients_then_sigterm_leave_whole_spans_and_history() {
         .flat_map(|r| r.threads.iter().map(String::as_str))
         .collect();
     for thread_id in threads {
-        let read = client
-            .request(
-                "thread/read",
-                json!({"threadId": thread_id, "includeTurns": true}),
-                None,
-            )
-            .await;
+        let read = client.read_thread_with_turns(thread_id).await;
         let recorded: HashMap<&str, &str> = read.result()["thread"]["turns"]
             .as_array()
             .unwrap_or_else(|| panic!("no turns array: {}", read.message))

@@ -134,13 +134,7 @@ async fn turn_notifications_and_spans_share_one_client_trace_with_exact_parent_l
     let completed = client.wait_for_turn_completed(&turn_id).await;
     assert_eq!(completed_status(&completed), "completed", "{completed}");
     let earlier = client.take_notifications(|n| notification_turn_id(n) == Some(turn_id.as_str()));
-    let read = client
-        .request(
-            "thread/read",
-            json!({"threadId": thread_id, "includeTurns": true}),
-            None,
-        )
-        .await;
+    let read = client.read_thread_with_turns(&thread_id).await;
     client.close().await;
     let finished = server.shutdown().await;
 

@@ -1264,6 +1264,16 @@ impl Client {
             .thread_id()
     }
 
+    /// `thread/read` of `thread_id` with its turns.
+    pub async fn read_thread_with_turns(&mut self, thread_id: &str) -> Response {
+        self.request(
+            "thread/read",
+            json!({"threadId": thread_id, "includeTurns": true}),
+            None,
+        )
+        .await
+    }
+
     /// `turn/start` with one text input, continuing `parent` when given.
     /// Checks the immediate result shape (`inProgress`, no items).
     pub async fn start_turn(
