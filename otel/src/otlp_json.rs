@@ -334,91 +334,97 @@ fn double(out: &mut Vec<u8>, f: f64) {
     }
 }
 
-fn number(out: &mut Vec<u8>, n: impl itoa_like::Integer) {
-    n.write_to(out);
-}
-
-mod itoa_like {
-    /// Integers written in decimal without allocating.
-    pub trait Integer: Copy {
-        /// Appends the decimal form.
-        fn write_to(self, out: &mut Vec<u8>);
-    }
-
-    fn write_u64(out: &mut Vec<u8>, mut n: u64) {
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        out.extend_from_slice(&digits[i..]);
-    }
-
-    impl Integer for u64 {
-        fn write_to(self, out: &mut Vec<u8>) {
-            write_u64(out, self);
-        }
-    }
-
-    impl Integer for u32 {
-        fn write_to(self, out: &mut Vec<u8>) {
-            write_u64(out, u64::from(self));
-        }
-    }
-
-    impl Integer for i64 {
-        fn write_to(self, out: &mut Vec<u8>) {
-            if self < 0 {
-                out.push(b'-');
-            }
-            write_u64(out, self.unsigned_abs());
-        }
-    }
+fn number(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// Appends `bytes` in lowercase hex (trace and span ids: at most 16 bytes).
 fn hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    for &b in bytes {
-        out.push(HEX[usize::from(b >> 4)]);
-        out.push(HEX[usize::from(b & 0xf)]);
+    let mut digits = [0u8; 32];
+    for (pair, &b) in digits.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
     }
+    out.extend_from_slice(&digits[..2 * bytes.len().min(16)]);
+}
+
+/// For each byte, how a JSON string escapes it: 0 for not at all, `u` for
+/// the `\u00XX` form, else the letter after the backslash (serde_json's
+/// choices).
+static ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = b'u';
+        b += 1;
+    }
+    table[0x08] = b'b';
+    table[0x0c] = b'f';
+    table[b'\n' as usize] = b'n';
+    table[b'\r' as usize] = b'r';
+    table[b'\t' as usize] = b't';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
+
+/// True when some byte of the 8 in `chunk` is a control character, `"` or
+/// `\` (exact, by the usual SWAR tests for a zero or small byte).
+fn chunk_needs_escape(chunk: u64) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let below_space = chunk.wrapping_sub(ONES * 0x20) & !chunk;
+    let quote = chunk ^ (ONES * u64::from(b'"'));
+    let backslash = chunk ^ (ONES * u64::from(b'\\'));
+    let has_quote = quote.wrapping_sub(ONES) & !quote;
+    let has_backslash = backslash.wrapping_sub(ONES) & !backslash;
+    (below_space | has_quote | has_backslash) & HIGH != 0
 }
 
 /// Appends `s` as a JSON string, escaped exactly as serde_json escapes.
 pub fn string(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
     let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    // Most strings here (attribute keys, ids, method names) need no
+    // escaping: check 8 bytes at a time and copy them whole.
+    let mut chunks = bytes.chunks_exact(8);
+    let plain = chunks.by_ref().all(|c| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(c);
+        !chunk_needs_escape(u64::from_ne_bytes(word))
+    }) && chunks
+        .remainder()
+        .iter()
+        .all(|&b| ESCAPE[usize::from(b)] == 0);
+    if plain {
+        out.extend_from_slice(bytes);
+    } else {
+        escape_into(out, bytes);
+    }
+    out.push(b'"');
+}
+
+fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0x00..=0x1f => b"",
-            _ => continue,
-        };
+        let escape = ESCAPE[usize::from(b)];
+        if escape == 0 {
+            continue;
+        }
         out.extend_from_slice(&bytes[start..i]);
-        if escape.is_empty() {
+        if escape == b'u' {
             out.extend_from_slice(b"\\u00");
             out.push(HEX[usize::from(b >> 4)]);
             out.push(HEX[usize::from(b & 0xf)]);
         } else {
-            out.extend_from_slice(escape);
+            out.extend_from_slice(&[b'\\', escape]);
         }
         start = i + 1;
     }
     out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
 }
 
 #[cfg(test)]
@@ -559,6 +565,37 @@ mod tests {
         assert!(groups.is_empty());
         let line = String::from_utf8(line).expect("utf-8");
         assert_eq!(line, format!("{expected}\n"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_string_escapes_like_serde_json(text in ".*", ascii in "[ -~\\x00-\\x1f]{0,40}") {
+            for s in [&text, &ascii] {
+                let mut out = Vec::new();
+                string(&mut out, s);
+                proptest::prop_assert_eq!(
+                    String::from_utf8(out).expect("utf-8"),
+                    serde_json::to_string(s).expect("json")
+                );
+            }
+        }
+
+        #[test]
+        fn any_integer_encodes_like_serde_json(n in proptest::num::i64::ANY, u in proptest::num::u64::ANY) {
+            let mut out = Vec::new();
+            number(&mut out, n);
+            out.push(b' ');
+            number(&mut out, u);
+            proptest::prop_assert_eq!(String::from_utf8(out).expect("utf-8"), format!("{n} {u}"));
+        }
+    }
+
+    #[test]
+    fn ids_encode_as_lowercase_hex() {
+        let mut out = Vec::new();
+        hex(&mut out, &[0x00, 0x0f, 0xa5, 0xff]);
+        hex(&mut out, &[]);
+        assert_eq!(out, b"000fa5ff");
     }
 
     #[test]

@@ -69,6 +69,18 @@ impl fmt::Display for RequestId<'_> {
     }
 }
 
+impl RequestId<'_> {
+    /// The id as text in one shared allocation (what a span records).
+    fn to_shared(self) -> Arc<str> {
+        match self {
+            RequestId::Number(n) => Arc::from(itoa::Buffer::new().format(n)),
+            RequestId::Unsigned(n) => Arc::from(itoa::Buffer::new().format(n)),
+            RequestId::Str(s) => Arc::from(s),
+            RequestId::OtherNumber(_) | RequestId::Null => Arc::from(self.to_string()),
+        }
+    }
+}
+
 /// What the server knows of the method named in a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MethodLookup {
@@ -383,7 +395,7 @@ impl RequestSpanBuilder<'_> {
             attrs.push(KeyValue::new(attr::RPC_TRANSPORT, transport));
         }
         if let Some(id) = self.request_id {
-            let id: StringValue = Arc::<str>::from(id.to_string()).into();
+            let id: StringValue = id.to_shared().into();
             attrs.push(KeyValue::new(attr::RPC_REQUEST_ID, id.clone()));
             attrs.push(KeyValue::new(attr::JSONRPC_REQUEST_ID, id));
         }
@@ -643,6 +655,21 @@ mod tests {
         );
         assert_eq!(RequestId::Str("abc").to_string(), "abc");
         assert_eq!(RequestId::Null.to_string(), "null");
+    }
+
+    #[test]
+    fn recorded_request_ids_match_their_display() {
+        let number = serde_json::Number::from_f64(1.5).expect("finite");
+        for id in [
+            RequestId::Number(-3),
+            RequestId::Number(i64::MIN),
+            RequestId::Unsigned(u64::MAX),
+            RequestId::OtherNumber(&number),
+            RequestId::Str("a \"b\""),
+            RequestId::Null,
+        ] {
+            assert_eq!(&*id.to_shared(), id.to_string(), "{id:?}");
+        }
     }
 }
 
