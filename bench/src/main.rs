@@ -89,6 +89,12 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     baseline: Option<PathBuf>,
 
+    /// With `--jsonrpsee-middleware`: also measure the middleware of this
+    /// other `bench-jsonrpsee` build (e.g. the code before a change),
+    /// interleaved with the others in the WebSocket scenario.
+    #[arg(long, value_name = "PATH", requires = "jsonrpsee_middleware")]
+    baseline_jsonrpsee: Option<PathBuf>,
+
     /// Also write the markdown report to this file.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -177,6 +183,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         },
         baseline: args.baseline.clone(),
         jsonrpsee: find("bench-jsonrpsee")?,
+        baseline_jsonrpsee: args.baseline_jsonrpsee.clone(),
         ceiling: find("bench-ceiling")?,
         line_echo: find("bench-line-echo")?,
         results: work.path().join("canned.json"),
@@ -205,6 +212,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     if args.baseline.is_some() {
         ws_targets.extend([Target::BaselineTraced, Target::BaselineOff]);
         stdio_targets.extend([Target::BaselineTraced, Target::BaselineOff]);
+    }
+    if args.baseline_jsonrpsee.is_some() {
+        ws_targets.push(Target::BaselineJsonrpseeMiddleware);
     }
     stdio_targets.push(Target::LineEcho);
     let window = Window {

@@ -296,6 +296,11 @@ impl Results {
                 Target::BaselineTraced,
             ),
             ("off / baseline off", Target::SkeinOff, Target::BaselineOff),
+            (
+                "jsonrpsee + middleware / baseline",
+                Target::JsonrpseeMiddleware,
+                Target::BaselineJsonrpseeMiddleware,
+            ),
         ];
         let _ = writeln!(
             out,
@@ -308,7 +313,7 @@ impl Results {
             rule.push_str(" ---: |");
         }
         let _ = writeln!(out, "{header}\n{rule}");
-        for shape in shapes {
+        for &shape in &shapes {
             type Metric = fn(&WsSample) -> Option<f64>;
             let metrics: [(&str, Metric); 3] = [
                 ("req/s", |s| Some(s.rps)),
@@ -326,6 +331,38 @@ impl Results {
                 }
                 let _ = writeln!(out, "{row}");
             }
+        }
+        self.paired_ratios(out, &shapes, Target::JsonrpseeMiddleware, Target::Jsonrpsee);
+    }
+
+    /// `a / b` req/s within each repetition, where the two ran back to back
+    /// (so they share the machine's state of the moment), per shape.
+    fn paired_ratios(&self, out: &mut String, shapes: &[Shape], a: Target, b: Target) {
+        let mut lines = Vec::new();
+        for &shape in shapes {
+            let (Some(a_samples), Some(b_samples)) =
+                (self.ws.get(&(shape, a)), self.ws.get(&(shape, b)))
+            else {
+                continue;
+            };
+            let per_rep: Vec<String> = a_samples
+                .iter()
+                .zip(b_samples)
+                .map(|pair| match pair {
+                    (Ok(x), Ok(y)) => ratio(Some(x.rps), Some(y.rps)),
+                    _ => "–".into(),
+                })
+                .collect();
+            lines.push(format!("{shape}: {}", per_rep.join(", ")));
+        }
+        if !lines.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n{} / {} req/s in each repetition (measured back to back): {}.",
+                a.label(),
+                b.label(),
+                lines.join("; ")
+            );
         }
     }
 

@@ -28,6 +28,9 @@ pub struct Bins {
     pub baseline: Option<PathBuf>,
     /// `bench-jsonrpsee`.
     pub jsonrpsee: PathBuf,
+    /// Another `bench-jsonrpsee` build whose middleware is measured beside
+    /// it (`--baseline-jsonrpsee`), if any.
+    pub baseline_jsonrpsee: Option<PathBuf>,
     /// `bench-ceiling`.
     pub ceiling: PathBuf,
     /// `bench-line-echo`.
@@ -53,6 +56,8 @@ pub enum Target {
     Jsonrpsee,
     /// The jsonrpsee server with `--middleware`.
     JsonrpseeMiddleware,
+    /// The `--baseline-jsonrpsee` build with `--middleware`.
+    BaselineJsonrpseeMiddleware,
     /// The bare tokio-tungstenite server.
     Ceiling,
     /// The plain tokio stdio line responder.
@@ -70,6 +75,7 @@ impl Target {
             Target::BaselineOff => "baseline off",
             Target::Jsonrpsee => "jsonrpsee",
             Target::JsonrpseeMiddleware => "jsonrpsee + middleware",
+            Target::BaselineJsonrpseeMiddleware => "baseline jsonrpsee + middleware",
             Target::Ceiling => "ceiling",
             Target::LineEcho => "line echo",
         }
@@ -187,6 +193,10 @@ impl Running {
                 Target::Jsonrpsee | Target::JsonrpseeMiddleware => {
                     (&bins.jsonrpsee, transport == Transport::WebSocket)
                 }
+                Target::BaselineJsonrpseeMiddleware => match &bins.baseline_jsonrpsee {
+                    Some(bin) => (bin, transport == Transport::WebSocket),
+                    None => bail!("{} needs --baseline-jsonrpsee", target.label()),
+                },
                 Target::Ceiling => (&bins.ceiling, transport == Transport::WebSocket),
                 Target::LineEcho => (&bins.line_echo, transport == Transport::Stdio),
                 _ => (&bins.skein, false),
@@ -196,7 +206,10 @@ impl Running {
             }
             let mut command = Command::new(bin);
             command.arg("--results").arg(&bins.results);
-            if target == Target::JsonrpseeMiddleware {
+            if matches!(
+                target,
+                Target::JsonrpseeMiddleware | Target::BaselineJsonrpseeMiddleware
+            ) {
                 command.arg("--middleware");
             }
             command
