@@ -202,6 +202,16 @@ pub(crate) fn install_request_tracer(tracer: SdkTracer) -> bool {
 /// spans and carriers made inside the call find their parent.
 pub struct RequestSpan<S: OtelSpan = SdkSpan> {
     span: S,
+    /// `thread.id` and `turn.id` found so far, written once when the span
+    /// ends (the SDK appends a key set twice instead of replacing it).
+    ids: Ids,
+}
+
+/// The `thread.id` / `turn.id` a request span will record.
+#[derive(Default)]
+struct Ids {
+    thread: Option<String>,
+    turn: Option<String>,
 }
 
 impl<S: OtelSpan> fmt::Debug for RequestSpan<S> {
@@ -265,6 +275,11 @@ impl<S: OtelSpan> RequestSpan<S> {
     /// Records `thread.id` / `turn.id` found in a params or result object:
     /// `threadId`, `thread.id`, `turnId`, `expectedTurnId` (Codex's
     /// `turn/steer`) or `turn.id`.
+    ///
+    /// Each key is written once, when the span ends: an id recorded later
+    /// replaces one recorded earlier, so a result's id (recorded after the
+    /// params') wins. That is what `thread/fork` needs: its params name the
+    /// source thread, its result the new one the span is about.
     pub fn record_ids(&mut self, object: Option<&Value>) {
         if !self.span.is_recording() {
             return;
@@ -285,12 +300,10 @@ impl<S: OtelSpan> RequestSpan<S> {
 
     fn record_id_pair(&mut self, thread_id: Option<&str>, turn_id: Option<&str>) {
         if let Some(id) = thread_id {
-            self.span
-                .set_attribute(KeyValue::new(attr::THREAD_ID, id.to_owned()));
+            self.ids.thread = Some(id.to_owned());
         }
         if let Some(id) = turn_id {
-            self.span
-                .set_attribute(KeyValue::new(attr::TURN_ID, id.to_owned()));
+            self.ids.turn = Some(id.to_owned());
         }
     }
 }
@@ -312,6 +325,12 @@ impl<S: OtelSpan> RequestSpan<S> {
 
 impl<S: OtelSpan> Drop for RequestSpan<S> {
     fn drop(&mut self) {
+        if let Some(id) = self.ids.thread.take() {
+            self.span.set_attribute(KeyValue::new(attr::THREAD_ID, id));
+        }
+        if let Some(id) = self.ids.turn.take() {
+            self.span.set_attribute(KeyValue::new(attr::TURN_ID, id));
+        }
         self.span.end();
     }
 }
@@ -370,7 +389,11 @@ impl RequestSpanBuilder<'_> {
             rpc_method: self.bounded_method().unwrap_or(value::METHOD_OTHER),
             started,
         };
-        (RequestSpan { span }, timer)
+        let span = RequestSpan {
+            span,
+            ids: Ids::default(),
+        };
+        (span, timer)
     }
 
     /// The attributes a request span starts with. Static values stay
@@ -704,6 +727,30 @@ mod id_recording_tests {
 
     fn owned(thread: Option<&str>, turn: Option<&str>) -> (Option<String>, Option<String>) {
         (thread.map(str::to_owned), turn.map(str::to_owned))
+    }
+
+    #[test]
+    fn each_id_key_is_written_once_and_the_result_id_wins() {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let (mut span, _) =
+            RequestSpanBuilder::new("thread/fork", "svc").start_span(&provider.tracer("test"), []);
+        span.record_ids(Some(&json!({"threadId": "source", "turnId": "tu-1"})));
+        span.record_result_ids(r#"{"thread": {"id": "forked"}}"#);
+        drop(span);
+        let spans = exporter.get_finished_spans().expect("finished spans");
+        let values = |key: &str| -> Vec<String> {
+            spans[0]
+                .attributes
+                .iter()
+                .filter(|kv| kv.key.as_str() == key)
+                .map(|kv| kv.value.as_str().into_owned())
+                .collect()
+        };
+        assert_eq!(values(attr::THREAD_ID), ["forked"]);
+        assert_eq!(values(attr::TURN_ID), ["tu-1"]);
     }
 
     #[test]

@@ -305,6 +305,8 @@ async fn thread_read_span_carries_thread_id(transport: Transport) {
         Some(thread_id.as_str()),
         "thread/read span: {span}"
     );
+    // Its params and its result both name the thread: recorded once.
+    assert_eq!(span.attr_count("thread.id"), 1, "thread/read span: {span}");
     // thread/start names no thread in its params: the id comes from its
     // result.
     let span = finished.request_span(&started.id_str());

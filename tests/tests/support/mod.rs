@@ -1488,6 +1488,12 @@ impl Span {
         }
     }
 
+    /// How many times the span carries `key` (an exporter keeps every
+    /// copy of a key set twice).
+    pub fn attr_count(&self, key: &str) -> usize {
+        self.attributes.iter().filter(|(k, _)| k == key).count()
+    }
+
     pub fn attr(&self, key: &str) -> Option<&Value> {
         self.attributes
             .iter()
