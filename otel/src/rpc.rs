@@ -699,30 +699,39 @@ mod tests {
 #[cfg(test)]
 mod id_recording_tests {
     use super::*;
-    use opentelemetry_sdk::trace::InMemorySpanExporter;
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
     use serde_json::json;
 
-    /// The `thread.id` and `turn.id` the exported request span carries once
-    /// `record` has filled it.
-    fn exported_ids(record: impl FnOnce(&mut RequestSpan)) -> (Option<String>, Option<String>) {
+    /// The request span of `method`, exported once `record` has filled it.
+    fn exported_span(method: &str, record: impl FnOnce(&mut RequestSpan)) -> SpanData {
         let exporter = InMemorySpanExporter::default();
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(exporter.clone())
             .build();
         let (mut span, _) =
-            RequestSpanBuilder::new("turn/steer", "svc").start_span(&provider.tracer("test"), []);
+            RequestSpanBuilder::new(method, "svc").start_span(&provider.tracer("test"), []);
         record(&mut span);
         drop(span);
-        let spans = exporter.get_finished_spans().expect("finished spans");
+        let mut spans = exporter.get_finished_spans().expect("finished spans");
         assert_eq!(spans.len(), 1, "{spans:?}");
-        let get = |key: &str| {
-            spans[0]
-                .attributes
-                .iter()
-                .find(|kv| kv.key.as_str() == key)
-                .map(|kv| kv.value.as_str().into_owned())
-        };
-        (get(attr::THREAD_ID), get(attr::TURN_ID))
+        spans.remove(0)
+    }
+
+    /// Every value `span` carries for `key`, in order.
+    fn values(span: &SpanData, key: &str) -> Vec<String> {
+        span.attributes
+            .iter()
+            .filter(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.as_str().into_owned())
+            .collect()
+    }
+
+    /// The `thread.id` and `turn.id` the exported request span carries once
+    /// `record` has filled it.
+    fn exported_ids(record: impl FnOnce(&mut RequestSpan)) -> (Option<String>, Option<String>) {
+        let span = exported_span("turn/steer", record);
+        let first = |key: &str| values(&span, key).into_iter().next();
+        (first(attr::THREAD_ID), first(attr::TURN_ID))
     }
 
     fn owned(thread: Option<&str>, turn: Option<&str>) -> (Option<String>, Option<String>) {
@@ -731,26 +740,12 @@ mod id_recording_tests {
 
     #[test]
     fn each_id_key_is_written_once_and_the_result_id_wins() {
-        let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
-            .build();
-        let (mut span, _) =
-            RequestSpanBuilder::new("thread/fork", "svc").start_span(&provider.tracer("test"), []);
-        span.record_ids(Some(&json!({"threadId": "source", "turnId": "tu-1"})));
-        span.record_result_ids(r#"{"thread": {"id": "forked"}}"#);
-        drop(span);
-        let spans = exporter.get_finished_spans().expect("finished spans");
-        let values = |key: &str| -> Vec<String> {
-            spans[0]
-                .attributes
-                .iter()
-                .filter(|kv| kv.key.as_str() == key)
-                .map(|kv| kv.value.as_str().into_owned())
-                .collect()
-        };
-        assert_eq!(values(attr::THREAD_ID), ["forked"]);
-        assert_eq!(values(attr::TURN_ID), ["tu-1"]);
+        let span = exported_span("thread/fork", |span| {
+            span.record_ids(Some(&json!({"threadId": "source", "turnId": "tu-1"})));
+            span.record_result_ids(r#"{"thread": {"id": "forked"}}"#);
+        });
+        assert_eq!(values(&span, attr::THREAD_ID), ["forked"]);
+        assert_eq!(values(&span, attr::TURN_ID), ["tu-1"]);
     }
 
     #[test]
