@@ -56,8 +56,9 @@
 //! SDK's span (ids, attributes, the processors' work at its end) and the
 //! carrier parsing. Naming the registered methods with
 //! [`RpcTracingLayer::with_methods`] also spares classifying each call
-//! after it ran (and copying its method name twice). Skein's benchmark harness measures the middleware
-//! against the same server without it (`BENCHMARKS.md` in the repository).
+//! after it ran (and copying its method name twice). Skein's benchmark
+//! harness measures the middleware against the same server without it
+//! (`BENCHMARKS.md` in the repository).
 //!
 //! # Parents
 //!

@@ -55,8 +55,8 @@ pub struct RpcTracingLayer {
 
 #[derive(Clone, Debug)]
 struct Shared {
-    /// `rpc.service` on every span.
-    service_name: Arc<str>,
+    /// `rpc.service` on every span, as the shared value each span records.
+    service_name: StringValue,
     /// The tracer spans are built with.
     tracer: Arc<BoxedTracer>,
     /// The methods the server registers, when told: the lookup is then
@@ -80,7 +80,7 @@ impl RpcTracingLayer {
         let meter = opentelemetry::global::meter(SCOPE_NAME);
         Self {
             shared: Arc::new(Shared {
-                service_name: Arc::from(service_name.into()),
+                service_name: StringValue::from(Arc::<str>::from(service_name.into())),
                 tracer: Arc::new(opentelemetry::global::tracer(SCOPE_NAME)),
                 methods: None,
                 duration: skein_otel::metrics::rpc_call_duration_histogram(&meter),
@@ -178,7 +178,7 @@ impl Shared {
             request_id: id.map(request_id),
             transport,
             connection_id: extensions.get::<ConnectionId>().map(|c| c.0 as u64),
-            ..RequestSpanBuilder::new(method, Arc::clone(&self.service_name))
+            ..RequestSpanBuilder::new(method, self.service_name.clone())
         };
         let meta = meta_carrier(params);
         let (span, timer) = builder.start_span(
