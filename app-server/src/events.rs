@@ -1,19 +1,18 @@
 //! Core events to client notifications.
 //!
 //! A connection subscribed to a thread runs one forwarder task for it. The
-//! forwarder turns each [`CoreEvent`] into its notification, stamps the
-//! envelope's `trace` with the turn span's context, and queues it together
-//! with the event's span hold, so the turn span ends only after the
-//! notification is written.
+//! forwarder turns each core [`Event`] into its notification and stamps the
+//! envelope's `trace` with the turn span's context. Events hold no span:
+//! the turn span is core's to end, whether or not anyone is listening.
 
 use serde_json::{Value, json};
 use skein_app_server_protocol::Outgoing;
 use skein_app_server_protocol::v2::ThreadStatus;
-use skein_core::{CoreEvent, EventReceiver};
+use skein_core::EventReceiver;
 use skein_protocol::{Event, EventMsg, TurnStatus};
 use tokio::sync::mpsc;
 
-use crate::session::{HeldSpan, OutboundItem};
+use crate::session::OutboundItem;
 use crate::wire::{item_json, usage_breakdown};
 
 /// The notification for a core event, or `None` for internal events.
@@ -135,18 +134,14 @@ fn turn_json(turn_id: &str, status: TurnStatus, error: Option<&str>) -> Value {
 /// client that keeps reading receives everything, in order. A client that
 /// stops reading is ended by its writer's stall timeout.
 pub async fn forward_events(mut events: EventReceiver, outbound: mpsc::Sender<OutboundItem>) {
-    while let Some(CoreEvent { event, hold }) = events.recv().await {
+    while let Some(event) = events.recv().await {
         let Some(message) = notification_for(&event) else {
             // ShutdownComplete: nothing follows.
             return;
         };
         let item = OutboundItem {
             text: message.to_json(),
-            spans: if hold.is_none() {
-                Vec::new()
-            } else {
-                vec![HeldSpan::Event(hold)]
-            },
+            spans: Vec::new(),
         };
         if outbound.send(item).await.is_err() {
             return;

@@ -12,8 +12,9 @@ use skein_app_server_protocol::v2::{
     ReasoningEffortOption, SandboxPolicy, Thread, ThreadStartResponse, ThreadStatus, Turn,
     TurnError,
 };
-use skein_core::conversation::TurnItem;
-use skein_core::{ThreadInfo, TurnRecord, answer_item_id, answer_item_kind, user_item_id};
+use skein_core::{
+    ThreadInfo, TurnItem, TurnRecord, answer_item_id, answer_item_kind, user_item_id,
+};
 use skein_protocol::{ItemKind, TokenUsage};
 
 /// The server's version, as `cliVersion` and in `userAgent`.

@@ -20,7 +20,7 @@ use skein_protocol::{EventMsg, TurnKind, UserInput};
 
 async fn wait_completed(events: &mut EventReceiver) {
     while let Some(event) = events.recv().await {
-        if matches!(event.event.msg, EventMsg::TurnCompleted { .. }) {
+        if matches!(event.msg, EventMsg::TurnCompleted { .. }) {
             return;
         }
     }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use skein_protocol::{TurnKind, TurnStatus};
 
-use crate::threads::TurnRecord;
+use crate::records::{TurnItem, TurnRecord};
 
 /// The user message of a review turn sent to a real model.
 pub const REVIEW_PROMPT: &str =
@@ -56,65 +56,12 @@ pub enum Message {
     },
 }
 
-/// How a tool call went.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum ToolCallStatus {
-    /// Running.
-    InProgress,
-    /// The tool answered (its result may still be an error result).
-    Completed,
-    /// The call could not be made or the tool reported an error.
-    Failed,
-}
-
-/// An item of a turn after the user's input.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(
-    tag = "type",
-    rename_all = "camelCase",
-    rename_all_fields = "camelCase"
-)]
-pub enum TurnItem {
-    /// Input steered into the running turn (`turn/steer`).
-    UserMessage {
-        /// The text.
-        text: String,
-    },
-    /// The text of one model round.
-    AgentMessage {
-        /// The item id.
-        id: String,
-        /// The text.
-        text: String,
-    },
-    /// A tool call run through an MCP server.
-    McpToolCall {
-        /// The item id: the provider's call id.
-        id: String,
-        /// The MCP server.
-        server: String,
-        /// The tool.
-        tool: String,
-        /// The arguments (a JSON string when the model wrote invalid JSON).
-        arguments: Value,
-        /// How it went.
-        status: ToolCallStatus,
-        /// The MCP `CallToolResult`, when the tool answered.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        result: Option<Value>,
-        /// Why it failed, when it did.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        error: Option<String>,
-    },
-}
-
 impl TurnItem {
     /// The item as a Codex v2 `ThreadItem` JSON object.
     pub fn to_wire(&self) -> Value {
         match self {
-            TurnItem::UserMessage { text } => {
-                json!({"type": "userMessage", "content": [{"type": "text", "text": text}]})
+            TurnItem::UserMessage { id, text } => {
+                json!({"type": "userMessage", "id": id, "content": [{"type": "text", "text": text}]})
             }
             TurnItem::AgentMessage { id, text } => {
                 json!({"type": "agentMessage", "id": id, "text": text})
@@ -253,7 +200,7 @@ pub fn push_items(messages: &mut Vec<Message>, items: &[TurnItem]) {
     };
     for item in items {
         match item {
-            TurnItem::UserMessage { text } => {
+            TurnItem::UserMessage { text, .. } => {
                 flush(messages, &mut results);
                 messages.push(Message::User { text: text.clone() });
             }
@@ -326,6 +273,7 @@ pub fn conversation_of(turns: &[TurnRecord]) -> Vec<Message> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::records::ToolCallStatus;
 
     #[test]
     fn tool_calls_replay_between_their_message_and_the_next() {
@@ -390,6 +338,7 @@ mod tests {
                 error: Some("boom".into()),
             },
             TurnItem::UserMessage {
+                id: "t-steer-1".into(),
                 text: "also this".into(),
             },
         ];

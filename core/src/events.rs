@@ -11,10 +11,8 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use skein_protocol::EventMsg;
+use skein_protocol::{Event, EventMsg};
 use tokio::sync::Notify;
-
-use crate::threads::CoreEvent;
 
 /// The sending side: one per thread.
 #[derive(Debug, Default)]
@@ -31,7 +29,7 @@ struct Shared {
 
 #[derive(Debug, Default)]
 struct Queue {
-    events: VecDeque<CoreEvent>,
+    events: VecDeque<Event>,
     /// The hub is gone: nothing more will come.
     closed: bool,
     /// The receiver is gone: stop queueing.
@@ -61,7 +59,7 @@ impl EventHub {
     /// Sends `event` to every subscriber. Never waits: a subscriber that is
     /// behind gets the event queued, or merged into the text delta waiting
     /// at the end of its queue.
-    pub fn send(&self, event: CoreEvent) {
+    pub fn send(&self, event: Event) {
         let mut subscribers = lock(&self.subscribers);
         subscribers.retain(|s| !lock(&s.queue).abandoned);
         let Some((last, others)) = subscribers.split_last() else {
@@ -97,7 +95,7 @@ impl Drop for EventHub {
 }
 
 impl Shared {
-    fn push(&self, event: CoreEvent) {
+    fn push(&self, event: Event) {
         {
             let mut queue = lock(&self.queue);
             if queue.abandoned {
@@ -117,7 +115,7 @@ impl Shared {
 }
 
 /// Appends `next`'s text to `back` when both are deltas of the same item.
-fn merge_delta(back: &mut CoreEvent, next: &CoreEvent) -> bool {
+fn merge_delta(back: &mut Event, next: &Event) -> bool {
     let (
         EventMsg::AgentMessageDelta {
             turn_id,
@@ -129,11 +127,11 @@ fn merge_delta(back: &mut CoreEvent, next: &CoreEvent) -> bool {
             item_id: next_item,
             delta: next_delta,
         },
-    ) = (&mut back.event.msg, &next.event.msg)
+    ) = (&mut back.msg, &next.msg)
     else {
         return false;
     };
-    if turn_id != next_turn || item_id != next_item || back.event.trace != next.event.trace {
+    if turn_id != next_turn || item_id != next_item || back.trace != next.trace {
         return false;
     }
     delta.push_str(next_delta);
@@ -149,7 +147,7 @@ pub struct EventReceiver {
 impl EventReceiver {
     /// The next event; `None` once the thread is gone and everything sent
     /// before was received.
-    pub async fn recv(&mut self) -> Option<CoreEvent> {
+    pub async fn recv(&mut self) -> Option<Event> {
         loop {
             let notified = self.shared.ready.notified();
             {
@@ -170,7 +168,7 @@ impl Drop for EventReceiver {
     fn drop(&mut self) {
         let mut queue = lock(&self.shared.queue);
         queue.abandoned = true;
-        // Drop what was waiting now: it may hold turn spans open.
+        // Free what was waiting now.
         queue.events.clear();
     }
 }
@@ -178,38 +176,31 @@ impl Drop for EventReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skein_protocol::Event;
 
-    fn delta(item: &str, text: &str) -> CoreEvent {
-        CoreEvent {
-            event: Event {
-                thread_id: "t".into(),
-                at_ms: 0,
-                msg: EventMsg::AgentMessageDelta {
-                    turn_id: "turn".into(),
-                    item_id: item.into(),
-                    delta: text.into(),
-                },
-                trace: None,
+    fn delta(item: &str, text: &str) -> Event {
+        Event {
+            thread_id: "t".into(),
+            at_ms: 0,
+            msg: EventMsg::AgentMessageDelta {
+                turn_id: "turn".into(),
+                item_id: item.into(),
+                delta: text.into(),
             },
-            hold: tracing::Span::none(),
+            trace: None,
         }
     }
 
-    fn other() -> CoreEvent {
-        CoreEvent {
-            event: Event {
-                thread_id: "t".into(),
-                at_ms: 0,
-                msg: EventMsg::ShutdownComplete,
-                trace: None,
-            },
-            hold: tracing::Span::none(),
+    fn other() -> Event {
+        Event {
+            thread_id: "t".into(),
+            at_ms: 0,
+            msg: EventMsg::ShutdownComplete,
+            trace: None,
         }
     }
 
-    fn text_of(event: &CoreEvent) -> Option<&str> {
-        match &event.event.msg {
+    fn text_of(event: &Event) -> Option<&str> {
+        match &event.msg {
             EventMsg::AgentMessageDelta { delta, .. } => Some(delta),
             _ => None,
         }

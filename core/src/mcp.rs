@@ -247,11 +247,11 @@ impl McpManager {
         span: &tracing::Span,
     ) -> Result<Value, McpCallError> {
         let server = self.servers.get(server_name).ok_or_else(|| McpCallError {
-            error_type: "unknown_server".into(),
+            error_type: value::ERROR_UNKNOWN_SERVER.into(),
             message: format!("no MCP server named {server_name:?}"),
         })?;
         let connection = server.connection().await.map_err(|message| McpCallError {
-            error_type: "start_failed".into(),
+            error_type: value::ERROR_START_FAILED.into(),
             message,
         })?;
         span.record(
@@ -263,14 +263,9 @@ impl McpManager {
             params = params.with_arguments(arguments);
         }
         let mut meta = RequestMetaObject::new();
-        if let Some(carrier) = skein_otel::carrier_for_span(span) {
-            if let Some(tp) = carrier.traceparent {
-                meta.set_traceparent(tp);
-            }
-            if let Some(ts) = carrier.tracestate {
-                meta.set_tracestate(ts);
-            }
-        }
+        skein_otel::inject(span, |name, value| {
+            meta.0.0.insert(name.to_owned(), Value::String(value));
+        });
         let timeout = Duration::from_millis(
             server
                 .config
@@ -295,12 +290,12 @@ impl McpManager {
         match response {
             Ok(ServerResult::CallToolResult(result)) => {
                 serde_json::to_value(&result).map_err(|err| McpCallError {
-                    error_type: "unexpected_response".into(),
+                    error_type: value::ERROR_UNEXPECTED_RESPONSE.into(),
                     message: format!("the tool's result could not be read: {err}"),
                 })
             }
             Ok(_) => Err(McpCallError {
-                error_type: "unexpected_response".into(),
+                error_type: value::ERROR_UNEXPECTED_RESPONSE.into(),
                 message: format!(
                     "MCP server {server_name:?} answered tools/call with another kind of result"
                 ),

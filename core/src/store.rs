@@ -25,8 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use skein_protocol::{TokenUsage, TurnKind, TurnStatus};
 
-use crate::conversation::TurnItem;
-use crate::threads::{TurnRecord, unix_now};
+use crate::records::{ThreadError, TurnItem, TurnRecord, unix_now};
 
 /// File name extension of thread files.
 pub const THREAD_FILE_EXTENSION: &str = "jsonl";
@@ -594,6 +593,16 @@ fn read_thread(path: &Path, writer_alive: bool) -> Result<StoredThread, StoreErr
         }
     }
     Ok(thread)
+}
+
+impl From<StoreError> for ThreadError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound(id) => ThreadError::NotFound(id),
+            StoreError::Busy(_) => ThreadError::Busy(err.to_string()),
+            other => ThreadError::Store(other.to_string()),
+        }
+    }
 }
 
 #[cfg(test)]

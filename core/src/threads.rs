@@ -3,29 +3,29 @@
 //! Every thread has one submission loop task reading a bounded queue of
 //! [`Submission`]s. For each it opens a short-lived dispatch span parented
 //! from `Submission.trace`; a turn-producing operation then starts a turn
-//! task under a long-lived turn span (see [`crate::turn`]). Events go out
-//! through the thread's [`EventHub`] to whoever subscribed.
+//! (see [`crate::engine`]), whose span is a child of that dispatch span.
+//! Events go out through the thread's [`crate::EventHub`] to whoever
+//! subscribed.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use skein_otel::CarrierSource;
-use skein_otel::names::{attr, event, span};
-use skein_protocol::{
-    Event, EventMsg, Op, Submission, ThreadStatus, TokenUsage, TurnKind, TurnStatus, UserInput,
-    W3cTraceContext,
-};
-use tokio::sync::{mpsc, watch};
+use skein_otel::names::{attr, span};
+use skein_protocol::{EventMsg, Op, Submission, ThreadStatus, TurnKind, TurnStatus, UserInput};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::agent::Runtime;
 use crate::config::Config;
-use crate::events::{EventHub, EventReceiver};
-use crate::models::ModelInfo;
-use crate::store::{ForkOrigin, Record, StoreError, StoredThread, ThreadFile, ThreadStore};
-use crate::turn::{TurnTask, run_turn};
+use crate::engine::RunningTurn;
+use crate::events::EventReceiver;
+use crate::records::{
+    ModelInfo, StartedTurn, ThreadError, ThreadInfo, ThreadPage, TurnRecord, unix_now,
+};
+use crate::runtime::Runtime;
+use crate::store::{ForkOrigin, Record, StoredThread, ThreadFile, ThreadStore};
+use crate::thread::ThreadEntry;
 
 /// Capacity of a thread's submission queue.
 pub const SUBMISSION_QUEUE: usize = 64;
@@ -48,261 +48,6 @@ pub struct CoreConfig {
     /// Most threads loaded at once; past it, stored threads that nobody
     /// follows and no turn runs are unloaded. `None`: no limit.
     pub max_loaded_threads: Option<usize>,
-}
-
-/// A thread's metadata.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ThreadInfo {
-    /// Stable id (a UUIDv7, so ids sort by creation time).
-    pub id: String,
-    /// The model the thread uses.
-    pub model: ModelInfo,
-    /// The first user message, shortened; empty until there is one.
-    pub preview: String,
-    /// Creation time, seconds since the Unix epoch.
-    pub created_at: i64,
-    /// Last change, seconds since the Unix epoch.
-    pub updated_at: i64,
-    /// Kept in memory only, never written.
-    pub ephemeral: bool,
-    /// The name set with `thread/name/set`, if any.
-    pub name: Option<String>,
-    /// Archived threads are hidden from listings unless asked for.
-    pub archived: bool,
-}
-
-/// One turn of a thread's history.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TurnRecord {
-    /// The turn's id.
-    pub id: String,
-    /// Its kind.
-    pub kind: TurnKind,
-    /// How it ended (or `InProgress`).
-    pub status: TurnStatus,
-    /// The user's input.
-    pub input: String,
-    /// The agent's answer (partial if interrupted).
-    pub output: String,
-    /// Why it failed.
-    pub error: Option<String>,
-    /// Tokens used.
-    pub usage: TokenUsage,
-    /// The trace the turn span belongs to.
-    pub trace_id: Option<String>,
-    /// The turn span's id.
-    pub span_id: Option<String>,
-    /// Agent messages, tool calls and results after the input (empty for
-    /// echo turns).
-    pub items: Vec<crate::conversation::TurnItem>,
-}
-
-/// Why a thread operation failed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ThreadError {
-    /// No thread has this id.
-    #[error("no thread with id {0:?}")]
-    NotFound(String),
-    /// The model is not offered.
-    #[error("unknown model {0}; `model/list` shows the available ones")]
-    UnknownModel(String),
-    /// No provider has this id.
-    #[error("unknown model provider {0:?}; define it under [model_providers.{0}] in config.toml")]
-    UnknownProvider(String),
-    /// A pagination cursor did not come from this server.
-    #[error("invalid cursor {0:?}")]
-    InvalidCursor(String),
-    /// A turn is already running on the thread.
-    #[error(
-        "thread {thread_id:?} already has a running turn {turn_id:?}; interrupt it or wait for `turn/completed`"
-    )]
-    TurnRunning {
-        /// The thread.
-        thread_id: String,
-        /// The running turn.
-        turn_id: String,
-    },
-    /// The turn is not the thread's running turn.
-    #[error("turn {turn_id:?} is not running on thread {thread_id:?}")]
-    TurnNotRunning {
-        /// The thread.
-        thread_id: String,
-        /// The turn asked for.
-        turn_id: String,
-    },
-    /// The turn is not in the thread's history.
-    #[error("thread {thread_id:?} has no turn {turn_id:?}")]
-    TurnNotFound {
-        /// The thread.
-        thread_id: String,
-        /// The turn asked for.
-        turn_id: String,
-    },
-    /// The input was empty.
-    #[error("input must contain at least one non-empty text item")]
-    EmptyInput,
-    /// A thread name was empty.
-    #[error("a thread name must not be empty")]
-    EmptyName,
-    /// The server is shutting down.
-    #[error("the server is shutting down")]
-    ShuttingDown,
-    /// As many turns as allowed are already running.
-    #[error("server overloaded; retry later ({running} turns running, the limit)")]
-    Overloaded {
-        /// Turns running now.
-        running: usize,
-    },
-    /// Another process sharing the store is writing the thread.
-    #[error("{0}")]
-    Busy(String),
-    /// The thread store failed.
-    #[error("thread store: {0}")]
-    Store(String),
-}
-
-impl From<StoreError> for ThreadError {
-    fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::NotFound(id) => ThreadError::NotFound(id),
-            StoreError::Busy(_) => ThreadError::Busy(err.to_string()),
-            other => ThreadError::Store(other.to_string()),
-        }
-    }
-}
-
-/// One page of threads.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ThreadPage {
-    /// Threads, newest first.
-    pub threads: Vec<ThreadInfo>,
-    /// Cursor for the next page, when there is one.
-    pub next_cursor: Option<String>,
-}
-
-/// An event as core emits it. `hold` keeps the turn span open: the turn span
-/// ends only once every subscriber has finished with the events that carry
-/// it (the app-server drops it after writing the notification).
-#[derive(Clone, Debug)]
-pub struct CoreEvent {
-    /// The event.
-    pub event: Event,
-    /// The span this event keeps open.
-    pub hold: tracing::Span,
-}
-
-/// A turn that was accepted and submitted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StartedTurn {
-    /// The new turn's id.
-    pub turn_id: String,
-}
-
-pub(crate) struct ThreadState {
-    pub(crate) info: ThreadInfo,
-    pub(crate) turns: Vec<TurnRecord>,
-    /// The running turn's id, set when a turn is accepted and cleared when
-    /// it ends (before `TurnCompleted` goes out).
-    pub(crate) active_turn: Option<String>,
-    /// The previous turn span, for the link from the next one.
-    pub(crate) last_turn_span: Option<W3cTraceContext>,
-}
-
-pub(crate) struct ThreadEntry {
-    pub(crate) id: String,
-    state: Mutex<ThreadState>,
-    submissions: mpsc::Sender<Submission>,
-    pub(crate) events: EventHub,
-    /// The thread's file, locked for writing; `None` for ephemeral threads
-    /// and when nothing is stored. The inner `None` once the thread was
-    /// unloaded: its file is closed (and its lock released) at once, so a
-    /// new load can take it over while this entry's loop winds down.
-    file: Option<Mutex<Option<ThreadFile>>>,
-    /// When it was loaded, for sparing a just-loaded thread whose first
-    /// subscriber has not arrived yet from unloading.
-    loaded_at: std::time::Instant,
-}
-
-impl ThreadEntry {
-    pub(crate) fn state(&self) -> MutexGuard<'_, ThreadState> {
-        // Critical sections are short and leave the state consistent, so a
-        // poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn emit(&self, msg: EventMsg, trace: Option<W3cTraceContext>, hold: &tracing::Span) {
-        let event = Event {
-            thread_id: self.id.clone(),
-            msg,
-            trace,
-            at_ms: unix_now_ms(),
-        };
-        // No subscriber is fine: the event (and its hold) is dropped.
-        self.events.send(CoreEvent {
-            event,
-            hold: hold.clone(),
-        });
-    }
-
-    /// Appends a record to the thread's file, if it has one, and waits
-    /// until it is on disk. Blocking: call it off the async workers.
-    /// Returns false, writing nothing, when the thread was unloaded.
-    fn append_synced(&self, record: &Record) -> Result<bool, StoreError> {
-        let Some(file) = &self.file else {
-            return Ok(true);
-        };
-        match file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            Some(file) => file.append(record, true).map(|()| true),
-            None => Ok(false),
-        }
-    }
-
-    /// Closes the thread's file as the thread is unloaded.
-    fn close_file(&self) {
-        if let Some(file) = &self.file {
-            drop(file.lock().unwrap_or_else(|p| p.into_inner()).take());
-        }
-    }
-
-    /// Appends a record to the thread's file, if it has one; with `sync`,
-    /// on a blocking thread, returning once it is on disk. A failure is
-    /// logged and returned: the turn it belongs to fails with it, since
-    /// its history would otherwise be lost without a word.
-    pub(crate) async fn persist(
-        self: &Arc<Self>,
-        record: Record,
-        sync: bool,
-    ) -> Result<(), String> {
-        if self.file.is_none() {
-            return Ok(());
-        }
-        let entry = Arc::clone(self);
-        let write = move || {
-            let Some(file) = &entry.file else {
-                return Ok(());
-            };
-            let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(file) = file.as_mut() else {
-                tracing::warn!(thread = %entry.id, "thread unloaded; a record was not written");
-                return Ok(());
-            };
-            file.append(&record, sync).map_err(|err| {
-                tracing::error!(thread = %entry.id, %err, "could not write thread history");
-                format!("could not write thread history: {err}")
-            })
-        };
-        if sync {
-            match tokio::task::spawn_blocking(write).await {
-                Ok(result) => result,
-                Err(err) => {
-                    tracing::error!(thread = %self.id, %err, "thread history writer failed");
-                    Err(format!("the thread history writer failed: {err}"))
-                }
-            }
-        } else {
-            write()
-        }
-    }
 }
 
 /// A handle to one thread's submission loop.
@@ -328,20 +73,10 @@ impl ThreadHandle {
     /// Submits `op`, carrying the current span's context in
     /// `Submission.trace` so that core's spans continue the caller's trace.
     pub async fn submit(&self, op: Op) -> Result<String, ThreadError> {
-        self.submit_with_trace(op, None).await
-    }
-
-    /// Submits `op` with an explicit trace context; `None` captures the
-    /// current span's.
-    pub async fn submit_with_trace(
-        &self,
-        op: Op,
-        trace: Option<W3cTraceContext>,
-    ) -> Result<String, ThreadError> {
         let submission = Submission {
             id: uuid::Uuid::now_v7().to_string(),
             op,
-            trace: trace.or_else(skein_otel::current_carrier),
+            trace: skein_otel::current_span_context(),
         };
         let id = submission.id.clone();
         self.entry
@@ -556,24 +291,7 @@ impl ThreadManager {
         turns: Vec<TurnRecord>,
         file: Option<ThreadFile>,
     ) -> Result<ThreadHandle, ThreadError> {
-        let (submissions, rx) = mpsc::channel(SUBMISSION_QUEUE);
-        let events = EventHub::new();
-        let last_turn_span = turns.iter().rev().find_map(|t| {
-            skein_otel::carrier_from_ids(t.trace_id.as_deref()?, t.span_id.as_deref()?)
-        });
-        let entry = Arc::new(ThreadEntry {
-            id: info.id.clone(),
-            state: Mutex::new(ThreadState {
-                info,
-                turns,
-                active_turn: None,
-                last_turn_span,
-            }),
-            submissions,
-            events,
-            file: file.map(|f| Mutex::new(Some(f))),
-            loaded_at: std::time::Instant::now(),
-        });
+        let (entry, rx) = ThreadEntry::new(info, turns, file, SUBMISSION_QUEUE);
         let mut registry = self.lock();
         if registry.shutting_down {
             return Err(ThreadError::ShuttingDown);
@@ -769,7 +487,13 @@ impl ThreadManager {
         provider: Option<&str>,
     ) -> Result<StartedTurn, ThreadError> {
         let handle = self.load(id)?;
-        if kind == TurnKind::Regular && input_text(&input).trim().is_empty() {
+        // The input as the turn keeps it, flattened once; review and
+        // compaction turns take none.
+        let input = match kind {
+            TurnKind::Regular => input_text(&input),
+            TurnKind::Review | TurnKind::Compact => String::new(),
+        };
+        if kind == TurnKind::Regular && input.trim().is_empty() {
             return Err(ThreadError::EmptyInput);
         }
         let switch_to = if model.is_some() || provider.is_some() {
@@ -829,17 +553,10 @@ impl ThreadManager {
                 )
                 .await;
         }
-        let op = match kind {
-            TurnKind::Regular => Op::UserTurn {
-                turn_id: turn_id.clone(),
-                input,
-            },
-            TurnKind::Review => Op::Review {
-                turn_id: turn_id.clone(),
-            },
-            TurnKind::Compact => Op::Compact {
-                turn_id: turn_id.clone(),
-            },
+        let op = Op::StartTurn {
+            turn_id: turn_id.clone(),
+            kind,
+            input,
         };
         if let Err(err) = handle.submit(op).await {
             handle.entry.state().active_turn = None;
@@ -856,7 +573,8 @@ impl ThreadManager {
         input: Vec<UserInput>,
     ) -> Result<(), ThreadError> {
         let handle = self.running(id, turn_id)?;
-        if input_text(&input).trim().is_empty() {
+        let input = input_text(&input);
+        if input.trim().is_empty() {
             return Err(ThreadError::EmptyInput);
         }
         handle
@@ -988,35 +706,6 @@ pub fn input_text(input: &[UserInput]) -> String {
         .join("\n")
 }
 
-struct RunningTurn {
-    id: String,
-    interrupt: watch::Sender<bool>,
-    steer: mpsc::UnboundedSender<String>,
-    task: JoinHandle<()>,
-    /// The turn span, for recording steering on it.
-    span: tracing::Span,
-}
-
-/// Builds the dispatch span for a submission, parented from its trace.
-///
-/// With no carrier, or an invalid one (logged), the span keeps the current
-/// context as its parent.
-pub(crate) fn dispatch_span(submission: &Submission, thread_id: &str) -> tracing::Span {
-    let kind = submission.op.kind();
-    let span = tracing::info_span!(
-        target: "skein_core::dispatch",
-        span::SUBMISSION_DISPATCH,
-        { attr::OTEL_NAME } = format!("op.dispatch.{kind}"),
-        { attr::SUBMISSION_ID } = submission.id.as_str(),
-        { attr::THREAD_ID } = thread_id,
-        { attr::OP } = kind,
-    );
-    if let Some(trace) = &submission.trace {
-        skein_otel::set_parent_from_carrier(&span, CarrierSource::Submission, trace);
-    }
-    span
-}
-
 async fn submission_loop(
     entry: Arc<ThreadEntry>,
     mut rx: mpsc::Receiver<Submission>,
@@ -1027,37 +716,21 @@ async fn submission_loop(
         if running.as_ref().is_some_and(|r| r.task.is_finished()) {
             running = None;
         }
-        let span = dispatch_span(&submission, &entry.id);
+        let span = crate::spans::dispatch_span(&submission, &entry.id);
         let stop = matches!(submission.op, Op::Shutdown);
         async {
             match submission.op {
-                Op::UserTurn { turn_id, input } => {
-                    running = start_turn(
-                        &entry,
-                        &runtime,
-                        turn_id,
-                        TurnKind::Regular,
-                        input_text(&input),
-                    );
-                }
-                Op::Review { turn_id } => {
-                    running =
-                        start_turn(&entry, &runtime, turn_id, TurnKind::Review, String::new());
-                }
-                Op::Compact { turn_id } => {
-                    running =
-                        start_turn(&entry, &runtime, turn_id, TurnKind::Compact, String::new());
+                Op::StartTurn {
+                    turn_id,
+                    kind,
+                    input,
+                } => {
+                    running = Some(crate::engine::start(&entry, &runtime, turn_id, kind, input));
                 }
                 Op::Steer { turn_id, input } => match &running {
+                    // The turn records the steering on its span.
                     Some(turn) if turn.id == turn_id => {
-                        let text = input_text(&input);
-                        tracing::event!(
-                            parent: &turn.span,
-                            tracing::Level::INFO,
-                            { attr::STEER_INPUT_CHARS } = text.chars().count(),
-                            message = event::TURN_STEER,
-                        );
-                        let _ = turn.steer.send(text);
+                        let _ = turn.steer.send(input);
                     }
                     _ => tracing::debug!(%turn_id, "steer for a turn that is no longer running"),
                 },
@@ -1091,52 +764,7 @@ async fn submission_loop(
         let _ = turn.interrupt.send(true);
         let _ = turn.task.await;
     }
-    entry.emit(EventMsg::ShutdownComplete, None, &tracing::Span::none());
-}
-
-/// Opens the turn span (beneath the current dispatch span) and spawns the
-/// turn task inside it.
-fn start_turn(
-    entry: &Arc<ThreadEntry>,
-    runtime: &Arc<Runtime>,
-    turn_id: String,
-    kind: TurnKind,
-    input: String,
-) -> Option<RunningTurn> {
-    let (model, previous, history) = {
-        let state = entry.state();
-        (
-            state.info.model.clone(),
-            state.last_turn_span.clone(),
-            state.turns.clone(),
-        )
-    };
-    let span = crate::turn::turn_span(&entry.id, &turn_id, kind, &model);
-    if let Some(previous) = &previous {
-        skein_otel::add_link_from_carrier(&span, previous);
-    }
-    let (interrupt, interrupted) = watch::channel(false);
-    let (steer, steer_rx) = mpsc::unbounded_channel();
-    let task = TurnTask {
-        entry: Arc::clone(entry),
-        turn_id: turn_id.clone(),
-        kind,
-        input,
-        history,
-        model,
-        runtime: Arc::clone(runtime),
-        interrupted,
-        steer: steer_rx,
-        span: span.clone(),
-    };
-    let task = tokio::spawn(run_turn(task).instrument(span.clone()));
-    Some(RunningTurn {
-        id: turn_id,
-        interrupt,
-        steer,
-        task,
-        span,
-    })
+    entry.emit(EventMsg::ShutdownComplete, None);
 }
 
 /// A stored thread as metadata and turns.
@@ -1146,7 +774,7 @@ fn stored_to_info(runtime: &Runtime, stored: StoredThread) -> (ThreadInfo, Vec<T
         .turns
         .iter()
         .find(|t| t.kind == TurnKind::Regular)
-        .map(|t| crate::turn::preview_of(&t.input))
+        .map(|t| crate::engine::preview_of(&t.input))
         .unwrap_or_default();
     let info = ThreadInfo {
         id: stored.id,
@@ -1161,35 +789,21 @@ fn stored_to_info(runtime: &Runtime, stored: StoredThread) -> (ThreadInfo, Vec<T
     (info, stored.turns)
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn unix_now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::turn::turn_span;
+    use crate::spans::{dispatch_span, turn_span};
+    use opentelemetry::trace::SpanContext;
     use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
     use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+    use skein_otel::names::event;
     use tracing_subscriber::layer::SubscriberExt;
 
     const CLIENT_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
     const CLIENT_SPAN: &str = "b7ad6b7169203331";
 
-    fn client_carrier() -> W3cTraceContext {
-        W3cTraceContext::from_traceparent(format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
+    fn client_context() -> SpanContext {
+        skein_otel::span_context_from_ids(CLIENT_TRACE, CLIENT_SPAN).expect("valid ids")
     }
 
     /// Installs (for this thread) a subscriber exporting to memory.
@@ -1243,11 +857,9 @@ mod tests {
     }
 
     fn detached_handle() -> (ThreadHandle, mpsc::Receiver<Submission>) {
-        let (submissions, rx) = mpsc::channel(4);
-        let events = EventHub::new();
         let info = ThreadInfo {
             id: "thread-1".into(),
-            model: crate::models::ModelInfo::echo(),
+            model: ModelInfo::echo(),
             preview: String::new(),
             created_at: 0,
             updated_at: 0,
@@ -1255,34 +867,17 @@ mod tests {
             name: None,
             archived: false,
         };
-        let entry = Arc::new(ThreadEntry {
-            id: info.id.clone(),
-            state: Mutex::new(ThreadState {
-                info,
-                turns: Vec::new(),
-                active_turn: None,
-                last_turn_span: None,
-            }),
-            submissions,
-            events,
-            file: None,
-            loaded_at: std::time::Instant::now(),
-        });
+        let (entry, rx) = ThreadEntry::new(info, Vec::new(), None, 4);
         (ThreadHandle { entry }, rx)
     }
 
     #[tokio::test]
-    async fn submit_captures_the_current_span_context() {
+    async fn submit_hands_over_the_current_span_context_as_is() {
         let capture = Capture::new();
         let (handle, mut rx) = detached_handle();
         let request = tracing::info_span!("request");
-        skein_otel::set_remote_parent(
-            &request,
-            skein_otel::w3c::span_context(&client_carrier().traceparent.expect("tp"), None)
-                .expect("valid")
-                .0,
-        );
-        let expected = skein_otel::carrier_for_span(&request).expect("request context");
+        skein_otel::set_remote_parent(&request, client_context());
+        let expected = skein_otel::span_context_of(&request).expect("request context");
         handle
             .submit(Op::Shutdown)
             .instrument(request.clone())
@@ -1290,25 +885,8 @@ mod tests {
             .expect("submit");
         let submission = rx.recv().await.expect("submission");
         assert_eq!(submission.trace, Some(expected.clone()));
-        let traceparent = expected.traceparent.expect("traceparent");
-        assert!(traceparent.contains(CLIENT_TRACE), "{traceparent}");
+        assert_eq!(expected.trace_id().to_string(), CLIENT_TRACE);
         drop(capture);
-    }
-
-    #[tokio::test]
-    async fn explicit_trace_wins_over_the_current_span() {
-        let _capture = Capture::new();
-        let (handle, mut rx) = detached_handle();
-        let request = tracing::info_span!("request");
-        handle
-            .submit_with_trace(Op::Shutdown, Some(client_carrier()))
-            .instrument(request)
-            .await
-            .expect("submit");
-        assert_eq!(
-            rx.recv().await.expect("submission").trace,
-            Some(client_carrier())
-        );
     }
 
     #[tokio::test]
@@ -1319,7 +897,7 @@ mod tests {
             op: Op::Interrupt {
                 turn_id: "turn-1".into(),
             },
-            trace: Some(client_carrier()),
+            trace: Some(client_context()),
         };
         drop(dispatch_span(&submission, "thread-1"));
         let spans = capture.named("op.dispatch.interrupt");
@@ -1339,12 +917,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn dispatch_span_with_invalid_trace_falls_back_to_the_current_context() {
+    async fn dispatch_span_without_trace_keeps_the_current_context() {
         let capture = Capture::new();
         let submission = Submission {
             id: "sub-1".into(),
             op: Op::Shutdown,
-            trace: Some(W3cTraceContext::from_traceparent("00-BAD")),
+            trace: None,
         };
         let outer = tracing::info_span!("outer");
         outer.in_scope(|| drop(dispatch_span(&submission, "thread-1")));
@@ -1359,20 +937,16 @@ mod tests {
         let capture = Capture::new();
         let submission = Submission {
             id: "sub-1".into(),
-            op: Op::Review {
+            op: Op::StartTurn {
                 turn_id: "turn-1".into(),
+                kind: TurnKind::Review,
+                input: String::new(),
             },
-            trace: Some(client_carrier()),
+            trace: Some(client_context()),
         };
         let dispatch = dispatch_span(&submission, "thread-1");
-        let turn = dispatch.in_scope(|| {
-            turn_span(
-                "thread-1",
-                "turn-1",
-                TurnKind::Review,
-                &crate::models::ModelInfo::echo(),
-            )
-        });
+        let turn = dispatch
+            .in_scope(|| turn_span("thread-1", "turn-1", TurnKind::Review, &ModelInfo::echo()));
         drop(dispatch);
         drop(turn);
         let dispatch = &capture.named("op.dispatch.review")[0];
@@ -1388,7 +962,7 @@ mod tests {
     async fn wait_for_completion(rx: &mut EventReceiver) -> (TurnStatus, Option<String>) {
         loop {
             let event = rx.recv().await.expect("event");
-            if let EventMsg::TurnCompleted { status, error, .. } = event.event.msg {
+            if let EventMsg::TurnCompleted { status, error, .. } = event.msg {
                 return (status, error);
             }
         }
@@ -1442,6 +1016,94 @@ mod tests {
             turns[0].span_id.as_deref(),
             Some(turn.span_context.span_id().to_string().as_str())
         );
+    }
+
+    /// Runs one turn of `text` on a thread that stays loaded, and returns
+    /// the spans exported by the time its `TurnCompleted` was received, with
+    /// the turn's status: nothing is shut down or submitted after the turn.
+    async fn spans_when_turn_completed_arrives(
+        capture: &Capture,
+        text: &str,
+        interrupt: bool,
+    ) -> (Vec<SpanData>, TurnStatus) {
+        let manager = ThreadManager::new(CoreConfig {
+            echo_delay: if interrupt {
+                Duration::from_secs(3600)
+            } else {
+                Duration::ZERO
+            },
+            ..CoreConfig::default()
+        });
+        let thread = manager.start_thread(None, true).expect("thread");
+        let mut events = manager.handle(&thread.id).expect("handle").subscribe();
+        let input = vec![UserInput::Text { text: text.into() }];
+        let started = manager
+            .start_turn(&thread.id, TurnKind::Regular, input)
+            .instrument(tracing::info_span!("request"))
+            .await
+            .expect("start");
+        if interrupt {
+            loop {
+                let event = events.recv().await.expect("event");
+                if matches!(event.msg, EventMsg::AgentMessageDelta { .. }) {
+                    break;
+                }
+            }
+            manager
+                .interrupt(&thread.id, &started.turn_id)
+                .await
+                .expect("interrupt");
+        }
+        let (status, _) = wait_for_completion(&mut events).await;
+        let spans = capture.spans();
+        // The thread is still loaded and its subscriber still listening.
+        assert_eq!(manager.status(&thread.id), ThreadStatus::Idle);
+        drop(events);
+        manager.shutdown().await;
+        (spans, status)
+    }
+
+    fn assert_turn_and_dispatch_ended(spans: &[SpanData], dispatch_name: &str) {
+        let names: Vec<&str> = spans.iter().map(|s| s.name.as_ref()).collect();
+        let turn = spans
+            .iter()
+            .find(|s| s.name == "invoke_agent skein")
+            .unwrap_or_else(|| panic!("turn span not ended at turn/completed: {names:?}"));
+        let dispatch = spans
+            .iter()
+            .find(|s| s.name == dispatch_name)
+            .unwrap_or_else(|| panic!("dispatch span not ended at turn/completed: {names:?}"));
+        let chat = spans
+            .iter()
+            .find(|s| s.name == "chat echo")
+            .unwrap_or_else(|| panic!("chat span not ended at turn/completed: {names:?}"));
+        assert_eq!(turn.parent_span_id, dispatch.span_context.span_id());
+        assert_eq!(chat.parent_span_id, turn.span_context.span_id());
+        assert!(turn.end_time >= chat.end_time);
+    }
+
+    #[tokio::test]
+    async fn a_completed_turns_spans_have_ended_when_turn_completed_is_received() {
+        let capture = Capture::new();
+        let (spans, status) = spans_when_turn_completed_arrives(&capture, "hi there", false).await;
+        assert_eq!(status, TurnStatus::Completed);
+        assert_turn_and_dispatch_ended(&spans, "op.dispatch.user_turn");
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_turns_spans_have_ended_when_turn_completed_is_received() {
+        let capture = Capture::new();
+        let (spans, status) = spans_when_turn_completed_arrives(&capture, "a b c d", true).await;
+        assert_eq!(status, TurnStatus::Interrupted);
+        assert_turn_and_dispatch_ended(&spans, "op.dispatch.user_turn");
+    }
+
+    #[tokio::test]
+    async fn a_failed_turns_spans_have_ended_when_turn_completed_is_received() {
+        let capture = Capture::new();
+        let (spans, status) = spans_when_turn_completed_arrives(&capture, "/fail now", false).await;
+        assert_eq!(status, TurnStatus::Failed);
+        assert_turn_and_dispatch_ended(&spans, "op.dispatch.user_turn");
     }
 
     #[tokio::test]
@@ -1568,7 +1230,7 @@ mod tests {
         // Steer once the first word has streamed, while the turn runs.
         loop {
             let event = events.recv().await.expect("event");
-            if matches!(event.event.msg, EventMsg::AgentMessageDelta { .. }) {
+            if matches!(event.msg, EventMsg::AgentMessageDelta { .. }) {
                 break;
             }
         }
@@ -1629,7 +1291,7 @@ mod tests {
             TurnStatus::Interrupted
         );
         assert_eq!(
-            events.recv().await.expect("event").event.msg,
+            events.recv().await.expect("event").msg,
             EventMsg::ShutdownComplete
         );
         assert!(matches!(
@@ -1747,7 +1409,7 @@ mod tests {
         // `TurnStarted` goes out after the start was recorded.
         loop {
             let event = events.recv().await.expect("event");
-            if matches!(event.event.msg, EventMsg::TurnStarted { .. }) {
+            if matches!(event.msg, EventMsg::TurnStarted { .. }) {
                 break;
             }
         }

@@ -104,8 +104,8 @@ fn carrier_fields(value: &Value) -> Result<Option<CarrierFields<'_>>, CarrierErr
             }),
         }
     };
-    let traceparent = field("traceparent")?;
-    let tracestate = field("tracestate")?;
+    let traceparent = field(w3c::TRACEPARENT)?;
+    let tracestate = field(w3c::TRACESTATE)?;
     Ok((traceparent.is_some() || tracestate.is_some()).then_some((traceparent, tracestate)))
 }
 
@@ -300,9 +300,9 @@ pub fn span_ids(sc: &SpanContext) -> SpanIds {
     }
 }
 
-/// A carrier naming the (sampled) span `trace_id`/`span_id`, as recorded
-/// in history; `None` when the ids are not valid hex ids.
-pub fn carrier_from_ids(trace_id: &str, span_id: &str) -> Option<W3cTraceContext> {
+/// The (sampled) span `trace_id`/`span_id`, as recorded in history;
+/// `None` when the ids are not valid hex ids.
+pub fn span_context_from_ids(trace_id: &str, span_id: &str) -> Option<SpanContext> {
     let trace_id = TraceId::from_hex(trace_id).ok()?;
     let span_id = SpanId::from_hex(span_id).ok()?;
     let sc = SpanContext::new(
@@ -312,7 +312,45 @@ pub fn carrier_from_ids(trace_id: &str, span_id: &str) -> Option<W3cTraceContext
         true,
         TraceState::default(),
     );
-    carrier_for_span_context(&sc)
+    sc.is_valid().then_some(sc)
+}
+
+/// A carrier naming the span `trace_id`/`span_id` (see
+/// [`span_context_from_ids`]).
+pub fn carrier_from_ids(trace_id: &str, span_id: &str) -> Option<W3cTraceContext> {
+    span_context_from_ids(trace_id, span_id).and_then(|sc| carrier_for_span_context(&sc))
+}
+
+/// The context of the current span (or, outside any tracing span, of the
+/// current OpenTelemetry context), for handing work to another task of
+/// this process without rendering it to a carrier.
+pub fn current_span_context() -> Option<SpanContext> {
+    span_context_of(&tracing::Span::current()).or_else(|| {
+        let cx = Context::current();
+        let sc = cx.span().span_context().clone();
+        sc.is_valid().then_some(sc)
+    })
+}
+
+/// Adds an OTel span link from a not-yet-started span to `target`.
+pub fn add_link(span: &tracing::Span, target: SpanContext) {
+    span.add_link(target);
+}
+
+/// Writes `span`'s context into an outbound request as the W3C
+/// `traceparent` and `tracestate` fields, through `set(name, value)`: HTTP
+/// headers of a model API call, or `params._meta` of an MCP request. The
+/// one place where Skein's context leaves the process.
+pub fn inject(span: &tracing::Span, mut set: impl FnMut(&'static str, String)) {
+    let Some(sc) = span_context_of(span) else {
+        return;
+    };
+    if let Some((traceparent, tracestate)) = w3c::to_headers(&sc) {
+        set(w3c::TRACEPARENT, traceparent);
+        if let Some(tracestate) = tracestate {
+            set(w3c::TRACESTATE, tracestate);
+        }
+    }
 }
 
 /// The carrier for the current span, or `None` outside any traced span.

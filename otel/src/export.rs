@@ -434,6 +434,28 @@ pub(crate) fn configure_grpc<B: WithExportConfig + WithTonicConfig>(
     }
 }
 
+/// Skein's batch delay when `OTEL_BSP_SCHEDULE_DELAY` names none.
+pub const DEFAULT_BATCH_DELAY: Duration = Duration::from_secs(1);
+
+/// The delay of the OTLP batch processor: `OTEL_BSP_SCHEDULE_DELAY`
+/// (milliseconds) when set to a number, else [`DEFAULT_BATCH_DELAY`].
+fn batch_delay(env: Option<&str>) -> Duration {
+    match env.map(str::trim) {
+        None | Some("") => DEFAULT_BATCH_DELAY,
+        Some(text) => match text.parse::<u64>() {
+            Ok(millis) => Duration::from_millis(millis),
+            Err(_) => {
+                tracing::warn!(
+                    value = %text,
+                    "OTEL_BSP_SCHEDULE_DELAY is not a whole number of milliseconds; using {} ms",
+                    DEFAULT_BATCH_DELAY.as_millis()
+                );
+                DEFAULT_BATCH_DELAY
+            }
+        },
+    }
+}
+
 /// Builds the OTLP pipeline for `settings`, counting into a fresh
 /// `otlp` stats record.
 pub fn otlp_processor(
@@ -442,7 +464,7 @@ pub fn otlp_processor(
     let protocol = settings.resolved_protocol()?;
     let connection = Connection::from_env(Signal::Traces)?;
     let stats = ExportStats::new("otlp");
-    let delay = Duration::from_secs(1);
+    let delay = batch_delay(std::env::var("OTEL_BSP_SCHEDULE_DELAY").ok().as_deref());
     let otlp_error = ExportSetupError::otlp(protocol);
     let processor = match protocol {
         OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
@@ -474,6 +496,14 @@ pub fn otlp_processor(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_batch_delay_follows_otel_bsp_schedule_delay() {
+        assert_eq!(batch_delay(None), DEFAULT_BATCH_DELAY);
+        assert_eq!(batch_delay(Some("200")), Duration::from_millis(200));
+        assert_eq!(batch_delay(Some(" 50 ")), Duration::from_millis(50));
+        assert_eq!(batch_delay(Some("soon")), DEFAULT_BATCH_DELAY);
+    }
 
     #[test]
     fn protocol_names_parse() {

@@ -219,6 +219,23 @@ pub mod value {
     pub const ERROR_INTERRUPTED: &str = "interrupted";
     /// `error.type` of a turn whose history could not be written.
     pub const ERROR_HISTORY_WRITE: &str = "history_write_failed";
+    /// `gen_ai.operation.name` of a turn span.
+    pub const GEN_AI_OPERATION_INVOKE_AGENT: &str = "invoke_agent";
+    /// `error.type` of a model call that timed out.
+    pub const ERROR_TIMEOUT: &str = "timeout";
+    /// `error.type` of a model call that could not connect, or whose
+    /// connection failed before anything streamed.
+    pub const ERROR_CONNECTION: &str = "connection";
+    /// `error.type` of a model stream cut before it finished.
+    pub const ERROR_STREAM_CUT: &str = "stream_cut";
+    /// `error.type` of a model stream that reported an error event.
+    pub const ERROR_STREAM_ERROR: &str = "stream_error";
+    /// `error.type` of a tool call naming no configured MCP server.
+    pub const ERROR_UNKNOWN_SERVER: &str = "unknown_server";
+    /// `error.type` of an MCP server that could not be started.
+    pub const ERROR_START_FAILED: &str = "start_failed";
+    /// `error.type` of an MCP answer that could not be read.
+    pub const ERROR_UNEXPECTED_RESPONSE: &str = "unexpected_response";
 }
 
 /// Metric instrument names (exported over OTLP only).

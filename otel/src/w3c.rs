@@ -9,6 +9,12 @@
 
 use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 
+/// The name of the `traceparent` field (an HTTP header, a `_meta` key, a
+/// carrier member).
+pub const TRACEPARENT: &str = "traceparent";
+/// The name of the `tracestate` field.
+pub const TRACESTATE: &str = "tracestate";
+
 /// Longest `traceparent` value examined at all; longer values are rejected
 /// before any parsing work is done.
 const MAX_TRACEPARENT_LEN: usize = 512;

@@ -1,13 +1,15 @@
 //! The handoff between Skein's app-server and its core.
 //!
-//! This crate holds plain, serializable data only. It knows nothing of
-//! OpenTelemetry: a trace context crosses the boundary as a W3C carrier
-//! ([`W3cTraceContext`]), and the `skein-otel` crate is the only place that
-//! turns one into a live context or back.
+//! This crate holds plain data. A [`Submission`] stays inside the process
+//! and carries the caller's OpenTelemetry span context as is; what crosses
+//! a process boundary (an [`Event`] becoming a client notification) carries
+//! a W3C carrier ([`W3cTraceContext`]). The `skein-otel` crate is the only
+//! place that turns a carrier into a live context or back.
 //!
 //! The app-server hands work to a thread's submission loop as a
 //! [`Submission`]; the loop reports progress as [`Event`]s.
 
+use opentelemetry::trace::SpanContext;
 use serde::{Deserialize, Serialize};
 
 /// A W3C Trace Context carrier: the `traceparent` and `tracestate` values,
@@ -47,10 +49,13 @@ pub struct Submission {
     pub id: String,
     /// What to do.
     pub op: Op,
-    /// The trace context the work continues. Filled from the current span by
-    /// the thread handle's `submit` when the caller gives none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trace: Option<W3cTraceContext>,
+    /// The span context the work continues, held as is: the submission
+    /// stays inside the process, so the context is never rendered to a W3C
+    /// carrier and parsed back. Filled from the current span by the thread
+    /// handle's `submit`. Not serialized: where work crosses a process
+    /// boundary the context travels as a [`W3cTraceContext`] instead.
+    #[serde(skip)]
+    pub trace: Option<SpanContext>,
 }
 
 /// One piece of user input to a turn.
@@ -91,29 +96,21 @@ impl TurnKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Op {
-    /// Start a turn with user input.
-    UserTurn {
+    /// Start a turn of `kind`.
+    StartTurn {
         /// Id the turn will carry.
         turn_id: String,
-        /// The user's input.
-        input: Vec<UserInput>,
-    },
-    /// Start a review turn.
-    Review {
-        /// Id the turn will carry.
-        turn_id: String,
-    },
-    /// Start a compaction turn.
-    Compact {
-        /// Id the turn will carry.
-        turn_id: String,
+        /// What the model is asked to do.
+        kind: TurnKind,
+        /// The user's input as text (empty for review and compaction).
+        input: String,
     },
     /// Add input to the running turn.
     Steer {
         /// The turn to steer.
         turn_id: String,
-        /// The extra input.
-        input: Vec<UserInput>,
+        /// The extra input, as text.
+        input: String,
     },
     /// Interrupt the running turn.
     Interrupt {
@@ -128,9 +125,11 @@ impl Op {
     /// The operation's kind in snake case, as used in `op.dispatch.<kind>`.
     pub fn kind(&self) -> &'static str {
         match self {
-            Op::UserTurn { .. } => "user_turn",
-            Op::Review { .. } => "review",
-            Op::Compact { .. } => "compact",
+            Op::StartTurn { kind, .. } => match kind {
+                TurnKind::Regular => "user_turn",
+                TurnKind::Review => "review",
+                TurnKind::Compact => "compact",
+            },
             Op::Steer { .. } => "steer",
             Op::Interrupt { .. } => "interrupt",
             Op::Shutdown => "shutdown",
@@ -328,20 +327,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn submission_round_trips_with_its_trace() {
+    fn a_submission_keeps_its_span_context_in_process_and_never_serializes_it() {
+        use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+        let context = SpanContext::new(
+            TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").expect("trace id"),
+            SpanId::from_hex("b7ad6b7169203331").expect("span id"),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
         let sub = Submission {
             id: "s1".into(),
-            op: Op::UserTurn {
+            op: Op::StartTurn {
                 turn_id: "t1".into(),
-                input: vec![UserInput::Text { text: "hi".into() }],
+                kind: TurnKind::Regular,
+                input: "hi".into(),
             },
-            trace: Some(W3cTraceContext::from_traceparent(
-                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-            )),
+            trace: Some(context.clone()),
         };
+        assert_eq!(sub.clone().trace, Some(context));
         let json = serde_json::to_string(&sub).expect("serialize");
+        assert!(!json.contains("trace"), "{json}");
         let back: Submission = serde_json::from_str(&json).expect("deserialize");
-        assert_eq!(back, sub);
+        assert_eq!(
+            (back.id.as_str(), &back.op, back.trace),
+            ("s1", &sub.op, None)
+        );
     }
 
     #[test]
@@ -353,14 +364,14 @@ mod tests {
 
     #[test]
     fn op_kind_names_match_dispatch_span_suffixes() {
-        assert_eq!(
-            Op::UserTurn {
-                turn_id: String::new(),
-                input: vec![]
-            }
-            .kind(),
-            "user_turn"
-        );
+        let start = |kind| Op::StartTurn {
+            turn_id: String::new(),
+            kind,
+            input: String::new(),
+        };
+        assert_eq!(start(TurnKind::Regular).kind(), "user_turn");
+        assert_eq!(start(TurnKind::Review).kind(), "review");
+        assert_eq!(start(TurnKind::Compact).kind(), "compact");
         assert_eq!(Op::Shutdown.kind(), "shutdown");
     }
 }

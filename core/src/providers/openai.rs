@@ -1,7 +1,7 @@
 //! The OpenAI Chat Completions API, streaming over SSE.
 //!
 //! One [`OpenAiClient`] per provider holds a `reqwest` client (rustls, so
-//! https works). [`OpenAiClient::stream_chat`] sends `POST
+//! https works); it is the provider's [`Model`]. [`OpenAiClient::stream_chat`] sends `POST
 //! {base_url}/chat/completions` with `stream: true`, carrying the W3C
 //! `traceparent` / `tracestate` of the given `chat` span, and turns the SSE
 //! chunks into text deltas, tool calls, usage and the response's id and
@@ -22,12 +22,13 @@ use std::time::{Duration, Instant, SystemTime};
 use eventsource_stream::Eventsource as _;
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
-use skein_otel::names::{attr, event};
+use skein_otel::names::{attr, event, value};
 use skein_protocol::TokenUsage;
 use tokio::sync::mpsc;
 
 use crate::config::Provider;
 use crate::conversation::{Message, ToolCall};
+use crate::models::{Model, ModelCall, ModelError, ModelRequest, ModelResponse};
 
 /// Most attempts of one model request (the first one included).
 pub const MAX_ATTEMPTS: u32 = 3;
@@ -41,62 +42,6 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 const BASE_BACKOFF: Duration = Duration::from_millis(250);
 /// Longest error body read for its message.
 const MAX_ERROR_BODY: usize = 16 * 1024;
-
-/// A tool a model may call.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ToolSpec {
-    /// The name the model uses.
-    pub name: String,
-    /// What it does.
-    pub description: String,
-    /// The JSON Schema of its arguments.
-    pub parameters: Value,
-}
-
-/// One model request.
-#[derive(Clone, Copy, Debug)]
-pub struct ChatRequest<'a> {
-    /// The model.
-    pub model: &'a str,
-    /// System instructions, sent first.
-    pub instructions: Option<&'a str>,
-    /// The conversation.
-    pub messages: &'a [Message],
-    /// The tools offered.
-    pub tools: &'a [ToolSpec],
-}
-
-/// What a model call returned (or, on failure, had returned so far).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ChatResponse {
-    /// The answer's text.
-    pub text: String,
-    /// The tool calls asked for.
-    pub tool_calls: Vec<ToolCall>,
-    /// `finish_reason` of each choice.
-    pub finish_reasons: Vec<String>,
-    /// The response id.
-    pub response_id: Option<String>,
-    /// The model that answered.
-    pub response_model: Option<String>,
-    /// Token usage, when the server reported it.
-    pub usage: Option<TokenUsage>,
-    /// Time from sending the request to the first chunk.
-    pub time_to_first_chunk: Option<Duration>,
-}
-
-/// A failed model call.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
-#[error("{message}")]
-pub struct ChatError {
-    /// The low-cardinality class: the HTTP status code, `timeout`,
-    /// `connection`, `stream_cut`, `stream_error`, `abandoned`.
-    pub error_type: String,
-    /// A message the client can show. Never holds the API key.
-    pub message: String,
-    /// What had streamed before the failure.
-    pub partial: ChatResponse,
-}
 
 /// A client of one OpenAI-compatible provider.
 #[derive(Clone, Debug)]
@@ -162,13 +107,18 @@ impl OpenAiClient {
     /// recorded on it.
     pub async fn stream_chat(
         &self,
-        request: ChatRequest<'_>,
+        request: ModelRequest<'_>,
         span: &tracing::Span,
         deltas: &mpsc::Sender<String>,
-    ) -> Result<ChatResponse, ChatError> {
+    ) -> Result<ModelResponse, ModelError> {
         let body = request_body(&request);
         let url = format!("{}/chat/completions", self.provider.base_url);
-        let carrier = skein_otel::carrier_for_span(span);
+        let mut trace_headers = reqwest::header::HeaderMap::new();
+        skein_otel::inject(span, |name, value| {
+            if let Ok(value) = reqwest::header::HeaderValue::from_str(&value) {
+                trace_headers.insert(name, value);
+            }
+        });
         let mut attempt = 1u32;
         let result = loop {
             let started = Instant::now();
@@ -181,14 +131,7 @@ impl OpenAiClient {
             if let Some(key) = &self.provider.api_key {
                 builder = builder.bearer_auth(key);
             }
-            if let Some(carrier) = &carrier {
-                if let Some(tp) = &carrier.traceparent {
-                    builder = builder.header("traceparent", tp);
-                }
-                if let Some(ts) = &carrier.tracestate {
-                    builder = builder.header("tracestate", ts);
-                }
-            }
+            builder = builder.headers(trace_headers.clone());
             let (retry_wait, failure) = match builder.send().await {
                 Ok(response) if response.status().is_success() => {
                     break self.read_stream(response, started, deltas).await;
@@ -197,13 +140,13 @@ impl OpenAiClient {
                     let status = response.status();
                     let retry_after = retry_after(response.headers());
                     let detail = error_detail(response).await;
-                    let failure = ChatError {
+                    let failure = ModelError {
                         error_type: status.as_u16().to_string(),
                         message: self.clean(&format!(
                             "the model API answered HTTP {status}{}",
                             detail.map(|d| format!(": {d}")).unwrap_or_default()
                         )),
-                        partial: ChatResponse::default(),
+                        partial: ModelResponse::default(),
                     };
                     let retryable = status.as_u16() == 429 || status.is_server_error();
                     (
@@ -212,7 +155,7 @@ impl OpenAiClient {
                     )
                 }
                 Err(err) => {
-                    let failure = self.transport_error(&err, ChatResponse::default());
+                    let failure = self.transport_error(&err, ModelResponse::default());
                     let retryable = err.is_connect();
                     (retryable.then(|| backoff(attempt)), failure)
                 }
@@ -232,7 +175,7 @@ impl OpenAiClient {
                     attempt += 1;
                 }
                 Some(_) => {
-                    break Err(ChatError {
+                    break Err(ModelError {
                         message: format!("{} (gave up after {attempt} attempts)", failure.message),
                         ..failure
                     });
@@ -252,8 +195,8 @@ impl OpenAiClient {
         response: reqwest::Response,
         started: Instant,
         deltas: &mpsc::Sender<String>,
-    ) -> Result<ChatResponse, ChatError> {
-        let mut out = ChatResponse::default();
+    ) -> Result<ModelResponse, ModelError> {
+        let mut out = ModelResponse::default();
         let mut calls: BTreeMap<u64, ToolCall> = BTreeMap::new();
         let mut finished = false;
         let mut stream = response.bytes_stream().eventsource();
@@ -294,8 +237,8 @@ impl OpenAiClient {
                     .and_then(Value::as_str)
                     .map(str::to_owned)
                     .unwrap_or_else(|| error.to_string());
-                return Err(ChatError {
-                    error_type: "stream_error".into(),
+                return Err(ModelError {
+                    error_type: value::ERROR_STREAM_ERROR.into(),
                     message: self.clean(&format!("the model API reported an error: {message}")),
                     partial: out,
                 });
@@ -334,8 +277,8 @@ impl OpenAiClient {
                 {
                     out.text.push_str(text);
                     if deltas.send(text.to_owned()).await.is_err() {
-                        return Err(ChatError {
-                            error_type: "abandoned".into(),
+                        return Err(ModelError {
+                            error_type: value::ERROR_MODEL_ABANDONED.into(),
                             message: "the turn stopped listening".into(),
                             partial: out,
                         });
@@ -374,8 +317,8 @@ impl OpenAiClient {
             })
             .collect();
         if !finished && out.finish_reasons.is_empty() {
-            return Err(ChatError {
-                error_type: "stream_cut".into(),
+            return Err(ModelError {
+                error_type: value::ERROR_STREAM_CUT.into(),
                 message: "the model's stream ended before the answer was complete".into(),
                 partial: out,
             });
@@ -383,15 +326,15 @@ impl OpenAiClient {
         Ok(out)
     }
 
-    fn transport_error(&self, err: &reqwest::Error, partial: ChatResponse) -> ChatError {
+    fn transport_error(&self, err: &reqwest::Error, partial: ModelResponse) -> ModelError {
         let (error_type, what) = if err.is_timeout() {
-            ("timeout", "timed out")
+            (value::ERROR_TIMEOUT, "timed out")
         } else if err.is_connect() {
-            ("connection", "could not connect")
+            (value::ERROR_CONNECTION, "could not connect")
         } else if partial.time_to_first_chunk.is_some() {
-            ("stream_cut", "the stream was cut")
+            (value::ERROR_STREAM_CUT, "the stream was cut")
         } else {
-            ("connection", "failed")
+            (value::ERROR_CONNECTION, "failed")
         };
         // reqwest's messages name the URL, never headers.
         let mut message = format!("the model request to {} {what}", self.host);
@@ -399,7 +342,7 @@ impl OpenAiClient {
         if let Some(cause) = source.take() {
             message.push_str(&format!(": {cause}"));
         }
-        ChatError {
+        ModelError {
             error_type: error_type.into(),
             message: self.clean(&message),
             partial,
@@ -464,8 +407,23 @@ async fn error_detail(response: reqwest::Response) -> Option<String> {
     (!text.is_empty()).then(|| text.chars().take(300).collect())
 }
 
+impl Model for OpenAiClient {
+    fn call<'a>(
+        &'a self,
+        request: ModelRequest<'a>,
+        chat: &'a tracing::Span,
+        deltas: &'a mpsc::Sender<String>,
+    ) -> ModelCall<'a> {
+        Box::pin(self.stream_chat(request, chat, deltas))
+    }
+
+    fn endpoint(&self) -> Option<(&str, Option<u16>)> {
+        Some((&self.host, self.port))
+    }
+}
+
 /// The JSON body of a streaming Chat Completions request.
-pub fn request_body(request: &ChatRequest<'_>) -> Value {
+pub fn request_body(request: &ModelRequest<'_>) -> Value {
     let mut messages = Vec::with_capacity(request.messages.len() + 1);
     if let Some(instructions) = request.instructions {
         messages.push(json!({"role": "system", "content": instructions}));
@@ -515,6 +473,7 @@ pub fn request_body(request: &ChatRequest<'_>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::ToolSpec;
 
     #[test]
     fn the_body_carries_history_tools_and_streaming() {
@@ -538,11 +497,13 @@ mod tests {
             description: "d".into(),
             parameters: json!({"type": "object"}),
         }];
-        let body = request_body(&ChatRequest {
+        let body = request_body(&ModelRequest {
             model: "m",
+            kind: skein_protocol::TurnKind::Regular,
             instructions: Some("be brief"),
             messages: &messages,
             tools: &tools,
+            history: &[],
         });
         assert_eq!(body["stream"], true);
         assert_eq!(body["messages"][0]["role"], "system");
