@@ -559,6 +559,18 @@ impl Server {
         self.stderr.borrow().clone()
     }
 
+    /// The directory of the server's local trace store.
+    pub fn trace_dir(&self) -> &Path {
+        &self.trace_dir
+    }
+
+    /// Every record the local store holds right now, while the server
+    /// runs (see [`read_live_spans`]); [`merge_records`] gives one entry
+    /// per span.
+    pub fn store_records(&self) -> Vec<Span> {
+        read_live_spans(&self.trace_dir)
+    }
+
     /// Process id of the server (while it runs).
     pub fn pid(&self) -> u32 {
         self.child
@@ -1612,15 +1624,36 @@ pub fn merge_records(records: &[Span]) -> Vec<Span> {
 }
 
 /// All span records of every `*.jsonl` file under `dir` (recursively), in
-/// file order; see [`merge_records`] for one entry per span.
+/// file order; see [`merge_records`] for one entry per span. Every line
+/// must be whole: for a store still being written, see [`read_live_spans`].
 pub fn read_spans(dir: &Path) -> Vec<Span> {
+    read_store(dir, false)
+}
+
+/// Like [`read_spans`], for a store that may be in the middle of a write:
+/// a running server's, or one killed by SIGKILL. A file's last line
+/// without its newline (a write under way, or cut by the kill) is left
+/// out, and a file gone since the directory was listed is skipped.
+pub fn read_live_spans(dir: &Path) -> Vec<Span> {
+    read_store(dir, true)
+}
+
+fn read_store(dir: &Path, live: bool) -> Vec<Span> {
     let mut files = Vec::new();
     collect_jsonl(dir, &mut files);
     files.sort();
     let mut spans = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(&file)
-            .unwrap_or_else(|e| panic!("read trace file {}: {e}", file.display()));
+        let mut text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(e) if live && e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("read trace file {}: {e}", file.display()),
+        };
+        if live {
+            // Keep whole lines only.
+            let whole = text.rfind('\n').map_or(0, |end| end + 1);
+            text.truncate(whole);
+        }
         for (index, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
