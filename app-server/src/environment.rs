@@ -63,8 +63,10 @@ pub fn app_list(_params: PageParams) -> HandlerResult {
 }
 
 /// The configured MCP servers, in Codex's `McpServerStatus` shape: their
-/// state in this process and the tools they offered when last started.
-/// Skein runs stdio servers only, with no authentication.
+/// state in this process (`failed` after a start that failed, with the
+/// error as `toolsError` when no earlier start listed tools) and the tools
+/// they offered when last started. Skein runs stdio servers only, with no
+/// authentication.
 pub fn mcp_servers(threads: &ThreadManager) -> Vec<Value> {
     threads
         .mcp_statuses()
@@ -88,13 +90,18 @@ pub fn mcp_servers(threads: &ThreadManager) -> Vec<Value> {
                 McpServerState::Connected => "connected",
                 McpServerState::Starting => "starting",
                 McpServerState::NotRunning => "notStarted",
+                McpServerState::Failed => "failed",
             };
+            // Codex's `toolsError`: discovery failed and no catalog is
+            // returned (null when the tools of an earlier start are).
+            let tools_error = status.error.filter(|_| tools.is_empty());
             json!({
                 "name": status.name,
                 "authStatus": "unsupported",
                 "httpOrigin": null,
                 "runtimeStatus": runtime_status,
                 "tools": tools,
+                "toolsError": tools_error,
                 "resources": [],
                 "resourceTemplates": [],
             })

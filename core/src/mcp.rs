@@ -7,6 +7,13 @@
 //! and started again on next use (its tools stay offered meanwhile, so a
 //! call reports the failure). Its stderr goes to Skein's log.
 //!
+//! Each start runs in an `mcp.server.start <server>` span under the span
+//! that waited for it (the turn, or the tool call that needed the server).
+//! A start that fails marks that span as an error (`error.type =
+//! start_failed`), logs a warning naming the server, its command and the
+//! error, and leaves the server [`McpServerState::Failed`] until a start
+//! succeeds.
+//!
 //! Every `tools/call` runs in a `tools/call <tool>` CLIENT span whose
 //! context goes out in `params._meta` (`traceparent`, `tracestate`), the
 //! MCP convention. Dropping a call in flight (an interrupted turn) sends
@@ -25,10 +32,9 @@ use rmcp::model::{
 use rmcp::service::{Peer, PeerRequestOptions, RoleClient, RunningService, ServiceError};
 use rmcp::transport::TokioChildProcess;
 use serde_json::Value;
-use skein_otel::names::{attr, span, value};
+use skein_otel::names::{attr, value};
 use tokio::io::AsyncBufReadExt as _;
 use tokio::sync::Mutex;
-use tracing::field::Empty;
 
 use crate::config::{DEFAULT_TOOL_TIMEOUT_MS, McpServerConfig};
 
@@ -60,6 +66,8 @@ pub enum McpServerState {
     /// Not running: never needed yet, or it stopped (it is started again on
     /// next use).
     NotRunning,
+    /// Its last start failed (it is started again on next use).
+    Failed,
 }
 
 /// One configured server and what this process knows of it.
@@ -71,6 +79,8 @@ pub struct McpServerStatus {
     pub state: McpServerState,
     /// The tools it offered when it last started (empty before that).
     pub tools: Vec<McpTool>,
+    /// Why its last start failed, while it is [`McpServerState::Failed`].
+    pub error: Option<String>,
 }
 
 /// How a `tools/call` ended without a result.
@@ -100,6 +110,31 @@ struct Server {
     /// server cannot start again, so that calling one reports the failure
     /// to the model as a tool error.
     known_tools: std::sync::Mutex<Vec<McpTool>>,
+    /// Why the last start failed; cleared by a start that succeeds.
+    start_error: std::sync::Mutex<Option<String>>,
+}
+
+/// Why a server could not be started.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    /// The process could not be spawned.
+    #[error("could not start `{command}`: {error}")]
+    Spawn {
+        command: String,
+        error: std::io::Error,
+    },
+    /// The MCP `initialize` handshake failed.
+    #[error("failed to initialize: {0}")]
+    Initialize(String),
+    /// `tools/list` failed.
+    #[error("could not list its tools: {0}")]
+    ListTools(String),
+    /// The whole start took longer than [`START_TIMEOUT`].
+    #[error("did not start within {}s", START_TIMEOUT.as_secs())]
+    Timeout,
+    /// The task running the start ended without a result.
+    #[error("failed to start: {0}")]
+    Task(String),
 }
 
 /// Every configured MCP server. Cheap to clone; clones share servers.
@@ -129,6 +164,7 @@ impl McpManager {
                         config: config.clone(),
                         running: Mutex::new(None),
                         known_tools: std::sync::Mutex::new(Vec::new()),
+                        start_error: std::sync::Mutex::new(None),
                     }),
                 )
             })
@@ -149,9 +185,21 @@ impl McpManager {
         self.servers
             .values()
             .map(|server| {
+                let mut error = None;
                 let state = match server.running.try_lock() {
                     Ok(running) if running.is_some() => McpServerState::Connected,
-                    Ok(_) => McpServerState::NotRunning,
+                    Ok(_) => {
+                        error = server
+                            .start_error
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .clone();
+                        if error.is_some() {
+                            McpServerState::Failed
+                        } else {
+                            McpServerState::NotRunning
+                        }
+                    }
                     // Someone holds it: the server is being started.
                     Err(_) => McpServerState::Starting,
                 };
@@ -163,13 +211,16 @@ impl McpManager {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .clone(),
+                    error,
                 }
             })
             .collect()
     }
 
-    /// The tools of every server, starting those not running. A server
-    /// that cannot start is logged and offers no tools this time.
+    /// The tools of every server, starting those not running (each start
+    /// in an `mcp.server.start` span under the current span). A server
+    /// that cannot start (logged by the start) offers the tools it had
+    /// when it last ran, if any, so that calling one reports the failure.
     pub async fn tools(&self) -> Vec<McpTool> {
         let mut tools = Vec::new();
         for server in self.servers.values() {
@@ -179,18 +230,20 @@ impl McpManager {
                         connection.tools.clone();
                     tools.extend(connection.tools.iter().cloned());
                 }
-                Err(err) => {
+                Err(_) => {
                     let known = server
                         .known_tools
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .clone();
-                    tracing::warn!(
-                        server = %server.name,
-                        %err,
-                        known_tools = known.len(),
-                        "MCP server unavailable; offering the tools it had, which will fail"
-                    );
+                    if !known.is_empty() {
+                        tracing::warn!(
+                            server = %server.name,
+                            known_tools = known.len(),
+                            "offering the tools the MCP server had when it last ran; \
+                             calling them will fail"
+                        );
+                    }
                     tools.extend(known);
                 }
             }
@@ -207,21 +260,7 @@ impl McpManager {
         arguments: Option<serde_json::Map<String, Value>>,
         parent: &tracing::Span,
     ) -> Result<Value, McpCallError> {
-        let span = tracing::info_span!(
-            target: "skein_core::mcp",
-            parent: parent,
-            span::MCP_REQUEST,
-            { attr::OTEL_NAME } = format!("{} {tool}", value::MCP_TOOLS_CALL),
-            { attr::OTEL_KIND } = value::KIND_CLIENT,
-            { attr::OTEL_STATUS_CODE } = Empty,
-            { attr::OTEL_STATUS_DESCRIPTION } = Empty,
-            { attr::MCP_METHOD_NAME } = value::MCP_TOOLS_CALL,
-            { attr::GEN_AI_TOOL_NAME } = tool,
-            { attr::MCP_SERVER_NAME } = server,
-            { attr::JSONRPC_REQUEST_ID } = Empty,
-            { attr::MCP_PROTOCOL_VERSION } = Empty,
-            { attr::ERROR_TYPE } = Empty,
-        );
+        let span = crate::spans::mcp_tools_call_span(parent, server, tool);
         let result = self.call_in_span(server, tool, arguments, &span).await;
         match &result {
             Ok(value) if value.get("isError").and_then(Value::as_bool) == Some(true) => {
@@ -251,7 +290,7 @@ impl McpManager {
             message: format!("no MCP server named {server_name:?}"),
         })?;
         let connection = server.connection().await.map_err(|message| McpCallError {
-            error_type: value::ERROR_START_FAILED.into(),
+            error_type: value::ERROR_MCP_START_FAILED.into(),
             message,
         })?;
         span.record(
@@ -351,7 +390,8 @@ impl Drop for CancelOnDrop {
 
 impl Server {
     /// The running connection, starting the server if it is not running
-    /// (or died).
+    /// (or died). The start runs in an `mcp.server.start` span, a child of
+    /// the current span: the one that waits for it.
     async fn connection(self: &Arc<Self>) -> Result<Arc<Connection>, String> {
         let mut running = self.running.lock().await;
         if let Some(connection) = running.as_ref()
@@ -362,36 +402,61 @@ impl Server {
         if running.take().is_some() {
             tracing::warn!(server = %self.name, "MCP server stopped; starting it again");
         }
-        // Started on a task of its own, outside any span: the service's
-        // tasks (which capture the current span) outlive this turn and
-        // must not hold its span open.
+        let span = self.start_span();
+        // Started on a task of its own, outside any span (the start span
+        // included): the service's tasks (which capture the current span)
+        // outlive this turn and must not hold its span open.
         let this = Arc::clone(self);
         let start = tokio::spawn(async move { this.start().await });
-        let connection = tokio::time::timeout(START_TIMEOUT, start)
-            .await
-            .map_err(|_| {
-                format!(
-                    "MCP server {:?} did not start within {}s",
-                    self.name,
-                    START_TIMEOUT.as_secs()
-                )
-            })?
-            .map_err(|e| format!("MCP server {:?} failed to start: {e}", self.name))??;
-        let connection = Arc::new(connection);
-        *running = Some(Arc::clone(&connection));
-        Ok(connection)
+        let started = match tokio::time::timeout(START_TIMEOUT, start).await {
+            Err(_) => Err(StartError::Timeout),
+            Ok(Err(join)) => Err(StartError::Task(join.to_string())),
+            Ok(Ok(started)) => started,
+        };
+        match started {
+            Ok(connection) => {
+                span.record(
+                    attr::MCP_PROTOCOL_VERSION,
+                    connection.protocol_version.as_str(),
+                );
+                *self.start_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                let connection = Arc::new(connection);
+                *running = Some(Arc::clone(&connection));
+                Ok(connection)
+            }
+            Err(err) => {
+                let message = format!("MCP server {:?} {err}", self.name);
+                span.record(attr::ERROR_TYPE, value::ERROR_MCP_START_FAILED);
+                span.record(attr::OTEL_STATUS_CODE, value::STATUS_ERROR);
+                span.record(attr::OTEL_STATUS_DESCRIPTION, message.as_str());
+                tracing::warn!(
+                    parent: &span,
+                    server = %self.name,
+                    command = %self.config.command,
+                    error = %err,
+                    "MCP server failed to start"
+                );
+                *self.start_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message.clone());
+                Err(message)
+            }
+        }
     }
 
-    async fn start(&self) -> Result<Connection, String> {
-        let fail = |what: &str, err: &dyn std::fmt::Display| {
-            format!("MCP server {:?} {what}: {err}", self.name)
-        };
+    /// The span of one start, a child of the current span.
+    fn start_span(&self) -> tracing::Span {
+        crate::spans::mcp_server_start_span(&self.name, &self.config.command)
+    }
+
+    async fn start(&self) -> Result<Connection, StartError> {
         let mut command = tokio::process::Command::new(&self.config.command);
         command.args(&self.config.args).envs(&self.config.env);
         let (transport, stderr) = TokioChildProcess::builder(command)
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| fail(&format!("could not start `{}`", self.config.command), &e))?;
+            .map_err(|error| StartError::Spawn {
+                command: self.config.command.clone(),
+                error,
+            })?;
         if let Some(stderr) = stderr {
             let name = self.name.clone();
             tokio::spawn(async move {
@@ -407,7 +472,7 @@ impl Server {
         );
         let service = rmcp::serve_client(info, transport)
             .await
-            .map_err(|e| fail("failed to initialize", &e))?;
+            .map_err(|e| StartError::Initialize(e.to_string()))?;
         let protocol_version = service
             .peer()
             .peer_info()
@@ -417,7 +482,7 @@ impl Server {
             .peer()
             .list_all_tools()
             .await
-            .map_err(|e| fail("could not list its tools", &e))?;
+            .map_err(|e| StartError::ListTools(e.to_string()))?;
         let tools = listed
             .into_iter()
             .map(|t| McpTool {
@@ -456,5 +521,153 @@ impl Server {
             error_type,
             message: format!("MCP server {:?}: {err}", self.name),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{Status, TracerProvider as _};
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+    use tracing::Instrument as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    /// A subscriber (for this thread) exporting spans to memory. The tests
+    /// run on a current-thread runtime, so the start task reports here too.
+    struct Capture {
+        provider: SdkTracerProvider,
+        exporter: InMemorySpanExporter,
+        _guard: tracing::subscriber::DefaultGuard,
+    }
+
+    impl Capture {
+        fn new() -> Self {
+            let exporter = InMemorySpanExporter::default();
+            let provider = SdkTracerProvider::builder()
+                .with_simple_exporter(exporter.clone())
+                .build();
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("test"))
+                .with_threads(false);
+            let guard =
+                tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+            Self {
+                provider,
+                exporter,
+                _guard: guard,
+            }
+        }
+
+        fn one(&self, name: &str) -> SpanData {
+            let _ = self.provider.force_flush();
+            let spans = self.exporter.get_finished_spans().expect("finished spans");
+            let mut found: Vec<SpanData> = spans.into_iter().filter(|s| s.name == name).collect();
+            assert_eq!(found.len(), 1, "one span named {name:?}: {found:#?}");
+            found.remove(0)
+        }
+    }
+
+    fn attr(span: &SpanData, key: &str) -> Option<String> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.to_string())
+    }
+
+    fn manager(name: &str, command: &str, args: &[&str]) -> McpManager {
+        let config = McpServerConfig {
+            command: command.to_owned(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            env: BTreeMap::new(),
+            tool_timeout_ms: None,
+        };
+        McpManager::new(&BTreeMap::from([(name.to_owned(), config)]))
+    }
+
+    /// Lists tools inside a `turn` span, as a turn does, and returns the
+    /// start span and the turn span once both have ended.
+    async fn start_under_a_turn(
+        capture: &Capture,
+        manager: &McpManager,
+        name: &str,
+    ) -> (Vec<McpTool>, SpanData, SpanData) {
+        let turn = tracing::info_span!("turn");
+        let tools = manager.tools().instrument(turn.clone()).await;
+        drop(turn);
+        let start = capture.one(&format!("mcp.server.start {name}"));
+        (tools, start, capture.one("turn"))
+    }
+
+    fn assert_failed_start(start: &SpanData, turn: &SpanData, name: &str, needle: &str) {
+        assert_eq!(
+            start.parent_span_id,
+            turn.span_context.span_id(),
+            "the start is a child of the turn that waited for it"
+        );
+        assert_eq!(attr(start, attr::MCP_SERVER_NAME).as_deref(), Some(name));
+        assert_eq!(
+            attr(start, attr::ERROR_TYPE).as_deref(),
+            Some(value::ERROR_MCP_START_FAILED)
+        );
+        match &start.status {
+            Status::Error { description } => {
+                assert!(description.contains(needle), "{description}");
+            }
+            other => panic!("an error status expected, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_command_fails_its_start_span_under_the_turn_and_leaves_the_server_failed() {
+        let capture = Capture::new();
+        let manager = manager("broken", "/nonexistent/mcp-server", &[]);
+        let before = manager.statuses();
+        assert_eq!(before[0].state, McpServerState::NotRunning);
+        assert_eq!(before[0].error, None);
+
+        let (tools, start, turn) = start_under_a_turn(&capture, &manager, "broken").await;
+        assert!(tools.is_empty(), "{tools:?}");
+        assert_failed_start(&start, &turn, "broken", "/nonexistent/mcp-server");
+        assert_eq!(
+            attr(&start, attr::PROCESS_COMMAND).as_deref(),
+            Some("/nonexistent/mcp-server")
+        );
+
+        let status = &manager.statuses()[0];
+        assert_eq!(status.state, McpServerState::Failed);
+        let error = status.error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("\"broken\"") && error.contains("`/nonexistent/mcp-server`"),
+            "{error}"
+        );
+
+        // A call that needs the server tries again, and fails the same way.
+        let parent = tracing::info_span!("execute_tool");
+        let err = manager
+            .call_tool("broken", "anything", None, &parent)
+            .await
+            .expect_err("the server cannot start");
+        assert_eq!(err.error_type, value::ERROR_MCP_START_FAILED);
+        assert_eq!(manager.statuses()[0].state, McpServerState::Failed);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_exits_before_initializing_fails_its_start_span_with_the_handshake_error()
+    {
+        let capture = Capture::new();
+        let manager = manager("quits", "sh", &["-c", "exit 0"]);
+        let (tools, start, turn) = start_under_a_turn(&capture, &manager, "quits").await;
+        assert!(tools.is_empty(), "{tools:?}");
+        assert_failed_start(&start, &turn, "quits", "failed to initialize");
+        let status = &manager.statuses()[0];
+        assert_eq!(status.state, McpServerState::Failed);
+        assert!(
+            status
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("failed to initialize")),
+            "{:?}",
+            status.error
+        );
     }
 }

@@ -8,7 +8,9 @@
 //! - the turn span (`invoke_agent skein`): the turn engine, when the turn
 //!   reaches its terminal state, before `TurnCompleted` goes out;
 //! - `chat {model}` and `execute_tool {tool}`: the engine, when the model
-//!   call or the tool call ends.
+//!   call or the tool call ends;
+//! - `tools/call {tool}` and `mcp.server.start {server}`: the MCP client
+//!   ([`crate::mcp`]), when the request is answered or the start ends.
 
 use skein_otel::names::{attr, event, span, value};
 use skein_protocol::{Submission, TokenUsage, TurnKind};
@@ -143,4 +145,45 @@ pub(crate) fn record_steer(turn: &tracing::Span, text: &str) {
 pub(crate) fn record_failure(span: &tracing::Span, error_type: &str, message: &str) {
     span.record(attr::ERROR_TYPE, error_type);
     record_error(span, message);
+}
+
+/// Builds a `tools/call {tool}` MCP CLIENT span, a child of `parent` (the
+/// `execute_tool` span).
+pub(crate) fn mcp_tools_call_span(
+    parent: &tracing::Span,
+    server: &str,
+    tool: &str,
+) -> tracing::Span {
+    tracing::info_span!(
+        target: "skein_core::mcp",
+        parent: parent,
+        span::MCP_REQUEST,
+        { attr::OTEL_NAME } = format!("{} {tool}", value::MCP_TOOLS_CALL),
+        { attr::OTEL_KIND } = value::KIND_CLIENT,
+        { attr::OTEL_STATUS_CODE } = Empty,
+        { attr::OTEL_STATUS_DESCRIPTION } = Empty,
+        { attr::MCP_METHOD_NAME } = value::MCP_TOOLS_CALL,
+        { attr::GEN_AI_TOOL_NAME } = tool,
+        { attr::MCP_SERVER_NAME } = server,
+        { attr::JSONRPC_REQUEST_ID } = Empty,
+        { attr::MCP_PROTOCOL_VERSION } = Empty,
+        { attr::ERROR_TYPE } = Empty,
+    )
+}
+
+/// Builds the span of one MCP server start, a child of the current span
+/// (the turn, or the tool call, that waits for the server).
+pub(crate) fn mcp_server_start_span(server: &str, command: &str) -> tracing::Span {
+    tracing::info_span!(
+        target: "skein_core::mcp",
+        span::MCP_SERVER_START,
+        { attr::OTEL_NAME } = format!("{} {server}", span::MCP_SERVER_START),
+        { attr::OTEL_KIND } = value::KIND_INTERNAL,
+        { attr::OTEL_STATUS_CODE } = Empty,
+        { attr::OTEL_STATUS_DESCRIPTION } = Empty,
+        { attr::MCP_SERVER_NAME } = server,
+        { attr::PROCESS_COMMAND } = command,
+        { attr::MCP_PROTOCOL_VERSION } = Empty,
+        { attr::ERROR_TYPE } = Empty,
+    )
 }

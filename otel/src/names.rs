@@ -19,6 +19,10 @@ pub mod span {
     /// One request to an MCP server. Exported as `<mcp method> <tool>`,
     /// e.g. `tools/call get_current_time`.
     pub const MCP_REQUEST: &str = "mcp.request";
+    /// Starting one MCP server: spawning it, `initialize` and listing its
+    /// tools, under the span that waited for it. Exported as
+    /// `mcp.server.start <server>`.
+    pub const MCP_SERVER_START: &str = "mcp.server.start";
     /// Core stopping every thread at server shutdown; the per-thread
     /// shutdown dispatches nest beneath it.
     pub const SHUTDOWN: &str = "skein.shutdown";
@@ -143,6 +147,9 @@ pub mod attr {
     pub const MCP_PROTOCOL_VERSION: &str = "mcp.protocol.version";
     /// The configured name of the MCP server.
     pub const MCP_SERVER_NAME: &str = "skein.mcp.server";
+    /// The command a process is started with (an MCP server's configured
+    /// `command`, without its arguments).
+    pub const PROCESS_COMMAND: &str = "process.command";
 
     // Metric-only attributes.
     /// The span export pipeline a `skein.spans.dropped` point counts for:
@@ -197,6 +204,10 @@ pub mod value {
     pub const ERROR_TOOL_CALL_REFUSED: &str = "invalid_tool_call";
     /// `error.type` of an MCP tool result flagged `isError`.
     pub const ERROR_TOOL: &str = "tool_error";
+    /// `error.type` of an MCP server that could not be started (not
+    /// spawned, not initialized, tools not listed, or too slow), on its
+    /// `mcp.server.start` span and on a tool call that needed it.
+    pub const ERROR_MCP_START_FAILED: &str = "start_failed";
     /// `otel.status_code` of a failed span.
     pub const STATUS_ERROR: &str = "error";
     /// `rpc.transport` over stdin/stdout.
@@ -232,8 +243,6 @@ pub mod value {
     pub const ERROR_STREAM_ERROR: &str = "stream_error";
     /// `error.type` of a tool call naming no configured MCP server.
     pub const ERROR_UNKNOWN_SERVER: &str = "unknown_server";
-    /// `error.type` of an MCP server that could not be started.
-    pub const ERROR_START_FAILED: &str = "start_failed";
     /// `error.type` of an MCP answer that could not be read.
     pub const ERROR_UNEXPECTED_RESPONSE: &str = "unexpected_response";
 }

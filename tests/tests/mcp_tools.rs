@@ -943,3 +943,166 @@ async fn a_server_that_cannot_start_again_is_reported_to_the_model_as_a_tool_err
     client.close().await;
     server.shutdown().await;
 }
+
+/// The exported name of the span of one MCP server start.
+fn start_span_name(server: &str) -> String {
+    format!("mcp.server.start {server}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_turn_shows_the_time_server_start_as_an_ended_child_span_before_its_model_call() {
+    let Some((time_bin, _)) = mcp_venv() else {
+        return;
+    };
+    let mock = MockLlm::start(vec![
+        Reply::Stream(text_chunks(&["first"], 1, 1)),
+        Reply::Stream(text_chunks(&["second"], 1, 1)),
+    ])
+    .await;
+    let mut server =
+        Server::start_with(Transport::Stdio, options(&mock, "time", &time_bin, &[])).await;
+    let mut client = connect(&mut server).await;
+    let thread_id = client.start_thread().await;
+    let mut turn_ids = Vec::new();
+    for text in ["first", "second"] {
+        let turn_id = client.start_turn(&thread_id, text, None).await.turn_id();
+        let completed = client.wait_for_turn_completed(&turn_id).await;
+        assert_eq!(
+            completed["params"]["turn"]["status"], "completed",
+            "{completed}"
+        );
+        turn_ids.push(turn_id);
+    }
+    client.close().await;
+    let finished = server.shutdown().await;
+
+    let name = start_span_name("time");
+    let starts: Vec<&Span> = finished.spans.iter().filter(|s| s.name == name).collect();
+    let [start] = starts.as_slice() else {
+        panic!(
+            "one start span expected (the second turn finds the server running):\n{}",
+            finished.dump()
+        );
+    };
+    let first = finished.turn_span(&turn_ids[0]);
+    assert_eq!(
+        start.parent_span_id.as_deref(),
+        Some(first.span_id.as_str()),
+        "the start is a child of the first turn, which waited for it: {start}"
+    );
+    assert_eq!(start.trace_id, first.trace_id, "{start}");
+    assert!(
+        !start.is_in_progress() && start.end_time_unix_nano >= start.start_time_unix_nano,
+        "the start span ended: {start}"
+    );
+    assert_eq!(start.kind, SPAN_KIND_INTERNAL, "{start}");
+    assert_ne!(start.status_code, STATUS_CODE_ERROR, "{start}");
+    assert_attr(start, "skein.mcp.server", "time");
+    assert_attr(start, "process.command", &time_bin.display().to_string());
+    assert!(
+        start
+            .attr_str("mcp.protocol.version")
+            .is_some_and(|v| !v.is_empty()),
+        "{start}"
+    );
+    assert_eq!(start.attr_str("error.type"), None, "{start}");
+    // The turn asked the model only once the server had started.
+    let chats = named(finished.children_of(&first.span_id), CHAT);
+    let [chat] = chats.as_slice() else {
+        panic!("one chat span expected:\n{}", finished.dump());
+    };
+    assert!(
+        chat.start_time_unix_nano >= start.end_time_unix_nano,
+        "the model call follows the start: {start} / {chat}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_mcp_command_is_failed_in_the_status_list_with_an_error_start_span_and_a_warning()
+{
+    // No MCP virtualenv needed: nothing is started.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let command = dir.path().join("no-such-mcp-server");
+    let command_text = command.display().to_string();
+    // What the operating system says about starting it.
+    let os_error = std::process::Command::new(&command)
+        .spawn()
+        .err()
+        .unwrap_or_else(|| panic!("{command_text} must not start"))
+        .to_string();
+    let mock = MockLlm::start(vec![Reply::Stream(text_chunks(&["no tools"], 1, 1))]).await;
+    let mut server =
+        Server::start_with(Transport::Stdio, options(&mock, "broken", &command, &[])).await;
+    let mut client = connect(&mut server).await;
+    let thread_id = client.start_thread().await;
+    let turn_id = client
+        .start_turn(&thread_id, "anything?", None)
+        .await
+        .turn_id();
+    let completed = client.wait_for_turn_completed(&turn_id).await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "completed",
+        "the turn goes on without the server's tools: {completed}"
+    );
+    let requests = mock.wait_for_requests(1).await;
+    assert!(
+        requests[0].body["tools"]
+            .as_array()
+            .is_none_or(|tools| tools.is_empty()),
+        "no tool offered: {}",
+        requests[0].body
+    );
+
+    let status = client
+        .request("mcpServerStatus/list", json!({}), None)
+        .await
+        .result()
+        .clone();
+    support::codex_schema::assert_valid_result("mcpServerStatus/list", &status);
+    let server_status = &status["data"][0];
+    assert_eq!(server_status["name"], "broken", "{status}");
+    assert_eq!(server_status["runtimeStatus"], "failed", "{status}");
+    assert_eq!(server_status["tools"], json!({}), "{status}");
+    let tools_error = server_status["toolsError"].as_str().unwrap_or_default();
+    assert!(
+        tools_error.contains(&command_text) && tools_error.contains(&os_error),
+        "toolsError says why: {status}"
+    );
+
+    let warning = server
+        .wait_for_stderr(|line| line.contains("MCP server failed to start"))
+        .await;
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(warning.contains("server=broken"), "{warning}");
+    assert!(
+        warning.contains(&format!("command={command_text}")),
+        "{warning}"
+    );
+    assert!(warning.contains(&os_error), "{warning}");
+
+    client.close().await;
+    let finished = server.shutdown().await;
+    let turn = finished.turn_span(&turn_id);
+    let name = start_span_name("broken");
+    let starts = named(finished.children_of(&turn.span_id), &name);
+    let [start] = starts.as_slice() else {
+        panic!(
+            "one start span under the turn expected:\n{}",
+            finished.dump()
+        );
+    };
+    assert!(!start.is_in_progress(), "the start span ended: {start}");
+    assert_eq!(start.status_code, STATUS_CODE_ERROR, "{start}");
+    let message = start.status_message.as_deref().unwrap_or_default();
+    assert!(
+        message.contains(&command_text) && message.contains(&os_error),
+        "{start}"
+    );
+    assert_attr(start, "error.type", "start_failed");
+    assert_attr(start, "skein.mcp.server", "broken");
+    assert_attr(start, "process.command", &command_text);
+    assert_ne!(
+        turn.status_code, STATUS_CODE_ERROR,
+        "the turn itself did not fail: {turn}"
+    );
+}
