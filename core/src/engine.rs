@@ -38,7 +38,8 @@ use crate::conversation::{
 use crate::mcp::McpTool;
 use crate::models::{ModelRequest, ModelResponse, ToolSpec};
 use crate::records::{
-    ModelInfo, ToolCallStatus, TurnItem, TurnRecord, answer_item_id, answer_item_kind, unix_now,
+    ModelInfo, ToolCallStatus, TurnItem, TurnRecord, answer_item_id, answer_item_kind,
+    steered_item_id, unix_now,
 };
 use crate::runtime::Runtime;
 use crate::spans;
@@ -416,22 +417,12 @@ impl Progress {
 
     /// Keeps input steered into the turn, as the model will see it.
     fn steered(&mut self, turn_id: &str, text: String, messages: &mut Vec<Message>) {
-        let n = self
-            .items
-            .iter()
-            .filter(|i| matches!(i, TurnItem::UserMessage { .. }))
-            .count();
         self.items.push(TurnItem::UserMessage {
-            id: steered_item_id(turn_id, n + 1),
+            id: steered_item_id(turn_id, self.items.len()),
             text: text.clone(),
         });
         messages.push(Message::User { text });
     }
-}
-
-/// The id of the `n`th input steered into turn `turn_id` (from 1).
-fn steered_item_id(turn_id: &str, n: usize) -> String {
-    format!("{turn_id}-steer-{n}")
 }
 
 /// The id of the answer item of model round `round` (from 1): the first
@@ -883,6 +874,5 @@ mod tests {
     fn the_first_rounds_item_is_the_turns_answer_item() {
         assert_eq!(round_item_id("t", 1), answer_item_id("t"));
         assert_ne!(round_item_id("t", 2), answer_item_id("t"));
-        assert_ne!(steered_item_id("t", 1), steered_item_id("t", 2));
     }
 }

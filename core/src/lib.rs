@@ -33,7 +33,7 @@ pub use events::{EventHub, EventReceiver};
 pub use models::{DEFAULT_MODEL, Model};
 pub use records::{
     ModelInfo, StartedTurn, ThreadError, ThreadInfo, ThreadPage, ToolCallStatus, TurnItem,
-    TurnRecord, answer_item_id, answer_item_kind, user_item_id,
+    TurnRecord, answer_item_id, answer_item_kind, steered_item_id, user_item_id,
 };
 pub use store::{StoreError, ThreadStore};
 pub use threads::{CoreConfig, ThreadHandle, ThreadManager};

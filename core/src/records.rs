@@ -214,8 +214,9 @@ impl ToolCallStatus {
 pub enum TurnItem {
     /// Input steered into the running turn (`turn/steer`).
     UserMessage {
-        /// The item id (empty in history written before steered input had
-        /// ids).
+        /// The item id: [`steered_item_id`] of the turn and the item's
+        /// position. Empty in history written before items had ids; readers
+        /// derive it the same way.
         #[serde(default)]
         id: String,
         /// The text.
@@ -254,6 +255,14 @@ pub enum TurnItem {
 /// ids its live notifications carried.
 pub fn user_item_id(turn_id: &str) -> String {
     format!("{turn_id}-user")
+}
+
+/// The id of the user message steered into turn `turn_id` as its item at
+/// `position` (its index among the turn's items). Derived, not random, so
+/// that an item recorded without an id (history written before steered
+/// input had ids) reads back with the same id every time.
+pub fn steered_item_id(turn_id: &str, position: usize) -> String {
+    format!("{turn_id}-steer-{position}")
 }
 
 /// The id of the item a turn produces: its agent message (or, for a
