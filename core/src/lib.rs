@@ -25,6 +25,8 @@ pub mod records;
 mod runtime;
 mod spans;
 pub mod store;
+#[cfg(test)]
+mod testing;
 mod thread;
 pub mod threads;
 

@@ -527,52 +527,10 @@ impl Server {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::{Status, TracerProvider as _};
-    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+    use crate::testing::{Capture, attr};
+    use opentelemetry::trace::Status;
+    use opentelemetry_sdk::trace::SpanData;
     use tracing::Instrument as _;
-    use tracing_subscriber::layer::SubscriberExt as _;
-
-    /// A subscriber (for this thread) exporting spans to memory. The tests
-    /// run on a current-thread runtime, so the start task reports here too.
-    struct Capture {
-        provider: SdkTracerProvider,
-        exporter: InMemorySpanExporter,
-        _guard: tracing::subscriber::DefaultGuard,
-    }
-
-    impl Capture {
-        fn new() -> Self {
-            let exporter = InMemorySpanExporter::default();
-            let provider = SdkTracerProvider::builder()
-                .with_simple_exporter(exporter.clone())
-                .build();
-            let layer = tracing_opentelemetry::layer()
-                .with_tracer(provider.tracer("test"))
-                .with_threads(false);
-            let guard =
-                tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
-            Self {
-                provider,
-                exporter,
-                _guard: guard,
-            }
-        }
-
-        fn one(&self, name: &str) -> SpanData {
-            let _ = self.provider.force_flush();
-            let spans = self.exporter.get_finished_spans().expect("finished spans");
-            let mut found: Vec<SpanData> = spans.into_iter().filter(|s| s.name == name).collect();
-            assert_eq!(found.len(), 1, "one span named {name:?}: {found:#?}");
-            found.remove(0)
-        }
-    }
-
-    fn attr(span: &SpanData, key: &str) -> Option<String> {
-        span.attributes
-            .iter()
-            .find(|kv| kv.key.as_str() == key)
-            .map(|kv| kv.value.to_string())
-    }
 
     fn manager(name: &str, command: &str, args: &[&str]) -> McpManager {
         let config = McpServerConfig {

@@ -793,67 +793,16 @@ fn stored_to_info(runtime: &Runtime, stored: StoredThread) -> (ThreadInfo, Vec<T
 mod tests {
     use super::*;
     use crate::spans::{dispatch_span, turn_span};
-    use opentelemetry::trace::SpanContext;
-    use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
-    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+    use crate::testing::{Capture, attr};
+    use opentelemetry::trace::{SpanContext, SpanId, TraceId};
+    use opentelemetry_sdk::trace::SpanData;
     use skein_otel::names::event;
-    use tracing_subscriber::layer::SubscriberExt;
 
     const CLIENT_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
     const CLIENT_SPAN: &str = "b7ad6b7169203331";
 
     fn client_context() -> SpanContext {
         skein_otel::span_context_from_ids(CLIENT_TRACE, CLIENT_SPAN).expect("valid ids")
-    }
-
-    /// Installs (for this thread) a subscriber exporting to memory.
-    ///
-    /// Every test here that creates spans installs one, even when it does
-    /// not look at them: `tracing` caches each callsite's interest across
-    /// threads, and a callsite first hit on a thread without a subscriber
-    /// could stay disabled for the tests that do look.
-    struct Capture {
-        provider: SdkTracerProvider,
-        exporter: InMemorySpanExporter,
-        _guard: tracing::subscriber::DefaultGuard,
-    }
-
-    impl Capture {
-        fn new() -> Self {
-            let exporter = InMemorySpanExporter::default();
-            let provider = SdkTracerProvider::builder()
-                .with_simple_exporter(exporter.clone())
-                .build();
-            let layer = tracing_opentelemetry::layer()
-                .with_tracer(provider.tracer("test"))
-                .with_threads(false);
-            let guard =
-                tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
-            Self {
-                provider,
-                exporter,
-                _guard: guard,
-            }
-        }
-
-        fn spans(&self) -> Vec<SpanData> {
-            let _ = self.provider.force_flush();
-            self.exporter.get_finished_spans().expect("finished spans")
-        }
-
-        fn named(&self, name: &str) -> Vec<SpanData> {
-            self.spans()
-                .into_iter()
-                .filter(|s| s.name == name)
-                .collect()
-        }
-    }
-
-    fn attr(span: &SpanData, key: &str) -> Option<String> {
-        span.attributes
-            .iter()
-            .find(|kv| kv.key.as_str() == key)
-            .map(|kv| kv.value.to_string())
     }
 
     fn detached_handle() -> (ThreadHandle, mpsc::Receiver<Submission>) {
