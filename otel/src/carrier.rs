@@ -25,8 +25,6 @@ pub enum CarrierSource {
     ParamsMeta,
     /// The process environment's `TRACEPARENT` / `TRACESTATE`.
     Environment,
-    /// `Submission.trace`, handed from the app-server to core.
-    Submission,
     /// The HTTP request's `traceparent` / `tracestate` headers.
     HttpHeaders,
     /// The `traceparent` / `tracestate` headers of the request that opened
@@ -40,7 +38,6 @@ impl fmt::Display for CarrierSource {
             CarrierSource::Envelope => "envelope `trace`",
             CarrierSource::ParamsMeta => "`params._meta`",
             CarrierSource::Environment => "TRACEPARENT environment variable",
-            CarrierSource::Submission => "`Submission.trace`",
             CarrierSource::HttpHeaders => "HTTP `traceparent` header",
             CarrierSource::WebSocketUpgrade => "WebSocket upgrade `traceparent` header",
         })
@@ -221,10 +218,6 @@ pub fn choose_parent_among<'a>(
     choice
 }
 
-fn warn_invalid(source: CarrierSource, reason: &CarrierError) {
-    tracing::warn!(%source, %reason, "ignoring invalid trace carrier");
-}
-
 /// Makes `parent` the OTel parent of a freshly created tracing span.
 ///
 /// Must be called before the span is entered or its context read. When the
@@ -234,30 +227,6 @@ pub fn set_remote_parent(span: &tracing::Span, parent: SpanContext) {
     let cx = Context::new().with_remote_span_context(parent);
     if let Err(err) = span.set_parent(cx) {
         tracing::debug!(%err, "could not set a span's remote parent");
-    }
-}
-
-/// Parents a span from an explicit carrier (such as `Submission.trace`).
-///
-/// An invalid carrier is logged as a warning and the span keeps the parent
-/// it was created with (the current context).
-pub fn set_parent_from_carrier(
-    span: &tracing::Span,
-    source: CarrierSource,
-    carrier: &W3cTraceContext,
-) {
-    match span_context_from_carrier(carrier) {
-        Ok(parent) => set_remote_parent(span, parent),
-        Err(reason) => warn_invalid(source, &reason),
-    }
-}
-
-/// Adds an OTel span link from a not-yet-started span to the span a
-/// carrier names (for example, from a turn to the thread's previous turn).
-/// An invalid carrier adds no link.
-pub fn add_link_from_carrier(span: &tracing::Span, carrier: &W3cTraceContext) {
-    if let Ok(target) = span_context_from_carrier(carrier) {
-        span.add_link(target);
     }
 }
 
@@ -315,12 +284,6 @@ pub fn span_context_from_ids(trace_id: &str, span_id: &str) -> Option<SpanContex
     sc.is_valid().then_some(sc)
 }
 
-/// A carrier naming the span `trace_id`/`span_id` (see
-/// [`span_context_from_ids`]).
-pub fn carrier_from_ids(trace_id: &str, span_id: &str) -> Option<W3cTraceContext> {
-    span_context_from_ids(trace_id, span_id).and_then(|sc| carrier_for_span_context(&sc))
-}
-
 /// The context of the current span (or, outside any tracing span, of the
 /// current OpenTelemetry context), for handing work to another task of
 /// this process without rendering it to a carrier.
@@ -351,24 +314,6 @@ pub fn inject(span: &tracing::Span, mut set: impl FnMut(&'static str, String)) {
             set(w3c::TRACESTATE, tracestate);
         }
     }
-}
-
-/// The carrier for the current span, or `None` outside any traced span.
-///
-/// The current span is the innermost `tracing` span with a context, else
-/// the current OTel context's span: a request handler runs with its request
-/// span as the current OTel context (see [`crate::rpc::RequestSpan`]).
-pub fn current_carrier() -> Option<W3cTraceContext> {
-    carrier_for_span(&tracing::Span::current()).or_else(|| {
-        let cx = Context::current();
-        let span = cx.span();
-        let sc = span.span_context();
-        if sc.is_valid() {
-            carrier_for_span_context(sc)
-        } else {
-            None
-        }
-    })
 }
 
 fn json_type(value: &Value) -> &'static str {
@@ -445,10 +390,9 @@ mod tests {
     }
 
     #[test]
-    fn carrier_from_recorded_ids_names_that_span() {
-        let c = carrier_from_ids("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
+    fn recorded_ids_name_that_span_and_invalid_ones_none() {
+        let sc = span_context_from_ids("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
             .expect("valid ids");
-        let sc = span_context_from_carrier(&c).expect("parses back");
         assert_eq!(
             span_ids(&sc),
             SpanIds {
@@ -456,11 +400,43 @@ mod tests {
                 span_id: "b7ad6b7169203331".into(),
             }
         );
-        assert_eq!(carrier_from_ids("zz", "b7ad6b7169203331"), None);
+        assert_eq!(span_context_from_ids("zz", "b7ad6b7169203331"), None);
         assert_eq!(
-            carrier_from_ids("00000000000000000000000000000000", "b7ad6b7169203331"),
+            span_context_from_ids("00000000000000000000000000000000", "b7ad6b7169203331"),
             None
         );
+    }
+
+    #[test]
+    fn inject_writes_the_spans_own_traceparent_and_its_tracestate() {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
+        let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+        let parent = span_context_from_carrier(&W3cTraceContext {
+            traceparent: Some(TP.into()),
+            tracestate: Some("congo=t61rcWkgMzE".into()),
+        })
+        .expect("valid");
+        let span = tracing::info_span!("call");
+        set_remote_parent(&span, parent.clone());
+        let own = span_context_of(&span).expect("context");
+        let mut written = Vec::new();
+        inject(&span, |name, value| written.push((name, value)));
+        assert_eq!(
+            written,
+            vec![
+                (w3c::TRACEPARENT, format!("00-{}-{}-01", own.trace_id(), own.span_id())),
+                (w3c::TRACESTATE, "congo=t61rcWkgMzE".to_owned()),
+            ]
+        );
+        assert_eq!(own.trace_id(), parent.trace_id());
+        assert_ne!(own.span_id(), parent.span_id());
+
+        let mut none = Vec::new();
+        inject(&tracing::Span::none(), |name, value| none.push((name, value)));
+        assert!(none.is_empty(), "a span without a context writes nothing");
     }
 
     #[test]

@@ -32,9 +32,8 @@ pub mod telemetry;
 pub mod w3c;
 
 pub use carrier::{
-    CarrierError, CarrierSource, ParentChoice, SpanIds, add_link, add_link_from_carrier,
-    carrier_for_span, carrier_for_span_context, carrier_from_ids, choose_parent,
-    choose_parent_among, current_carrier, current_span_context, inject, set_parent_from_carrier,
+    CarrierError, CarrierSource, ParentChoice, SpanIds, add_link, carrier_for_span,
+    carrier_for_span_context, choose_parent, choose_parent_among, current_span_context, inject,
     set_remote_parent, span_context_from_ids, span_context_of, span_ids,
 };
 pub use telemetry::{Telemetry, TelemetryConfig, TelemetryError};

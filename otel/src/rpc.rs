@@ -658,15 +658,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_current_carrier_inside_a_call_is_its_request_span() {
+    async fn the_current_span_context_inside_a_call_is_its_request_spans() {
         let (_exporter, provider) = capture();
         let (span, _) =
             RequestSpanBuilder::new("turn/start", "svc").start_span(&provider.tracer("test"), []);
-        let expected = crate::carrier_for_span_context(span.span_context());
-        assert!(expected.is_some());
-        let inside = span.within(|| async { crate::current_carrier() }).await;
+        let expected = Some(span.span_context().clone());
+        let inside = span.within(|| async { crate::current_span_context() }).await;
         assert_eq!(inside, expected);
-        assert_eq!(crate::current_carrier(), None);
+        assert_eq!(crate::current_span_context(), None);
     }
 
     #[test]
