@@ -23,7 +23,8 @@ use tracing::field::Empty;
 use crate::config::{Config, ECHO_MODEL, ECHO_PROVIDER};
 use crate::conversation::{
     Message, ToolCall, ToolCallStatus, TurnItem, conversation_of, opening_message,
-    semconv_input_messages, semconv_output_messages, semconv_system_instructions, tool_result_text,
+    semconv_input_messages, semconv_output_messages, semconv_system_instructions, steered_item_id,
+    tool_result_text,
 };
 use crate::mcp::{McpManager, McpTool};
 use crate::models::{EchoModel, ModelInfo};
@@ -277,9 +278,11 @@ pub(crate) async fn run_remote(
     let mut round = 0u32;
     loop {
         while let Ok(text) = steer.try_recv() {
-            progress
-                .items
-                .push(TurnItem::UserMessage { text: text.clone() });
+            let id = steered_item_id(&events.turn_id, progress.items.len());
+            progress.items.push(TurnItem::UserMessage {
+                id,
+                text: text.clone(),
+            });
             messages.push(Message::User { text });
         }
         round += 1;
@@ -433,9 +436,11 @@ pub(crate) async fn run_remote(
                     text: response.text,
                     tool_calls: Vec::new(),
                 });
-                progress
-                    .items
-                    .push(TurnItem::UserMessage { text: text.clone() });
+                let id = steered_item_id(&events.turn_id, progress.items.len());
+                progress.items.push(TurnItem::UserMessage {
+                    id,
+                    text: text.clone(),
+                });
                 messages.push(Message::User { text });
                 continue;
             }

@@ -78,6 +78,11 @@ pub enum ToolCallStatus {
 pub enum TurnItem {
     /// Input steered into the running turn (`turn/steer`).
     UserMessage {
+        /// The item id: [`steered_item_id`] of the turn and the item's
+        /// position. Empty in history written before items had ids; readers
+        /// derive it the same way.
+        #[serde(default)]
+        id: String,
         /// The text.
         text: String,
     },
@@ -113,9 +118,11 @@ impl TurnItem {
     /// The item as a Codex v2 `ThreadItem` JSON object.
     pub fn to_wire(&self) -> Value {
         match self {
-            TurnItem::UserMessage { text } => {
-                json!({"type": "userMessage", "content": [{"type": "text", "text": text}]})
-            }
+            TurnItem::UserMessage { id, text } => json!({
+                "type": "userMessage",
+                "id": id,
+                "content": [{"type": "text", "text": text}],
+            }),
             TurnItem::AgentMessage { id, text } => {
                 json!({"type": "agentMessage", "id": id, "text": text})
             }
@@ -139,6 +146,14 @@ impl TurnItem {
             }),
         }
     }
+}
+
+/// The id of the user message steered into turn `turn_id` as its item at
+/// `position` (its index among the turn's items). Derived, not random, so
+/// the item of a record written without an id reads back with the same id
+/// every time.
+pub fn steered_item_id(turn_id: &str, position: usize) -> String {
+    format!("{turn_id}-steer-{position}")
 }
 
 /// The text a model receives for a tool call's outcome: the text content
@@ -253,7 +268,7 @@ pub fn push_items(messages: &mut Vec<Message>, items: &[TurnItem]) {
     };
     for item in items {
         match item {
-            TurnItem::UserMessage { text } => {
+            TurnItem::UserMessage { text, .. } => {
                 flush(messages, &mut results);
                 messages.push(Message::User { text: text.clone() });
             }
@@ -390,6 +405,7 @@ mod tests {
                 error: Some("boom".into()),
             },
             TurnItem::UserMessage {
+                id: steered_item_id("t", 2),
                 text: "also this".into(),
             },
         ];
@@ -409,6 +425,29 @@ mod tests {
                 text: "also this".into()
             }
         );
+    }
+
+    #[test]
+    fn a_steered_message_recorded_without_an_id_still_reads() {
+        let old: TurnItem =
+            serde_json::from_value(json!({"type": "userMessage", "text": "more"})).expect("old");
+        assert_eq!(
+            old,
+            TurnItem::UserMessage {
+                id: String::new(),
+                text: "more".into()
+            }
+        );
+        let new = TurnItem::UserMessage {
+            id: steered_item_id("t1", 1),
+            text: "more".into(),
+        };
+        let json = serde_json::to_value(&new).expect("serialize");
+        assert_eq!(
+            json,
+            json!({"type": "userMessage", "id": "t1-steer-1", "text": "more"})
+        );
+        assert_eq!(serde_json::from_value::<TurnItem>(json).expect("new"), new);
     }
 
     #[test]
