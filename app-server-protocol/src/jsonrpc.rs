@@ -336,7 +336,8 @@ pub fn json_type_name(value: &Value) -> &'static str {
     }
 }
 
-/// An outbound message. Serializes with `"jsonrpc": "2.0"`.
+/// An outbound answer to a request. Serializes with `"jsonrpc": "2.0"`.
+/// Notifications are [`OutgoingNotification`]s.
 #[derive(Clone, Debug)]
 pub enum Outgoing {
     /// A successful response.
@@ -353,16 +354,6 @@ pub enum Outgoing {
         id: Option<RequestId>,
         /// The error.
         error: ErrorObject,
-    },
-    /// A server-to-client notification.
-    Notification {
-        /// The method name.
-        method: String,
-        /// The parameters.
-        params: Value,
-        /// The trace context the notification belongs to (for turn
-        /// notifications, the turn span's).
-        trace: Option<W3cTraceContext>,
     },
 }
 
@@ -385,20 +376,6 @@ impl Outgoing {
                     "error".into(),
                     serde_json::to_value(error).unwrap_or(Value::Null),
                 );
-            }
-            Outgoing::Notification {
-                method,
-                params,
-                trace,
-            } => {
-                obj.insert("method".into(), Value::from(method.as_str()));
-                obj.insert("params".into(), params.clone());
-                if let Some(trace) = trace {
-                    obj.insert(
-                        "trace".into(),
-                        serde_json::to_value(trace).unwrap_or(Value::Null),
-                    );
-                }
             }
         }
         Value::Object(obj)
@@ -432,19 +409,6 @@ impl Outgoing {
                     error,
                 },
             ),
-            Outgoing::Notification {
-                method,
-                params,
-                trace,
-            } => serde_json::to_writer(
-                &mut *out,
-                &WireNotification {
-                    jsonrpc: JSONRPC_VERSION,
-                    method,
-                    params,
-                    trace: trace.as_ref(),
-                },
-            ),
         };
         // Serializing these types cannot fail: their maps have string keys.
         debug_assert!(written.is_ok(), "serializing an outgoing message failed");
@@ -454,7 +418,7 @@ impl Outgoing {
     pub fn error_code(&self) -> Option<i64> {
         match self {
             Outgoing::Error { error, .. } => Some(error.code),
-            _ => None,
+            Outgoing::Response { .. } => None,
         }
     }
 }
@@ -700,21 +664,6 @@ mod tests {
                     message: "m".into(),
                     data: Some(json!({"k": 1})),
                 },
-            },
-            Outgoing::Notification {
-                method: "turn/started".into(),
-                params: json!({"threadId": "t"}),
-                trace: Some(W3cTraceContext {
-                    traceparent: Some(
-                        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
-                    ),
-                    tracestate: None,
-                }),
-            },
-            Outgoing::Notification {
-                method: "n".into(),
-                params: json!({}),
-                trace: None,
             },
         ];
         for message in messages {

@@ -293,7 +293,7 @@ pub struct Turn {
     /// `inProgress`, `completed`, `interrupted` or `failed`.
     pub status: skein_protocol::TurnStatus,
     /// The turn's items (filled by `thread/read` with `includeTurns`).
-    pub items: Vec<Value>,
+    pub items: Vec<ThreadItem>,
     /// Why the turn failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<TurnError>,

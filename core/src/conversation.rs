@@ -114,40 +114,6 @@ pub enum TurnItem {
     },
 }
 
-impl TurnItem {
-    /// The item as a Codex v2 `ThreadItem` JSON object.
-    pub fn to_wire(&self) -> Value {
-        match self {
-            TurnItem::UserMessage { id, text } => json!({
-                "type": "userMessage",
-                "id": id,
-                "content": [{"type": "text", "text": text}],
-            }),
-            TurnItem::AgentMessage { id, text } => {
-                json!({"type": "agentMessage", "id": id, "text": text})
-            }
-            TurnItem::McpToolCall {
-                id,
-                server,
-                tool,
-                arguments,
-                status,
-                result,
-                error,
-            } => json!({
-                "type": "mcpToolCall",
-                "id": id,
-                "server": server,
-                "tool": tool,
-                "status": status,
-                "arguments": arguments,
-                "result": result,
-                "error": error.as_ref().map(|message| json!({"message": message})),
-            }),
-        }
-    }
-}
-
 /// The id of the user message steered into turn `turn_id` as its item at
 /// `position` (its index among the turn's items). Derived, not random, so
 /// the item of a record written without an id reads back with the same id
