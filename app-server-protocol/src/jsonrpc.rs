@@ -14,6 +14,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use skein_protocol::W3cTraceContext;
 
+use crate::v2::ServerNotification;
+
 /// The only protocol version Skein speaks.
 pub const JSONRPC_VERSION: &str = "2.0";
 
@@ -334,7 +336,8 @@ pub fn json_type_name(value: &Value) -> &'static str {
     }
 }
 
-/// An outbound message. Serializes with `"jsonrpc": "2.0"`.
+/// An outbound answer to a request. Serializes with `"jsonrpc": "2.0"`.
+/// Notifications are [`OutgoingNotification`]s.
 #[derive(Clone, Debug)]
 pub enum Outgoing {
     /// A successful response.
@@ -351,16 +354,6 @@ pub enum Outgoing {
         id: Option<RequestId>,
         /// The error.
         error: ErrorObject,
-    },
-    /// A server-to-client notification.
-    Notification {
-        /// The method name.
-        method: String,
-        /// The parameters.
-        params: Value,
-        /// The trace context the notification belongs to (for turn
-        /// notifications, the turn span's).
-        trace: Option<W3cTraceContext>,
     },
 }
 
@@ -383,20 +376,6 @@ impl Outgoing {
                     "error".into(),
                     serde_json::to_value(error).unwrap_or(Value::Null),
                 );
-            }
-            Outgoing::Notification {
-                method,
-                params,
-                trace,
-            } => {
-                obj.insert("method".into(), Value::from(method.as_str()));
-                obj.insert("params".into(), params.clone());
-                if let Some(trace) = trace {
-                    obj.insert(
-                        "trace".into(),
-                        serde_json::to_value(trace).unwrap_or(Value::Null),
-                    );
-                }
             }
         }
         Value::Object(obj)
@@ -430,19 +409,6 @@ impl Outgoing {
                     error,
                 },
             ),
-            Outgoing::Notification {
-                method,
-                params,
-                trace,
-            } => serde_json::to_writer(
-                &mut *out,
-                &WireNotification {
-                    jsonrpc: JSONRPC_VERSION,
-                    method,
-                    params,
-                    trace: trace.as_ref(),
-                },
-            ),
         };
         // Serializing these types cannot fail: their maps have string keys.
         debug_assert!(written.is_ok(), "serializing an outgoing message failed");
@@ -452,8 +418,82 @@ impl Outgoing {
     pub fn error_code(&self) -> Option<i64> {
         match self {
             Outgoing::Error { error, .. } => Some(error.code),
-            _ => None,
+            Outgoing::Response { .. } => None,
         }
+    }
+}
+
+/// A server-to-client notification. Serializes with `"jsonrpc": "2.0"`,
+/// its params written straight from their typed form: no [`Value`] tree
+/// is built on the way to the text.
+#[derive(Clone, Debug)]
+pub struct OutgoingNotification {
+    /// The method and its params.
+    pub notification: ServerNotification,
+    /// The trace context the notification belongs to (for turn
+    /// notifications, the turn span's).
+    pub trace: Option<W3cTraceContext>,
+}
+
+impl OutgoingNotification {
+    /// A notification without trace context.
+    pub fn new(notification: ServerNotification) -> Self {
+        Self {
+            notification,
+            trace: None,
+        }
+    }
+
+    /// The message as JSON text, in a buffer sized for it up front.
+    pub fn to_json(&self) -> String {
+        let mut out = Vec::with_capacity(self.len_hint());
+        self.write_json(&mut out);
+        // serde_json writes UTF-8 only.
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Appends the message as JSON text to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let written = serde_json::to_writer(
+            &mut *out,
+            &WireNotification {
+                jsonrpc: JSONRPC_VERSION,
+                method: self.notification.method(),
+                params: &self.notification,
+                trace: self.trace.as_ref(),
+            },
+        );
+        // Serializing these types cannot fail: their maps have string keys.
+        debug_assert!(written.is_ok(), "serializing a notification failed");
+    }
+
+    /// The JSON form of the message (for tests and diagnostics; the wire
+    /// path is [`to_json`](Self::to_json)).
+    pub fn to_value(&self) -> Value {
+        let mut obj = Map::with_capacity(4);
+        obj.insert("jsonrpc".into(), Value::from(JSONRPC_VERSION));
+        obj.insert("method".into(), Value::from(self.notification.method()));
+        obj.insert(
+            "params".into(),
+            serde_json::to_value(&self.notification).unwrap_or(Value::Null),
+        );
+        if let Some(trace) = &self.trace {
+            obj.insert(
+                "trace".into(),
+                serde_json::to_value(trace).unwrap_or(Value::Null),
+            );
+        }
+        Value::Object(obj)
+    }
+
+    /// About how long the JSON text is: the envelope, the method, the
+    /// params' own hint and the trace carrier.
+    fn len_hint(&self) -> usize {
+        let trace = self.trace.as_ref().map_or(0, |t| {
+            48 + t.traceparent.as_ref().map_or(0, String::len)
+                + t.tracestate.as_ref().map_or(0, String::len)
+        });
+        40 + self.notification.method().len() + self.notification.params_len_hint() + trace
     }
 }
 
@@ -472,10 +512,10 @@ struct WireError<'a> {
 }
 
 #[derive(Serialize)]
-struct WireNotification<'a> {
+struct WireNotification<'a, P> {
     jsonrpc: &'static str,
     method: &'a str,
-    params: &'a Value,
+    params: &'a P,
     #[serde(skip_serializing_if = "Option::is_none")]
     trace: Option<&'a W3cTraceContext>,
 }
@@ -625,25 +665,74 @@ mod tests {
                     data: Some(json!({"k": 1})),
                 },
             },
-            Outgoing::Notification {
-                method: "turn/started".into(),
-                params: json!({"threadId": "t"}),
-                trace: Some(W3cTraceContext {
-                    traceparent: Some(
-                        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
-                    ),
-                    tracestate: None,
-                }),
-            },
-            Outgoing::Notification {
-                method: "n".into(),
-                params: json!({}),
-                trace: None,
-            },
         ];
         for message in messages {
             let parsed: Value = serde_json::from_str(&message.to_json()).expect("json");
             assert_eq!(parsed, message.to_value());
+        }
+    }
+
+    fn delta(text: &str) -> ServerNotification {
+        ServerNotification::AgentMessageDelta(crate::v2::AgentMessageDeltaNotification {
+            thread_id: "019a0000-0000-7000-8000-000000000001".into(),
+            turn_id: "019a0000-0000-7000-8000-000000000002".into(),
+            item_id: "019a0000-0000-7000-8000-000000000003".into(),
+            delta: text.into(),
+        })
+    }
+
+    #[test]
+    fn notifications_serialize_their_typed_params_with_method_and_trace() {
+        let traced = OutgoingNotification {
+            notification: delta("hé \"quoted\"\n"),
+            trace: Some(W3cTraceContext {
+                traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+                tracestate: Some("vendor=x".into()),
+            }),
+        };
+        let parsed: Value = serde_json::from_str(&traced.to_json()).expect("json");
+        assert_eq!(parsed, traced.to_value());
+        assert_eq!(
+            parsed,
+            json!({
+                "jsonrpc": "2.0",
+                "method": "item/agentMessage/delta",
+                "params": {
+                    "threadId": "019a0000-0000-7000-8000-000000000001",
+                    "turnId": "019a0000-0000-7000-8000-000000000002",
+                    "itemId": "019a0000-0000-7000-8000-000000000003",
+                    "delta": "hé \"quoted\"\n",
+                },
+                "trace": {
+                    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                    "tracestate": "vendor=x",
+                },
+            })
+        );
+        let untraced = OutgoingNotification::new(delta("x"));
+        let parsed: Value = serde_json::from_str(&untraced.to_json()).expect("json");
+        assert_eq!(parsed, untraced.to_value());
+        assert!(parsed.get("trace").is_none(), "{parsed}");
+    }
+
+    #[test]
+    fn a_delta_notification_is_written_into_one_allocation() {
+        for text in ["", "word ", &"a longer piece of an answer, ".repeat(40)] {
+            let message = OutgoingNotification {
+                notification: delta(text),
+                trace: Some(W3cTraceContext::from_traceparent(
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                )),
+            };
+            let hint = message.len_hint();
+            let json = message.to_json();
+            assert!(json.len() <= hint, "{} > {hint}: {json}", json.len());
+            // And not much more than needed.
+            assert!(
+                hint - json.len() <= 64 + text.len() / 8,
+                "hint {hint} for {} bytes",
+                json.len()
+            );
         }
     }
 

@@ -2,7 +2,8 @@
 //!
 //! - [`jsonrpc`]: JSON-RPC 2.0 envelopes, classification of inbound frames
 //!   (single messages and batches) and error codes.
-//! - [`v2`]: the v2 method parameter and result types.
+//! - [`v2`]: the v2 method parameter and result types, and the typed
+//!   notifications and thread items.
 //! - [`Method`]: the closed set of request methods the server knows, which
 //!   keeps span names bounded.
 //! - [`parse_params`]: typed parameter parsing whose errors name the field.
@@ -11,7 +12,8 @@ pub mod jsonrpc;
 pub mod v2;
 
 pub use jsonrpc::{
-    ErrorObject, Frame, Incoming, Notification, Outgoing, Request, RequestId, parse_frame,
+    ErrorObject, Frame, Incoming, Notification, Outgoing, OutgoingNotification, Request, RequestId,
+    parse_frame,
 };
 
 use serde::de::DeserializeOwned;

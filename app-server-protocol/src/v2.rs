@@ -293,7 +293,7 @@ pub struct Turn {
     /// `inProgress`, `completed`, `interrupted` or `failed`.
     pub status: skein_protocol::TurnStatus,
     /// The turn's items (filled by `thread/read` with `includeTurns`).
-    pub items: Vec<Value>,
+    pub items: Vec<ThreadItem>,
     /// Why the turn failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<TurnError>,
@@ -313,6 +313,104 @@ pub struct Turn {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TurnError {
+    /// What went wrong.
+    pub message: String,
+}
+
+/// An item of a turn, in Codex's `ThreadItem` shape: the variants Skein
+/// produces.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum ThreadItem {
+    /// What the user said: a turn's input, or input steered into it.
+    UserMessage {
+        /// Stable id.
+        id: String,
+        /// The input.
+        content: Vec<UserInput>,
+    },
+    /// Text the model wrote.
+    AgentMessage {
+        /// Stable id.
+        id: String,
+        /// The text (empty in `item/started`).
+        text: String,
+    },
+    /// The thread's history was compacted.
+    ContextCompaction {
+        /// Stable id.
+        id: String,
+    },
+    /// A tool call through an MCP server.
+    McpToolCall {
+        /// Stable id: the model's call id.
+        id: String,
+        /// The MCP server.
+        server: String,
+        /// The tool.
+        tool: String,
+        /// How the call is going.
+        status: McpToolCallStatus,
+        /// The arguments (a JSON string when the model wrote invalid JSON).
+        arguments: Value,
+        /// What the tool answered, once it did; `null` before.
+        result: Option<McpToolCallResult>,
+        /// Why the call failed, when it did; `null` otherwise.
+        error: Option<McpToolCallError>,
+    },
+}
+
+impl ThreadItem {
+    /// The item's id.
+    pub fn id(&self) -> &str {
+        match self {
+            ThreadItem::UserMessage { id, .. }
+            | ThreadItem::AgentMessage { id, .. }
+            | ThreadItem::ContextCompaction { id }
+            | ThreadItem::McpToolCall { id, .. } => id,
+        }
+    }
+}
+
+/// How an MCP tool call is going.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum McpToolCallStatus {
+    /// Running.
+    InProgress,
+    /// The tool answered.
+    Completed,
+    /// The call could not be made, or the tool reported an error.
+    Failed,
+}
+
+/// What an MCP tool answered: its `CallToolResult`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct McpToolCallResult {
+    /// The content blocks, as the server sent them.
+    #[serde(default)]
+    pub content: Vec<Value>,
+    /// The structured result, when the tool gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structured_content: Option<Value>,
+    /// Whether the tool reported an error (MCP's `isError`); absent when
+    /// the server did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_error: Option<bool>,
+    /// The result's `_meta`, when the server sent one.
+    #[serde(default, rename = "_meta", skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Value>,
+}
+
+/// Why an MCP tool call failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct McpToolCallError {
     /// What went wrong.
     pub message: String,
 }
@@ -599,4 +697,174 @@ pub struct PageParams {
     /// Page size.
     #[serde(default)]
     pub limit: Option<u32>,
+}
+
+/// Params of the `turn/started` notification.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TurnStartedNotification {
+    /// The thread.
+    pub thread_id: String,
+    /// The turn, `inProgress`, with no items.
+    pub turn: Turn,
+}
+
+/// Params of the `turn/completed` notification.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TurnCompletedNotification {
+    /// The thread.
+    pub thread_id: String,
+    /// The turn, in its final status (with `error` when it failed), with
+    /// no items.
+    pub turn: Turn,
+    /// Tokens the turn used (a Skein addition; Codex clients ignore it).
+    pub usage: skein_protocol::TokenUsage,
+}
+
+/// Params of the `item/started` notification.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemStartedNotification {
+    /// The thread.
+    pub thread_id: String,
+    /// The turn.
+    pub turn_id: String,
+    /// The item as it starts.
+    pub item: ThreadItem,
+    /// When it started, milliseconds since the Unix epoch.
+    pub started_at_ms: i64,
+}
+
+/// Params of the `item/completed` notification.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemCompletedNotification {
+    /// The thread.
+    pub thread_id: String,
+    /// The turn.
+    pub turn_id: String,
+    /// The finished item.
+    pub item: ThreadItem,
+    /// When it finished, milliseconds since the Unix epoch.
+    pub completed_at_ms: i64,
+}
+
+/// Params of the `item/agentMessage/delta` notification.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentMessageDeltaNotification {
+    /// The thread.
+    pub thread_id: String,
+    /// The turn.
+    pub turn_id: String,
+    /// The `agentMessage` item the text belongs to.
+    pub item_id: String,
+    /// The new text.
+    pub delta: String,
+}
+
+/// Params of the `thread/status/changed` notification.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThreadStatusChangedNotification {
+    /// The thread.
+    pub thread_id: String,
+    /// Its new status.
+    pub status: ThreadStatus,
+}
+
+/// Params of the `thread/tokenUsage/updated` notification.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThreadTokenUsageUpdatedNotification {
+    /// The thread.
+    pub thread_id: String,
+    /// The turn that used the tokens.
+    pub turn_id: String,
+    /// The usage.
+    pub token_usage: ThreadTokenUsage,
+}
+
+/// A thread's token usage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThreadTokenUsage {
+    /// Over all the thread's turns.
+    pub total: TokenUsageBreakdown,
+    /// Of the last turn.
+    pub last: TokenUsageBreakdown,
+    /// The model's context window in tokens, when known (Skein does not
+    /// know it: always `null`).
+    pub model_context_window: Option<i64>,
+}
+
+/// Token counts by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenUsageBreakdown {
+    /// Tokens read by the model.
+    pub input_tokens: u64,
+    /// Tokens written by the model.
+    pub output_tokens: u64,
+    /// Input tokens served from the provider's cache.
+    pub cached_input_tokens: u64,
+    /// Output tokens spent on reasoning.
+    pub reasoning_output_tokens: u64,
+    /// Input and output tokens together.
+    pub total_tokens: u64,
+}
+
+/// A server-to-client notification with its params: the method is the
+/// variant, the params its content. Serializes as the params alone;
+/// [`method`](Self::method) names the method.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ServerNotification {
+    /// `thread/started`.
+    ThreadStarted(Box<ThreadStartedNotification>),
+    /// `thread/status/changed`.
+    ThreadStatusChanged(ThreadStatusChangedNotification),
+    /// `thread/tokenUsage/updated`.
+    ThreadTokenUsageUpdated(ThreadTokenUsageUpdatedNotification),
+    /// `turn/started`.
+    TurnStarted(TurnStartedNotification),
+    /// `turn/completed`.
+    TurnCompleted(TurnCompletedNotification),
+    /// `item/started`.
+    ItemStarted(ItemStartedNotification),
+    /// `item/completed`.
+    ItemCompleted(ItemCompletedNotification),
+    /// `item/agentMessage/delta`.
+    AgentMessageDelta(AgentMessageDeltaNotification),
+}
+
+impl ServerNotification {
+    /// The method name.
+    pub fn method(&self) -> &'static str {
+        match self {
+            ServerNotification::ThreadStarted(_) => "thread/started",
+            ServerNotification::ThreadStatusChanged(_) => "thread/status/changed",
+            ServerNotification::ThreadTokenUsageUpdated(_) => "thread/tokenUsage/updated",
+            ServerNotification::TurnStarted(_) => "turn/started",
+            ServerNotification::TurnCompleted(_) => "turn/completed",
+            ServerNotification::ItemStarted(_) => "item/started",
+            ServerNotification::ItemCompleted(_) => "item/completed",
+            ServerNotification::AgentMessageDelta(_) => "item/agentMessage/delta",
+        }
+    }
+
+    /// About how many bytes the params take as JSON text, so that the
+    /// message's buffer is allocated once. Close for text deltas, the most
+    /// frequent notification; generous for the rest.
+    pub fn params_len_hint(&self) -> usize {
+        match self {
+            ServerNotification::AgentMessageDelta(n) => {
+                // Member names and punctuation take 50 bytes; the slack
+                // covers a few escaped characters.
+                64 + n.thread_id.len() + n.turn_id.len() + n.item_id.len() + n.delta.len() * 9 / 8
+            }
+            _ => 512,
+        }
+    }
 }

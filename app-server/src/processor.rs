@@ -17,12 +17,14 @@ use serde_json::value::RawValue;
 use skein_app_server_protocol::jsonrpc::{INVALID_REQUEST, NOT_INITIALIZED, SERVER_OVERLOADED};
 use skein_app_server_protocol::v2::{
     InitializeParams, InitializeResponse, Model, ModelListParams, ModelListResponse,
-    ReviewStartParams, ReviewStartResponse, ServerInfo, Thread, ThreadForkParams, ThreadIdParams,
-    ThreadListParams, ThreadListResponse, ThreadReadParams, ThreadReadResponse, ThreadResumeParams,
-    ThreadStartParams, ThreadStartedNotification, Turn, TurnInterruptParams, TurnStartParams,
-    TurnStartResponse, TurnSteerParams,
+    ReviewStartParams, ReviewStartResponse, ServerInfo, ServerNotification, Thread,
+    ThreadForkParams, ThreadIdParams, ThreadListParams, ThreadListResponse, ThreadReadParams,
+    ThreadReadResponse, ThreadResumeParams, ThreadStartParams, ThreadStartedNotification, Turn,
+    TurnInterruptParams, TurnStartParams, TurnStartResponse, TurnSteerParams,
 };
-use skein_app_server_protocol::{ErrorObject, Method, Notification, Outgoing, parse_params};
+use skein_app_server_protocol::{
+    ErrorObject, Method, Notification, Outgoing, OutgoingNotification, parse_params,
+};
 use skein_core::{ThreadError, ThreadInfo, ThreadManager, TurnRecord};
 use skein_protocol::{TurnKind, TurnStatus, UserInput};
 use tower::Service;
@@ -34,7 +36,7 @@ use crate::ignored_params::{
 use crate::session::ConnectionSession;
 use crate::tracing_layer::RpcCall;
 pub use crate::wire::SERVER_VERSION;
-use crate::wire::{ServerEnv, thread_response, thread_to_wire};
+use crate::wire::{ServerEnv, thread_response, thread_to_wire, turn_summary};
 
 /// The server's name in `serverInfo`.
 pub const SERVER_NAME: &str = "skein";
@@ -225,14 +227,11 @@ impl MessageProcessor {
             self.threads.turns(&info.id).map_err(thread_error)?
         };
         let thread = self.wire_thread(info, &turns);
-        session.notify(Outgoing::Notification {
-            method: "thread/started".into(),
-            params: serde_json::to_value(ThreadStartedNotification {
+        session.notify(OutgoingNotification::new(
+            ServerNotification::ThreadStarted(Box::new(ThreadStartedNotification {
                 thread: thread.clone(),
-            })
-            .map_err(ErrorObject::internal)?,
-            trace: None,
-        });
+            })),
+        ));
         to_result(thread_response(thread, info, &self.env))
     }
 
@@ -317,15 +316,7 @@ impl MessageProcessor {
             .start_turn_with_model(thread_id, kind, input, model, provider)
             .await
             .map_err(thread_error)?;
-        Ok(Turn {
-            id: started.turn_id,
-            status: TurnStatus::InProgress,
-            items: Vec::new(),
-            error: None,
-            trace_id: None,
-            span_id: None,
-            items_view: None,
-        })
+        Ok(turn_summary(started.turn_id, TurnStatus::InProgress, None))
     }
 
     /// `review/start`: Skein reviews the thread's conversation inline, on

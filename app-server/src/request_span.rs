@@ -80,7 +80,6 @@ pub fn record_response(span: &mut RequestSpan, response: &Outgoing, timer: CallT
             span.record_error(error.code, &error.message);
             error_code = Some(error.code);
         }
-        Outgoing::Notification { .. } => {}
     }
     skein_otel::metrics::record_rpc_call(timer.rpc_method(), error_code, timer.elapsed());
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use skein_app_server_protocol::Outgoing;
+use skein_app_server_protocol::OutgoingNotification;
 use skein_app_server_protocol::v2::ClientInfo;
 use skein_core::ThreadHandle;
 use skein_otel::names::value;
@@ -235,7 +235,7 @@ impl ConnectionSession {
     /// The connection writes it before that request's response, never
     /// waiting for room: the connection's own task is the one that drains
     /// the outbound queue, so a handler must not wait on it.
-    pub fn notify(&self, message: Outgoing) {
+    pub fn notify(&self, message: OutgoingNotification) {
         let item = OutboundItem {
             text: message.to_json(),
             spans: Vec::new(),

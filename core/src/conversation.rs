@@ -56,38 +56,6 @@ pub enum Message {
     },
 }
 
-impl TurnItem {
-    /// The item as a Codex v2 `ThreadItem` JSON object.
-    pub fn to_wire(&self) -> Value {
-        match self {
-            TurnItem::UserMessage { id, text } => {
-                json!({"type": "userMessage", "id": id, "content": [{"type": "text", "text": text}]})
-            }
-            TurnItem::AgentMessage { id, text } => {
-                json!({"type": "agentMessage", "id": id, "text": text})
-            }
-            TurnItem::McpToolCall {
-                id,
-                server,
-                tool,
-                arguments,
-                status,
-                result,
-                error,
-            } => json!({
-                "type": "mcpToolCall",
-                "id": id,
-                "server": server,
-                "tool": tool,
-                "status": status,
-                "arguments": arguments,
-                "result": result,
-                "error": error.as_ref().map(|message| json!({"message": message})),
-            }),
-        }
-    }
-}
-
 /// The text a model receives for a tool call's outcome: the text content
 /// of the result (other content as JSON), or the error.
 pub fn tool_result_text(result: Option<&Value>, error: Option<&str>) -> String {

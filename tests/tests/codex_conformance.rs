@@ -10,13 +10,17 @@
 #[macro_use]
 mod support;
 
+use std::sync::Arc;
+
 use serde_json::{Value, json};
 use skein_app_server_protocol::Method;
 use support::codex_schema::{
     NOTIFICATION_SCHEMAS, RESULT_SCHEMAS, assert_codex_request, assert_valid_notification,
     assert_valid_result, errors, notification_schema, result_schema,
 };
+use support::mock_llm::{MockLlm, Reply, text_chunks, tool_call_chunks};
 use support::{Client, NOT_INITIALIZED, Server, ServerOptions, Transport};
+use tokio::sync::Notify;
 
 both_transports!(every_method_and_notification_conforms_to_the_codex_schemas);
 
@@ -502,6 +506,313 @@ async fn a_notification_missing_a_required_field_fails_validation() {
             );
         }
     }
+    client.close().await;
+    server.shutdown().await;
+}
+
+/// The items of every turn of a `thread/read` or `thread/turns/list`
+/// result: `(turn id, status, items)`.
+fn turns_of(turns: &Value) -> Vec<(String, String, Vec<Value>)> {
+    turns
+        .as_array()
+        .unwrap_or_else(|| panic!("turns must be an array: {turns}"))
+        .iter()
+        .map(|turn| {
+            (
+                turn["id"].as_str().unwrap_or_default().to_owned(),
+                turn["status"].as_str().unwrap_or_default().to_owned(),
+                turn["items"].as_array().cloned().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// `(type, id, text)` of each item, the text of a user message being its
+/// content's text.
+fn item_summary(items: &[Value]) -> Vec<(&str, &str, &str)> {
+    items
+        .iter()
+        .map(|item| {
+            let text = match item["type"].as_str() {
+                Some("userMessage") => item["content"][0]["text"].as_str(),
+                _ => item["text"].as_str(),
+            };
+            (
+                item["type"].as_str().unwrap_or_default(),
+                item["id"].as_str().unwrap_or("<no id>"),
+                text.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// `(type, text)` of each item.
+fn kinds_and_texts(items: &[Value]) -> Vec<(&str, &str)> {
+    item_summary(items)
+        .into_iter()
+        .map(|(kind, _, text)| (kind, text))
+        .collect()
+}
+
+/// What the test steers in, and the steer sent after it as a barrier.
+const STEERED: &str = "In UTC, please.";
+const BARRIER: &str = "Thanks.";
+
+/// History of turns on a real model conforms too: a thread on the
+/// OpenAI-compatible provider gets a turn steered mid-stream that then
+/// calls a tool of a real MCP server and is interrupted, and a compaction;
+/// `thread/read` and `thread/turns/list` of it (live, and again from the
+/// store after a restart) validate against Codex's schemas, every item has
+/// an id, and the ids are the same on every read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_of_model_turns_with_steering_tools_an_interrupt_and_a_compaction_conforms() {
+    let Some((time_bin, _)) = support::mcp_venv() else {
+        return;
+    };
+    let release = Arc::new(Notify::new());
+    let first_round = text_chunks(&["Let me ", "check."], 12, 3);
+    let (streamed, rest) = first_round.split_at(2);
+    let stalled = text_chunks(&["Thinking "], 5, 1);
+    let mock = MockLlm::start(vec![
+        // Round 1: streams "Let me ", then waits while the test steers.
+        Reply::Gated(streamed.to_vec(), Arc::clone(&release), rest.to_vec()),
+        // Round 2, with the steered input: a tool call.
+        Reply::Stream(tool_call_chunks(
+            "call_time_1",
+            "get_current_time",
+            &json!({"timezone": "UTC"}),
+        )),
+        // Round 3, with the tool's result: streams a word, then stalls
+        // until the turn is interrupted.
+        Reply::Hold(stalled[..2].to_vec()),
+        // The compaction: its summary.
+        Reply::Stream(text_chunks(&["Asked the time; ", "it is noon."], 40, 6)),
+    ])
+    .await;
+    let mut options = ServerOptions::default().env("MOCK_API_KEY", "sk-test");
+    for arg in mock.config_args() {
+        options = options.arg(&arg);
+    }
+    let options = options
+        .arg("-c")
+        .arg(&format!(
+            "mcp_servers.time.command={}",
+            json!(time_bin.display().to_string())
+        ))
+        .arg("-c")
+        .arg("mcp_servers.time.args=[]");
+    let mut server = Server::start_with(Transport::Stdio, options.clone()).await;
+    let mut client = server.connect().await;
+    let mut seen = Vec::new();
+    call(
+        &mut client,
+        &mut seen,
+        "initialize",
+        json!({"clientInfo": {"name": "codex-conformance", "version": "1.0.0"}}),
+    )
+    .await;
+    let started = call(&mut client, &mut seen, "thread/start", json!({})).await;
+    let thread_id = started["thread"]["id"]
+        .as_str()
+        .expect("thread id")
+        .to_owned();
+    assert_eq!(started["modelProvider"], "mock", "{started}");
+
+    // Turn 1: steered while the model streams, a tool call, interrupted.
+    let turn = call(
+        &mut client,
+        &mut seen,
+        "turn/start",
+        json!({"threadId": thread_id, "input": [{"type": "text", "text": "What time is it?"}]}),
+    )
+    .await;
+    let turn_id = turn["turn"]["id"].as_str().expect("turn id").to_owned();
+    let is_delta = |n: &Value, text: &str| {
+        n["method"] == "item/agentMessage/delta"
+            && n["params"]["turnId"] == json!(turn_id)
+            && n["params"]["delta"] == text
+    };
+    client
+        .wait_for_notification("the first delta of round 1", |n| is_delta(n, "Let me "))
+        .await;
+    // The answer to turn/steer means the input is queued for the thread,
+    // not yet handed to the turn. The thread takes its queue in order and
+    // logs each steer as it hands it over: once it logs a second steer,
+    // the first is with the turn, which takes it when round 1 ends.
+    for text in [STEERED, BARRIER] {
+        call(
+            &mut client,
+            &mut seen,
+            "turn/steer",
+            json!({"threadId": thread_id, "expectedTurnId": turn_id,
+                   "input": [{"type": "text", "text": text}]}),
+        )
+        .await;
+    }
+    let logged = format!("turn.steer.input_chars={}", BARRIER.len());
+    server.wait_for_stderr(|line| line.contains(&logged)).await;
+    release.notify_one();
+    client
+        .wait_for_notification("the first delta of round 3", |n| is_delta(n, "Thinking "))
+        .await;
+    call(
+        &mut client,
+        &mut seen,
+        "turn/interrupt",
+        json!({"threadId": thread_id, "turnId": turn_id}),
+    )
+    .await;
+    let completed = client.wait_for_turn_completed(&turn_id).await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "interrupted",
+        "{completed}"
+    );
+    let requests = mock.wait_for_requests(3).await;
+    let messages = requests[1].body["messages"].as_array().expect("messages");
+    assert_eq!(
+        (&messages[1]["content"], &messages[2]["content"]),
+        (&json!("Let me check."), &json!(STEERED)),
+        "the steered input goes to the model after the first answer: {messages:?}"
+    );
+
+    // Turn 2: a compaction.
+    let compact = call(
+        &mut client,
+        &mut seen,
+        "thread/compact/start",
+        json!({"threadId": thread_id}),
+    )
+    .await;
+    let compact_id = compact["turn"]["id"].as_str().expect("turn id").to_owned();
+    let completed = client.wait_for_turn_completed(&compact_id).await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "completed",
+        "{completed}"
+    );
+
+    // Every notification of the two turns conforms.
+    let notifications: Vec<Value> = client
+        .received()
+        .iter()
+        .filter(|m| m.get("id").is_none() && m.get("method").is_some())
+        .cloned()
+        .collect();
+    for notification in &notifications {
+        assert_valid_notification(notification);
+    }
+
+    let read = call(
+        &mut client,
+        &mut seen,
+        "thread/read",
+        json!({"threadId": thread_id, "includeTurns": true}),
+    )
+    .await;
+    let turns = turns_of(&read["thread"]["turns"]);
+    let ids: Vec<(&str, &str)> = turns
+        .iter()
+        .map(|(id, status, _)| (id.as_str(), status.as_str()))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            (turn_id.as_str(), "interrupted"),
+            (compact_id.as_str(), "completed")
+        ],
+        "{read}"
+    );
+    // The barrier steer lands wherever the turn took it (before round 2
+    // or round 3), or nowhere if the interrupt came first.
+    let mut steered = kinds_and_texts(&turns[0].2);
+    let barriers = steered.len();
+    steered.retain(|(kind, text)| !(*kind == "userMessage" && *text == BARRIER));
+    assert!(barriers - steered.len() <= 1, "{read}");
+    assert_eq!(
+        steered,
+        [
+            ("userMessage", "What time is it?"),
+            ("agentMessage", "Let me check."),
+            ("userMessage", STEERED),
+            ("mcpToolCall", ""),
+            ("agentMessage", "Thinking "),
+        ],
+        "{read}"
+    );
+    let tool = turns[0]
+        .2
+        .iter()
+        .find(|item| item["type"] == "mcpToolCall")
+        .expect("the tool call");
+    assert_eq!(tool["id"], "call_time_1", "{tool}");
+    assert_eq!(tool["status"], "completed", "{tool}");
+    assert!(
+        tool["result"]["content"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("UTC")),
+        "{tool}"
+    );
+    assert!(!turns[1].2.is_empty(), "the compaction's item: {read}");
+    let mut all_ids: Vec<&str> = turns
+        .iter()
+        .flat_map(|(_, _, items)| item_summary(items))
+        .map(|(_, id, _)| id)
+        .collect();
+    let count = all_ids.len();
+    all_ids.sort_unstable();
+    all_ids.dedup();
+    assert_eq!(all_ids.len(), count, "item ids must be unique: {read}");
+
+    let listed = call(
+        &mut client,
+        &mut seen,
+        "thread/turns/list",
+        json!({"threadId": thread_id, "sortDirection": "asc"}),
+    )
+    .await;
+    let items_of = |turns: &Value| -> Vec<Value> {
+        turns
+            .as_array()
+            .map(|turns| turns.iter().map(|t| t["items"].clone()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        items_of(&listed["data"]),
+        items_of(&read["thread"]["turns"]),
+        "thread/turns/list carries the items thread/read does: {listed}"
+    );
+    call(
+        &mut client,
+        &mut seen,
+        "thread/turns/list",
+        json!({"threadId": thread_id, "limit": 1, "itemsView": "summary"}),
+    )
+    .await;
+
+    // From the store, after a restart: the same turns, the same item ids.
+    let home = server.home();
+    client.close().await;
+    server.shutdown().await;
+    let mut server = Server::start_with(Transport::Stdio, options.home(&home)).await;
+    let mut client = server.connect().await;
+    client.initialize("codex-conformance", "1.0.0").await;
+    let reread = call(
+        &mut client,
+        &mut seen,
+        "thread/read",
+        json!({"threadId": thread_id, "includeTurns": true}),
+    )
+    .await;
+    assert_eq!(
+        reread["thread"]["turns"], read["thread"]["turns"],
+        "history read back from the store must be what was read live"
+    );
+    call(
+        &mut client,
+        &mut seen,
+        "thread/turns/list",
+        json!({"threadId": thread_id}),
+    )
+    .await;
     client.close().await;
     server.shutdown().await;
 }

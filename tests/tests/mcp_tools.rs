@@ -19,39 +19,10 @@ use serde_json::{Value, json};
 use support::mock_llm::{MockLlm, Reply, text_chunks, tool_call_chunks};
 use support::{
     Client, SPAN_KIND_CLIENT, SPAN_KIND_INTERNAL, STATUS_CODE_ERROR, Server, ServerOptions, Span,
-    TraceContext, Transport,
+    TraceContext, Transport, mcp_venv,
 };
 
 const CHAT: &str = "chat mock-model";
-
-/// The MCP virtualenv's `mcp-server-time` and `python`, or `None` (after a
-/// loud message) when missing outside CI.
-fn mcp_venv() -> Option<(PathBuf, PathBuf)> {
-    let from_env = |var: &str| std::env::var_os(var).map(PathBuf::from);
-    let venv = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .map(|cache| cache.join("skein-ci/mcp-venv/bin"));
-    let time = from_env("SKEIN_MCP_SERVER_TIME_BIN")
-        .or_else(|| venv.as_ref().map(|v| v.join("mcp-server-time")))
-        .filter(|p| p.is_file());
-    let python = from_env("SKEIN_MCP_PYTHON")
-        .or_else(|| venv.as_ref().map(|v| v.join("python")))
-        .filter(|p| p.is_file());
-    match (time, python) {
-        (Some(time), Some(python)) => Some((time, python)),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI=true but the MCP virtualenv is missing: run .ci/run to install it")
-        }
-        _ => {
-            eprintln!(
-                "\n\n*** SKIPPING MCP TEST: mcp-server-time / the Python mcp SDK not found \
-                 (set SKEIN_MCP_SERVER_TIME_BIN and SKEIN_MCP_PYTHON, or run .ci/run) ***\n"
-            );
-            None
-        }
-    }
-}
 
 fn meta_reporter_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("mcp/meta_reporter.py")

@@ -14,7 +14,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::TIMEOUT;
 
@@ -29,6 +29,11 @@ pub enum Reply {
     /// `200` with these payloads, then the stream stalls: nothing more is
     /// sent and the connection stays open until the client closes it.
     Hold(Vec<Value>),
+    /// `200` with the first payloads, then nothing until the test calls
+    /// `notify_one` on the [`Notify`] (before or after: a release is never
+    /// lost), then the rest and `data: [DONE]`. Lets a test act while a
+    /// model call is known to be mid-stream.
+    Gated(Vec<Value>, Arc<Notify>, Vec<Value>),
     /// `200` with these raw SSE `data:` lines (anything, even invalid
     /// JSON), then `data: [DONE]`.
     Raw(Vec<String>),
@@ -257,6 +262,19 @@ impl MockLlm {
             Reply::Stream(chunks) => {
                 let _ = stream.write_all(sse_head.as_bytes()).await;
                 for c in chunks {
+                    let _ = stream.write_all(format!("data: {c}\n\n").as_bytes()).await;
+                }
+                let _ = stream.write_all(b"data: [DONE]\n\n").await;
+                let _ = stream.shutdown().await;
+            }
+            Reply::Gated(before, release, after) => {
+                let _ = stream.write_all(sse_head.as_bytes()).await;
+                for c in before {
+                    let _ = stream.write_all(format!("data: {c}\n\n").as_bytes()).await;
+                }
+                let _ = stream.flush().await;
+                release.notified().await;
+                for c in after {
                     let _ = stream.write_all(format!("data: {c}\n\n").as_bytes()).await;
                 }
                 let _ = stream.write_all(b"data: [DONE]\n\n").await;

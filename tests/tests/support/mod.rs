@@ -93,6 +93,38 @@ pub fn next_request_id() -> i64 {
     NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed)
 }
 
+/// The MCP virtualenv's `mcp-server-time` and `python` (the real tool
+/// servers of the MCP tests): `SKEIN_MCP_SERVER_TIME_BIN` and
+/// `SKEIN_MCP_PYTHON`, else `~/.cache/skein-ci/mcp-venv`, as `.ci/run`
+/// installs it. `None` (after a loud message) when missing outside CI;
+/// under `CI=true` a missing virtualenv fails the test.
+pub fn mcp_venv() -> Option<(PathBuf, PathBuf)> {
+    let from_env = |var: &str| std::env::var_os(var).map(PathBuf::from);
+    let venv = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|cache| cache.join("skein-ci/mcp-venv/bin"));
+    let time = from_env("SKEIN_MCP_SERVER_TIME_BIN")
+        .or_else(|| venv.as_ref().map(|v| v.join("mcp-server-time")))
+        .filter(|p| p.is_file());
+    let python = from_env("SKEIN_MCP_PYTHON")
+        .or_else(|| venv.as_ref().map(|v| v.join("python")))
+        .filter(|p| p.is_file());
+    match (time, python) {
+        (Some(time), Some(python)) => Some((time, python)),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true but the MCP virtualenv is missing: run .ci/run to install it")
+        }
+        _ => {
+            eprintln!(
+                "\n\n*** SKIPPING MCP TEST: mcp-server-time / the Python mcp SDK not found \
+                 (set SKEIN_MCP_SERVER_TIME_BIN and SKEIN_MCP_PYTHON, or run .ci/run) ***\n"
+            );
+            None
+        }
+    }
+}
+
 /// Path of the `skein` binary under test: `SKEIN_BIN` when set, else the
 /// one cargo builds for this workspace.
 ///
