@@ -427,7 +427,10 @@ mod tests {
         assert_eq!(
             written,
             vec![
-                (w3c::TRACEPARENT, format!("00-{}-{}-01", own.trace_id(), own.span_id())),
+                (
+                    w3c::TRACEPARENT,
+                    format!("00-{}-{}-01", own.trace_id(), own.span_id())
+                ),
                 (w3c::TRACESTATE, "congo=t61rcWkgMzE".to_owned()),
             ]
         );
@@ -435,7 +438,9 @@ mod tests {
         assert_ne!(own.span_id(), parent.span_id());
 
         let mut none = Vec::new();
-        inject(&tracing::Span::none(), |name, value| none.push((name, value)));
+        inject(&tracing::Span::none(), |name, value| {
+            none.push((name, value))
+        });
         assert!(none.is_empty(), "a span without a context writes nothing");
     }
 

@@ -663,7 +663,9 @@ mod tests {
         let (span, _) =
             RequestSpanBuilder::new("turn/start", "svc").start_span(&provider.tracer("test"), []);
         let expected = Some(span.span_context().clone());
-        let inside = span.within(|| async { crate::current_span_context() }).await;
+        let inside = span
+            .within(|| async { crate::current_span_context() })
+            .await;
         assert_eq!(inside, expected);
         assert_eq!(crate::current_span_context(), None);
     }
