@@ -15,7 +15,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -23,155 +22,9 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use prost::Message as _;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
+use support::otlp_receiver::Receiver;
 use support::{CHAT_SPAN_NAME, METHOD_NOT_FOUND, Server, ServerOptions, TURN_SPAN_NAME, Transport};
-
-/// One request the receiver accepted.
-#[derive(Debug)]
-struct Received {
-    method: String,
-    path: String,
-    body: Vec<u8>,
-}
-
-/// The in-test OTLP/HTTP receiver.
-struct Receiver {
-    url: String,
-    received: Arc<Mutex<Vec<Received>>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Receiver {
-    async fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the OTLP receiver");
-        let addr = listener.local_addr().expect("receiver address");
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let store = Arc::clone(&received);
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let store = Arc::clone(&store);
-                tokio::spawn(async move {
-                    if let Err(err) = serve_connection(stream, store).await {
-                        eprintln!("OTLP receiver: connection failed: {err}");
-                    }
-                });
-            }
-        });
-        Receiver {
-            url: format!("http://{addr}"),
-            received,
-            task,
-        }
-    }
-
-    /// The bodies received on `path`.
-    fn bodies(&self, path: &str) -> Vec<Vec<u8>> {
-        self.received
-            .lock()
-            .expect("receiver lock")
-            .iter()
-            .filter(|r| r.path == path)
-            .map(|r| r.body.clone())
-            .collect()
-    }
-
-    /// `METHOD path` of every request, for failure messages.
-    fn summary(&self) -> Vec<String> {
-        self.received
-            .lock()
-            .expect("receiver lock")
-            .iter()
-            .map(|r| format!("{} {} ({} bytes)", r.method, r.path, r.body.len()))
-            .collect()
-    }
-}
-
-/// Serves HTTP/1.1 requests on one connection until the client closes it.
-async fn serve_connection(
-    stream: TcpStream,
-    store: Arc<Mutex<Vec<Received>>>,
-) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream);
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).await? == 0 {
-            return Ok(());
-        }
-        let request_line = request_line.trim_end();
-        if request_line.is_empty() {
-            continue;
-        }
-        let mut parts = request_line.split_whitespace();
-        let method = parts.next().unwrap_or_default().to_owned();
-        let path = parts.next().unwrap_or_default().to_owned();
-
-        let mut content_length = None;
-        let mut framed_otherwise = false;
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).await? == 0 {
-                return Ok(());
-            }
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                let name = name.trim();
-                if name.eq_ignore_ascii_case("content-length") {
-                    content_length = value.trim().parse::<usize>().ok();
-                } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                    framed_otherwise = true;
-                }
-            }
-        }
-
-        let status = match (method.as_str(), content_length, framed_otherwise) {
-            (_, _, true) => "501 Not Implemented",
-            ("POST", Some(length), false) => {
-                let mut body = vec![0; length];
-                reader.read_exact(&mut body).await?;
-                let known = path == "/v1/metrics" || path == "/v1/traces";
-                store.lock().expect("receiver lock").push(Received {
-                    method: method.clone(),
-                    path: path.clone(),
-                    body,
-                });
-                if known { "200 OK" } else { "404 Not Found" }
-            }
-            ("POST", None, false) => "411 Length Required",
-            _ => "405 Method Not Allowed",
-        };
-        if !status.starts_with("200") {
-            store.lock().expect("receiver lock").push(Received {
-                method: method.clone(),
-                path: format!("{path} -> {status}"),
-                body: Vec::new(),
-            });
-        }
-        let response = format!(
-            "HTTP/1.1 {status}\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n"
-        );
-        let stream = reader.get_mut();
-        stream.write_all(response.as_bytes()).await?;
-        stream.flush().await?;
-        if !status.starts_with("200") && !status.starts_with("404") {
-            // The body was not read: the connection cannot be reused.
-            return Ok(());
-        }
-    }
-}
 
 /// One exported data point: its metric's unit, its attributes, how many
 /// measurements it aggregates (histograms) or its value (sums), and its

@@ -33,18 +33,15 @@
 #[macro_use]
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
 use prost::Message as _;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
 use support::mock_llm::{MockLlm, Reply};
+use support::otlp_receiver::Receiver;
 use support::{
     CHAT_SPAN_NAME, Client, SPAN_KIND_INTERNAL, Server, ServerOptions, Span, SpanLink, TIMEOUT,
     TURN_SPAN_NAME, TraceContext, Transport, merge_records, notification_turn_id, read_live_spans,
@@ -597,127 +594,20 @@ async fn kill_9_one_second_after_turn_completed_leaves_the_whole_turn_ended_in_t
     drop(client);
 }
 
-/// One request the OTLP receiver accepted.
-struct Received {
-    path: String,
-    body: Vec<u8>,
-}
-
-/// An in-test OTLP/HTTP receiver: answers every `POST` with `200` and an
-/// empty body, and keeps what it was sent (bodies framed by
-/// `Content-Length`, keep-alive honoured).
-struct OtlpReceiver {
-    url: String,
-    received: Arc<Mutex<Vec<Received>>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for OtlpReceiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl OtlpReceiver {
-    async fn start() -> OtlpReceiver {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the OTLP receiver");
-        let addr = listener.local_addr().expect("receiver address");
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let store = Arc::clone(&received);
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let store = Arc::clone(&store);
-                tokio::spawn(async move {
-                    if let Err(err) = serve_otlp_connection(stream, store).await {
-                        eprintln!("OTLP receiver: connection failed: {err}");
-                    }
-                });
-            }
-        });
-        OtlpReceiver {
-            url: format!("http://{addr}"),
-            received,
-            task,
-        }
-    }
-
-    /// Every span of every `/v1/traces` body received so far.
-    fn spans(&self) -> Vec<Span> {
-        let received = self.received.lock().expect("receiver lock");
-        received
-            .iter()
-            .filter(|r| r.path == "/v1/traces")
-            .flat_map(|r| {
-                ExportTraceServiceRequest::decode(r.body.as_slice())
-                    .unwrap_or_else(|e| panic!("a /v1/traces body is not an OTLP request: {e}"))
-                    .resource_spans
-            })
-            .flat_map(|r| r.scope_spans)
-            .flat_map(|s| s.spans)
-            .map(span_from_proto)
-            .collect()
-    }
-}
-
-/// Serves HTTP/1.1 requests on one connection until the client closes it.
-async fn serve_otlp_connection(
-    stream: TcpStream,
-    store: Arc<Mutex<Vec<Received>>>,
-) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream);
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).await? == 0 {
-            return Ok(());
-        }
-        let request_line = request_line.trim_end();
-        if request_line.is_empty() {
-            continue;
-        }
-        let mut parts = request_line.split_whitespace();
-        let method = parts.next().unwrap_or_default().to_owned();
-        let path = parts.next().unwrap_or_default().to_owned();
-        let mut content_length = None;
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).await? == 0 {
-                return Ok(());
-            }
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':')
-                && name.trim().eq_ignore_ascii_case("content-length")
-            {
-                content_length = value.trim().parse::<usize>().ok();
-            }
-        }
-        let (method, Some(length)) = (method, content_length) else {
-            let stream = reader.get_mut();
-            stream
-                .write_all(b"HTTP/1.1 411 Length Required\r\ncontent-length: 0\r\n\r\n")
-                .await?;
-            return Ok(());
-        };
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).await?;
-        if method == "POST" {
-            store
-                .lock()
-                .expect("receiver lock")
-                .push(Received { path, body });
-        }
-        let stream = reader.get_mut();
-        stream
-            .write_all(
-                b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
-            )
-            .await?;
-        stream.flush().await?;
-    }
+/// Every span of every `/v1/traces` body `receiver` has received so far.
+fn received_spans(receiver: &Receiver) -> Vec<Span> {
+    receiver
+        .bodies("/v1/traces")
+        .iter()
+        .flat_map(|body| {
+            ExportTraceServiceRequest::decode(body.as_slice())
+                .unwrap_or_else(|e| panic!("a /v1/traces body is not an OTLP request: {e}"))
+                .resource_spans
+        })
+        .flat_map(|r| r.scope_spans)
+        .flat_map(|s| s.spans)
+        .map(span_from_proto)
+        .collect()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -766,7 +656,7 @@ fn span_from_proto(span: opentelemetry_proto::tonic::trace::v1::Span) -> Span {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_http_receiver_gets_the_ended_turn_dispatch_and_chat_spans_while_the_server_runs() {
-    let receiver = OtlpReceiver::start().await;
+    let receiver = Receiver::start().await;
     let options = ServerOptions::default()
         .arg("--otlp-endpoint")
         .arg(&receiver.url)
@@ -788,7 +678,7 @@ async fn otlp_http_receiver_gets_the_ended_turn_dispatch_and_chat_spans_while_th
             children: &[CHAT_SPAN_NAME],
         },
         seen.completed_at,
-        || receiver.spans(),
+        || received_spans(&receiver),
     )
     .await;
     assert_turn_status(&ended, "completed");

@@ -36,6 +36,7 @@ macro_rules! both_transports {
 }
 
 pub mod mock_llm;
+pub mod otlp_receiver;
 pub mod raw_ws;
 
 use std::collections::VecDeque;
