@@ -85,7 +85,8 @@ struct Args {
 
     /// Also measure this other `skein` build (e.g. the code before a
     /// change), traced and with tracing off, interleaved with the others in
-    /// the WebSocket and stdio scenarios: before and after in one run.
+    /// the WebSocket, stdio and stream scenarios: before and after in one
+    /// run.
     #[arg(long, value_name = "PATH")]
     baseline: Option<PathBuf>,
 
@@ -217,6 +218,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         ws_targets.push(Target::BaselineJsonrpseeMiddleware);
     }
     stdio_targets.push(Target::LineEcho);
+    let mut stream_targets = vec![Target::SkeinTraced, Target::SkeinOff];
+    if args.baseline.is_some() {
+        stream_targets.extend([Target::BaselineTraced, Target::BaselineOff]);
+    }
     let window = Window {
         warmup: Duration::from_secs_f64(args.warmup.max(0.0)),
         measured: Duration::from_secs_f64(args.duration.max(0.1)),
@@ -258,7 +263,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
         if args.only.contains(&Scenario::Stream) {
             for transport in [Transport::WebSocket, Transport::Stdio] {
-                for target in [Target::SkeinTraced, Target::SkeinOff] {
+                for &target in &stream_targets {
                     let name = transport_name(transport);
                     eprintln!("rep {rep}: stream {name} {}…", target.label());
                     let label = format!("rep {rep} stream {name}");
