@@ -11,7 +11,8 @@ pub mod jsonrpc;
 pub mod v2;
 
 pub use jsonrpc::{
-    ErrorObject, Frame, Incoming, Notification, Outgoing, Request, RequestId, parse_frame,
+    ErrorObject, Frame, Incoming, Notification, Outgoing, RawNumber, Request, RequestId,
+    parse_frame,
 };
 
 use serde::de::DeserializeOwned;
