@@ -10,7 +10,7 @@ use skein_app_server::limits::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_LOADED_THREADS, DEFAULT_MAX_RUNNING_TURNS,
 };
 use skein_app_server::paths;
-use skein_app_server::transport::auth::{SignedBearerSettings, WsAuth};
+use skein_app_server::transport::auth::{MAX_CLOCK_SKEW, SignedBearerSettings, WsAuth};
 use skein_app_server::{
     CoreConfig, DEFAULT_MAX_MESSAGE_BYTES, ListenAddr, ServerConfig, WebSocketOptions,
 };
@@ -163,17 +163,21 @@ struct ServeArgs {
     #[arg(long, value_name = "PATH")]
     ws_shared_secret_file: Option<PathBuf>,
 
-    /// With signed bearer tokens: the `iss` claim required.
+    /// With signed bearer tokens: the `iss` claim required. A token
+    /// without `iss`, or whose `iss` is not this one string, is refused.
     #[arg(long, value_name = "ISSUER")]
     ws_issuer: Option<String>,
 
-    /// With signed bearer tokens: the `aud` claim required.
+    /// With signed bearer tokens: the audience `aud` must name (the string
+    /// itself, or an array of strings holding it). A token without `aud`
+    /// is refused.
     #[arg(long, value_name = "AUDIENCE")]
     ws_audience: Option<String>,
 
     /// With signed bearer tokens: clock difference tolerated when checking
-    /// `exp` and `nbf`, in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    /// `exp` and `nbf`, in seconds; at most 86400 (a day).
+    #[arg(long, value_name = "SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(..=MAX_CLOCK_SKEW.as_secs()))]
     ws_max_clock_skew_seconds: u64,
 
     /// Listen on a non-loopback address without --ws-auth anyway: anyone
