@@ -290,10 +290,28 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("skein: error: {err:#}");
+            eprintln!("skein: error: {}", error_line(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each said once: a cause whose
+/// text the line already ends with (an error that names its source in its
+/// own message) is not repeated, as `{err:#}` would.
+fn error_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.ends_with(text.as_str()) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// The thread history store, `$SKEIN_HOME/threads`.
@@ -371,4 +389,27 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Flush spans from this plain thread, never from a runtime worker.
     telemetry.shutdown(Duration::from_secs(args.shutdown_timeout));
     served.map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_line_says_each_cause_once() {
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let named = skein_app_server::transport::auth::WsAuth::capability_token(
+            std::path::Path::new("/nonexistent/token"),
+        )
+        .expect_err("missing file");
+        let line = error_line(&anyhow::Error::from(named));
+        assert_eq!(line.matches("(os error 2)").count(), 1, "{line}");
+        assert!(
+            line.starts_with("cannot read token file /nonexistent/token: "),
+            "{line}"
+        );
+        // Causes not named in the message are still given.
+        let wrapped = anyhow::Error::from(missing).context("opening the store");
+        assert_eq!(error_line(&wrapped), "opening the store: entity not found");
+    }
 }

@@ -504,6 +504,44 @@ async fn a_clock_skew_beyond_a_day_stops_startup() {
 }
 
 #[tokio::test]
+async fn startup_errors_give_the_os_error_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing");
+    let cases: [(Vec<&str>, &str); 2] = [
+        (
+            vec![
+                "--listen",
+                "ws://127.0.0.1:0",
+                "--ws-auth",
+                "capability-token",
+                "--ws-token-file",
+                missing.to_str().expect("path"),
+            ],
+            "(os error 2)",
+        ),
+        // TEST-NET-1: never an address of this machine.
+        (
+            vec![
+                "--listen",
+                "ws://192.0.2.1:4500",
+                "--ws-allow-unauthenticated",
+            ],
+            "(os error 99)",
+        ),
+    ];
+    for (args, os_error) in cases {
+        let (ok, stderr) = Spawned::start(&args, None).exit().await;
+        assert!(!ok, "started despite {args:?}:\n{stderr}");
+        let line = stderr
+            .lines()
+            .find(|line| line.starts_with("skein: error:"))
+            .unwrap_or_else(|| panic!("no error line:\n{stderr}"));
+        assert_eq!(line.matches(os_error).count(), 1, "{line}");
+        assert_eq!(line.matches("os error").count(), 1, "{line}");
+    }
+}
+
+#[tokio::test]
 async fn a_public_address_without_auth_refuses_to_start() {
     let (ok, stderr) = Spawned::start(&["--listen", "ws://0.0.0.0:0"], None)
         .exit()
