@@ -1,10 +1,12 @@
 //! JSON-RPC 2.0 envelopes.
 //!
-//! Inbound messages are classified by hand from a [`serde_json::Value`]
-//! rather than by a derived `Deserialize`: a derived parser would reject a
-//! whole request because of a malformed optional field (a `trace` carrier of
-//! the wrong type, say), while Skein must answer every request it can and
-//! treat a bad carrier as absent. `"jsonrpc": "2.0"` is optional inbound and
+//! Inbound messages are classified by hand from their members as
+//! [`serde_json::Value`]s rather than by a derived `Deserialize`: a derived
+//! parser would reject a whole request because of a malformed optional
+//! field (a `trace` carrier of the wrong type, say), while Skein must answer
+//! every request it can and treat a bad carrier as absent. The `id` alone is
+//! kept as the JSON text it was sent as, so that an answer carries it back
+//! character for character. `"jsonrpc": "2.0"` is optional inbound and
 //! always written outbound.
 
 use std::fmt;
@@ -40,15 +42,17 @@ pub const NOT_INITIALIZED: i64 = INVALID_REQUEST;
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum RequestId {
-    /// An integer id that fits `i64` (the common case).
+    /// An integer id that fits `i64`, written the way `i64` is (the
+    /// common case).
     Integer(i64),
     /// A string id.
     String(String),
-    /// Any other number (`1.5`, `1e3`, an integer beyond `i64`): JSON-RPC
-    /// allows any number, and the answer carries it back as the same
-    /// number. Rare, so it costs nothing on the path of integer ids.
+    /// Any other number (`1.5`, `1E+2`, `-0`, an integer beyond `i64`):
+    /// JSON-RPC allows any number, and the answer carries back the text
+    /// that was sent, character for character. Rare, so it costs nothing
+    /// on the path of integer ids.
     #[serde(skip_deserializing)]
-    Number(serde_json::Number),
+    Number(RawNumber),
 }
 
 impl fmt::Display for RequestId {
@@ -56,22 +60,130 @@ impl fmt::Display for RequestId {
         match self {
             RequestId::Integer(n) => write!(f, "{n}"),
             RequestId::String(s) => f.write_str(s),
-            RequestId::Number(n) => write!(f, "{n}"),
+            RequestId::Number(n) => f.write_str(n.as_str()),
         }
     }
 }
 
-impl RequestId {
-    fn from_json(value: &Value) -> Option<RequestId> {
+/// The JSON text of a number, exactly as it was received. Serialized by
+/// `serde_json` as that same text.
+#[derive(Clone, Debug)]
+pub struct RawNumber(Box<RawValue>);
+
+impl RawNumber {
+    /// `text` as a number, when it is one JSON number and nothing else
+    /// (surrounding whitespace is dropped).
+    pub fn new(text: &str) -> Option<RawNumber> {
+        let raw = RawValue::from_string(text.to_owned()).ok()?;
+        is_number_text(raw.get()).then_some(RawNumber(raw))
+    }
+
+    /// The number's JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for RawNumber {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for RawNumber {}
+
+impl std::hash::Hash for RawNumber {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl Serialize for RawNumber {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+/// True when `text` starts like a JSON number (it is known to be one JSON
+/// value).
+fn is_number_text(text: &str) -> bool {
+    matches!(text.as_bytes().first(), Some(b'-' | b'0'..=b'9'))
+}
+
+/// The `id` member of a message, as read.
+enum IdMember {
+    /// The message has no `id`.
+    Absent,
+    /// A valid id.
+    Valid(RequestId),
+    /// An `id` that is not a valid id: the error to answer with.
+    Invalid(ErrorObject),
+}
+
+impl IdMember {
+    /// Reads an id from its JSON text. An integer written as `i64` writes
+    /// it becomes [`RequestId::Integer`] without allocating; any other
+    /// number keeps its text.
+    fn from_raw(raw: &RawValue) -> IdMember {
+        let text = raw.get();
+        let type_name = match text.as_bytes().first() {
+            Some(b'"') => {
+                return match serde_json::from_str(text) {
+                    Ok(id) => IdMember::Valid(RequestId::String(id)),
+                    Err(err) => IdMember::Invalid(ErrorObject::invalid_request(format!(
+                        "`id` cannot be read: {err}"
+                    ))),
+                };
+            }
+            Some(b'-' | b'0'..=b'9') => {
+                return IdMember::Valid(match canonical_i64(text) {
+                    Some(n) => RequestId::Integer(n),
+                    None => RequestId::Number(RawNumber(raw.to_owned())),
+                });
+            }
+            Some(b'n') => "null",
+            Some(b't' | b'f') => "a boolean",
+            Some(b'[') => "an array",
+            _ => "an object",
+        };
+        IdMember::Invalid(invalid_id_type(type_name))
+    }
+
+    /// Reads an id from a parsed value (which holds a number only as
+    /// `serde_json` does).
+    fn from_value(value: &Value) -> IdMember {
         match value {
-            Value::Number(n) => Some(match n.as_i64() {
-                Some(n) => RequestId::Integer(n),
-                None => RequestId::Number(n.clone()),
-            }),
-            Value::String(s) => Some(RequestId::String(s.clone())),
-            _ => None,
+            Value::Number(n) => match n.as_i64() {
+                Some(n) => IdMember::Valid(RequestId::Integer(n)),
+                None => match serde_json::value::to_raw_value(n) {
+                    Ok(raw) => IdMember::Valid(RequestId::Number(RawNumber(raw))),
+                    Err(err) => IdMember::Invalid(ErrorObject::invalid_request(format!(
+                        "`id` cannot be read: {err}"
+                    ))),
+                },
+            },
+            Value::String(s) => IdMember::Valid(RequestId::String(s.clone())),
+            other => IdMember::Invalid(invalid_id_type(json_type_name(other))),
         }
     }
+}
+
+/// The error for an `id` of the wrong JSON type.
+fn invalid_id_type(type_name: &str) -> ErrorObject {
+    ErrorObject::invalid_request(format!(
+        "`id` must be a number or a string, got {type_name}"
+    ))
+}
+
+/// The value of a JSON integer whose text is exactly how `i64` is
+/// written: no exponent, no fraction, not `-0` (JSON has no leading zeros
+/// or `+`), within range. Anything else must be echoed as its text.
+fn canonical_i64(text: &str) -> Option<i64> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || text == "-0" {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// An inbound request: it has an id and expects a response.
@@ -182,38 +294,235 @@ pub enum Frame {
 ///
 /// Returns `Err` with a `-32700` error when the bytes are not JSON at all.
 /// Everything else, including an empty batch, is classified into a [`Frame`].
+/// A message's `id` is read from its JSON text, so a numeric id is
+/// answered with exactly the text it was sent as.
 pub fn parse_frame(bytes: &[u8]) -> Result<Frame, ErrorObject> {
     // A leading byte order mark is not JSON, but harmless (RFC 8259 lets
     // parsers ignore it).
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    let value: Value = match serde_json::from_slice(bytes) {
-        Ok(value) => value,
+    let frame: RawFrame<'_> = match serde_json::from_slice(bytes) {
+        Ok(frame) => frame,
         Err(err) => return refused_json(bytes, err),
     };
-    Ok(match value {
-        Value::Array(items) if items.is_empty() => Frame::Single(Incoming::Invalid {
+    Ok(match frame {
+        RawFrame::Batch(items) if items.is_empty() => Frame::Single(Incoming::Invalid {
             id: None,
             error: ErrorObject::invalid_request("empty batch"),
         }),
-        Value::Array(items) => Frame::Batch(items.into_iter().map(classify).collect()),
-        other => Frame::Single(classify(other)),
+        RawFrame::Batch(items) => {
+            Frame::Batch(items.into_iter().map(RawMessage::classify).collect())
+        }
+        RawFrame::Single(message) => Frame::Single(message.classify()),
     })
 }
 
-/// The answer to bytes `serde_json` refused. When they are well-formed
-/// JSON that only cannot be held (a number beyond `f64`, a lone surrogate
-/// escape, nesting deeper than 128), the envelope is read again skipping
-/// over values, so that the answer keeps the request's id: `-32602` when
-/// the problem is in `params`, `-32600` otherwise. Anything else is a
-/// `-32700` parse error.
+/// A frame as read: one message or a batch of them.
+enum RawFrame<'a> {
+    /// A single message.
+    Single(RawMessage<'a>),
+    /// An array: a batch.
+    Batch(Vec<RawMessage<'a>>),
+}
+
+/// One message as read: an object's members, its `id` kept as the JSON
+/// text it was sent as (the other members parsed as usual), or something
+/// that is not an object.
+enum RawMessage<'a> {
+    /// A JSON object.
+    Object {
+        /// The `id` member's text (the last one, as with any duplicate).
+        id: Option<&'a RawValue>,
+        /// Every other member.
+        members: Map<String, Value>,
+    },
+    /// Any other JSON value (read in full, then dropped).
+    Other,
+}
+
+impl RawMessage<'_> {
+    fn classify(self) -> Incoming {
+        match self {
+            RawMessage::Object { id, members } => {
+                let id = id.map_or(IdMember::Absent, IdMember::from_raw);
+                classify_members(id, members)
+            }
+            RawMessage::Other => not_an_object(),
+        }
+    }
+}
+
+/// A member name of a message: `id`, or any other (kept for the map).
+enum MemberKey {
+    Id,
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for MemberKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = MemberKey;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a member name")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<MemberKey, E> {
+                Ok(match key {
+                    "id" => MemberKey::Id,
+                    _ => MemberKey::Other(key.to_owned()),
+                })
+            }
+
+            fn visit_string<E: serde::de::Error>(self, key: String) -> Result<MemberKey, E> {
+                Ok(match key.as_str() {
+                    "id" => MemberKey::Id,
+                    _ => MemberKey::Other(key),
+                })
+            }
+        }
+
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Reads a message: an object member by member, anything else in full
+/// (so that numbers out of range or bad escapes anywhere still fail the
+/// frame, as they do when parsing a [`Value`]).
+struct MessageVisitor;
+
+impl<'de> serde::de::Visitor<'de> for MessageVisitor {
+    type Value = RawMessage<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut id = None;
+        let mut members = Map::new();
+        while let Some(key) = map.next_key::<MemberKey>()? {
+            match key {
+                MemberKey::Id => id = Some(map.next_value::<&'de RawValue>()?),
+                MemberKey::Other(key) => {
+                    let value = map.next_value::<Value>()?;
+                    members.insert(key, value);
+                }
+            }
+        }
+        Ok(RawMessage::Object { id, members })
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<Value>()?.is_some() {}
+        Ok(RawMessage::Other)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(RawMessage::Other)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(RawMessage::Other)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(RawMessage::Other)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(RawMessage::Other)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(RawMessage::Other)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(RawMessage::Other)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawMessage<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(MessageVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawFrame<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// An array is a batch of messages; anything else one message.
+        struct FrameVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for FrameVisitor {
+            type Value = RawFrame<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(item) = seq.next_element::<RawMessage<'de>>()? {
+                    items.push(item);
+                }
+                Ok(RawFrame::Batch(items))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                MessageVisitor.visit_map(map).map(RawFrame::Single)
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(RawFrame::Single(RawMessage::Other))
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(RawFrame::Single(RawMessage::Other))
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(RawFrame::Single(RawMessage::Other))
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(RawFrame::Single(RawMessage::Other))
+            }
+
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(RawFrame::Single(RawMessage::Other))
+            }
+
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(RawFrame::Single(RawMessage::Other))
+            }
+        }
+
+        deserializer.deserialize_any(FrameVisitor)
+    }
+}
+
+/// The answer to bytes `serde_json` refused. When they are a well-formed
+/// JSON object that only cannot be held (a number beyond `f64`, a lone
+/// surrogate escape, nesting deeper than 128), the envelope is read again
+/// skipping over values, so that the answer keeps the request's id:
+/// `-32602` when the problem is in `params`, `-32600` otherwise. Anything
+/// else is a `-32700` parse error.
 fn refused_json(bytes: &[u8], err: serde_json::Error) -> Result<Frame, ErrorObject> {
     use serde::de::IgnoredAny;
 
-    /// Only the id; everything else skipped without being built.
+    /// Only the id's text; everything else skipped without being built.
     #[derive(Deserialize)]
-    struct Envelope {
-        #[serde(default)]
-        id: Option<Value>,
+    struct Envelope<'a> {
+        #[serde(default, borrow)]
+        id: Option<&'a RawValue>,
     }
 
     /// Every member but `params` readable: the problem is in `params`.
@@ -222,7 +531,7 @@ fn refused_json(bytes: &[u8], err: serde_json::Error) -> Result<Frame, ErrorObje
     #[allow(dead_code)]
     struct AllButParams {
         #[serde(default)]
-        id: Option<Value>,
+        id: Option<IgnoredAny>,
         #[serde(default)]
         jsonrpc: Option<Value>,
         #[serde(default)]
@@ -232,13 +541,18 @@ fn refused_json(bytes: &[u8], err: serde_json::Error) -> Result<Frame, ErrorObje
         params: IgnoredAny,
     }
 
-    if !err.is_data() && !err.is_syntax() {
+    // Only an object has an id to keep (a batch's elements are answered
+    // one by one, or not at all).
+    if (!err.is_data() && !err.is_syntax()) || bytes.trim_ascii_start().first() != Some(&b'{') {
         return Err(ErrorObject::parse_error(err));
     }
-    let Ok(envelope) = serde_json::from_slice::<Envelope>(bytes) else {
+    let Ok(envelope) = serde_json::from_slice::<Envelope<'_>>(bytes) else {
         return Err(ErrorObject::parse_error(err));
     };
-    let id = envelope.id.as_ref().and_then(RequestId::from_json);
+    let id = match envelope.id.map(IdMember::from_raw) {
+        Some(IdMember::Valid(id)) => Some(id),
+        _ => None,
+    };
     let error = if serde_json::from_slice::<AllButParams>(bytes).is_ok() {
         ErrorObject::invalid_params(format!("`params` cannot be read: {err}"))
     } else {
@@ -247,18 +561,36 @@ fn refused_json(bytes: &[u8], err: serde_json::Error) -> Result<Frame, ErrorObje
     Ok(Frame::Single(Incoming::Invalid { id, error }))
 }
 
+/// The answer to a message that is not a JSON object.
+fn not_an_object() -> Incoming {
+    Incoming::Invalid {
+        id: None,
+        error: ErrorObject::invalid_request("a message must be a JSON object"),
+    }
+}
+
 /// Classifies one JSON value as a request, notification, response or
-/// invalid message.
+/// invalid message. (A numeric id is read from the [`Value`], which may
+/// have rounded it; [`parse_frame`] reads ids from the text instead.)
 pub fn classify(value: Value) -> Incoming {
     let Value::Object(mut obj) = value else {
-        return Incoming::Invalid {
-            id: None,
-            error: ErrorObject::invalid_request("a message must be a JSON object"),
-        };
+        return not_an_object();
     };
+    let id = obj
+        .remove("id")
+        .map_or(IdMember::Absent, |id| IdMember::from_value(&id));
+    classify_members(id, obj)
+}
 
-    let raw_id = obj.remove("id");
-    let id = raw_id.as_ref().and_then(RequestId::from_json);
+/// Classifies a JSON object, given its `id` and its other members.
+fn classify_members(id: IdMember, mut obj: Map<String, Value>) -> Incoming {
+    // The id to answer with while checking the rest, and, for an `id` of
+    // the wrong kind, its error.
+    let (id, id_error) = match id {
+        IdMember::Absent => (None, None),
+        IdMember::Valid(id) => (Some(id), None),
+        IdMember::Invalid(error) => (None, Some(error)),
+    };
 
     if let Some(version) = obj.get("jsonrpc")
         && version.as_str() != Some(JSONRPC_VERSION)
@@ -293,23 +625,15 @@ pub fn classify(value: Value) -> Incoming {
         Err(error) => return Incoming::Invalid { id, error },
     };
 
-    match raw_id {
-        None => Incoming::Notification(Notification { method, params }),
-        Some(raw) => match id {
-            Some(id) => Incoming::Request(Request {
-                id,
-                method,
-                params,
-                trace: obj.remove("trace"),
-            }),
-            None => Incoming::Invalid {
-                id: None,
-                error: ErrorObject::invalid_request(format!(
-                    "`id` must be a number or a string, got {}",
-                    json_type_name(&raw)
-                )),
-            },
-        },
+    match (id, id_error) {
+        (Some(id), _) => Incoming::Request(Request {
+            id,
+            method,
+            params,
+            trace: obj.remove("trace"),
+        }),
+        (None, Some(error)) => Incoming::Invalid { id: None, error },
+        (None, None) => Incoming::Notification(Notification { method, params }),
     }
 }
 
@@ -520,11 +844,15 @@ struct WireNotification<'a, P> {
     trace: Option<&'a W3cTraceContext>,
 }
 
+/// An id as a [`Value`]: a numeric id that a [`Value`] cannot hold
+/// exactly (`-0`, an integer beyond `u64`...) comes out as `serde_json`
+/// reads its text, and one beyond `f64` as `null`; [`Outgoing::write_json`]
+/// writes every id exactly.
 fn id_to_value(id: &RequestId) -> Value {
     match id {
         RequestId::Integer(n) => Value::from(*n),
         RequestId::String(s) => Value::from(s.as_str()),
-        RequestId::Number(n) => Value::Number(n.clone()),
+        RequestId::Number(n) => serde_json::from_str(n.as_str()).unwrap_or(Value::Null),
     }
 }
 
@@ -753,32 +1081,142 @@ mod tests {
         }
     }
 
+    /// The answers' `id` member, as text, in `json`.
+    fn id_text(json: &str) -> &str {
+        let rest = json
+            .strip_prefix(r#"{"jsonrpc":"2.0","id":"#)
+            .unwrap_or_else(|| panic!("an answer starts with its id: {json}"));
+        let end = rest
+            .find(r#","result""#)
+            .or_else(|| rest.find(r#","error""#))
+            .unwrap_or_else(|| panic!("an answer has a result or an error: {json}"));
+        &rest[..end]
+    }
+
+    /// Numbers whose text a `serde_json::Value` would not keep.
+    const NUMERIC_IDS: [&str; 12] = [
+        "18446744073709551616",
+        "18446744073709551615",
+        "1E+2",
+        "1e3",
+        "-0",
+        "-0.0",
+        "1.5",
+        "-0.25",
+        "1.0",
+        "123456789012345678901234567890123456789012345678901234567890",
+        "0.1000000000000000000000000001",
+        "1e400",
+    ];
+
     #[test]
-    fn non_integer_numeric_ids_are_echoed_as_the_same_number() {
-        for (text, echoed) in [
-            ("1.5", "1.5"),
-            ("-0.25", "-0.25"),
-            ("18446744073709551615", "18446744073709551615"),
-            ("1e3", "1000.0"),
-        ] {
+    fn numeric_ids_are_answered_with_the_exact_text_they_were_sent_as() {
+        for text in NUMERIC_IDS {
             let frame = format!(r#"{{"id":{text},"method":"model/list"}}"#);
             let Incoming::Request(req) = single(&frame) else {
                 panic!("{frame} is a request");
             };
+            assert_eq!(req.id.to_string(), text, "{frame}");
             let answer = Outgoing::Error {
                 id: Some(req.id.clone()),
                 error: ErrorObject::internal("x"),
             };
-            let json: Value = serde_json::from_str(&answer.to_json()).expect("json");
-            assert_eq!(json["id"].to_string(), echoed, "{frame}");
-            assert_eq!(answer.to_value()["id"].to_string(), echoed, "{frame}");
+            assert_eq!(id_text(&answer.to_json()), text, "{frame}");
             let reply = Outgoing::Response {
                 id: req.id,
                 result: to_raw_value(&Value::Null).expect("raw"),
             };
-            let json: Value = serde_json::from_str(&reply.to_json()).expect("json");
-            assert_eq!(json["id"].to_string(), echoed, "{frame}");
+            assert_eq!(id_text(&reply.to_json()), text, "{frame}");
         }
+    }
+
+    #[test]
+    fn numeric_ids_keep_their_text_in_batches_and_invalid_messages() {
+        let batch = format!(
+            "[{}]",
+            NUMERIC_IDS
+                .iter()
+                .map(|text| format!(r#"{{"id":{text},"method":7}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let Frame::Batch(items) = parse_frame(batch.as_bytes()).expect("json") else {
+            panic!("expected a batch");
+        };
+        assert_eq!(items.len(), NUMERIC_IDS.len());
+        for (item, text) in items.into_iter().zip(NUMERIC_IDS) {
+            let Incoming::Invalid { id: Some(id), .. } = item else {
+                panic!("{text}: expected an invalid message with its id, got {item:?}");
+            };
+            assert_eq!(id.to_string(), text);
+        }
+        // Params that cannot be held: answered with the id as sent.
+        for text in NUMERIC_IDS {
+            let frame = format!(r#"{{"id":{text},"method":"m","params":{{"n":1e400}}}}"#);
+            let (id, error) = invalid(frame.as_bytes());
+            assert_eq!(error.code, INVALID_PARAMS, "{frame}");
+            let answer = Outgoing::Error { id, error };
+            assert_eq!(id_text(&answer.to_json()), text, "{frame}");
+        }
+    }
+
+    #[test]
+    fn integer_ids_as_i64_writes_them_are_integers_and_others_keep_their_text() {
+        for (text, want) in [
+            ("0", RequestId::Integer(0)),
+            ("-7", RequestId::Integer(-7)),
+            ("9223372036854775807", RequestId::Integer(i64::MAX)),
+            ("-9223372036854775808", RequestId::Integer(i64::MIN)),
+            (
+                "9223372036854775808",
+                RequestId::Number(RawNumber::new("9223372036854775808").expect("number")),
+            ),
+            (
+                "-0",
+                RequestId::Number(RawNumber::new("-0").expect("number")),
+            ),
+            (
+                "1E+2",
+                RequestId::Number(RawNumber::new("1E+2").expect("number")),
+            ),
+            (r#""7""#, RequestId::String("7".into())),
+            (r#""a\"\u00e9""#, RequestId::String("a\"é".into())),
+        ] {
+            let frame = format!(r#"{{"id":{text},"method":"m"}}"#);
+            let Incoming::Request(req) = single(&frame) else {
+                panic!("{frame} is a request");
+            };
+            assert_eq!(req.id, want, "{frame}");
+        }
+        assert_eq!(RawNumber::new(r#""1""#), None);
+        assert_eq!(RawNumber::new("1 2"), None);
+        assert_eq!(
+            RawNumber::new(" 1.50 ").map(|n| n.as_str().to_owned()),
+            Some("1.50".into())
+        );
+    }
+
+    #[test]
+    fn ids_of_the_wrong_type_are_invalid_requests_without_an_id() {
+        for (text, named) in [
+            ("null", "null"),
+            ("true", "a boolean"),
+            ("[1]", "an array"),
+            (r#"{"a":1e400}"#, "an object"),
+        ] {
+            let frame = format!(r#"{{"id":{text},"method":"m"}}"#);
+            let Incoming::Invalid { id, error } = single(&frame) else {
+                panic!("{frame} is invalid");
+            };
+            assert_eq!(id, None, "{frame}");
+            assert_eq!(error.code, INVALID_REQUEST, "{frame}");
+            assert!(error.message.ends_with(named), "{frame}: {error:?}");
+        }
+        let Incoming::Invalid { id: None, error } = single(r#"{"id":"\ud800","method":"m"}"#)
+        else {
+            panic!("a string id that is not text is invalid");
+        };
+        assert!(error.message.contains("`id` cannot be read"), "{error:?}");
     }
 
     #[test]
@@ -825,7 +1263,14 @@ mod tests {
 
     #[test]
     fn broken_json_is_still_a_parse_error() {
-        for bytes in [&b"{\"id\":1,"[..], b"nope", b"{\"id\":1e400}", b""] {
+        for bytes in [
+            &b"{\"id\":1,"[..],
+            b"nope",
+            b"",
+            br#"[{"id":1,"method":"a"},{"params":1e400}]"#,
+            br#"[{"id":1,"method":"a","params":{"t":"\ud800"}}]"#,
+            b"1e400",
+        ] {
             match parse_frame(bytes) {
                 Err(error) => assert_eq!(error.code, PARSE_ERROR),
                 Ok(frame) => panic!("{bytes:?} parsed as {frame:?}"),

@@ -12,8 +12,8 @@ pub mod jsonrpc;
 pub mod v2;
 
 pub use jsonrpc::{
-    ErrorObject, Frame, Incoming, Notification, Outgoing, OutgoingNotification, Request, RequestId,
-    parse_frame,
+    ErrorObject, Frame, Incoming, Notification, Outgoing, OutgoingNotification, RawNumber, Request,
+    RequestId, parse_frame,
 };
 
 use serde::de::DeserializeOwned;

@@ -10,7 +10,7 @@ use skein_app_server::limits::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_LOADED_THREADS, DEFAULT_MAX_RUNNING_TURNS,
 };
 use skein_app_server::paths;
-use skein_app_server::transport::auth::{SignedBearerSettings, WsAuth};
+use skein_app_server::transport::auth::{MAX_CLOCK_SKEW, SignedBearerSettings, WsAuth};
 use skein_app_server::{
     CoreConfig, DEFAULT_MAX_MESSAGE_BYTES, ListenAddr, ServerConfig, WebSocketOptions,
 };
@@ -163,17 +163,21 @@ struct ServeArgs {
     #[arg(long, value_name = "PATH")]
     ws_shared_secret_file: Option<PathBuf>,
 
-    /// With signed bearer tokens: the `iss` claim required.
+    /// With signed bearer tokens: the `iss` claim required. A token
+    /// without `iss`, or whose `iss` is not this one string, is refused.
     #[arg(long, value_name = "ISSUER")]
     ws_issuer: Option<String>,
 
-    /// With signed bearer tokens: the `aud` claim required.
+    /// With signed bearer tokens: the audience `aud` must name (the string
+    /// itself, or an array of strings holding it). A token without `aud`
+    /// is refused.
     #[arg(long, value_name = "AUDIENCE")]
     ws_audience: Option<String>,
 
     /// With signed bearer tokens: clock difference tolerated when checking
-    /// `exp` and `nbf`, in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    /// `exp` and `nbf`, in seconds; at most 86400 (a day).
+    #[arg(long, value_name = "SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(..=MAX_CLOCK_SKEW.as_secs()))]
     ws_max_clock_skew_seconds: u64,
 
     /// Listen on a non-loopback address without --ws-auth anyway: anyone
@@ -286,10 +290,28 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("skein: error: {err:#}");
+            eprintln!("skein: error: {}", error_line(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each said once: a cause whose
+/// text the line already ends with (an error that names its source in its
+/// own message) is not repeated, as `{err:#}` would.
+fn error_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.ends_with(text.as_str()) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// The thread history store, `$SKEIN_HOME/threads`.
@@ -367,4 +389,27 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Flush spans from this plain thread, never from a runtime worker.
     telemetry.shutdown(Duration::from_secs(args.shutdown_timeout));
     served.map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_line_says_each_cause_once() {
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let named = skein_app_server::transport::auth::WsAuth::capability_token(
+            std::path::Path::new("/nonexistent/token"),
+        )
+        .expect_err("missing file");
+        let line = error_line(&anyhow::Error::from(named));
+        assert_eq!(line.matches("(os error 2)").count(), 1, "{line}");
+        assert!(
+            line.starts_with("cannot read token file /nonexistent/token: "),
+            "{line}"
+        );
+        // Causes not named in the message are still given.
+        let wrapped = anyhow::Error::from(missing).context("opening the store");
+        assert_eq!(error_line(&wrapped), "opening the store: entity not found");
+    }
 }

@@ -43,10 +43,7 @@ pub fn make_request_span(
         request_id: Some(match &request.id {
             RequestId::Integer(n) => rpc::RequestId::Number(*n),
             RequestId::String(s) => rpc::RequestId::Str(s),
-            RequestId::Number(n) => match n.as_u64() {
-                Some(n) => rpc::RequestId::Unsigned(n),
-                None => rpc::RequestId::OtherNumber(n),
-            },
+            RequestId::Number(n) => rpc::RequestId::OtherNumber(n.as_str()),
         }),
         transport: Some(session.transport().as_str()),
         connection_id: Some(session.id()),

@@ -595,12 +595,39 @@ fn read_thread(path: &Path, writer_alive: bool) -> Result<StoredThread, StoreErr
     Ok(thread)
 }
 
+impl StoreError {
+    /// The error as a client may be told it: files named without their
+    /// directories, so that no absolute server path leaves the server (the
+    /// `Display` form, with the full path, is for the server's log).
+    pub fn client_text(&self) -> String {
+        /// The last component of `path`.
+        fn name(path: &Path) -> std::borrow::Cow<'_, str> {
+            path.file_name()
+                .map_or(std::borrow::Cow::Borrowed("the thread store"), |name| {
+                    name.to_string_lossy()
+                })
+        }
+        match self {
+            StoreError::NotFound(_) | StoreError::Busy(_) => self.to_string(),
+            StoreError::Corrupt { path, reason } => {
+                format!("{}: not a thread file: {reason}", name(path))
+            }
+            StoreError::Io { path, source } => format!("{}: {source}", name(path)),
+        }
+    }
+}
+
+/// A store failure reaches clients without the store's path; the full
+/// error is logged here.
 impl From<StoreError> for ThreadError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::NotFound(id) => ThreadError::NotFound(id),
             StoreError::Busy(_) => ThreadError::Busy(err.to_string()),
-            other => ThreadError::Store(other.to_string()),
+            other => {
+                tracing::warn!(error = %other, "thread store operation failed");
+                ThreadError::Store(other.client_text())
+            }
         }
     }
 }
@@ -608,6 +635,29 @@ impl From<StoreError> for ThreadError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_errors_reach_clients_without_directories() {
+        let io = StoreError::Io {
+            path: PathBuf::from("/home/someone/.skein/threads/t1.jsonl"),
+            source: io::Error::from_raw_os_error(28),
+        };
+        let ThreadError::Store(text) = ThreadError::from(io) else {
+            panic!("an I/O error is a store error");
+        };
+        assert!(!text.contains("/home"), "{text}");
+        assert!(text.starts_with("t1.jsonl: "), "{text}");
+        assert_eq!(text.matches("os error 28").count(), 1, "{text}");
+        let corrupt = StoreError::Corrupt {
+            path: PathBuf::from("/srv/skein/threads/t2.jsonl"),
+            reason: "no thread record".into(),
+        };
+        assert_eq!(
+            corrupt.client_text(),
+            "t2.jsonl: not a thread file: no thread record"
+        );
+        assert!(corrupt.to_string().contains("/srv/skein/threads"));
+    }
 
     fn header(id: &str) -> Record {
         Record::Thread {

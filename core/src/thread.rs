@@ -133,7 +133,7 @@ impl ThreadEntry {
             };
             file.append(&record, sync).map_err(|err| {
                 tracing::error!(thread = %entry.id, %err, "could not write thread history");
-                format!("could not write thread history: {err}")
+                format!("could not write thread history: {}", err.client_text())
             })
         };
         if sync {

@@ -49,8 +49,8 @@ pub enum RequestId<'a> {
     Number(i64),
     /// A numeric id beyond `i64`.
     Unsigned(u64),
-    /// Any other numeric id (`1.5`, `1e3`).
-    OtherNumber(&'a serde_json::Number),
+    /// Any other numeric id (`1.5`, `1E+2`, `-0`), as its JSON text.
+    OtherNumber(&'a str),
     /// A string id.
     Str(&'a str),
     /// A `null` id.
@@ -62,8 +62,7 @@ impl fmt::Display for RequestId<'_> {
         match self {
             RequestId::Number(n) => write!(f, "{n}"),
             RequestId::Unsigned(n) => write!(f, "{n}"),
-            RequestId::OtherNumber(n) => write!(f, "{n}"),
-            RequestId::Str(s) => f.write_str(s),
+            RequestId::OtherNumber(s) | RequestId::Str(s) => f.write_str(s),
             RequestId::Null => f.write_str("null"),
         }
     }
@@ -75,8 +74,8 @@ impl RequestId<'_> {
         match self {
             RequestId::Number(n) => Arc::from(itoa::Buffer::new().format(n)),
             RequestId::Unsigned(n) => Arc::from(itoa::Buffer::new().format(n)),
-            RequestId::Str(s) => Arc::from(s),
-            RequestId::OtherNumber(_) | RequestId::Null => Arc::from(self.to_string()),
+            RequestId::OtherNumber(s) | RequestId::Str(s) => Arc::from(s),
+            RequestId::Null => Arc::from("null"),
         }
     }
 }
@@ -677,18 +676,19 @@ mod tests {
             RequestId::Unsigned(u64::MAX).to_string(),
             "18446744073709551615"
         );
+        assert_eq!(RequestId::OtherNumber("1E+2").to_string(), "1E+2");
         assert_eq!(RequestId::Str("abc").to_string(), "abc");
         assert_eq!(RequestId::Null.to_string(), "null");
     }
 
     #[test]
     fn recorded_request_ids_match_their_display() {
-        let number = serde_json::Number::from_f64(1.5).expect("finite");
         for id in [
             RequestId::Number(-3),
             RequestId::Number(i64::MIN),
             RequestId::Unsigned(u64::MAX),
-            RequestId::OtherNumber(&number),
+            RequestId::OtherNumber("1.5"),
+            RequestId::OtherNumber("-0"),
             RequestId::Str("a \"b\""),
             RequestId::Null,
         ] {

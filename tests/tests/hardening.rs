@@ -197,8 +197,15 @@ async fn capability_token_upgrades_need_the_right_bearer_token() {
 const SECRET: &str = "0123456789abcdef0123456789abcdef-shared";
 
 fn jwt(claims: Value) -> String {
-    jsonwebtoken::encode(
+    jwt_with_header(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+    )
+}
+
+fn jwt_with_header(header: &jsonwebtoken::Header, claims: Value) -> String {
+    jsonwebtoken::encode(
+        header,
         &claims,
         &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
     )
@@ -231,12 +238,23 @@ async fn signed_bearer_tokens_check_expiry_not_before_issuer_and_audience() {
         }
         claims
     };
+    let without = |claim: &str| {
+        let mut claims = claims(json!({}));
+        claims.as_object_mut().expect("object").remove(claim);
+        claims
+    };
 
-    let valid = jwt(claims(json!({"nbf": now - 10})));
-    let mut ws = connect_with_token(server.ws_url(), &valid).await;
-    let init = initialize(&mut ws).await;
-    assert!(init.get("result").is_some(), "{init}");
-    ws.close(None).await.expect("close");
+    for valid in [
+        jwt(claims(json!({"nbf": now - 10}))),
+        jwt(claims(json!({"aud": ["another", "skein"]}))),
+    ] {
+        let mut ws = connect_with_token(server.ws_url(), &valid).await;
+        let init = initialize(&mut ws).await;
+        assert!(init.get("result").is_some(), "{init}");
+        ws.close(None).await.expect("close");
+    }
+    let mut crit = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    crit.crit = Some(vec!["exp".into()]);
 
     let cases = [
         (jwt(claims(json!({"exp": now - 3600}))), "token expired"),
@@ -252,6 +270,23 @@ async fn signed_bearer_tokens_check_expiry_not_before_issuer_and_audience() {
             jwt(claims(json!({"iss": "someone-else"}))),
             "issuer not accepted",
         ),
+        // A configured issuer and audience are required, and must be
+        // strings (the audience may be an array holding it).
+        (jwt(without("iss")), "required claim (iss)"),
+        (jwt(claims(json!({"iss": null}))), "required claim (iss)"),
+        (jwt(claims(json!({"iss": 1}))), "issuer not accepted"),
+        (
+            jwt(claims(json!({"iss": ["skein-tests"]}))),
+            "issuer not accepted",
+        ),
+        (jwt(without("aud")), "required claim (aud)"),
+        (jwt(claims(json!({"aud": null}))), "required claim (aud)"),
+        (jwt(claims(json!({"aud": 1}))), "audience not accepted"),
+        (
+            jwt(claims(json!({"aud": ["someone-else"]}))),
+            "audience not accepted",
+        ),
+        (jwt_with_header(&crit, claims(json!({}))), "crit header"),
         (
             jwt(json!({"iss": "skein-tests", "aud": "skein"})),
             "required claim (exp)",
@@ -437,6 +472,73 @@ async fn unusable_token_files_stop_startup() {
     .await;
     assert!(!ok, "started with a short secret:\n{stderr}");
     assert!(stderr.contains("at least 32"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_clock_skew_beyond_a_day_stops_startup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = secret_file(dir.path(), "secret", SECRET, 0o600);
+    for skew in ["86401", "2000000000"] {
+        let (ok, stderr) = Spawned::start(
+            &[
+                "--listen",
+                "ws://127.0.0.1:0",
+                "--ws-auth",
+                "signed-bearer-token",
+                "--ws-shared-secret-file",
+                secret.to_str().expect("path"),
+                "--ws-max-clock-skew-seconds",
+                skew,
+            ],
+            None,
+        )
+        .exit()
+        .await;
+        assert!(!ok, "started with a clock skew of {skew}s:\n{stderr}");
+        assert!(
+            stderr.contains("--ws-max-clock-skew-seconds") && stderr.contains("86400"),
+            "the error names the flag and its bound:\n{stderr}"
+        );
+        assert!(!stderr.contains("listening on"), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn startup_errors_give_the_os_error_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing");
+    let cases: [(Vec<&str>, &str); 2] = [
+        (
+            vec![
+                "--listen",
+                "ws://127.0.0.1:0",
+                "--ws-auth",
+                "capability-token",
+                "--ws-token-file",
+                missing.to_str().expect("path"),
+            ],
+            "(os error 2)",
+        ),
+        // TEST-NET-1: never an address of this machine.
+        (
+            vec![
+                "--listen",
+                "ws://192.0.2.1:4500",
+                "--ws-allow-unauthenticated",
+            ],
+            "(os error 99)",
+        ),
+    ];
+    for (args, os_error) in cases {
+        let (ok, stderr) = Spawned::start(&args, None).exit().await;
+        assert!(!ok, "started despite {args:?}:\n{stderr}");
+        let line = stderr
+            .lines()
+            .find(|line| line.starts_with("skein: error:"))
+            .unwrap_or_else(|| panic!("no error line:\n{stderr}"));
+        assert_eq!(line.matches(os_error).count(), 1, "{line}");
+        assert_eq!(line.matches("os error").count(), 1, "{line}");
+    }
 }
 
 #[tokio::test]

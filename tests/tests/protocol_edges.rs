@@ -131,6 +131,56 @@ async fn bad_params_get_invalid_params_naming_the_field() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_errors_name_no_server_path_and_the_os_error_once() {
+    let home = support::SkeinHome::new();
+    let mut server =
+        support::Server::start_with(Transport::Stdio, ServerOptions::default().home(&home)).await;
+    let mut client = server.connect().await;
+    client.initialize("edges", "1").await;
+    client.start_thread().await;
+    // The store's directory vanishes under the running server.
+    std::fs::remove_dir_all(home.threads_dir()).expect("remove the threads directory");
+    let home_path = home.path().to_str().expect("utf-8 path").to_owned();
+    for method in ["thread/start", "thread/list"] {
+        let response = client.request(method, json!({}), None).await;
+        assert_eq!(
+            response.error_code(),
+            -32603,
+            "{method}: {}",
+            response.message
+        );
+        let message = response.message["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            message.contains("No such file or directory (os error 2)"),
+            "{method}: the reason is given: {message}"
+        );
+        assert_eq!(
+            message.matches("os error").count(),
+            1,
+            "{method}: the OS error once: {message}"
+        );
+        assert!(
+            !message.contains(&home_path) && !message.contains("/threads"),
+            "{method}: no server path: {message}"
+        );
+    }
+    client.close().await;
+    let finished = server.shutdown().await;
+    // The server's log keeps the path.
+    assert!(
+        finished
+            .stderr()
+            .iter()
+            .any(|line| line.contains(&home_path) && line.contains("os error 2")),
+        "the log names the path:\n{}",
+        finished.stderr().join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_request_with_an_origin_header_is_refused_with_403() {
     let server = support::Server::start(Transport::WebSocket).await;
     let mut stream = TcpStream::connect(server.ws_addr())

@@ -31,6 +31,7 @@ both_transports!(
     malformed_message_gets_parse_error_and_connection_keeps_working,
     unknown_method_gets_method_not_found_and_span_named_jsonrpc_other,
     request_before_initialize_is_rejected,
+    numeric_request_ids_are_echoed_byte_for_byte,
 );
 
 /// Starts a server, connects one client and initializes it.
@@ -417,6 +418,76 @@ async fn unknown_method_gets_method_not_found_and_span_named_jsonrpc_other(trans
         Some("-32601"),
         "{span}"
     );
+}
+
+/// Numeric ids a parsed JSON number would not write back the same way.
+const NUMERIC_IDS: [&str; 6] = [
+    "18446744073709551616",
+    "1E+2",
+    "-0",
+    "1.50",
+    "123456789012345678901234567890123456789012345678901234567890",
+    "1e400",
+];
+
+/// The text of the `id` member of the answer `json`, which starts with it.
+fn answered_id_text(json: &str) -> &str {
+    let rest = json
+        .strip_prefix(r#"{"jsonrpc":"2.0","id":"#)
+        .unwrap_or_else(|| panic!("an answer starts with its id: {json}"));
+    let end = rest
+        .find(r#","result""#)
+        .or_else(|| rest.find(r#","error""#))
+        .unwrap_or_else(|| panic!("an answer has a result or an error: {json}"));
+    &rest[..end]
+}
+
+async fn numeric_request_ids_are_echoed_byte_for_byte(transport: Transport) {
+    let (server, mut client) = start_initialized(transport, ServerOptions::default()).await;
+    // Answered one by one: results and errors.
+    for text in NUMERIC_IDS {
+        for method in ["model/list", "e2e/no_such_method"] {
+            client
+                .send_raw(&format!(
+                    r#"{{"jsonrpc":"2.0","id":{text},"method":"{method}"}}"#
+                ))
+                .await;
+            let answer = client.recv_raw().await;
+            assert_eq!(answered_id_text(&answer), text, "{method}: {answer}");
+        }
+    }
+    // In a batch, each answer carries its own id.
+    let batch = NUMERIC_IDS
+        .iter()
+        .map(|text| format!(r#"{{"jsonrpc":"2.0","id":{text},"method":"model/list"}}"#))
+        .collect::<Vec<_>>()
+        .join(",");
+    client.send_raw(&format!("[{batch}]")).await;
+    let answers = client.recv_raw().await;
+    for text in NUMERIC_IDS {
+        assert!(
+            answers.contains(&format!(r#"{{"jsonrpc":"2.0","id":{text},"result""#)),
+            "the batch answer carries id {text}: {answers}"
+        );
+    }
+    client.close().await;
+    let finished = server.shutdown().await;
+    // The request spans still carry the id.
+    for text in NUMERIC_IDS {
+        for span in finished.spans_for_request(text) {
+            assert_eq!(
+                span.attr_str("jsonrpc.request.id").as_deref(),
+                Some(text),
+                "{span}"
+            );
+        }
+        assert_eq!(
+            finished.spans_for_request(text).len(),
+            3,
+            "three request spans with id {text}:\n{}",
+            finished.dump()
+        );
+    }
 }
 
 async fn request_before_initialize_is_rejected(transport: Transport) {

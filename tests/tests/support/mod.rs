@@ -1076,6 +1076,16 @@ impl Client {
         message
     }
 
+    /// The next message from the server as the exact text it was sent as
+    /// (a stdio line or a text frame), for checks a parsed [`Value`] would
+    /// hide. It is not recorded in [`Client::received`].
+    pub async fn recv_raw(&mut self) -> String {
+        let label = self.label.clone();
+        tokio::time::timeout(TIMEOUT, self.recv_text())
+            .await
+            .unwrap_or_else(|_| panic!("{label}: no message from the server within {TIMEOUT:?}"))
+    }
+
     /// Every message received so far, in arrival order.
     pub fn received(&self) -> &[Value] {
         &self.received
