@@ -177,6 +177,7 @@ pub struct ExportStats {
     exported: AtomicU64,
     failed: AtomicU64,
     rejected: AtomicU64,
+    deleted: AtomicU64,
 }
 
 impl ExportStats {
@@ -204,6 +205,12 @@ impl ExportStats {
         self.rejected.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
     }
 
+    /// Spans delivered, then deleted again by the destination's retention
+    /// (the local store's size and age limits) while this process ran.
+    pub fn deleted(&self) -> u64 {
+        self.deleted.load(Ordering::Relaxed)
+    }
+
     /// Spans accepted but neither delivered nor failed yet.
     pub fn pending(&self) -> u64 {
         self.accepted
@@ -227,6 +234,10 @@ impl ExportStats {
 
     pub(crate) fn record_rejected(&self, n: u64) {
         self.rejected.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_deleted(&self, n: u64) {
+        self.deleted.fetch_add(n, Ordering::Relaxed);
     }
 }
 

@@ -122,7 +122,8 @@ impl Telemetry {
     /// make it from a plain thread (after the runtime), never from a tokio
     /// worker.
     ///
-    /// Logs one line per export pipeline that lost spans, with the count.
+    /// Logs one line per export pipeline that lost spans, with the count,
+    /// and one per pipeline whose retention deleted spans it had written.
     pub fn shutdown(self, timeout: Duration) {
         let deadline = std::time::Instant::now() + timeout;
         if let Err(err) = self.provider.shutdown_with_timeout(timeout) {
@@ -135,8 +136,17 @@ impl Telemetry {
                 tracing::warn!(
                     pipeline = stats.name(),
                     dropped = lost,
+                    deleted_by_retention = stats.deleted(),
                     exported = stats.exported(),
                     "spans were dropped: the destination was unreachable, too slow, or shutdown ran out of time"
+                );
+            } else if stats.deleted() > 0 {
+                tracing::info!(
+                    pipeline = stats.name(),
+                    dropped = 0,
+                    deleted_by_retention = stats.deleted(),
+                    exported = stats.exported(),
+                    "spans were deleted by retention: the store's size or age limits deleted older files"
                 );
             } else {
                 tracing::debug!(
