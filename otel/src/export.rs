@@ -24,7 +24,7 @@ use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Span, SpanData, SpanExporter, SpanProcessor,
 };
 
-use crate::otlp_connection::{Connection, ConnectionError, Signal, is_https};
+use crate::otlp_connection::{Connection, ConnectionError, Signal, check_endpoint, is_https};
 
 /// Spans one pipeline holds at most (queued or being exported).
 pub const MAX_PENDING_SPANS: u64 = 2048;
@@ -473,6 +473,9 @@ pub fn otlp_processor(
     settings: &OtlpSettings,
 ) -> Result<(CountingProcessor, Arc<ExportStats>), ExportSetupError> {
     let protocol = settings.resolved_protocol()?;
+    if let Some(endpoint) = &settings.endpoint {
+        check_endpoint("--otlp-endpoint", endpoint)?;
+    }
     let connection = Connection::from_env(Signal::Traces)?;
     let stats = ExportStats::new("otlp");
     let delay = batch_delay(std::env::var("OTEL_BSP_SCHEDULE_DELAY").ok().as_deref());

@@ -753,16 +753,28 @@ async fn mutual_tls_refuses_export_without_a_client_certificate_and_keeps_servin
 /// Runs `skein serve` exporting over `protocol` to an `https://` endpoint
 /// with `env`, expecting it to refuse to start; returns its stderr.
 async fn refused_start(protocol: &str, env: &[(&str, &str)]) -> String {
+    refused_serve(
+        &[
+            "--otlp-endpoint",
+            "https://127.0.0.1:9",
+            "--otlp-protocol",
+            protocol,
+        ],
+        env,
+    )
+    .await
+}
+
+/// Runs `skein serve --trace-dir none ARGS` with `env` (and no other
+/// `OTEL_` variable), expecting it to refuse to start; returns its stderr.
+async fn refused_serve(args: &[&str], env: &[(&str, &str)]) -> String {
     let home = tempfile::tempdir().expect("SKEIN_HOME");
     let mut command = tokio::process::Command::new(support::skein_bin());
     command
         .arg("serve")
         .arg("--trace-dir")
         .arg("none")
-        .arg("--otlp-endpoint")
-        .arg("https://127.0.0.1:9")
-        .arg("--otlp-protocol")
-        .arg(protocol)
+        .args(args)
         .env("SKEIN_HOME", home.path())
         .stdin(std::process::Stdio::null());
     for (key, _) in std::env::vars_os() {
@@ -778,9 +790,61 @@ async fn refused_start(protocol: &str, env: &[(&str, &str)]) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(
         !output.status.success(),
-        "startup must fail with {env:?}; stderr:\n{stderr}"
+        "startup must fail with {args:?} {env:?}; stderr:\n{stderr}"
     );
     stderr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_endpoint_headers_or_timeout_variable_stops_startup_naming_it() {
+    for protocol in ["http/protobuf", "grpc"] {
+        let with = |var: &'static str, value: &'static str| {
+            [
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+                (var, value),
+            ]
+        };
+        for (env, expected) in [
+            (
+                with("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://127.0.0.1:21"),
+                "OTEL_EXPORTER_OTLP_ENDPOINT=\"ftp://127.0.0.1:21\": an OTLP endpoint must be an http:// or https:// URL",
+            ),
+            (
+                with(
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "unix:///tmp/otlp.sock",
+                ),
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=\"unix:///tmp/otlp.sock\": an OTLP endpoint must be",
+            ),
+            (
+                with(
+                    "OTEL_EXPORTER_OTLP_HEADERS",
+                    "api-key=s3cret,no-equals-sign",
+                ),
+                "OTEL_EXPORTER_OTLP_HEADERS: item 2 has no '='",
+            ),
+            (
+                with("OTEL_EXPORTER_OTLP_TIMEOUT", "0"),
+                "OTEL_EXPORTER_OTLP_TIMEOUT=\"0\": expected a whole number of milliseconds, more than 0",
+            ),
+        ] {
+            let stderr = refused_serve(&[], &env).await;
+            assert!(
+                stderr.contains(expected),
+                "{protocol} with {env:?}: expected {expected:?} in:\n{stderr}"
+            );
+            assert!(
+                !stderr.contains("s3cret"),
+                "a header value is shown:\n{stderr}"
+            );
+        }
+    }
+    let stderr = refused_serve(&["--otlp-endpoint", "ftp://127.0.0.1:21"], &[]).await;
+    assert!(
+        stderr.contains("--otlp-endpoint=\"ftp://127.0.0.1:21\": an OTLP endpoint must be"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
