@@ -325,6 +325,7 @@ pub fn otlp_meter_provider(
                 protocol,
                 settings.signal_endpoint(protocol, "/v1/metrics"),
                 &connection,
+                Arc::default(),
             )?
             .build()
             .map_err(otlp_error)?;

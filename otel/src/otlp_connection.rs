@@ -365,6 +365,8 @@ pub struct Connection {
     insecure: bool,
     /// The endpoint from the environment (signal-specific, else generic).
     env_endpoint: Option<String>,
+    /// Whether that endpoint came from the signal-specific variable.
+    env_endpoint_is_signal: bool,
     timeout: Duration,
 }
 
@@ -412,6 +414,9 @@ impl Connection {
             ca,
             identity,
             insecure,
+            env_endpoint_is_signal: env_endpoint
+                .as_ref()
+                .is_some_and(|s| s.var.contains(signal.infix())),
             env_endpoint: env_endpoint.map(|s| s.value),
             timeout,
         })
@@ -420,6 +425,20 @@ impl Connection {
     /// The export timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// The URL an HTTP exporter posts to, as the exporter resolves it (for
+    /// messages): `flag` with `path` (`/v1/traces`) appended, else the
+    /// signal's variable as given, else the generic one with `path`, else
+    /// the default `http://localhost:4318` with `path`.
+    pub fn http_endpoint(&self, flag: Option<&str>, path: &str) -> String {
+        let with_path = |base: &str| format!("{}{path}", base.trim_end_matches('/'));
+        match (flag, &self.env_endpoint) {
+            (Some(flag), _) => with_path(flag),
+            (None, Some(env)) if self.env_endpoint_is_signal => env.clone(),
+            (None, Some(env)) => with_path(env),
+            (None, None) => with_path("http://localhost:4318"),
+        }
     }
 
     /// The gRPC endpoint: `flag`, else the environment's, else

@@ -910,3 +910,73 @@ async fn an_unusable_tls_file_stops_startup_naming_variable_and_file() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_collector_is_reported_once_per_episode_with_every_trust_setup() {
+    let pki = Pki::new();
+    for wire in [Wire::Http, Wire::Grpc] {
+        // A CA file of Skein's own, and the system store (which
+        // rustls-native-certs reads from SSL_CERT_FILE): neither trusts
+        // the CA that signed the receiver's certificate.
+        for trust in ["OTEL_EXPORTER_OTLP_CERTIFICATE", "SSL_CERT_FILE"] {
+            let setup = format!("{wire:?} with {trust}");
+            let mut receiver = Receiver::start(wire, Security::Tls, &pki).await;
+            let options = export_to(wire, &receiver.https_url())
+                .env(trust, path_str(&pki.other_ca_file))
+                .env("OTEL_BSP_SCHEDULE_DELAY", "20")
+                .env("OTEL_METRICS_EXPORTER", "none")
+                .env("OTEL_EXPORTER_OTLP_TIMEOUT", "2000")
+                .arg("--shutdown-timeout")
+                .arg("2");
+            let mut server = Server::start_with(Transport::Stdio, options).await;
+            let mut client = server.connect().await;
+            client.initialize("otlp-tls-e2e", "1.0.0").await;
+            // Several exports, each refused at the handshake.
+            for attempt in 1..=3 {
+                client.request(METHOD, json!({}), None).await.result();
+                let refused = tokio::time::timeout(
+                    TIMEOUT,
+                    receiver.refused.wait_for(|all| all.len() >= attempt),
+                )
+                .await;
+                assert!(
+                    refused.is_ok_and(|r| r.is_ok()),
+                    "{setup}: no refused handshake {attempt}; {}",
+                    receiver.summary()
+                );
+            }
+            // The first failure is logged while the server runs, with the
+            // endpoint and the reason.
+            let first = server
+                .wait_for_stderr(|line| line.contains("OTLP export failed"))
+                .await;
+            assert!(
+                first.contains("WARN") && first.contains(&receiver.https_url()),
+                "{setup}: the first failure names the endpoint: {first}"
+            );
+            assert!(
+                first.contains("UnknownIssuer") || first.contains("certificate"),
+                "{setup}: the first failure gives the reason: {first}"
+            );
+            let finished = server.shutdown().await;
+            let stderr = finished.stderr();
+            let firsts = stderr
+                .iter()
+                .filter(|l| l.contains("OTLP export failed"))
+                .count();
+            assert_eq!(firsts, 1, "{setup}: one first-failure line: {stderr:#?}");
+            assert!(
+                !stderr.iter().any(|l| l.contains("ERROR")),
+                "{setup}: no ERROR line per attempt: {stderr:#?}"
+            );
+            assert!(
+                stderr
+                    .iter()
+                    .any(|l| l.contains("OTLP export was still failing at shutdown")
+                        && l.contains(&receiver.https_url())
+                        && l.contains("failed_exports=")),
+                "{setup}: a summary at shutdown: {stderr:#?}"
+            );
+        }
+    }
+}
