@@ -81,8 +81,11 @@ struct ServeArgs {
     trace_max_file_size: u64,
 
     /// Keep at most this much in the local store directory, counting every
-    /// process's files: past it, the oldest closed files are deleted (a
-    /// file another live process writes never is).
+    /// process's files: the oldest closed files are deleted until the
+    /// closed files, plus each file being written counted at
+    /// --trace-max-file-size, fit (a file another live process writes
+    /// never is). Spans deleted are counted, as `deleted_by_retention` at
+    /// shutdown.
     #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
     trace_max_total_size: u64,
 

@@ -9,9 +9,9 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use opentelemetry::Context;
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
@@ -24,7 +24,9 @@ use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Span, SpanData, SpanExporter, SpanProcessor,
 };
 
-use crate::otlp_connection::{Connection, ConnectionError, Signal, is_https};
+use crate::otlp_connection::{
+    Connection, ConnectionError, Signal, check_endpoint, error_chain, is_https,
+};
 
 /// Spans one pipeline holds at most (queued or being exported).
 pub const MAX_PENDING_SPANS: u64 = 2048;
@@ -177,6 +179,7 @@ pub struct ExportStats {
     exported: AtomicU64,
     failed: AtomicU64,
     rejected: AtomicU64,
+    deleted: AtomicU64,
 }
 
 impl ExportStats {
@@ -204,6 +207,12 @@ impl ExportStats {
         self.rejected.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
     }
 
+    /// Spans delivered, then deleted again by the destination's retention
+    /// (the local store's size and age limits) while this process ran.
+    pub fn deleted(&self) -> u64 {
+        self.deleted.load(Ordering::Relaxed)
+    }
+
     /// Spans accepted but neither delivered nor failed yet.
     pub fn pending(&self) -> u64 {
         self.accepted
@@ -228,23 +237,193 @@ impl ExportStats {
     pub(crate) fn record_rejected(&self, n: u64) {
         self.rejected.fetch_add(n, Ordering::Relaxed);
     }
+
+    pub(crate) fn record_deleted(&self, n: u64) {
+        self.deleted.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
-/// Counts what its exporter delivers and fails to deliver.
+/// How often a failure episode that goes on is summarized again.
+const STILL_FAILING_EVERY: Duration = Duration::from_secs(60);
+
+/// The reason of the last failed HTTP request of an exporter: the OTLP
+/// HTTP exporter's own error says only "network error".
+#[derive(Debug, Default)]
+pub(crate) struct LastHttpError(Mutex<Option<String>>);
+
+impl LastHttpError {
+    fn take(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// The HTTP client handed to an OTLP HTTP exporter: Skein's reqwest
+/// client, keeping the reason (the error and its sources: a refused
+/// connection, an untrusted certificate) of each failed request.
+#[derive(Debug)]
+pub(crate) struct ReportingHttpClient {
+    inner: reqwest::blocking::Client,
+    last_error: Arc<LastHttpError>,
+}
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for ReportingHttpClient {
+    async fn send_bytes(
+        &self,
+        request: opentelemetry_http::Request<opentelemetry_http::Bytes>,
+    ) -> Result<
+        opentelemetry_http::Response<opentelemetry_http::Bytes>,
+        opentelemetry_http::HttpError,
+    > {
+        let result = self.inner.send_bytes(request).await;
+        if let Err(err) = &result {
+            *self.last_error.0.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(error_chain(err.as_ref()));
+        }
+        result
+    }
+}
+
+/// Failure episodes of one OTLP exporter, logged the same whatever the
+/// protocol and trust setup: the first failure of an episode as a warning
+/// with the endpoint and the reason, then nothing per attempt, a summary
+/// each [`STILL_FAILING_EVERY`] while it goes on, one when export works
+/// again, and one at shutdown if it never did.
+#[derive(Debug)]
+pub(crate) struct ExportHealth {
+    /// `spans` or `metrics`.
+    signal: &'static str,
+    endpoint: String,
+    last_http_error: Arc<LastHttpError>,
+    episode: Mutex<Option<Episode>>,
+}
+
+#[derive(Debug)]
+struct Episode {
+    started: Instant,
+    failed_exports: u64,
+    /// Spans (or metric exports) lost in the episode.
+    lost: u64,
+    reason: String,
+    last_summary: Instant,
+}
+
+impl ExportHealth {
+    pub(crate) fn new(signal: &'static str, endpoint: String, last: Arc<LastHttpError>) -> Self {
+        Self {
+            signal,
+            endpoint,
+            last_http_error: last,
+            episode: Mutex::new(None),
+        }
+    }
+
+    fn episode(&self) -> std::sync::MutexGuard<'_, Option<Episode>> {
+        self.episode.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An export of `lost` items failed with `err`.
+    pub(crate) fn failed(&self, err: &dyn fmt::Display, lost: u64) {
+        let reason = match self.last_http_error.take() {
+            Some(http) => format!("{err}: {http}"),
+            None => err.to_string(),
+        };
+        let mut episode = self.episode();
+        match episode.as_mut() {
+            None => {
+                tracing::warn!(
+                    signal = self.signal,
+                    endpoint = %self.endpoint,
+                    %reason,
+                    "OTLP export failed; its data is dropped and counted, and further failures are summarized until export works again"
+                );
+                let now = Instant::now();
+                *episode = Some(Episode {
+                    started: now,
+                    failed_exports: 1,
+                    lost,
+                    reason,
+                    last_summary: now,
+                });
+            }
+            Some(ongoing) => {
+                ongoing.failed_exports += 1;
+                ongoing.lost += lost;
+                ongoing.reason = reason;
+                if ongoing.last_summary.elapsed() >= STILL_FAILING_EVERY {
+                    ongoing.last_summary = Instant::now();
+                    tracing::warn!(
+                        signal = self.signal,
+                        endpoint = %self.endpoint,
+                        failed_exports = ongoing.failed_exports,
+                        lost = ongoing.lost,
+                        failing_for_s = ongoing.started.elapsed().as_secs(),
+                        reason = %ongoing.reason,
+                        "OTLP export still failing"
+                    );
+                }
+            }
+        }
+    }
+
+    /// An export succeeded: ends an episode.
+    pub(crate) fn succeeded(&self) {
+        let Some(ended) = self.episode().take() else {
+            return;
+        };
+        tracing::info!(
+            signal = self.signal,
+            endpoint = %self.endpoint,
+            failed_exports = ended.failed_exports,
+            lost = ended.lost,
+            failed_for_s = ended.started.elapsed().as_secs(),
+            "OTLP export works again"
+        );
+    }
+
+    /// At shutdown: summarizes an episode still going on.
+    pub(crate) fn report_at_shutdown(&self) {
+        let Some(ongoing) = self.episode().take() else {
+            return;
+        };
+        tracing::warn!(
+            signal = self.signal,
+            endpoint = %self.endpoint,
+            failed_exports = ongoing.failed_exports,
+            lost = ongoing.lost,
+            failing_for_s = ongoing.started.elapsed().as_secs(),
+            reason = %ongoing.reason,
+            "OTLP export was still failing at shutdown"
+        );
+    }
+}
+
+/// Counts what its exporter delivers and fails to deliver, and reports
+/// failure episodes.
 #[derive(Debug)]
 pub struct CountingExporter<E> {
     inner: E,
     stats: Arc<ExportStats>,
+    health: Option<Arc<ExportHealth>>,
 }
 
 impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let count = batch.len() as u64;
         let result = self.inner.export(batch).await;
-        let counter = if result.is_ok() {
-            &self.stats.exported
-        } else {
-            &self.stats.failed
+        let counter = match &result {
+            Ok(()) => {
+                if let Some(health) = &self.health {
+                    health.succeeded();
+                }
+                &self.stats.exported
+            }
+            Err(err) => {
+                if let Some(health) = &self.health {
+                    health.failed(err, count);
+                }
+                &self.stats.failed
+            }
         };
         counter.fetch_add(count, Ordering::Relaxed);
         result
@@ -255,7 +434,11 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
+        let result = self.inner.shutdown_with_timeout(timeout);
+        if let Some(health) = &self.health {
+            health.report_at_shutdown();
+        }
+        result
     }
 
     fn set_resource(&mut self, resource: &Resource) {
@@ -278,9 +461,21 @@ impl CountingProcessor {
         stats: Arc<ExportStats>,
         delay: Duration,
     ) -> Self {
+        Self::with_health(exporter, stats, delay, None)
+    }
+
+    /// Like [`CountingProcessor::new`], reporting failure episodes to
+    /// `health`.
+    pub(crate) fn with_health<E: SpanExporter + 'static>(
+        exporter: E,
+        stats: Arc<ExportStats>,
+        delay: Duration,
+        health: Option<Arc<ExportHealth>>,
+    ) -> Self {
         let exporter = CountingExporter {
             inner: exporter,
             stats: Arc::clone(&stats),
+            health,
         };
         let inner = BatchSpanProcessor::builder(exporter)
             .with_batch_config(
@@ -394,17 +589,23 @@ impl<E: PushMetricExporter> PushMetricExporter for OwnRuntimeExporter<E> {
 /// Sets up an HTTP exporter builder (spans or metrics) for `protocol`:
 /// the flag endpoint when there is one (else the exporter reads the
 /// standard environment), the timeout, and the HTTP client that carries
-/// the connection's TLS settings.
+/// the connection's TLS settings and keeps failures' reasons in
+/// `last_error`.
 pub(crate) fn configure_http<B: WithExportConfig + WithHttpConfig>(
     builder: B,
     protocol: OtlpProtocol,
     endpoint: Option<String>,
     connection: &Connection,
+    last_error: Arc<LastHttpError>,
 ) -> Result<B, ExportSetupError> {
+    let client = ReportingHttpClient {
+        inner: connection.http_client()?,
+        last_error,
+    };
     let builder = builder
         .with_protocol(protocol.wire())
         .with_timeout(connection.timeout())
-        .with_http_client(connection.http_client()?);
+        .with_http_client(client);
     Ok(match endpoint {
         Some(endpoint) => builder.with_endpoint(endpoint),
         None => builder,
@@ -462,10 +663,22 @@ pub fn otlp_processor(
     settings: &OtlpSettings,
 ) -> Result<(CountingProcessor, Arc<ExportStats>), ExportSetupError> {
     let protocol = settings.resolved_protocol()?;
+    if let Some(endpoint) = &settings.endpoint {
+        check_endpoint("--otlp-endpoint", endpoint)?;
+    }
     let connection = Connection::from_env(Signal::Traces)?;
     let stats = ExportStats::new("otlp");
     let delay = batch_delay(std::env::var("OTEL_BSP_SCHEDULE_DELAY").ok().as_deref());
     let otlp_error = ExportSetupError::otlp(protocol);
+    let last_error = Arc::new(LastHttpError::default());
+    let health = Arc::new(ExportHealth::new(
+        "spans",
+        match protocol {
+            OtlpProtocol::Grpc => connection.grpc_endpoint(settings.endpoint.as_deref()),
+            _ => connection.http_endpoint(settings.endpoint.as_deref(), "/v1/traces"),
+        },
+        Arc::clone(&last_error),
+    ));
     let processor = match protocol {
         OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
             let builder = configure_http(
@@ -473,9 +686,10 @@ pub fn otlp_processor(
                 protocol,
                 settings.explicit_endpoint(protocol),
                 &connection,
+                last_error,
             )?;
             let exporter = builder.build().map_err(otlp_error)?;
-            CountingProcessor::new(exporter, Arc::clone(&stats), delay)
+            CountingProcessor::with_health(exporter, Arc::clone(&stats), delay, Some(health))
         }
         OtlpProtocol::Grpc => {
             let exporter = OwnRuntimeExporter::build("skein-otlp-grpc", || {
@@ -487,7 +701,7 @@ pub fn otlp_processor(
                 .build()
                 .map_err(otlp_error)
             })?;
-            CountingProcessor::new(exporter, Arc::clone(&stats), delay)
+            CountingProcessor::with_health(exporter, Arc::clone(&stats), delay, Some(health))
         }
     };
     Ok((processor, stats))

@@ -12,12 +12,14 @@
 //!
 //! Retention ([`Retention`]): a process starts a new file once its file
 //! would grow past the size limit (a check of a byte counter per line, no
-//! `stat`), and then deletes the oldest closed files of the directory
-//! while the store is over its total size, and any closed file not written
-//! for longer than the age limit (also checked every few minutes). A
-//! process holds a shared `flock` on the file it writes; only files that
-//! can be locked exclusively are deleted, so another live process's file
-//! never is.
+//! `stat`; lines are at most an eighth of the limit), and before writing
+//! to it deletes the oldest closed files of the directory until the closed
+//! files, plus every file being written counted at the size limit, fit the
+//! total size, and any closed file not written for longer than the age
+//! limit (also checked every few minutes). A process holds a shared
+//! `flock` on the file it writes; only files that can be locked
+//! exclusively are deleted, so another live process's file never is. The
+//! spans deleted are counted ([`ExportStats::deleted`]).
 //!
 //! A store that cannot be written (a full disk, a removed or read-only
 //! directory) drops spans and counts them in [`ExportStats`]; a line cut
@@ -30,6 +32,7 @@
 //! ids, supersedes it.
 
 use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -55,6 +58,13 @@ pub const STORE_FILE_EXTENSION: &str = "jsonl";
 const MAX_BUFFERED_BYTES: usize = 32 * 1024 * 1024;
 /// Encoded spans that make the writer thread write at once.
 const WRITE_AT_BYTES: usize = 256 * 1024;
+/// The most encoded span bytes one line holds, at most, is this fraction
+/// of the file size limit (and never more than [`WRITE_AT_BYTES`]): a
+/// burst is written as as many lines as it takes, each checked against
+/// the limit, so a file is rotated before it passes the limit.
+const LINES_PER_FILE: u64 = 8;
+/// Emptied batches kept for reuse.
+const SPARE_BATCHES: usize = 2;
 /// How long a finished span may wait in memory before it is written.
 const WRITE_INTERVAL: Duration = Duration::from_millis(100);
 /// How often a store that does not rotate still deletes files past the
@@ -159,12 +169,15 @@ pub fn parse_age(text: &str) -> Result<Duration, RetentionParseError> {
 /// Spans are encoded by the thread that ends them (so the cost is spread
 /// over the threads doing the work, and nothing queues the SDK's span
 /// objects), appended to an in-memory buffer, and written out by one writer
-/// thread as a line per burst: at most [`WRITE_INTERVAL`] after a span
-/// ended, or at once when a burst fills [`WRITE_AT_BYTES`].
+/// thread at most [`WRITE_INTERVAL`] after a span ended, or at once when a
+/// line's worth of spans is waiting. A line holds at most an eighth of the
+/// file size limit (a single span larger than that is a line of its own).
 #[derive(Debug)]
 pub struct LocalStore {
     dir: PathBuf,
     retention: Retention,
+    /// Encoded span bytes one line holds at most (see [`LINES_PER_FILE`]).
+    line_bytes: usize,
     resource: Mutex<Arc<EncodedResource>>,
     pending: Mutex<Pending>,
     wake: Condvar,
@@ -186,6 +199,11 @@ struct Current {
     file: Option<File>,
     /// Bytes in the file: the size limit is checked against this.
     written: u64,
+    /// Span records written to the file.
+    spans: u64,
+    /// The span records of this process's closed files, by path, so that
+    /// a sweep deleting one need not read it to count them.
+    closed: HashMap<PathBuf, u64>,
     /// When the directory was last swept.
     last_sweep: Option<Instant>,
     /// The last write failed (logged once until a write succeeds).
@@ -206,11 +224,34 @@ fn file_name(millis: u128) -> String {
     )
 }
 
+/// Spans waiting for the writer thread.
 #[derive(Debug, Default)]
 struct Pending {
-    groups: SpanGroups,
+    /// A line's worth of spans each, oldest first; spans are added to the
+    /// last one until it is full.
+    batches: VecDeque<Batch>,
+    /// Encoded bytes in all batches.
     bytes: usize,
     closed: bool,
+    /// Emptied batches, for reuse.
+    spare: Vec<SpanGroups>,
+}
+
+impl Pending {
+    /// Whether the writer should write now rather than let a burst gather:
+    /// a line's worth is waiting, or enough for a write, or the store is
+    /// closing.
+    fn ready(&self) -> bool {
+        self.batches.len() > 1 || self.bytes >= WRITE_AT_BYTES || self.closed
+    }
+}
+
+/// The spans of one line.
+#[derive(Debug, Default)]
+struct Batch {
+    groups: SpanGroups,
+    /// Their encoded bytes.
+    bytes: usize,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -260,11 +301,16 @@ impl LocalStore {
                 millis,
                 file: None,
                 written: 0,
+                spans: 0,
+                closed: HashMap::new(),
                 last_sweep: None,
                 failing: false,
             }),
             dir,
             retention,
+            line_bytes: usize::try_from(retention.max_file_bytes / LINES_PER_FILE)
+                .unwrap_or(usize::MAX)
+                .clamp(1, WRITE_AT_BYTES),
             resource: Mutex::new(Arc::new(EncodedResource::new(
                 &Resource::builder_empty().build(),
             ))),
@@ -330,21 +376,35 @@ impl LocalStore {
                 let Some((scope, key)) = last.as_ref() else {
                     return;
                 };
+                let len = buf.len() + 1;
                 let mut pending = lock(&self.pending);
-                if pending.closed || pending.bytes + buf.len() > MAX_BUFFERED_BYTES {
+                if pending.closed || pending.bytes + len > MAX_BUFFERED_BYTES {
                     drop(pending);
                     self.stats.record_rejected(1);
                     return;
                 }
+                let was_ready = pending.ready();
+                let first = pending.batches.is_empty();
+                if pending
+                    .batches
+                    .back()
+                    .is_none_or(|b| b.bytes > 0 && b.bytes + len > self.line_bytes)
+                {
+                    let groups = pending.spare.pop().unwrap_or_default();
+                    pending.batches.push_back(Batch { groups, bytes: 0 });
+                }
+                let Some(batch) = pending.batches.back_mut() else {
+                    return;
+                };
+                batch.groups.push(scope, key, buf);
+                batch.bytes += len;
+                pending.bytes += len;
                 // The writer sleeps until a burst starts (to time it) and
-                // until a burst is full.
-                let first = pending.groups.is_empty();
-                pending.groups.push(scope, key, buf);
-                pending.bytes += buf.len() + 1;
-                let full = pending.bytes >= WRITE_AT_BYTES;
+                // until it is ready to be written.
+                let wake = first || (!was_ready && pending.ready());
                 drop(pending);
                 self.stats.record_accepted(1);
-                if first || full {
+                if wake {
                     self.wake.notify_one();
                 }
             });
@@ -354,38 +414,61 @@ impl LocalStore {
         }
     }
 
-    /// The writer thread: writes a line whenever a burst is full or a span
-    /// waited [`WRITE_INTERVAL`], until the store is closed and drained.
+    /// The writer thread: writes what is waiting whenever a line's worth
+    /// is or a span waited [`WRITE_INTERVAL`], until the store is closed
+    /// and drained.
     fn write_loop(&self) {
-        let mut spare = SpanGroups::default();
         let mut line = Vec::new();
         loop {
             let mut pending = lock(&self.pending);
-            while pending.groups.is_empty() && !pending.closed {
+            while pending.batches.is_empty() && !pending.closed {
                 pending = self.wake.wait(pending).unwrap_or_else(|p| p.into_inner());
             }
-            if pending.groups.is_empty() && pending.closed {
+            if pending.batches.is_empty() && pending.closed {
                 return;
             }
-            if pending.bytes < WRITE_AT_BYTES && !pending.closed {
+            if !pending.ready() {
                 // Let a burst gather, for at most the write interval.
                 pending = self
                     .wake
-                    .wait_timeout_while(pending, WRITE_INTERVAL, |p| {
-                        p.bytes < WRITE_AT_BYTES && !p.closed
-                    })
+                    .wait_timeout_while(pending, WRITE_INTERVAL, |p| !p.ready())
                     .map(|(guard, _)| guard)
                     .unwrap_or_else(|p| p.into_inner().0);
             }
-            std::mem::swap(&mut pending.groups, &mut spare);
-            pending.bytes = 0;
             drop(pending);
-            self.write_groups(&mut spare, &mut line);
+            self.write_pending(&mut line);
+        }
+    }
+
+    /// Writes the batches waiting now, a line each, in order. Holding the
+    /// file while taking them keeps the writer thread and [`Self::flush`]
+    /// from writing them out of order, and makes a flush return only once
+    /// every span queued before it is written.
+    fn write_pending(&self, line: &mut Vec<u8>) {
+        let mut current = lock(&self.file);
+        let waiting = lock(&self.pending).batches.len();
+        for _ in 0..waiting {
+            let batch = {
+                let mut pending = lock(&self.pending);
+                let batch = pending.batches.pop_front();
+                if let Some(batch) = &batch {
+                    pending.bytes -= batch.bytes;
+                }
+                batch
+            };
+            let Some(mut batch) = batch else {
+                break;
+            };
+            self.write_batch(&mut current, &mut batch.groups, line);
+            let mut pending = lock(&self.pending);
+            if pending.spare.len() < SPARE_BATCHES {
+                pending.spare.push(batch.groups);
+            }
         }
     }
 
     /// Writes `groups` as one line (and empties them).
-    fn write_groups(&self, groups: &mut SpanGroups, line: &mut Vec<u8>) {
+    fn write_batch(&self, current: &mut Current, groups: &mut SpanGroups, line: &mut Vec<u8>) {
         if groups.is_empty() {
             return;
         }
@@ -393,8 +476,11 @@ impl LocalStore {
         line.clear();
         let resource = Arc::clone(&lock(&self.resource));
         groups.write_line(&resource, line);
-        match self.write_line(line) {
-            Ok(()) => self.stats.record_exported(count),
+        match self.write_line(current, line) {
+            Ok(()) => {
+                current.spans += count;
+                self.stats.record_exported(count);
+            }
             Err(err) => {
                 self.stats.record_failed(count);
                 tracing::debug!(%err, "could not write spans to the local store");
@@ -407,20 +493,44 @@ impl LocalStore {
 
     /// Appends one whole line to the file, opening it on first use and
     /// starting a new file when this one would grow past the size limit.
-    fn write_line(&self, line: &[u8]) -> std::io::Result<()> {
-        let mut current = lock(&self.file);
+    /// The directory is swept before the first line of each file (and
+    /// every few minutes), so the room the new file may take is made
+    /// before it takes any. Closing the old file, the sweep and creating
+    /// the new file happen under the directory's lock, so that processes
+    /// sharing the store sweep one at a time, each seeing the files the
+    /// others write.
+    fn write_line(&self, current: &mut Current, line: &[u8]) -> std::io::Result<()> {
         let len = line.len() as u64;
-        if current.written > 0
-            && current.written.saturating_add(len) > self.retention.max_file_bytes
-        {
+        let rotate = current.written > 0
+            && current.written.saturating_add(len) > self.retention.max_file_bytes;
+        let sweep_due = rotate
+            || current
+                .last_sweep
+                .is_none_or(|at| at.elapsed() >= AGE_SWEEP_INTERVAL);
+        let dir_lock = if sweep_due { lock_dir(&self.dir) } else { None };
+        if rotate {
             // The old file is closed (and its lock released) here.
             current.file = None;
+            let spans = std::mem::take(&mut current.spans);
+            let closed = std::mem::replace(&mut current.path, PathBuf::new());
+            current.closed.insert(closed, spans);
             current.millis = (current.millis + 1).max(unix_millis());
             current.path = self.dir.join(file_name(current.millis));
             current.written = 0;
-            current.last_sweep = None;
         }
-        let result = self.append_to_current(&mut current, line);
+        if sweep_due {
+            current.last_sweep = Some(Instant::now());
+            let swept = sweep(
+                &self.dir,
+                &current.path,
+                &self.retention,
+                SystemTime::now(),
+                &mut current.closed,
+            );
+            self.stats.record_deleted(swept.spans);
+        }
+        let result = self.append_to_current(current, line);
+        drop(dir_lock);
         match &result {
             Ok(()) if current.failing => {
                 current.failing = false;
@@ -434,13 +544,6 @@ impl LocalStore {
                 );
             }
             _ => {}
-        }
-        if current
-            .last_sweep
-            .is_none_or(|at| at.elapsed() >= AGE_SWEEP_INTERVAL)
-        {
-            current.last_sweep = Some(Instant::now());
-            sweep(&self.dir, &current.path, &self.retention, SystemTime::now());
         }
         result
     }
@@ -477,13 +580,7 @@ impl LocalStore {
 
     /// Writes everything queued so far, then syncs the file.
     pub fn flush(&self) -> OTelSdkResult {
-        let mut groups = {
-            let mut pending = lock(&self.pending);
-            pending.bytes = 0;
-            std::mem::take(&mut pending.groups)
-        };
-        let mut line = Vec::new();
-        self.write_groups(&mut groups, &mut line);
+        self.write_pending(&mut Vec::new());
         self.sync()
     }
 
@@ -574,34 +671,67 @@ impl SpanProcessor for LocalStoreProcessor {
 }
 
 /// Opens `path` for appending, with a shared lock held, and returns it
-/// with its length. Creates the directory again if it was removed.
+/// with its length. Creates the file (and the directory again, if it was
+/// removed) when missing.
 fn open_locked(path: &Path) -> std::io::Result<(File, u64)> {
     let context = |e: std::io::Error| {
         std::io::Error::new(e.kind(), format!("opening {}: {e}", path.display()))
     };
-    let open = || OpenOptions::new().create(true).append(true).open(path);
-    let file = match open() {
+    // An existing file: this process's, reopened after a failed write.
+    let file = match OpenOptions::new().append(true).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return create_locked(path),
+        Err(e) => return Err(context(e)),
+    };
+    file.lock_shared().map_err(context)?;
+    let metadata = file.metadata().map_err(context)?;
+    // Another process's sweep may have deleted the file between the open
+    // and the lock: then write a fresh one.
+    if !same_file(&metadata, path) {
+        drop(file);
+        return create_locked(path);
+    }
+    Ok((file, metadata.len()))
+}
+
+/// Creates `path`, empty, with a shared lock held. The file is created
+/// and locked under a name that is not a store file's, then renamed: a
+/// sweep never sees it unlocked, so it always counts it as a file being
+/// written.
+fn create_locked(path: &Path) -> std::io::Result<(File, u64)> {
+    let context = |e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("creating {}: {e}", path.display()))
+    };
+    let fresh = path.with_extension("new");
+    // Left over by a process of the same id that died before the rename.
+    let _ = fs::remove_file(&fresh);
+    let create = || OpenOptions::new().create(true).append(true).open(&fresh);
+    let file = match create() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent() {
                 fs::create_dir_all(dir).map_err(context)?;
             }
-            open()
+            create()
         }
         other => other,
     }
     .map_err(context)?;
-    file.lock_shared().map_err(context)?;
-    let metadata = file.metadata().map_err(context)?;
-    // Another process's sweep may have deleted the file between its
-    // creation and the lock: then write a fresh one.
-    if !same_file(&metadata, path) {
-        drop(file);
-        let file = open().map_err(context)?;
-        file.lock_shared().map_err(context)?;
-        let len = file.metadata().map_err(context)?.len();
-        return Ok((file, len));
+    let locked = file.lock_shared().and_then(|()| fs::rename(&fresh, path));
+    if let Err(e) = locked {
+        let _ = fs::remove_file(&fresh);
+        return Err(context(e));
     }
-    Ok((file, metadata.len()))
+    Ok((file, 0))
+}
+
+/// Takes the exclusive lock of the store directory (a `flock` on the
+/// directory itself), waiting for another process's sweep to finish.
+/// `None` when the directory cannot be locked (it was removed): the sweep
+/// then goes ahead alone.
+fn lock_dir(dir: &Path) -> Option<File> {
+    let handle = File::open(dir).ok()?;
+    handle.lock().ok()?;
+    Some(handle)
 }
 
 #[cfg(unix)]
@@ -615,51 +745,129 @@ fn same_file(_open: &fs::Metadata, path: &Path) -> bool {
     path.exists()
 }
 
+/// What a sweep deleted.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// The deleted files.
+    pub files: Vec<PathBuf>,
+    /// The span records they held.
+    pub spans: u64,
+}
+
+/// A store file as a sweep found it.
+struct Found {
+    path: PathBuf,
+    len: u64,
+    modified: SystemTime,
+    /// Another process holds a lock on it: it is being written.
+    live: bool,
+}
+
 /// Deletes the store files of `dir` that `retention` no longer keeps,
-/// oldest first: every file not modified within the age limit, then more
-/// until the store fits its total size. Never `own` (the file being
-/// written), never a file another process holds locked. Returns the
-/// deleted files.
-pub fn sweep(dir: &Path, own: &Path, retention: &Retention, now: SystemTime) -> Vec<PathBuf> {
-    let Ok(files) = store_files(dir) else {
-        return Vec::new();
+/// oldest first: every closed file not modified within the age limit,
+/// then more closed files until the store fits its total size, and no
+/// more. Never `own` (the file being written, which may not exist yet),
+/// never a file another process holds locked.
+///
+/// The store fits when its closed files, plus every file being written
+/// counted at the file size limit (or its size, if larger), add up to the
+/// total at most: a file being written may grow to the limit before its
+/// writer rotates and sweeps again, and the directory must not pass the
+/// total meanwhile.
+///
+/// `known` holds the span records of files this process wrote and
+/// closed; the records of any other file deleted are counted by reading
+/// it. Entries of files no longer in the directory are dropped.
+fn sweep(
+    dir: &Path,
+    own: &Path,
+    retention: &Retention,
+    now: SystemTime,
+    known: &mut HashMap<PathBuf, u64>,
+) -> Swept {
+    let mut swept = Swept::default();
+    let Ok(paths) = store_files(dir) else {
+        return swept;
     };
-    let files: Vec<(PathBuf, u64, SystemTime)> = files
+    known.retain(|path, _| paths.contains(path));
+    let found: Vec<Found> = paths
         .into_iter()
+        .filter(|path| path != own)
         .filter_map(|path| {
             let metadata = fs::metadata(&path).ok()?;
             let modified = metadata.modified().unwrap_or(now);
-            Some((path, metadata.len(), modified))
+            // A live writer holds a shared lock; the exclusive one taken
+            // to find out is released at once.
+            let live = File::open(&path).ok()?.try_lock().is_err();
+            Some(Found {
+                path,
+                len: metadata.len(),
+                modified,
+                live,
+            })
         })
         .collect();
-    let mut total: u64 = files.iter().map(|(_, len, _)| len).sum();
-    let mut deleted = Vec::new();
-    for (path, len, modified) in files {
+    let reserved = |len: u64| len.max(retention.max_file_bytes);
+    let own_len = fs::metadata(own).map(|m| m.len()).unwrap_or(0);
+    let mut total: u64 = found
+        .iter()
+        .map(|f| if f.live { reserved(f.len) } else { f.len })
+        .fold(reserved(own_len), u64::saturating_add);
+    for file in found.into_iter().filter(|f| !f.live) {
         let too_old = now
-            .duration_since(modified)
+            .duration_since(file.modified)
             .is_ok_and(|age| age > retention.max_age);
-        if path == own || (!too_old && total <= retention.max_total_bytes) {
+        if !too_old && total <= retention.max_total_bytes {
             continue;
         }
-        // A live writer holds a shared lock: its file is skipped. The lock
-        // is held until the file is gone.
-        let Ok(file) = File::open(&path) else {
+        // The lock is held until the file is gone.
+        let Ok(mut handle) = File::open(&file.path) else {
             continue;
         };
-        if file.try_lock().is_err() {
+        if handle.try_lock().is_err() {
             continue;
         }
-        match fs::remove_file(&path) {
+        let spans = match known.remove(&file.path) {
+            Some(spans) => spans,
+            None => count_records(&mut handle),
+        };
+        match fs::remove_file(&file.path) {
             Ok(()) => {
-                total = total.saturating_sub(len);
-                deleted.push(path);
+                total = total.saturating_sub(file.len);
+                swept.spans += spans;
+                swept.files.push(file.path);
             }
             Err(err) => {
-                tracing::debug!(%err, file = %path.display(), "could not delete an old store file");
+                tracing::debug!(%err, file = %file.path.display(), "could not delete an old store file");
             }
         }
     }
-    deleted
+    swept
+}
+
+/// Counts the span records of a store file: each has exactly one
+/// `"startTimeUnixNano":` member, a text no attribute value can hold
+/// (quotes inside a JSON string are escaped). Reading stops at an error.
+fn count_records(file: &mut File) -> u64 {
+    use std::io::Read;
+    const MARK: &[u8] = b"\"startTimeUnixNano\":";
+    let mut buf = vec![0_u8; 64 * 1024];
+    // The bytes kept from the previous read, in case a mark straddles two.
+    let mut kept = 0;
+    let mut count = 0;
+    loop {
+        let read = match file.read(&mut buf[kept..]) {
+            Ok(0) | Err(_) => return count,
+            Ok(n) => n,
+        };
+        let end = kept + read;
+        count += buf[..end]
+            .windows(MARK.len())
+            .filter(|w| *w == MARK)
+            .count() as u64;
+        kept = (MARK.len() - 1).min(end);
+        buf.copy_within(end - kept..end, 0);
+    }
 }
 
 /// Lists the store files under `dir`, oldest name first.
@@ -944,6 +1152,36 @@ mod retention_tests {
     }
 
     #[test]
+    fn a_burst_of_spans_is_written_in_lines_that_keep_every_file_within_the_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let retention = Retention {
+            max_file_bytes: 16 * 1024,
+            ..Retention::default()
+        };
+        let (store, provider) = store_with(dir.path(), retention);
+        let tracer = provider.tracer("test");
+        // Ended faster than the writer wakes: far more than a file's worth
+        // is waiting at once.
+        let names: Vec<String> = (0..3_000).map(|n| format!("span {n}")).collect();
+        for (n, name) in names.iter().enumerate() {
+            tracer
+                .span_builder(name.clone())
+                .with_attributes([opentelemetry::KeyValue::new("n", n as i64)])
+                .start(&tracer)
+                .end();
+        }
+        provider.shutdown().expect("shutdown");
+        let files = store_files(dir.path()).expect("list");
+        assert!(files.len() > 10, "expected many files: {files:?}");
+        for file in &files {
+            let len = fs::metadata(file).expect("metadata").len();
+            assert!(len <= 16 * 1024, "{} holds {len} bytes", file.display());
+        }
+        assert_eq!(span_names(dir.path()), names);
+        assert_eq!(store.stats().exported(), 3_000);
+    }
+
+    #[test]
     fn the_oldest_files_are_deleted_past_the_total_size() {
         let dir = tempfile::tempdir().expect("tempdir");
         let retention = Retention {
@@ -955,8 +1193,9 @@ mod retention_tests {
         let first = store.path();
         for n in 0..100 {
             write_span(&store, &provider, &format!("span {n}"));
+            // Room is made for the file being written before it grows.
             assert!(
-                total_bytes(dir.path()) <= 8192 + 2048,
+                total_bytes(dir.path()) <= 8192,
                 "store grew to {} bytes after span {n}",
                 total_bytes(dir.path())
             );
@@ -965,13 +1204,63 @@ mod retention_tests {
         assert!(!first.exists(), "the first file should have been deleted");
         let names = span_names(dir.path());
         assert_eq!(names.last().map(String::as_str), Some("span 99"));
-        // What is kept is the newest spans, without a gap.
+        // What is kept is the newest spans, without a gap, and no fewer
+        // than the total allows: the closed files the last sweep kept and
+        // the file written last.
         let kept: Vec<String> = (100 - names.len()..100)
             .map(|n| format!("span {n}"))
             .collect();
         assert_eq!(names, kept);
         assert!(names.len() < 100);
+        assert!(
+            total_bytes(dir.path()) > 8192 - 2 * 2048,
+            "only {} bytes kept",
+            total_bytes(dir.path())
+        );
         assert_eq!(store.stats().exported(), 100);
+        // Every span deleted is counted.
+        assert_eq!(store.stats().deleted(), 100 - names.len() as u64);
+        assert_eq!(store.stats().dropped(), 0);
+    }
+
+    #[test]
+    fn the_spans_of_another_process_s_deleted_file_are_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A closed file an earlier process wrote: three spans, one of them
+        // with a link and an attribute holding the text records are
+        // counted by.
+        let earlier = dir.path().join("spans-1000-1.jsonl");
+        {
+            let (store, provider) = store_with(dir.path(), Retention::default());
+            let tracer = provider.tracer("test");
+            let linked = tracer.start("first");
+            let link = opentelemetry::trace::Span::span_context(&linked).clone();
+            drop(linked);
+            tracer
+                .span_builder("second")
+                .with_links(vec![opentelemetry::trace::Link::with_context(link)])
+                .with_attributes([opentelemetry::KeyValue::new(
+                    "text",
+                    "\"startTimeUnixNano\":\"0\"",
+                )])
+                .start(&tracer)
+                .end();
+            store.flush().expect("flush");
+            write_span(&store, &provider, "third");
+            provider.shutdown().expect("shutdown");
+            fs::rename(store.path(), &earlier).expect("rename");
+        }
+        let retention = Retention {
+            max_file_bytes: 1024,
+            max_total_bytes: 1024,
+            ..Retention::default()
+        };
+        let (store, provider) = store_with(dir.path(), retention);
+        write_span(&store, &provider, "now");
+        provider.shutdown().expect("shutdown");
+        assert!(!earlier.exists(), "the earlier file is deleted");
+        assert_eq!(store.stats().deleted(), 3);
+        assert_eq!(span_names(dir.path()), vec!["now".to_owned()]);
     }
 
     #[test]

@@ -16,7 +16,9 @@
 //! - `gen_ai.client.token.usage` ({token}): the same plus
 //!   `gen_ai.token.type` (`input` / `output`);
 //! - `skein.turn.duration` (s): `turn.kind`, `turn.status`;
-//! - `skein.spans.dropped`: observable counter per export `pipeline`.
+//! - `skein.spans.dropped`: observable counter per export `pipeline`;
+//! - `skein.spans.deleted`: observable counter per export `pipeline`: spans
+//!   written, then deleted by the local store's retention.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -125,7 +127,21 @@ impl Instruments {
             .with_description("Duration of agent turns, from start to end.")
             .with_boundaries(TURN_DURATION_BOUNDARIES.to_vec())
             .build();
-        // The callback keeps the counters alive for the provider's life.
+        // The callbacks keep the counters alive for the provider's life.
+        let for_deleted = pipelines.clone();
+        meter
+            .u64_observable_counter(metric::SPANS_DELETED)
+            .with_unit("{span}")
+            .with_description("Spans an export pipeline wrote and its retention deleted so far.")
+            .with_callback(move |observer| {
+                for stats in &for_deleted {
+                    observer.observe(
+                        stats.deleted(),
+                        &[KeyValue::new(attr::PIPELINE, stats.name())],
+                    );
+                }
+            })
+            .build();
         meter
             .u64_observable_counter(metric::SPANS_DROPPED)
             .with_unit("{span}")
@@ -309,6 +325,7 @@ pub fn otlp_meter_provider(
                 protocol,
                 settings.signal_endpoint(protocol, "/v1/metrics"),
                 &connection,
+                Arc::default(),
             )?
             .build()
             .map_err(otlp_error)?;

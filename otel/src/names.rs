@@ -265,4 +265,7 @@ pub mod metric {
     pub const TURN_DURATION: &str = "skein.turn.duration";
     /// Counter: spans each export pipeline has dropped so far.
     pub const SPANS_DROPPED: &str = "skein.spans.dropped";
+    /// Counter: spans each export pipeline delivered and its retention
+    /// deleted again so far (the local store's size and age limits).
+    pub const SPANS_DELETED: &str = "skein.spans.deleted";
 }

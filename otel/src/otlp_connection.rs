@@ -15,6 +15,13 @@
 //!   TLS); `http://` is always plaintext, `https://` always TLS;
 //! - `OTEL_EXPORTER_OTLP_TIMEOUT`: milliseconds per export (default 10 s).
 //!
+//! The endpoint and headers variables, which the exporter reads itself,
+//! are checked here too: an endpoint whose scheme is not `http` or
+//! `https`, a `HEADERS` list with an item that is not `key=value` (a
+//! header name, a percent-encoded value) and a timeout of 0 stop startup
+//! with a message naming the variable, where the exporter would ignore
+//! them or fail every export.
+//!
 //! Each also exists per signal (`OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`,
 //! `OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY`...), which wins over the generic
 //! one. Every file is read and checked when export is set up, so a missing
@@ -137,13 +144,34 @@ pub enum ConnectionError {
         /// Its value.
         value: String,
     },
-    /// A `TIMEOUT` variable that is not a number of milliseconds.
-    #[error("{var}={value:?}: expected a whole number of milliseconds")]
+    /// A `TIMEOUT` variable that is not a number of milliseconds above 0.
+    #[error("{var}={value:?}: expected a whole number of milliseconds, more than 0")]
     Timeout {
         /// The variable.
         var: String,
         /// Its value.
         value: String,
+    },
+    /// An endpoint whose scheme is neither `http` nor `https`.
+    #[error("{var}={value:?}: an OTLP endpoint must be an http:// or https:// URL")]
+    Endpoint {
+        /// The variable (or flag) naming the endpoint.
+        var: String,
+        /// Its value.
+        value: String,
+    },
+    /// A `HEADERS` variable that is not a list of `key=value` items. The
+    /// values are never shown: they often hold credentials.
+    #[error(
+        "{var}: item {item} {reason}; expected comma-separated key=value items with percent-encoded values"
+    )]
+    Headers {
+        /// The variable.
+        var: String,
+        /// The 1-based position of the bad item.
+        item: usize,
+        /// What is wrong with it.
+        reason: &'static str,
     },
     /// The HTTP client could not be built with these settings.
     #[error("cannot build the OTLP HTTP client ({signal:?}): {reason}")]
@@ -337,6 +365,8 @@ pub struct Connection {
     insecure: bool,
     /// The endpoint from the environment (signal-specific, else generic).
     env_endpoint: Option<String>,
+    /// Whether that endpoint came from the signal-specific variable.
+    env_endpoint_is_signal: bool,
     timeout: Duration,
 }
 
@@ -368,16 +398,26 @@ impl Connection {
         let timeout = match setting(env, signal, "TIMEOUT") {
             None => DEFAULT_TIMEOUT,
             Some(Setting { var, value }) => match value.trim().parse::<u64>() {
-                Ok(millis) => Duration::from_millis(millis),
-                Err(_) => return Err(ConnectionError::Timeout { var, value }),
+                Ok(millis) if millis > 0 => Duration::from_millis(millis),
+                _ => return Err(ConnectionError::Timeout { var, value }),
             },
         };
+        let env_endpoint = setting(env, signal, "ENDPOINT");
+        if let Some(Setting { var, value }) = &env_endpoint {
+            check_endpoint(var, value)?;
+        }
+        if let Some(Setting { var, value }) = setting(env, signal, "HEADERS") {
+            check_headers(&var, &value)?;
+        }
         Ok(Self {
             signal,
             ca,
             identity,
             insecure,
-            env_endpoint: setting(env, signal, "ENDPOINT").map(|s| s.value),
+            env_endpoint_is_signal: env_endpoint
+                .as_ref()
+                .is_some_and(|s| s.var.contains(signal.infix())),
+            env_endpoint: env_endpoint.map(|s| s.value),
             timeout,
         })
     }
@@ -385,6 +425,20 @@ impl Connection {
     /// The export timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// The URL an HTTP exporter posts to, as the exporter resolves it (for
+    /// messages): `flag` with `path` (`/v1/traces`) appended, else the
+    /// signal's variable as given, else the generic one with `path`, else
+    /// the default `http://localhost:4318` with `path`.
+    pub fn http_endpoint(&self, flag: Option<&str>, path: &str) -> String {
+        let with_path = |base: &str| format!("{}{path}", base.trim_end_matches('/'));
+        match (flag, &self.env_endpoint) {
+            (Some(flag), _) => with_path(flag),
+            (None, Some(env)) if self.env_endpoint_is_signal => env.clone(),
+            (None, Some(env)) => with_path(env),
+            (None, None) => with_path("http://localhost:4318"),
+        }
     }
 
     /// The gRPC endpoint: `flag`, else the environment's, else
@@ -476,6 +530,82 @@ fn has_scheme(endpoint: &str) -> bool {
         .is_some_and(|(scheme, _)| !scheme.is_empty() && !scheme.contains(['/', '?', '#']))
 }
 
+/// Refuses an endpoint with a scheme other than `http` or `https` (one
+/// without a scheme is left to the protocol's rules); `var` names where it
+/// came from.
+pub fn check_endpoint(var: &str, endpoint: &str) -> Result<(), ConnectionError> {
+    let scheme = endpoint.trim().split_once("://").map(|(scheme, _)| scheme);
+    match scheme {
+        Some(scheme)
+            if has_scheme(endpoint.trim())
+                && !scheme.eq_ignore_ascii_case("http")
+                && !scheme.eq_ignore_ascii_case("https") =>
+        {
+            Err(ConnectionError::Endpoint {
+                var: var.to_owned(),
+                value: endpoint.to_owned(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks a `HEADERS` value: comma-separated `key=value` items (blank
+/// items are skipped), each key an HTTP header name, each value
+/// percent-encoded and, decoded, a valid header value.
+fn check_headers(var: &str, value: &str) -> Result<(), ConnectionError> {
+    let items = value.split(',').map(str::trim).filter(|i| !i.is_empty());
+    for (index, item) in items.enumerate() {
+        let error = |reason| ConnectionError::Headers {
+            var: var.to_owned(),
+            item: index + 1,
+            reason,
+        };
+        let Some((key, encoded)) = item.split_once('=') else {
+            return Err(error("has no '='"));
+        };
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(error("has an empty key"));
+        }
+        if !key.bytes().all(is_token_byte) {
+            return Err(error("has a key that is not an HTTP header name"));
+        }
+        let decoded = percent_decode(encoded.trim()).ok_or_else(|| error("has a bad %-escape"))?;
+        if decoded.is_empty() {
+            return Err(error("has an empty value"));
+        }
+        if decoded
+            .iter()
+            .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+        {
+            return Err(error("has a value with a control character"));
+        }
+    }
+    Ok(())
+}
+
+/// A byte of an HTTP token (RFC 9110 §5.6.2), as header names are.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// `%XX` escapes decoded; `None` for a `%` not followed by two hex digits.
+fn percent_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            let hex = std::str::from_utf8(&hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    Some(out)
+}
+
 /// Whether `endpoint` is an `https://` URL.
 pub fn is_https(endpoint: &str) -> bool {
     endpoint
@@ -484,7 +614,7 @@ pub fn is_https(endpoint: &str) -> bool {
 }
 
 /// An error and its sources, on one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -556,8 +686,65 @@ mod tests {
         .expect_err("5s is not milliseconds");
         assert_eq!(
             err.to_string(),
-            "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT=\"5s\": expected a whole number of milliseconds"
+            "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT=\"5s\": expected a whole number of milliseconds, more than 0"
         );
+        let err = resolve(Signal::Traces, &[("OTEL_EXPORTER_OTLP_TIMEOUT", "0")])
+            .expect_err("0 is no timeout");
+        assert!(
+            err.to_string()
+                .starts_with("OTEL_EXPORTER_OTLP_TIMEOUT=\"0\": "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_endpoint_must_be_http_or_https() {
+        for ok in ["http://c:4318", "HTTPS://c:4318/", "collector:4317"] {
+            resolve(Signal::Traces, &[("OTEL_EXPORTER_OTLP_ENDPOINT", ok)])
+                .unwrap_or_else(|e| panic!("{ok} is accepted: {e}"));
+        }
+        let err = resolve(
+            Signal::Metrics,
+            &[("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "ftp://c:21")],
+        )
+        .expect_err("ftp is refused");
+        assert_eq!(
+            err.to_string(),
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=\"ftp://c:21\": an OTLP endpoint must be an http:// or https:// URL"
+        );
+        assert!(check_endpoint("--otlp-endpoint", "unix:///tmp/s").is_err());
+    }
+
+    #[test]
+    fn headers_must_be_key_value_items_and_values_are_never_shown() {
+        let ok = "api-key=s3cret, x-team=a%20b,,";
+        resolve(Signal::Traces, &[("OTEL_EXPORTER_OTLP_HEADERS", ok)]).expect("valid headers");
+        for (bad, reason) in [
+            ("api-key", "item 1 has no '='"),
+            ("a=1,=2", "item 2 has an empty key"),
+            (
+                "bad key=s3cret",
+                "item 1 has a key that is not an HTTP header name",
+            ),
+            ("a=s3cret%zz", "item 1 has a bad %-escape"),
+            ("a=", "item 1 has an empty value"),
+            (
+                "a=s3cret%0d%0aX: y",
+                "item 1 has a value with a control character",
+            ),
+        ] {
+            let err = resolve(
+                Signal::Traces,
+                &[("OTEL_EXPORTER_OTLP_TRACES_HEADERS", bad)],
+            )
+            .expect_err("malformed headers");
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!("OTEL_EXPORTER_OTLP_TRACES_HEADERS: {reason};")),
+                "{bad}: {text}"
+            );
+            assert!(!text.contains("s3cret"), "a value is shown: {text}");
+        }
     }
 
     #[test]

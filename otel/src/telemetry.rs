@@ -32,6 +32,9 @@ use crate::local_store::{LocalStore, LocalStoreProcessor, Retention};
 use crate::metrics::{self, Instruments, metrics_disabled_by_env, otlp_meter_provider};
 use crate::names::value;
 
+/// The log target silenced unless the log filter names it.
+const QUIET_TARGET: &str = "rustls_platform_verifier";
+
 /// Instrumentation scope name of every Skein span.
 pub const SCOPE_NAME: &str = "skein";
 
@@ -122,7 +125,8 @@ impl Telemetry {
     /// make it from a plain thread (after the runtime), never from a tokio
     /// worker.
     ///
-    /// Logs one line per export pipeline that lost spans, with the count.
+    /// Logs one line per export pipeline that lost spans, with the count,
+    /// and one per pipeline whose retention deleted spans it had written.
     pub fn shutdown(self, timeout: Duration) {
         let deadline = std::time::Instant::now() + timeout;
         if let Err(err) = self.provider.shutdown_with_timeout(timeout) {
@@ -135,8 +139,17 @@ impl Telemetry {
                 tracing::warn!(
                     pipeline = stats.name(),
                     dropped = lost,
+                    deleted_by_retention = stats.deleted(),
                     exported = stats.exported(),
                     "spans were dropped: the destination was unreachable, too slow, or shutdown ran out of time"
+                );
+            } else if stats.deleted() > 0 {
+                tracing::info!(
+                    pipeline = stats.name(),
+                    dropped = 0,
+                    deleted_by_retention = stats.deleted(),
+                    exported = stats.exported(),
+                    "spans were deleted by retention: the store's size or age limits deleted older files"
                 );
             } else {
                 tracing::debug!(
@@ -182,9 +195,19 @@ impl Telemetry {
 /// subscriber.
 pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let filter_text = config.log_filter.unwrap_or_else(|| "info".to_owned());
+    // rustls-platform-verifier logs an ERROR per refused certificate, so
+    // per OTLP export attempt against an untrusted collector (and per
+    // model request): the failure reaches its caller, and OTLP export
+    // reports it once per episode (`export::ExportHealth`). Unless the
+    // filter names it, it is silenced.
+    let effective_filter = if filter_text.contains(QUIET_TARGET) {
+        filter_text.clone()
+    } else {
+        format!("{filter_text},{QUIET_TARGET}=off")
+    };
     let log_filter =
         EnvFilter::builder()
-            .parse(&filter_text)
+            .parse(&effective_filter)
             .map_err(|e| TelemetryError::LogFilter {
                 filter: filter_text.clone(),
                 reason: e.to_string(),

@@ -753,16 +753,28 @@ async fn mutual_tls_refuses_export_without_a_client_certificate_and_keeps_servin
 /// Runs `skein serve` exporting over `protocol` to an `https://` endpoint
 /// with `env`, expecting it to refuse to start; returns its stderr.
 async fn refused_start(protocol: &str, env: &[(&str, &str)]) -> String {
+    refused_serve(
+        &[
+            "--otlp-endpoint",
+            "https://127.0.0.1:9",
+            "--otlp-protocol",
+            protocol,
+        ],
+        env,
+    )
+    .await
+}
+
+/// Runs `skein serve --trace-dir none ARGS` with `env` (and no other
+/// `OTEL_` variable), expecting it to refuse to start; returns its stderr.
+async fn refused_serve(args: &[&str], env: &[(&str, &str)]) -> String {
     let home = tempfile::tempdir().expect("SKEIN_HOME");
     let mut command = tokio::process::Command::new(support::skein_bin());
     command
         .arg("serve")
         .arg("--trace-dir")
         .arg("none")
-        .arg("--otlp-endpoint")
-        .arg("https://127.0.0.1:9")
-        .arg("--otlp-protocol")
-        .arg(protocol)
+        .args(args)
         .env("SKEIN_HOME", home.path())
         .stdin(std::process::Stdio::null());
     for (key, _) in std::env::vars_os() {
@@ -778,9 +790,61 @@ async fn refused_start(protocol: &str, env: &[(&str, &str)]) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(
         !output.status.success(),
-        "startup must fail with {env:?}; stderr:\n{stderr}"
+        "startup must fail with {args:?} {env:?}; stderr:\n{stderr}"
     );
     stderr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_endpoint_headers_or_timeout_variable_stops_startup_naming_it() {
+    for protocol in ["http/protobuf", "grpc"] {
+        let with = |var: &'static str, value: &'static str| {
+            [
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+                (var, value),
+            ]
+        };
+        for (env, expected) in [
+            (
+                with("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://127.0.0.1:21"),
+                "OTEL_EXPORTER_OTLP_ENDPOINT=\"ftp://127.0.0.1:21\": an OTLP endpoint must be an http:// or https:// URL",
+            ),
+            (
+                with(
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "unix:///tmp/otlp.sock",
+                ),
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=\"unix:///tmp/otlp.sock\": an OTLP endpoint must be",
+            ),
+            (
+                with(
+                    "OTEL_EXPORTER_OTLP_HEADERS",
+                    "api-key=s3cret,no-equals-sign",
+                ),
+                "OTEL_EXPORTER_OTLP_HEADERS: item 2 has no '='",
+            ),
+            (
+                with("OTEL_EXPORTER_OTLP_TIMEOUT", "0"),
+                "OTEL_EXPORTER_OTLP_TIMEOUT=\"0\": expected a whole number of milliseconds, more than 0",
+            ),
+        ] {
+            let stderr = refused_serve(&[], &env).await;
+            assert!(
+                stderr.contains(expected),
+                "{protocol} with {env:?}: expected {expected:?} in:\n{stderr}"
+            );
+            assert!(
+                !stderr.contains("s3cret"),
+                "a header value is shown:\n{stderr}"
+            );
+        }
+    }
+    let stderr = refused_serve(&["--otlp-endpoint", "ftp://127.0.0.1:21"], &[]).await;
+    assert!(
+        stderr.contains("--otlp-endpoint=\"ftp://127.0.0.1:21\": an OTLP endpoint must be"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -845,4 +909,74 @@ async fn an_unusable_tls_file_stops_startup_naming_variable_and_file() {
         )),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_collector_is_reported_once_per_episode_with_every_trust_setup() {
+    let pki = Pki::new();
+    for wire in [Wire::Http, Wire::Grpc] {
+        // A CA file of Skein's own, and the system store (which
+        // rustls-native-certs reads from SSL_CERT_FILE): neither trusts
+        // the CA that signed the receiver's certificate.
+        for trust in ["OTEL_EXPORTER_OTLP_CERTIFICATE", "SSL_CERT_FILE"] {
+            let setup = format!("{wire:?} with {trust}");
+            let mut receiver = Receiver::start(wire, Security::Tls, &pki).await;
+            let options = export_to(wire, &receiver.https_url())
+                .env(trust, path_str(&pki.other_ca_file))
+                .env("OTEL_BSP_SCHEDULE_DELAY", "20")
+                .env("OTEL_METRICS_EXPORTER", "none")
+                .env("OTEL_EXPORTER_OTLP_TIMEOUT", "2000")
+                .arg("--shutdown-timeout")
+                .arg("2");
+            let mut server = Server::start_with(Transport::Stdio, options).await;
+            let mut client = server.connect().await;
+            client.initialize("otlp-tls-e2e", "1.0.0").await;
+            // Several exports, each refused at the handshake.
+            for attempt in 1..=3 {
+                client.request(METHOD, json!({}), None).await.result();
+                let refused = tokio::time::timeout(
+                    TIMEOUT,
+                    receiver.refused.wait_for(|all| all.len() >= attempt),
+                )
+                .await;
+                assert!(
+                    refused.is_ok_and(|r| r.is_ok()),
+                    "{setup}: no refused handshake {attempt}; {}",
+                    receiver.summary()
+                );
+            }
+            // The first failure is logged while the server runs, with the
+            // endpoint and the reason.
+            let first = server
+                .wait_for_stderr(|line| line.contains("OTLP export failed"))
+                .await;
+            assert!(
+                first.contains("WARN") && first.contains(&receiver.https_url()),
+                "{setup}: the first failure names the endpoint: {first}"
+            );
+            assert!(
+                first.contains("UnknownIssuer") || first.contains("certificate"),
+                "{setup}: the first failure gives the reason: {first}"
+            );
+            let finished = server.shutdown().await;
+            let stderr = finished.stderr();
+            let firsts = stderr
+                .iter()
+                .filter(|l| l.contains("OTLP export failed"))
+                .count();
+            assert_eq!(firsts, 1, "{setup}: one first-failure line: {stderr:#?}");
+            assert!(
+                !stderr.iter().any(|l| l.contains("ERROR")),
+                "{setup}: no ERROR line per attempt: {stderr:#?}"
+            );
+            assert!(
+                stderr
+                    .iter()
+                    .any(|l| l.contains("OTLP export was still failing at shutdown")
+                        && l.contains(&receiver.https_url())
+                        && l.contains("failed_exports=")),
+                "{setup}: a summary at shutdown: {stderr:#?}"
+            );
+        }
+    }
 }

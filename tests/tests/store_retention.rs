@@ -3,7 +3,9 @@
 //! oldest closed files go past `--trace-max-total-size` and
 //! `--trace-retention`, `skein trace` reads across rotated files, and a
 //! store that cannot be written drops and counts spans while the server
-//! keeps serving.
+//! keeps serving. Under load, the directory is sampled while the server
+//! writes: it never holds more than the total, no file passes the file
+//! size, and what retention deleted is counted.
 
 mod support;
 
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
 
-use support::{Server, ServerOptions, TIMEOUT, TraceContext, Transport, skein_bin};
+use support::{Finished, Server, ServerOptions, TIMEOUT, TraceContext, Transport, skein_bin};
 
 fn store_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -306,4 +308,220 @@ async fn a_full_disk_drops_spans_and_the_server_keeps_serving() {
             serde_json::from_str::<serde_json::Value>(line).expect("a whole JSON line");
         }
     }
+}
+
+/// `--trace-max-file-size` of the load tests.
+const LOAD_FILE_BYTES: u64 = 16 * 1024;
+/// `--trace-max-total-size` of the load tests.
+const LOAD_TOTAL_BYTES: u64 = 64 * 1024;
+/// `model/list` requests of each connection of the load tests: several
+/// megabytes of spans, dozens of times the total.
+const LOAD_REQUESTS: usize = 1_500;
+/// Requests of one connection in flight at once.
+const LOAD_DEPTH: usize = 50;
+/// How often the directory is sampled while the load runs. This is a
+/// sampling rate, not a wait for an event: every sample must be within
+/// the limits, whenever it is taken.
+const SAMPLE_EVERY: Duration = Duration::from_millis(2);
+
+fn load_options(dir: &Path) -> ServerOptions {
+    ServerOptions::default()
+        .trace_dir(dir)
+        .arg("--trace-max-file-size")
+        .arg("16KiB")
+        .arg("--trace-max-total-size")
+        .arg("64KiB")
+}
+
+/// What the sampler saw of the store directory.
+#[derive(Debug, Default)]
+struct Samples {
+    taken: u64,
+    max_total: u64,
+    max_file: u64,
+    /// The first samples past a limit: each file and its size.
+    over: Vec<Vec<(String, u64)>>,
+}
+
+/// The store files of `dir` and their sizes right now (a file deleted
+/// since the directory was listed counts as empty).
+fn sample_store(dir: &Path) -> Vec<(String, u64)> {
+    store_files(dir)
+        .iter()
+        .map(|f| {
+            let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
+            (name.unwrap_or_default(), file_len(f))
+        })
+        .collect()
+}
+
+/// Samples `dir` every [`SAMPLE_EVERY`] until `stop` is set.
+fn spawn_sampler(
+    dir: PathBuf,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Samples> {
+    tokio::spawn(async move {
+        let mut samples = Samples::default();
+        let mut ticks = tokio::time::interval(SAMPLE_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        while !*stop.borrow() {
+            ticks.tick().await;
+            let files = sample_store(&dir);
+            let total: u64 = files.iter().map(|(_, len)| len).sum();
+            let largest = files.iter().map(|(_, len)| *len).max().unwrap_or(0);
+            samples.taken += 1;
+            samples.max_total = samples.max_total.max(total);
+            samples.max_file = samples.max_file.max(largest);
+            if (total > LOAD_TOTAL_BYTES || largest > LOAD_FILE_BYTES) && samples.over.len() < 5 {
+                samples.over.push(files);
+            }
+        }
+        samples
+    })
+}
+
+/// Initializes, then sends [`LOAD_REQUESTS`] `model/list` requests,
+/// [`LOAD_DEPTH`] at a time, each answered successfully. Returns the id of
+/// the last one.
+async fn run_load(mut client: support::Client) -> i64 {
+    client.initialize("store-retention-load", "1").await;
+    let mut last = 0;
+    let mut sent = 0;
+    while sent < LOAD_REQUESTS {
+        let depth = LOAD_DEPTH.min(LOAD_REQUESTS - sent);
+        let mut ids = Vec::with_capacity(depth);
+        for _ in 0..depth {
+            ids.push(client.send_request("model/list", json!({}), None).await);
+        }
+        for id in ids {
+            client.recv_response(id).await.result();
+            last = id;
+        }
+        sent += depth;
+    }
+    client.close().await;
+    last
+}
+
+/// The integer value of `key=N` in a log line.
+fn int_field(line: &str, key: &str) -> Option<u64> {
+    let needle = format!(" {key}=");
+    let start = line.find(&needle)? + needle.len();
+    let digits: String = line[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// The `exported=` and `deleted_by_retention=` counts of the local
+/// store's shutdown report (`spans were dropped` or `spans were deleted by
+/// retention`), which must say nothing was dropped.
+fn retention_report(finished: &Finished) -> (u64, u64) {
+    let stderr = finished.stderr().join("\n");
+    let line = finished
+        .stderr()
+        .iter()
+        .find(|l| l.contains("deleted_by_retention=") && l.contains("pipeline=\"local store\""))
+        .unwrap_or_else(|| panic!("no retention report of the local store:\n{stderr}"));
+    let field = |key: &str| {
+        int_field(line, key).unwrap_or_else(|| panic!("no integer {key}= field in: {line}"))
+    };
+    assert_eq!(field("dropped"), 0, "spans were dropped: {line}");
+    (field("exported"), field("deleted_by_retention"))
+}
+
+fn assert_within_limits(samples: &Samples) {
+    eprintln!(
+        "{} samples; largest directory {} bytes, largest file {} bytes",
+        samples.taken, samples.max_total, samples.max_file
+    );
+    assert!(samples.taken > 10, "too few samples: {samples:?}");
+    assert!(
+        samples.max_total <= LOAD_TOTAL_BYTES && samples.max_file <= LOAD_FILE_BYTES,
+        "the store passed its limits ({LOAD_FILE_BYTES} bytes a file, {LOAD_TOTAL_BYTES} in all): \
+         largest directory {} bytes, largest file {} bytes; first samples past a limit: {:#?}",
+        samples.max_total,
+        samples.max_file,
+        samples.over
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_under_load_stays_within_its_limits_and_counts_what_retention_deleted() {
+    let home = support::SkeinHome::new();
+    let dir = home.path().join("traces");
+    let mut server = Server::start_with(Transport::WebSocket, load_options(&dir)).await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let sampler = spawn_sampler(dir.clone(), stop);
+    let (first, second) = (server.connect().await, server.connect().await);
+    tokio::join!(run_load(first), run_load(second));
+    // One request after the load: its span is among the newest.
+    let mut client = server.connect().await;
+    client.initialize("store-retention-last", "1").await;
+    let last = client.request("model/list", json!({}), None).await.id;
+    client.close().await;
+    let finished = server.shutdown().await;
+    stop_tx.send(true).expect("the sampler runs");
+    let samples = sampler.await.expect("the sampler finished");
+    assert_within_limits(&samples);
+
+    // What is left is the newest spans, and no less than the total allows:
+    // the closed files the last sweep kept, less at most one file, and the
+    // file written last.
+    let files = sample_store(&dir);
+    let left: u64 = files.iter().map(|(_, len)| len).sum();
+    assert!(
+        (LOAD_TOTAL_BYTES - 2 * LOAD_FILE_BYTES..=LOAD_TOTAL_BYTES).contains(&left),
+        "the store holds {left} bytes after shutdown: {files:?}"
+    );
+    finished.request_span(&last.to_string());
+
+    // Every span written is either still in the store or counted as
+    // deleted by retention.
+    let (exported, deleted) = retention_report(&finished);
+    assert!(deleted > 0, "retention deleted spans: {deleted}");
+    assert_eq!(
+        deleted + finished.records.len() as u64,
+        exported,
+        "{deleted} spans deleted and {} in the store, of {exported} written",
+        finished.records.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_sharing_a_store_under_load_stay_within_its_total() {
+    let home = support::SkeinHome::new();
+    let dir = home.path().join("traces");
+    let mut one = Server::start_with(Transport::WebSocket, load_options(&dir)).await;
+    let mut two = Server::start_with(Transport::WebSocket, load_options(&dir)).await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let sampler = spawn_sampler(dir.clone(), stop);
+    let (a, b) = (one.connect().await, two.connect().await);
+    let (last_one, last_two) = tokio::join!(run_load(a), run_load(b));
+    // Both servers' newest spans are in the store while both run.
+    for last in [last_one, last_two] {
+        let id = last.to_string();
+        wait_until("the last request's span in the store", || {
+            support::read_live_spans(&dir)
+                .iter()
+                .any(|s| s.attr_str("rpc.request_id").as_deref() == Some(id.as_str()))
+        })
+        .await;
+    }
+    let first = one.shutdown().await;
+    let second = two.shutdown().await;
+    stop_tx.send(true).expect("the sampler runs");
+    let samples = sampler.await.expect("the sampler finished");
+    assert_within_limits(&samples);
+
+    let (exported_one, deleted_one) = retention_report(&first);
+    let (exported_two, deleted_two) = retention_report(&second);
+    assert_eq!(
+        deleted_one + deleted_two + second.records.len() as u64,
+        exported_one + exported_two,
+        "spans deleted ({deleted_one} + {deleted_two}) and left ({}) against spans written \
+         ({exported_one} + {exported_two})",
+        second.records.len()
+    );
 }
