@@ -1331,13 +1331,10 @@ mod tests {
         assert_eq!(attr(turn, attr::TURN_STATUS).as_deref(), Some("failed"));
     }
 
-    /// Makes every later history write of thread `id` fail with ENOSPC.
-    fn fill_the_disk_under(manager: &ThreadManager, id: &str) {
+    /// Makes the later history writes of thread `id` fail as `fault` says
+    /// (`None`: the disk has room again).
+    fn set_disk_fault(manager: &ThreadManager, id: &str, fault: Option<crate::store::Fault>) {
         let handle = manager.handle(id).expect("handle");
-        let full = std::fs::OpenOptions::new()
-            .append(true)
-            .open("/dev/full")
-            .expect("open /dev/full");
         handle
             .entry
             .file
@@ -1347,7 +1344,107 @@ mod tests {
             .expect("lock")
             .as_mut()
             .expect("the thread's file is open")
-            .redirect_for_test(full);
+            .inject_fault(fault);
+    }
+
+    /// Makes every later history write of thread `id` fail with ENOSPC.
+    fn fill_the_disk_under(manager: &ThreadManager, id: &str) {
+        set_disk_fault(
+            manager,
+            id,
+            Some(crate::store::Fault {
+                space: 0,
+                truncate_fails: false,
+            }),
+        );
+    }
+
+    /// Runs a turn of `text` on thread `id` to its end: its status and error.
+    async fn run_turn(
+        manager: &ThreadManager,
+        id: &str,
+        text: &str,
+    ) -> (TurnStatus, Option<String>) {
+        let mut events = manager.handle(id).expect("handle").subscribe();
+        manager
+            .start_turn(
+                id,
+                TurnKind::Regular,
+                vec![UserInput::Text { text: text.into() }],
+            )
+            .await
+            .expect("start");
+        wait_for_completion(&mut events).await
+    }
+
+    #[tokio::test]
+    async fn a_turn_completed_after_the_disk_filled_and_was_freed_is_read_back_after_a_restart() {
+        let _capture = Capture::new();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let manager = stored_manager(dir.path(), Duration::ZERO);
+        let thread = manager.start_thread(None, false).expect("thread");
+        assert_eq!(
+            run_turn(&manager, &thread.id, "before").await,
+            (TurnStatus::Completed, None)
+        );
+        // The disk fills up in the middle of the next turn's start record.
+        set_disk_fault(
+            &manager,
+            &thread.id,
+            Some(crate::store::Fault {
+                space: 40,
+                truncate_fails: false,
+            }),
+        );
+        for text in ["full one", "full two"] {
+            let (status, error) = run_turn(&manager, &thread.id, text).await;
+            assert_eq!(status, TurnStatus::Failed);
+            let error = error.expect("error");
+            assert!(error.contains("could not write thread history"), "{error}");
+        }
+        set_disk_fault(&manager, &thread.id, None);
+        assert_eq!(
+            run_turn(&manager, &thread.id, "after").await,
+            (TurnStatus::Completed, None)
+        );
+        manager.shutdown().await;
+
+        let restarted = stored_manager(dir.path(), Duration::ZERO);
+        let turns = restarted.turns(&thread.id).expect("turns");
+        let read: Vec<(&str, TurnStatus)> = turns
+            .iter()
+            .map(|t| (t.output.as_str(), t.status))
+            .collect();
+        assert_eq!(
+            read,
+            [
+                ("before", TurnStatus::Completed),
+                ("after", TurnStatus::Completed)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_thread_started_on_a_full_disk_fails_and_leaves_no_file() {
+        let _capture = Capture::new();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ThreadStore::open(dir.path())
+            .expect("store")
+            .with_fault(crate::store::Fault {
+                space: 0,
+                truncate_fails: false,
+            });
+        let manager = ThreadManager::new(CoreConfig {
+            store: Some(store),
+            ..CoreConfig::default()
+        });
+        let error = manager
+            .start_thread(None, false)
+            .expect_err("no room for the thread");
+        assert!(matches!(error, ThreadError::Store(_)), "{error:?}");
+        assert_eq!(manager.list(None, None, false).expect("list").threads, []);
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+        manager.shutdown().await;
     }
 
     fn stored_manager(dir: &std::path::Path, echo_delay: std::time::Duration) -> ThreadManager {
