@@ -28,6 +28,7 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use skein_otel::owner_only;
 use skein_protocol::{TokenUsage, TurnKind, TurnStatus};
 
 use crate::records::{ThreadError, TurnItem, TurnRecord, unix_now};
@@ -344,7 +345,7 @@ impl ThreadStore {
     /// The store in `dir`, created if missing.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        owner_only::create_dir_all(&dir).map_err(io_error(&dir))?;
         Ok(Self {
             dir,
             #[cfg(test)]
@@ -383,7 +384,7 @@ impl ThreadStore {
         turns: &[TurnRecord],
     ) -> Result<ThreadFile, StoreError> {
         let path = self.path_of(id);
-        let file = OpenOptions::new()
+        let file = owner_only::open_options()
             .create_new(true)
             .append(true)
             .open(&path)
@@ -393,18 +394,21 @@ impl ThreadStore {
         {
             thread_file.fault = self.fault;
         }
-        let written = lock_exclusive(&thread_file.file, id, &thread_file.path).and_then(|()| {
-            thread_file.append(header, false)?;
-            for turn in turns {
-                for record in turn_records(turn) {
-                    thread_file.append(&record, false)?;
+        let written = owner_only::restrict(&thread_file.file)
+            .map_err(io_error(&thread_file.path))
+            .and_then(|()| lock_exclusive(&thread_file.file, id, &thread_file.path))
+            .and_then(|()| {
+                thread_file.append(header, false)?;
+                for turn in turns {
+                    for record in turn_records(turn) {
+                        thread_file.append(&record, false)?;
+                    }
                 }
-            }
-            thread_file
-                .file
-                .sync_all()
-                .map_err(io_error(&thread_file.path))
-        });
+                thread_file
+                    .file
+                    .sync_all()
+                    .map_err(io_error(&thread_file.path))
+            });
         if let Err(err) = written {
             // Still holding the lock: nobody else has seen the file.
             if let Err(remove) = fs::remove_file(&thread_file.path) {

@@ -30,7 +30,7 @@
 //! ids, supersedes it.
 
 use std::cell::{Cell, RefCell};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -252,7 +252,7 @@ impl LocalStore {
         retention: Retention,
     ) -> std::io::Result<Arc<Self>> {
         let dir = dir.into();
-        fs::create_dir_all(&dir)?;
+        crate::owner_only::create_dir_all(&dir)?;
         let millis = unix_millis();
         let store = Arc::new(Self {
             file: Mutex::new(Current {
@@ -579,11 +579,18 @@ fn open_locked(path: &Path) -> std::io::Result<(File, u64)> {
     let context = |e: std::io::Error| {
         std::io::Error::new(e.kind(), format!("opening {}: {e}", path.display()))
     };
-    let open = || OpenOptions::new().create(true).append(true).open(path);
+    let open = || -> std::io::Result<File> {
+        let file = crate::owner_only::open_options()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        crate::owner_only::restrict(&file)?;
+        Ok(file)
+    };
     let file = match open() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent() {
-                fs::create_dir_all(dir).map_err(context)?;
+                crate::owner_only::create_dir_all(dir).map_err(context)?;
             }
             open()
         }

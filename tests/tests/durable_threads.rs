@@ -1031,3 +1031,67 @@ async fn after_a_full_disk_is_freed_the_next_completed_turn_survives_a_restart_a
     stop(server, client).await;
     drop(disk);
 }
+
+/// The permission bits of `path`.
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Every directory under `dir` (itself included) and every file, with its
+/// permission bits.
+fn modes_under(dir: &Path) -> Vec<(PathBuf, u32)> {
+    let mut found = vec![(dir.to_owned(), mode_of(dir))];
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            found.extend(modes_under(&path));
+        } else {
+            found.push((path.clone(), mode_of(&path)));
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_folders_history_and_trace_files_are_owner_only_whatever_the_umask() {
+    // A SKEIN_HOME the server creates itself, under the most permissive
+    // umask there is.
+    let parent = SkeinHome::new();
+    let home = parent.path().join("dot-skein");
+    let traces = home.join("traces");
+    let options = ServerOptions::default()
+        .env("SKEIN_HOME", &home.to_string_lossy())
+        .trace_dir(&traces)
+        .umask(0);
+    let mut server = Server::start_with(Transport::Stdio, options).await;
+    let mut client = server.connect().await;
+    client.initialize("e2e-durable-threads", "0.0.1").await;
+    let thread_id = client.start_thread().await;
+    run_turn(&mut client, &thread_id, "nobody else may read this").await;
+    stop(server, client).await;
+
+    let threads = home.join("threads");
+    let history = threads.join(format!("{thread_id}.jsonl"));
+    let modes = modes_under(&home);
+    let has = |path: &Path| modes.iter().any(|(p, _)| p == path);
+    assert!(has(&history), "the thread's history was written: {modes:?}");
+    assert!(has(&traces), "the trace store was created: {modes:?}");
+    let trace_files = modes
+        .iter()
+        .filter(|(p, _)| p.starts_with(&traces) && p != &traces);
+    assert!(trace_files.count() > 0, "spans were stored: {modes:?}");
+    for (path, mode) in &modes {
+        let want = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(
+            *mode,
+            want,
+            "{} is {mode:o}, not owner-only {want:o}: {modes:?}",
+            path.display()
+        );
+    }
+}

@@ -314,6 +314,7 @@ pub struct ServerOptions {
     args: Vec<String>,
     home: Option<SkeinHome>,
     trace_dir: Option<PathBuf>,
+    umask: Option<u32>,
 }
 
 impl ServerOptions {
@@ -322,6 +323,8 @@ impl ServerOptions {
         self.env.extend(other.env);
         self.args.extend(other.args);
         self.home = other.home.or(self.home);
+        self.trace_dir = other.trace_dir.or(self.trace_dir);
+        self.umask = other.umask.or(self.umask);
         self
     }
 
@@ -353,6 +356,12 @@ impl ServerOptions {
     /// Writes spans to this directory instead of the home's.
     pub fn trace_dir(mut self, dir: &Path) -> Self {
         self.trace_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Starts the server with this umask instead of the test's.
+    pub fn umask(mut self, mask: u32) -> Self {
+        self.umask = Some(mask);
         self
     }
 }
@@ -472,6 +481,15 @@ impl Server {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
 
+        if let Some(mask) = options.umask {
+            // SAFETY: umask is async-signal-safe and touches no memory.
+            unsafe {
+                command.pre_exec(move || {
+                    libc::umask(mask as libc::mode_t);
+                    Ok(())
+                });
+            }
+        }
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("failed to spawn {label}: {e}"));
