@@ -14,6 +14,7 @@
 //!    request span once the bytes are written.
 
 pub mod connection;
+pub mod descriptors;
 pub mod environment;
 pub mod events;
 pub mod ignored_params;

@@ -202,9 +202,12 @@ struct ServeArgs {
     max_running_turns: usize,
 
     /// Most threads kept loaded in memory. Past it, stored threads that no
-    /// connection follows and no turn runs are unloaded (they stay on disk,
-    /// their files are closed; `thread/resume` loads them again).
-    /// Ephemeral threads are never unloaded.
+    /// connection follows and no turn runs are unloaded as soon as that is
+    /// so (they stay on disk, their files are closed; `thread/resume` loads
+    /// them again). Ephemeral threads are never unloaded. Each loaded
+    /// stored thread holds a file descriptor, as each connection does: the
+    /// soft limit on open files is raised to the hard one at startup, with
+    /// a warning when the two limits (plus 64) cannot fit in it.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_LOADED_THREADS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_loaded_threads: usize,
@@ -366,6 +369,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(file) = telemetry.store_file() {
         tracing::info!(file = %file.display(), "writing spans to the local trace store");
     }
+    skein_app_server::descriptors::raise_and_check(
+        matches!(args.listen, skein_app_server::ListenAddr::WebSocket(_)),
+        args.max_connections,
+        args.max_loaded_threads,
+    );
 
     let config = ServerConfig {
         listen: args.listen,

@@ -157,6 +157,7 @@ impl ConnectionSession {
     pub fn subscribe(&self, thread: &ThreadHandle) {
         let mut subs = self.subscriptions();
         if subs.by_thread.contains_key(thread.id()) {
+            thread.already_followed();
             return;
         }
         let task = forward_events(thread.subscribe(), self.outbound.clone());

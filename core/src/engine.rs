@@ -189,6 +189,10 @@ async fn run(turn: Turn, span: tracing::Span) {
         error,
         usage,
     });
+    if now_idle {
+        // Nobody may follow the thread any more: it can be unloaded now.
+        turn.entry.signal_release();
+    }
 }
 
 /// The turn from its start record to its durable end, inside its span.

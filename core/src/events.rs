@@ -18,13 +18,17 @@ use tokio::sync::Notify;
 #[derive(Debug, Default)]
 pub struct EventHub {
     subscribers: Mutex<Vec<Arc<Shared>>>,
-    ever_subscribed: std::sync::atomic::AtomicBool,
+    /// Subscriptions made so far.
+    subscriptions: std::sync::atomic::AtomicU64,
+    /// Notified whenever a subscriber goes away.
+    on_release: Option<Arc<Notify>>,
 }
 
 #[derive(Debug, Default)]
 struct Shared {
     queue: Mutex<Queue>,
     ready: Notify,
+    on_release: Option<Arc<Notify>>,
 }
 
 #[derive(Debug, Default)]
@@ -47,12 +51,25 @@ impl EventHub {
         Self::default()
     }
 
+    /// A hub that notifies `on_release` whenever one of its subscribers
+    /// goes away (the thread registry then unloads what nobody follows).
+    pub fn with_release_signal(on_release: Arc<Notify>) -> Self {
+        Self {
+            subscribers: Mutex::default(),
+            subscriptions: std::sync::atomic::AtomicU64::new(0),
+            on_release: Some(on_release),
+        }
+    }
+
     /// A new subscriber, receiving every event sent from now on.
     pub fn subscribe(&self) -> EventReceiver {
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            on_release: self.on_release.clone(),
+            ..Shared::default()
+        });
         lock(&self.subscribers).push(Arc::clone(&shared));
-        self.ever_subscribed
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.subscriptions
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         EventReceiver { shared }
     }
 
@@ -71,9 +88,9 @@ impl EventHub {
         last.push(event);
     }
 
-    /// True once anyone subscribed.
-    pub fn ever_subscribed(&self) -> bool {
-        self.ever_subscribed
+    /// How many subscriptions were made so far.
+    pub fn subscriptions_made(&self) -> u64 {
+        self.subscriptions
             .load(std::sync::atomic::Ordering::Acquire)
     }
 
@@ -166,10 +183,15 @@ impl EventReceiver {
 
 impl Drop for EventReceiver {
     fn drop(&mut self) {
-        let mut queue = lock(&self.shared.queue);
-        queue.abandoned = true;
-        // Free what was waiting now.
-        queue.events.clear();
+        {
+            let mut queue = lock(&self.shared.queue);
+            queue.abandoned = true;
+            // Free what was waiting now.
+            queue.events.clear();
+        }
+        if let Some(on_release) = &self.shared.on_release {
+            on_release.notify_one();
+        }
     }
 }
 

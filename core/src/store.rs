@@ -2,7 +2,7 @@
 //!
 //! `$SKEIN_HOME/threads/<thread-id>.jsonl` starts with a `thread` record,
 //! then holds a `turnStarted` and (once it ends) a `turnCompleted` record per
-//! turn. A person can read it; nothing is ever rewritten.
+//! turn. A person can read it; no whole record is ever rewritten.
 //!
 //! Durability: `turnStarted` is appended without a sync; `turnCompleted` is
 //! appended and synced before the turn is reported complete. Deltas are not
@@ -14,15 +14,21 @@
 //! the lock only to tell a turn still running elsewhere from one torn by a
 //! crash (the kernel releases the lock of a killed process).
 //!
+//! Whole records only: an append that fails (a full disk) is cut off
+//! again, so the next record never lands on its fragment, and a thread file
+//! that cannot be created whole is removed.
+//!
 //! Tolerance: a torn last line, a corrupt line, or a foreign or unreadable
 //! file is skipped with a warning naming the file; it never fails a load and
-//! never hides the other threads.
+//! never hides the other threads. A record that an older writer appended
+//! onto a fragment is read back from the rest of its line.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use skein_otel::owner_only;
 use skein_protocol::{TokenUsage, TurnKind, TurnStatus};
 
 use crate::records::{ThreadError, TurnItem, TurnRecord, unix_now};
@@ -194,6 +200,9 @@ pub struct StoredThread {
 #[derive(Clone, Debug)]
 pub struct ThreadStore {
     dir: PathBuf,
+    /// Injected into the files this store creates (tests).
+    #[cfg(test)]
+    fault: Option<Fault>,
 }
 
 /// An open thread file, locked for writing by this process.
@@ -201,28 +210,129 @@ pub struct ThreadStore {
 pub struct ThreadFile {
     path: PathBuf,
     file: File,
+    /// The length of the file's whole records: where the next one starts.
+    len: u64,
+    /// A failed append left bytes past `len` that could not be cut off;
+    /// until they are, each record starts with a newline of its own.
+    torn: bool,
+    /// Injected write failures (tests).
+    #[cfg(test)]
+    fault: Option<Fault>,
+}
+
+/// A disk that fills up, for tests: writes past `space` bytes fail with
+/// "no space left" after writing what fits, as a full file system does.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fault {
+    /// Bytes that can still be written.
+    pub(crate) space: u64,
+    /// Whether truncating the file fails too.
+    pub(crate) truncate_fails: bool,
 }
 
 impl ThreadFile {
+    fn new(path: PathBuf, file: File, len: u64) -> Self {
+        Self {
+            path,
+            file,
+            len,
+            torn: false,
+            #[cfg(test)]
+            fault: None,
+        }
+    }
+
     /// Appends one record; with `sync`, waits until it is on disk.
+    ///
+    /// A record is written whole or not at all: when the write (or the
+    /// sync) fails, the bytes it left are cut off again, so a full disk
+    /// never leaves a fragment the next record would be glued to. Should
+    /// cutting them off fail as well, the next record starts with a
+    /// newline, ending the fragment's line (readers skip it).
     pub fn append(&mut self, record: &Record, sync: bool) -> Result<(), StoreError> {
-        let mut line = serde_json::to_vec(record).map_err(|e| StoreError::Io {
+        let mut line = Vec::with_capacity(256);
+        // Where the record goes when an earlier fragment could not be cut
+        // off: after it, on a line of its own.
+        let after_fragment = if self.torn && !self.cut_back() {
+            line.push(b'\n');
+            Some(self.file.metadata().map_err(io_error(&self.path))?.len())
+        } else {
+            None
+        };
+        serde_json::to_writer(&mut line, record).map_err(|e| StoreError::Io {
             path: self.path.clone(),
             source: io::Error::other(e),
         })?;
         line.push(b'\n');
         // One write per record: appends from this process never interleave.
-        self.file.write_all(&line).map_err(io_error(&self.path))?;
-        if sync {
-            self.file.sync_data().map_err(io_error(&self.path))?;
+        let written = self
+            .write(&line)
+            .and_then(|()| if sync { self.file.sync_data() } else { Ok(()) });
+        if let Err(err) = written {
+            self.torn = true;
+            self.cut_back();
+            return Err(io_error(&self.path)(err));
         }
+        self.len = after_fragment.unwrap_or(self.len) + line.len() as u64;
+        self.torn = false;
         Ok(())
     }
 
-    /// Writes go to `file` from now on (tests make writes fail with it).
+    /// Cuts the file back to its whole records after a failed append.
+    /// Returns whether it is whole again.
+    fn cut_back(&mut self) -> bool {
+        match self.truncate(self.len) {
+            Ok(()) => {
+                self.torn = false;
+                true
+            }
+            Err(err) => {
+                tracing::warn!(
+                    file = %self.path.display(),
+                    %err,
+                    "could not remove what a failed write left; the next record starts a line of its own"
+                );
+                false
+            }
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(fault) = &mut self.fault {
+            let fits = usize::try_from(fault.space)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            self.file.write_all(&bytes[..fits])?;
+            fault.space -= fits as u64;
+            if fits < bytes.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "No space left on device (injected)",
+                ));
+            }
+            return Ok(());
+        }
+        self.file.write_all(bytes)
+    }
+
+    fn truncate(&self, len: u64) -> io::Result<()> {
+        #[cfg(test)]
+        if self.fault.is_some_and(|f| f.truncate_fails) {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "No space left on device (injected)",
+            ));
+        }
+        self.file.set_len(len)
+    }
+
+    /// Makes later writes fail as `fault` says (`None`: the disk has room
+    /// again).
     #[cfg(test)]
-    pub(crate) fn redirect_for_test(&mut self, file: File) {
-        self.file = file;
+    pub(crate) fn inject_fault(&mut self, fault: Option<Fault>) {
+        self.fault = fault;
     }
 
     /// The file's path.
@@ -235,8 +345,19 @@ impl ThreadStore {
     /// The store in `dir`, created if missing.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(io_error(&dir))?;
-        Ok(Self { dir })
+        owner_only::create_dir_all(&dir).map_err(io_error(&dir))?;
+        Ok(Self {
+            dir,
+            #[cfg(test)]
+            fault: None,
+        })
+    }
+
+    /// The files this store creates fail to be written as `fault` says.
+    #[cfg(test)]
+    pub(crate) fn with_fault(mut self, fault: Fault) -> Self {
+        self.fault = Some(fault);
+        self
     }
 
     /// The store's directory.
@@ -254,7 +375,8 @@ impl ThreadStore {
     }
 
     /// Creates a thread's file with its header and `turns` (for a fork),
-    /// synced, and keeps it locked for writing.
+    /// synced, and keeps it locked for writing. When it cannot be written
+    /// whole (a full disk), no file is left behind.
     pub fn create(
         &self,
         header: &Record,
@@ -262,23 +384,42 @@ impl ThreadStore {
         turns: &[TurnRecord],
     ) -> Result<ThreadFile, StoreError> {
         let path = self.path_of(id);
-        let file = OpenOptions::new()
+        let file = owner_only::open_options()
             .create_new(true)
             .append(true)
             .open(&path)
             .map_err(io_error(&path))?;
-        lock_exclusive(&file, id, &path)?;
-        let mut thread_file = ThreadFile { path, file };
-        thread_file.append(header, false)?;
-        for turn in turns {
-            for record in turn_records(turn) {
-                thread_file.append(&record, false)?;
-            }
+        let mut thread_file = ThreadFile::new(path, file, 0);
+        #[cfg(test)]
+        {
+            thread_file.fault = self.fault;
         }
-        thread_file
-            .file
-            .sync_all()
-            .map_err(io_error(&thread_file.path))?;
+        let written = owner_only::restrict(&thread_file.file)
+            .map_err(io_error(&thread_file.path))
+            .and_then(|()| lock_exclusive(&thread_file.file, id, &thread_file.path))
+            .and_then(|()| {
+                thread_file.append(header, false)?;
+                for turn in turns {
+                    for record in turn_records(turn) {
+                        thread_file.append(&record, false)?;
+                    }
+                }
+                thread_file
+                    .file
+                    .sync_all()
+                    .map_err(io_error(&thread_file.path))
+            });
+        if let Err(err) = written {
+            // Still holding the lock: nobody else has seen the file.
+            if let Err(remove) = fs::remove_file(&thread_file.path) {
+                tracing::warn!(
+                    file = %thread_file.path.display(),
+                    err = %remove,
+                    "could not remove a thread file that failed to be written"
+                );
+            }
+            return Err(err);
+        }
         Ok(thread_file)
     }
 
@@ -298,11 +439,11 @@ impl ThreadStore {
             Err(e) => return Err(io_error(&path)(e)),
         };
         lock_exclusive(&file, id, &path)?;
-        cut_torn_tail(&file, &path)?;
+        let len = cut_torn_tail(&file, &path)?;
         // We hold the lock, so any unfinished turn's writer is gone: read
         // the turns as they are, then record those interruptions.
         let mut thread = read_thread(&path, true)?;
-        let mut thread_file = ThreadFile { path, file };
+        let mut thread_file = ThreadFile::new(path, file, len);
         let now = unix_now();
         for turn in thread
             .turns
@@ -384,11 +525,12 @@ impl ThreadStore {
 /// Removes a torn last line (bytes after the last newline), left by a
 /// writer that died mid-append, so the next record starts on a line of its
 /// own instead of being glued to the fragment. The fragment was never a
-/// complete record. Only called while holding the file's lock.
-fn cut_torn_tail(file: &File, path: &Path) -> Result<(), StoreError> {
+/// complete record. Only called while holding the file's lock. Returns the
+/// file's length afterwards.
+fn cut_torn_tail(file: &File, path: &Path) -> Result<u64, StoreError> {
     let bytes = fs::read(path).map_err(io_error(path))?;
     if bytes.is_empty() || bytes.last() == Some(&b'\n') {
-        return Ok(());
+        return Ok(bytes.len() as u64);
     }
     let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     tracing::warn!(
@@ -397,7 +539,8 @@ fn cut_torn_tail(file: &File, path: &Path) -> Result<(), StoreError> {
         "removing a torn last line left by an interrupted write"
     );
     file.set_len(keep as u64).map_err(io_error(path))?;
-    file.sync_all().map_err(io_error(path))
+    file.sync_all().map_err(io_error(path))?;
+    Ok(keep as u64)
 }
 
 fn lock_exclusive(file: &File, id: &str, path: &Path) -> Result<(), StoreError> {
@@ -436,6 +579,17 @@ fn turn_records(turn: &TurnRecord) -> [Record; 2] {
     ]
 }
 
+/// The record at the end of `line` when a writer appended it to the
+/// fragment an earlier failed write left (as versions that did not cut such
+/// fragments off did): the rest of the line from the first `{"type":` past
+/// its start that reads as a whole record.
+fn glued_record(line: &[u8]) -> Option<Record> {
+    const RECORD_START: &[u8] = b"{\"type\":";
+    (1..line.len())
+        .filter(|&at| line[at..].starts_with(RECORD_START))
+        .find_map(|at| serde_json::from_slice(&line[at..]).ok())
+}
+
 /// Reads a thread file. Unreadable lines are skipped with a warning; a
 /// torn last line (no newline yet) is expected while a writer appends.
 fn read_thread(path: &Path, writer_alive: bool) -> Result<StoredThread, StoreError> {
@@ -460,10 +614,20 @@ fn read_thread(path: &Path, writer_alive: bool) -> Result<StoredThread, StoreErr
                 tracing::warn!(file = %path.display(), line = number, %err, "ignoring a torn last line");
                 break;
             }
-            Err(err) => {
-                tracing::warn!(file = %path.display(), line = number, %err, "skipping an unreadable line");
-                continue;
-            }
+            Err(err) => match glued_record(&line) {
+                Some(record) => {
+                    tracing::warn!(
+                        file = %path.display(),
+                        line = number,
+                        "reading a record written onto the fragment of an earlier failed write"
+                    );
+                    record
+                }
+                None => {
+                    tracing::warn!(file = %path.display(), line = number, %err, "skipping an unreadable line");
+                    continue;
+                }
+            },
         };
         match (record, thread.as_mut()) {
             (
@@ -831,6 +995,115 @@ mod tests {
         let ids: Vec<&str> = thread.turns.iter().map(|t| t.id.as_str()).collect();
         assert_eq!(ids, vec!["t1", "t3"]);
         assert_eq!(thread.turns[1].status, TurnStatus::Completed);
+    }
+
+    fn lines_of(dir: &Path, id: &str) -> Vec<String> {
+        let text = fs::read_to_string(dir.join(format!("{id}.jsonl"))).expect("read");
+        assert!(text.ends_with('\n'), "{text:?}");
+        text.lines().map(str::to_owned).collect()
+    }
+
+    fn turn_ids(thread: &StoredThread) -> Vec<&str> {
+        thread.turns.iter().map(|t| t.id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_record_appended_after_a_disk_full_failure_is_read_back_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ThreadStore::open(dir.path()).expect("store");
+        let id = new_id();
+        let mut file = store.create(&header(&id), &id, &[]).expect("create");
+        file.append(&started("t1"), false).expect("append");
+        file.append(&completed("t1"), true).expect("append");
+        // The disk fills up in the middle of the next record.
+        file.inject_fault(Some(Fault {
+            space: 20,
+            truncate_fails: false,
+        }));
+        assert!(file.append(&started("t2"), false).is_err());
+        assert!(file.append(&completed("t2"), true).is_err());
+        // Room again: the next turn is written and reported complete.
+        file.inject_fault(None);
+        file.append(&started("t3"), false).expect("append");
+        file.append(&completed("t3"), true).expect("append");
+        drop(file);
+
+        let thread = store.load(&id).expect("load");
+        assert_eq!(turn_ids(&thread), ["t1", "t3"]);
+        assert_eq!(thread.turns[1].status, TurnStatus::Completed);
+        for line in lines_of(dir.path(), &id) {
+            serde_json::from_str::<Record>(&line)
+                .unwrap_or_else(|e| panic!("a torn record was left ({e}): {line}"));
+        }
+    }
+
+    #[test]
+    fn when_a_fragment_cannot_be_cut_off_the_next_record_starts_a_line_of_its_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ThreadStore::open(dir.path()).expect("store");
+        let id = new_id();
+        let mut file = store.create(&header(&id), &id, &[]).expect("create");
+        file.inject_fault(Some(Fault {
+            space: 20,
+            truncate_fails: true,
+        }));
+        assert!(file.append(&started("t1"), false).is_err());
+        file.inject_fault(Some(Fault {
+            space: u64::MAX,
+            truncate_fails: true,
+        }));
+        file.append(&started("t2"), false).expect("append");
+        file.append(&completed("t2"), true).expect("append");
+        drop(file);
+
+        let thread = store.load(&id).expect("load");
+        assert_eq!(turn_ids(&thread), ["t2"]);
+        assert_eq!(thread.turns[0].status, TurnStatus::Completed);
+        let lines = lines_of(dir.path(), &id);
+        assert_eq!(
+            lines.len(),
+            4,
+            "header, fragment, t2's two records: {lines:?}"
+        );
+        let t1 = serde_json::to_string(&started("t1")).expect("json");
+        assert_eq!(lines[1], t1[..20], "the fragment, on a line of its own");
+    }
+
+    #[test]
+    fn a_record_glued_onto_a_fragment_by_an_older_writer_is_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ThreadStore::open(dir.path()).expect("store");
+        let id = new_id();
+        let json = |record: &Record| serde_json::to_string(record).expect("json");
+        let fragment = &json(&completed("t1"))[..30];
+        let text = format!(
+            "{}\n{}\n{fragment}{}\n{}\n",
+            json(&header(&id)),
+            json(&started("t1")),
+            json(&started("t2")),
+            json(&completed("t2")),
+        );
+        fs::write(dir.path().join(format!("{id}.jsonl")), text).expect("write");
+        let thread = store.load(&id).expect("load");
+        assert_eq!(turn_ids(&thread), ["t1", "t2"]);
+        assert_eq!(thread.turns[1].status, TurnStatus::Completed);
+    }
+
+    #[test]
+    fn a_thread_file_that_cannot_be_written_at_creation_is_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for space in [0, 20] {
+            let store = ThreadStore::open(dir.path())
+                .expect("store")
+                .with_fault(Fault {
+                    space,
+                    truncate_fails: false,
+                });
+            let id = new_id();
+            assert!(store.create(&header(&id), &id, &[]).is_err());
+            assert!(!store.contains(&id), "{space} bytes of room left a file");
+        }
+        assert_eq!(fs::read_dir(dir.path()).expect("dir").count(), 0);
     }
 
     #[test]

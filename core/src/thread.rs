@@ -6,10 +6,11 @@
 //! [`crate::engine`].
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use opentelemetry::trace::SpanContext;
 use skein_protocol::{Event, EventMsg, Submission, W3cTraceContext};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::events::EventHub;
 use crate::records::{ThreadInfo, TurnRecord, unix_now_ms};
@@ -38,9 +39,14 @@ pub(crate) struct ThreadEntry {
     /// unloaded: its file is closed (and its lock released) at once, so a
     /// new load can take it over while this entry's loop winds down.
     pub(crate) file: Option<Mutex<Option<ThreadFile>>>,
-    /// When it was loaded, for sparing a just-loaded thread whose first
-    /// subscriber has not arrived yet from unloading.
-    pub(crate) loaded_at: std::time::Instant,
+    /// When a request last took the thread (loaded it, or found it
+    /// loaded) and how many subscriptions its hub had then: a thread taken
+    /// whose subscriber has not arrived yet is spared from unloading.
+    /// `None` once it did subscribe (or said it already follows).
+    taken: Mutex<Option<(Instant, u64)>>,
+    /// Notified when the thread may have become unloadable (its turn
+    /// ended); `None` when nothing unloads threads.
+    on_release: Option<Arc<Notify>>,
 }
 
 impl ThreadEntry {
@@ -51,6 +57,7 @@ impl ThreadEntry {
         turns: Vec<TurnRecord>,
         file: Option<ThreadFile>,
         queue: usize,
+        on_release: Option<Arc<Notify>>,
     ) -> (Arc<Self>, mpsc::Receiver<Submission>) {
         let (submissions, rx) = mpsc::channel(queue);
         let last_turn_span = turns.iter().rev().find_map(|t| {
@@ -65,11 +72,40 @@ impl ThreadEntry {
                 last_turn_span,
             }),
             submissions,
-            events: EventHub::new(),
+            events: on_release
+                .clone()
+                .map_or_else(EventHub::new, EventHub::with_release_signal),
             file: file.map(|f| Mutex::new(Some(f))),
-            loaded_at: std::time::Instant::now(),
+            taken: Mutex::new(Some((Instant::now(), 0))),
+            on_release,
         });
         (entry, rx)
+    }
+
+    /// Records that a request took the thread and is about to follow it.
+    pub(crate) fn take(&self) {
+        let made = self.events.subscriptions_made();
+        *self.taken.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), made));
+    }
+
+    /// Records that the request that took the thread follows it already.
+    pub(crate) fn followed(&self) {
+        *self.taken.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// When the thread was taken by a request that has not subscribed
+    /// since: until `grace` after that, it must not be unloaded.
+    pub(crate) fn spared_until(&self, grace: std::time::Duration) -> Option<Instant> {
+        let (at, made) = (*self.taken.lock().unwrap_or_else(|p| p.into_inner()))?;
+        let until = at + grace;
+        (self.events.subscriptions_made() == made && Instant::now() < until).then_some(until)
+    }
+
+    /// Tells the registry the thread may have become unloadable.
+    pub(crate) fn signal_release(&self) {
+        if let Some(on_release) = &self.on_release {
+            on_release.notify_one();
+        }
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, ThreadState> {

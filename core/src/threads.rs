@@ -8,12 +8,13 @@
 //! subscribed.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use skein_otel::names::{attr, span};
 use skein_protocol::{EventMsg, Op, Submission, ThreadStatus, TurnKind, TurnStatus, UserInput};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -91,10 +92,18 @@ impl ThreadHandle {
     pub fn subscribe(&self) -> EventReceiver {
         self.entry.events.subscribe()
     }
+
+    /// Says that whoever took this handle from [`ThreadManager::load`]
+    /// follows the thread already (instead of subscribing): it need not be
+    /// spared from unloading for a subscriber still to come.
+    pub fn already_followed(&self) {
+        self.entry.followed();
+    }
 }
 
-/// How long a loaded thread nobody has subscribed to yet is spared from
-/// unloading: the request that loaded it subscribes right after.
+/// How long a thread a request took (loaded, or found loaded) is spared
+/// from unloading until someone subscribes: the request that took it
+/// subscribes right after.
 const FIRST_SUBSCRIBER_GRACE: Duration = Duration::from_secs(30);
 
 struct Registry {
@@ -112,6 +121,11 @@ pub struct ThreadManager {
     store: Option<ThreadStore>,
     max_running_turns: Option<usize>,
     max_loaded_threads: Option<usize>,
+    /// Notified when a thread may have become unloadable (a subscriber
+    /// left, a turn ended); with a thread limit, a task then unloads the
+    /// threads beyond it.
+    released: Arc<Notify>,
+    unloader_started: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for ThreadManager {
@@ -133,6 +147,8 @@ impl ThreadManager {
             store: config.store,
             max_running_turns: config.max_running_turns,
             max_loaded_threads: config.max_loaded_threads,
+            released: Arc::new(Notify::new()),
+            unloader_started: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -151,9 +167,19 @@ impl ThreadManager {
 
     /// The handle of thread `id`, loading it from the store for writing if
     /// this process has not loaded it yet. Fails with [`ThreadError::Busy`]
-    /// while another process writes it.
+    /// while another process writes it. The caller is to follow the thread
+    /// next ([`ThreadHandle::subscribe`], or
+    /// [`ThreadHandle::already_followed`]): until it does, for a while, the
+    /// thread is not unloaded.
     pub fn load(&self, id: &str) -> Result<ThreadHandle, ThreadError> {
+        self.load_taking(id, true)
+    }
+
+    fn load_taking(&self, id: &str, take: bool) -> Result<ThreadHandle, ThreadError> {
         if let Ok(handle) = self.handle(id) {
+            if take {
+                handle.entry.take();
+            }
             return Ok(handle);
         }
         let Some(store) = &self.store else {
@@ -291,7 +317,8 @@ impl ThreadManager {
         turns: Vec<TurnRecord>,
         file: Option<ThreadFile>,
     ) -> Result<ThreadHandle, ThreadError> {
-        let (entry, rx) = ThreadEntry::new(info, turns, file, SUBMISSION_QUEUE);
+        let on_release = self.max_loaded_threads.map(|_| Arc::clone(&self.released));
+        let (entry, rx) = ThreadEntry::new(info, turns, file, SUBMISSION_QUEUE, on_release);
         let mut registry = self.lock();
         if registry.shutting_down {
             return Err(ThreadError::ShuttingDown);
@@ -311,9 +338,25 @@ impl ThreadManager {
             .threads
             .insert(handle.entry.id.clone(), handle.clone());
         if let Some(max) = self.max_loaded_threads {
-            unload_idle(&mut registry, max, &handle.entry.id);
+            unload_idle(&mut registry, max, Some(&handle.entry.id));
+            if !self.unloader_started.swap(true, Ordering::AcqRel) {
+                tokio::spawn(unload_when_released(
+                    Arc::downgrade(&self.registry),
+                    Arc::clone(&self.released),
+                    max,
+                ));
+            }
         }
         Ok(handle)
+    }
+
+    /// Whether `handle` is the thread's handle in the registry (not one
+    /// unloaded since it was taken).
+    fn is_loaded(&self, handle: &ThreadHandle) -> bool {
+        self.lock()
+            .threads
+            .get(handle.id())
+            .is_some_and(|h| Arc::ptr_eq(&h.entry, &handle.entry))
     }
 
     /// A thread's metadata (from the store when not loaded here).
@@ -486,7 +529,6 @@ impl ThreadManager {
         model: Option<&str>,
         provider: Option<&str>,
     ) -> Result<StartedTurn, ThreadError> {
-        let handle = self.load(id)?;
         // The input as the turn keeps it, flattened once; review and
         // compaction turns take none.
         let input = match kind {
@@ -495,6 +537,13 @@ impl ThreadManager {
         };
         if kind == TurnKind::Regular && input.trim().is_empty() {
             return Err(ThreadError::EmptyInput);
+        }
+        // A thread unloaded between its load and the claim below (nobody
+        // followed it) is loaded again: the turn must go to the thread as
+        // loaded now, or its history would be lost.
+        let mut handle = self.load_taking(id, false)?;
+        while !self.is_loaded(&handle) {
+            handle = self.load_taking(id, false)?;
         }
         let switch_to = if model.is_some() || provider.is_some() {
             let current = handle.entry.state().info.model.clone();
@@ -525,6 +574,15 @@ impl ThreadManager {
                 if running >= max {
                     return Err(ThreadError::Overloaded { running });
                 }
+            }
+            // Claimed under the registry lock, which unloading takes too:
+            // a thread still loaded now stays loaded while its turn runs.
+            if !registry
+                .threads
+                .get(id)
+                .is_some_and(|h| Arc::ptr_eq(&h.entry, &handle.entry))
+            {
+                return Err(ThreadError::NotFound(id.to_owned()));
             }
             let mut state = handle.entry.state();
             if let Some(running) = &state.active_turn {
@@ -615,6 +673,8 @@ impl ThreadManager {
         let (handles, loops) = {
             let mut registry = self.lock();
             registry.shutting_down = true;
+            // The unloading task sees it and stops.
+            self.released.notify_one();
             let handles: Vec<ThreadHandle> = registry.threads.values().cloned().collect();
             (handles, std::mem::take(&mut registry.loops))
         };
@@ -645,30 +705,70 @@ impl ThreadManager {
     }
 }
 
+/// Unloads the threads beyond `max` whenever a thread may have become
+/// unloadable (`released`: a subscriber left or a turn ended), and again
+/// when a thread spared for its coming subscriber stops being spared.
+/// Stops with the registry's shutdown.
+async fn unload_when_released(registry: Weak<Mutex<Registry>>, released: Arc<Notify>, max: usize) {
+    let mut again_at: Option<Instant> = None;
+    loop {
+        match again_at {
+            Some(at) => {
+                tokio::select! {
+                    () = released.notified() => {}
+                    () = tokio::time::sleep_until(at.into()) => {}
+                }
+            }
+            None => released.notified().await,
+        }
+        let Some(registry) = registry.upgrade() else {
+            return;
+        };
+        let mut registry = registry.lock().unwrap_or_else(|p| p.into_inner());
+        if registry.shutting_down {
+            return;
+        }
+        again_at = unload_idle(&mut registry, max, None);
+    }
+}
+
 /// Unloads threads until at most `max` are loaded, oldest first: only
 /// stored threads (their history stays on disk) that no connection follows
-/// and no turn runs, never `keep`. Each one's loop is told to stop; it then
-/// drops the thread, closing its file and releasing its lock.
-fn unload_idle(registry: &mut Registry, max: usize, keep: &str) {
+/// and no turn runs, never `keep`, and none a request took for a subscriber
+/// still to come. Each one's loop is told to stop; it then drops the
+/// thread, closing its file and releasing its lock. Returns when the
+/// earliest of the spared threads stops being spared, if that is all that
+/// keeps more than `max` loaded.
+fn unload_idle(registry: &mut Registry, max: usize, keep: Option<&str>) -> Option<Instant> {
     let excess = registry.threads.len().saturating_sub(max);
     if excess == 0 {
-        return;
+        return None;
     }
+    let mut spared_until: Option<Instant> = None;
     let idle: Vec<String> = registry
         .threads
         .values()
         .filter(|t| {
             let entry = &t.entry;
-            entry.id != keep
-                && entry.file.is_some()
-                && entry.events.subscriber_count() == 0
-                && (entry.events.ever_subscribed()
-                    || entry.loaded_at.elapsed() >= FIRST_SUBSCRIBER_GRACE)
-                && entry.state().active_turn.is_none()
+            if keep == Some(entry.id.as_str())
+                || entry.file.is_none()
+                || entry.events.subscriber_count() != 0
+                || entry.state().active_turn.is_some()
+            {
+                return false;
+            }
+            match entry.spared_until(FIRST_SUBSCRIBER_GRACE) {
+                Some(until) => {
+                    spared_until = Some(spared_until.map_or(until, |s| s.min(until)));
+                    false
+                }
+                None => true,
+            }
         })
         .map(|t| t.entry.id.clone())
         .take(excess)
         .collect();
+    let spared_until = spared_until.filter(|_| idle.len() < excess);
     for id in idle {
         if let Some(handle) = registry.threads.remove(&id) {
             handle.entry.close_file();
@@ -685,6 +785,7 @@ fn unload_idle(registry: &mut Registry, max: usize, keep: &str) {
             tracing::debug!(thread = %id, "unloaded an idle thread");
         }
     }
+    spared_until
 }
 
 fn stop_submission() -> Submission {
@@ -816,7 +917,7 @@ mod tests {
             name: None,
             archived: false,
         };
-        let (entry, rx) = ThreadEntry::new(info, Vec::new(), None, 4);
+        let (entry, rx) = ThreadEntry::new(info, Vec::new(), None, 4, None);
         (ThreadHandle { entry }, rx)
     }
 
@@ -1088,6 +1189,87 @@ mod tests {
         manager.shutdown().await;
     }
 
+    /// Waits (for at most a minute) until `done` holds.
+    async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn threads_beyond_the_limit_are_unloaded_as_soon_as_nobody_follows_them() {
+        let _capture = Capture::new();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ThreadStore::open(dir.path()).expect("store");
+        let manager = ThreadManager::new(CoreConfig {
+            store: Some(store.clone()),
+            max_loaded_threads: Some(2),
+            ..CoreConfig::default()
+        });
+        let mut ids = Vec::new();
+        let mut followers = Vec::new();
+        for _ in 0..5 {
+            let thread = manager.start_thread(None, false).expect("thread");
+            followers.push(manager.handle(&thread.id).expect("handle").subscribe());
+            ids.push(thread.id);
+        }
+        assert_eq!(manager.loaded_ids(), ids, "followed threads stay loaded");
+        // The connection that followed them goes away, and nothing else
+        // happens: the oldest three are unloaded all the same.
+        drop(followers);
+        wait_until("two threads are loaded", || manager.loaded_ids().len() <= 2).await;
+        assert_eq!(manager.loaded_ids(), ids[3..]);
+        // Their files are closed: their locks are free.
+        for id in &ids[..3] {
+            store.open_for_write(id).expect("the file was released");
+        }
+        manager.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_thread_beyond_the_limit_is_unloaded_when_its_unfollowed_turn_ends() {
+        let _capture = Capture::new();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let manager = ThreadManager::new(CoreConfig {
+            store: Some(ThreadStore::open(dir.path()).expect("store")),
+            max_loaded_threads: Some(1),
+            echo_delay: Duration::from_secs(3600),
+            ..CoreConfig::default()
+        });
+        let running = manager.start_thread(None, false).expect("running");
+        let follower = manager.handle(&running.id).expect("handle").subscribe();
+        let turn = manager
+            .start_turn(
+                &running.id,
+                TurnKind::Regular,
+                vec![UserInput::Text {
+                    text: "a long answer".into(),
+                }],
+            )
+            .await
+            .expect("turn");
+        let followed = manager.start_thread(None, false).expect("followed");
+        let _follower = manager.handle(&followed.id).expect("handle").subscribe();
+        // Nobody follows the running thread any more, but its turn runs.
+        drop(follower);
+        assert_eq!(
+            manager.loaded_ids(),
+            [running.id.clone(), followed.id.clone()]
+        );
+        // The turn ends: the thread is unloaded without any new activity.
+        manager
+            .interrupt(&running.id, &turn.turn_id)
+            .await
+            .expect("interrupt");
+        wait_until("the idle thread is unloaded", || {
+            manager.loaded_ids() == [followed.id.clone()]
+        })
+        .await;
+        manager.shutdown().await;
+    }
+
     #[tokio::test]
     async fn turns_past_the_running_limit_are_refused() {
         let _capture = Capture::new();
@@ -1280,13 +1462,10 @@ mod tests {
         assert_eq!(attr(turn, attr::TURN_STATUS).as_deref(), Some("failed"));
     }
 
-    /// Makes every later history write of thread `id` fail with ENOSPC.
-    fn fill_the_disk_under(manager: &ThreadManager, id: &str) {
+    /// Makes the later history writes of thread `id` fail as `fault` says
+    /// (`None`: the disk has room again).
+    fn set_disk_fault(manager: &ThreadManager, id: &str, fault: Option<crate::store::Fault>) {
         let handle = manager.handle(id).expect("handle");
-        let full = std::fs::OpenOptions::new()
-            .append(true)
-            .open("/dev/full")
-            .expect("open /dev/full");
         handle
             .entry
             .file
@@ -1296,7 +1475,107 @@ mod tests {
             .expect("lock")
             .as_mut()
             .expect("the thread's file is open")
-            .redirect_for_test(full);
+            .inject_fault(fault);
+    }
+
+    /// Makes every later history write of thread `id` fail with ENOSPC.
+    fn fill_the_disk_under(manager: &ThreadManager, id: &str) {
+        set_disk_fault(
+            manager,
+            id,
+            Some(crate::store::Fault {
+                space: 0,
+                truncate_fails: false,
+            }),
+        );
+    }
+
+    /// Runs a turn of `text` on thread `id` to its end: its status and error.
+    async fn run_turn(
+        manager: &ThreadManager,
+        id: &str,
+        text: &str,
+    ) -> (TurnStatus, Option<String>) {
+        let mut events = manager.handle(id).expect("handle").subscribe();
+        manager
+            .start_turn(
+                id,
+                TurnKind::Regular,
+                vec![UserInput::Text { text: text.into() }],
+            )
+            .await
+            .expect("start");
+        wait_for_completion(&mut events).await
+    }
+
+    #[tokio::test]
+    async fn a_turn_completed_after_the_disk_filled_and_was_freed_is_read_back_after_a_restart() {
+        let _capture = Capture::new();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let manager = stored_manager(dir.path(), Duration::ZERO);
+        let thread = manager.start_thread(None, false).expect("thread");
+        assert_eq!(
+            run_turn(&manager, &thread.id, "before").await,
+            (TurnStatus::Completed, None)
+        );
+        // The disk fills up in the middle of the next turn's start record.
+        set_disk_fault(
+            &manager,
+            &thread.id,
+            Some(crate::store::Fault {
+                space: 40,
+                truncate_fails: false,
+            }),
+        );
+        for text in ["full one", "full two"] {
+            let (status, error) = run_turn(&manager, &thread.id, text).await;
+            assert_eq!(status, TurnStatus::Failed);
+            let error = error.expect("error");
+            assert!(error.contains("could not write thread history"), "{error}");
+        }
+        set_disk_fault(&manager, &thread.id, None);
+        assert_eq!(
+            run_turn(&manager, &thread.id, "after").await,
+            (TurnStatus::Completed, None)
+        );
+        manager.shutdown().await;
+
+        let restarted = stored_manager(dir.path(), Duration::ZERO);
+        let turns = restarted.turns(&thread.id).expect("turns");
+        let read: Vec<(&str, TurnStatus)> = turns
+            .iter()
+            .map(|t| (t.output.as_str(), t.status))
+            .collect();
+        assert_eq!(
+            read,
+            [
+                ("before", TurnStatus::Completed),
+                ("after", TurnStatus::Completed)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_thread_started_on_a_full_disk_fails_and_leaves_no_file() {
+        let _capture = Capture::new();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ThreadStore::open(dir.path())
+            .expect("store")
+            .with_fault(crate::store::Fault {
+                space: 0,
+                truncate_fails: false,
+            });
+        let manager = ThreadManager::new(CoreConfig {
+            store: Some(store),
+            ..CoreConfig::default()
+        });
+        let error = manager
+            .start_thread(None, false)
+            .expect_err("no room for the thread");
+        assert!(matches!(error, ThreadError::Store(_)), "{error:?}");
+        assert_eq!(manager.list(None, None, false).expect("list").threads, []);
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+        manager.shutdown().await;
     }
 
     fn stored_manager(dir: &std::path::Path, echo_delay: std::time::Duration) -> ThreadManager {

@@ -19,6 +19,8 @@
 //! - [`otlp_connection`]: how an OTLP exporter reaches its collector: TLS
 //!   files, `INSECURE`, the timeout.
 //! - [`metrics`]: metric instruments, exported over OTLP next to the spans.
+//! - [`owner_only`]: creating directories and files only their owner can
+//!   use (the trace store here, thread history in core).
 
 pub mod carrier;
 pub mod export;
@@ -27,6 +29,7 @@ pub mod metrics;
 pub mod names;
 pub mod otlp_connection;
 pub mod otlp_json;
+pub mod owner_only;
 pub mod rpc;
 pub mod telemetry;
 pub mod w3c;

@@ -293,7 +293,7 @@ impl LocalStore {
         retention: Retention,
     ) -> std::io::Result<Arc<Self>> {
         let dir = dir.into();
-        fs::create_dir_all(&dir)?;
+        crate::owner_only::create_dir_all(&dir)?;
         let millis = unix_millis();
         let store = Arc::new(Self {
             file: Mutex::new(Current {
@@ -705,11 +705,18 @@ fn create_locked(path: &Path) -> std::io::Result<(File, u64)> {
     let fresh = path.with_extension("new");
     // Left over by a process of the same id that died before the rename.
     let _ = fs::remove_file(&fresh);
-    let create = || OpenOptions::new().create(true).append(true).open(&fresh);
+    let create = || -> std::io::Result<File> {
+        let file = crate::owner_only::open_options()
+            .create(true)
+            .append(true)
+            .open(&fresh)?;
+        crate::owner_only::restrict(&file)?;
+        Ok(file)
+    };
     let file = match create() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent() {
-                fs::create_dir_all(dir).map_err(context)?;
+                crate::owner_only::create_dir_all(dir).map_err(context)?;
             }
             create()
         }

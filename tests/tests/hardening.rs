@@ -1100,3 +1100,63 @@ async fn oversized_heads_get_431_and_refused_upgrades_get_400_or_426() {
     assert_eq!(answer["id"], json!(id), "{answer}");
     server.shutdown().await;
 }
+
+/// The soft and hard limits on open files of process `pid`.
+fn open_file_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
+#[tokio::test]
+async fn the_open_file_limit_is_raised_to_the_hard_one_and_a_budget_that_cannot_fit_is_named() {
+    // A soft limit of 256 under a hard one of 512; the limits configured
+    // need 1000 connections + 300 threads + the reserve.
+    let mut server = Server::start_with(
+        Transport::WebSocket,
+        ServerOptions::default()
+            .open_files(256, 512)
+            .arg("--max-connections")
+            .arg("1000")
+            .arg("--max-loaded-threads")
+            .arg("300"),
+    )
+    .await;
+    assert_eq!(open_file_limits(server.pid()), (512, 512));
+    let warning = server
+        .wait_for_stderr(|line| line.contains("the limit on open files (512)"))
+        .await;
+    for number in ["1364", "1000 connections", "300 loaded threads"] {
+        assert!(warning.contains(number), "{number} in {warning}");
+    }
+    server.shutdown().await;
+
+    // Limits that fit: no warning.
+    let server = Server::start_with(
+        Transport::WebSocket,
+        ServerOptions::default()
+            .open_files(256, 512)
+            .arg("--max-connections")
+            .arg("100")
+            .arg("--max-loaded-threads")
+            .arg("100"),
+    )
+    .await;
+    assert_eq!(open_file_limits(server.pid()), (512, 512));
+    let finished = server.shutdown().await;
+    assert!(
+        !finished
+            .stderr()
+            .iter()
+            .any(|l| l.contains("the limit on open files")),
+        "{:?}",
+        finished.stderr()
+    );
+}

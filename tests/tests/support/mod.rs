@@ -347,6 +347,8 @@ pub struct ServerOptions {
     args: Vec<String>,
     home: Option<SkeinHome>,
     trace_dir: Option<PathBuf>,
+    umask: Option<u32>,
+    open_files: Option<(u64, u64)>,
 }
 
 impl ServerOptions {
@@ -355,6 +357,9 @@ impl ServerOptions {
         self.env.extend(other.env);
         self.args.extend(other.args);
         self.home = other.home.or(self.home);
+        self.trace_dir = other.trace_dir.or(self.trace_dir);
+        self.umask = other.umask.or(self.umask);
+        self.open_files = other.open_files.or(self.open_files);
         self
     }
 
@@ -386,6 +391,18 @@ impl ServerOptions {
     /// Writes spans to this directory instead of the home's.
     pub fn trace_dir(mut self, dir: &Path) -> Self {
         self.trace_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Starts the server with these soft and hard limits on open files.
+    pub fn open_files(mut self, soft: u64, hard: u64) -> Self {
+        self.open_files = Some((soft, hard));
+        self
+    }
+
+    /// Starts the server with this umask instead of the test's.
+    pub fn umask(mut self, mask: u32) -> Self {
+        self.umask = Some(mask);
         self
     }
 }
@@ -505,6 +522,31 @@ impl Server {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
 
+        if let Some(mask) = options.umask {
+            // SAFETY: umask is async-signal-safe and touches no memory.
+            unsafe {
+                command.pre_exec(move || {
+                    libc::umask(mask as libc::mode_t);
+                    Ok(())
+                });
+            }
+        }
+        if let Some((soft, hard)) = options.open_files {
+            let limit = libc::rlimit {
+                rlim_cur: soft as libc::rlim_t,
+                rlim_max: hard as libc::rlim_t,
+            };
+            // SAFETY: setrlimit is async-signal-safe and reads only `limit`,
+            // copied into the closure.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("failed to spawn {label}: {e}"));
