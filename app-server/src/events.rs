@@ -139,9 +139,14 @@ pub async fn forward_events(mut events: EventReceiver, outbound: mpsc::Sender<Ou
             // ShutdownComplete: nothing follows.
             return;
         };
+        let ends_turn = match event.msg {
+            EventMsg::TurnCompleted { turn_id, .. } => Some(turn_id),
+            _ => None,
+        };
         let item = OutboundItem {
             text: message.to_json(),
             spans: Vec::new(),
+            ends_turn,
         };
         if outbound.send(item).await.is_err() {
             return;

@@ -933,6 +933,121 @@ async fn a_request_followed_by_a_half_close_is_answered_before_the_close_frame()
     }
 }
 
+/// The JSON of the text frames in `frames`.
+fn frame_messages(frames: &[raw_ws::Frame]) -> Vec<Value> {
+    frames
+        .iter()
+        .filter_map(raw_ws::Frame::text)
+        .map(|text| serde_json::from_str(&text).expect("the server sends JSON"))
+        .collect()
+}
+
+/// Reads frames until the answer to request `id` and returns it.
+async fn raw_answer(ws: &mut RawWs, id: i64) -> Value {
+    loop {
+        let frame = ws
+            .next_frame()
+            .await
+            .unwrap_or_else(|| panic!("the connection ended before the answer to {id}"));
+        if let Some(message) = frame_messages(&[frame]).pop()
+            && message["id"] == json!(id)
+        {
+            return message;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_half_closes_after_turn_start_gets_the_whole_turn() {
+    // A client may start a turn and shut its sending side down at once:
+    // it still gets every notification of the turn, up to `turn/completed`,
+    // and only then the close frame.
+    const CLIENTS: usize = 13;
+    let server = Server::start_with(
+        Transport::WebSocket,
+        ServerOptions::default().echo_delay_ms(40),
+    )
+    .await;
+    let addr = server.ws_addr();
+    let mut clients = Vec::new();
+    for client in 0..CLIENTS {
+        let addr = addr.clone();
+        clients.push(tokio::spawn(async move {
+            let mut ws = RawWs::open(&addr).await;
+            let id = support::next_request_id();
+            ws.send_text(&initialize_text(id)).await;
+            raw_answer(&mut ws, id).await;
+            let id = support::next_request_id();
+            ws.send_text(
+                &json!({"jsonrpc": "2.0", "id": id, "method": "thread/start", "params": {}})
+                    .to_string(),
+            )
+            .await;
+            let started = raw_answer(&mut ws, id).await;
+            let thread_id = started["result"]["thread"]["id"]
+                .as_str()
+                .expect("thread id")
+                .to_owned();
+            let id = support::next_request_id();
+            let params = support::turn_start_params(&thread_id, "one two three four five six");
+            ws.send_text(
+                &json!({"jsonrpc": "2.0", "id": id, "method": "turn/start", "params": params})
+                    .to_string(),
+            )
+            .await;
+            ws.shutdown_write().await;
+            let frames = ws.frames_until_closed().await;
+            (client, id, frames)
+        }));
+    }
+    let mut problems = Vec::new();
+    for task in clients {
+        let (client, id, frames) = task.await.expect("a client task panicked");
+        let messages = frame_messages(&frames);
+        let turn_id = messages
+            .iter()
+            .find(|m| m["id"] == json!(id))
+            .and_then(|m| m["result"]["turn"]["id"].as_str())
+            .map(str::to_owned);
+        let Some(turn_id) = turn_id else {
+            problems.push(format!(
+                "client {client}: no turn/start result: {messages:?}"
+            ));
+            continue;
+        };
+        let completed = messages.iter().find(|m| {
+            m["method"] == "turn/completed"
+                && support::notification_turn_id(m) == Some(turn_id.as_str())
+        });
+        match completed {
+            Some(m) if m["params"]["turn"]["status"] == "completed" => {}
+            other => problems.push(format!(
+                "client {client}: turn {turn_id} ended with {other:?}; received {messages:?}"
+            )),
+        }
+        let deltas: String = messages
+            .iter()
+            .filter(|m| m["method"] == "item/agentMessage/delta")
+            .filter_map(|m| m["params"]["delta"].as_str())
+            .collect();
+        if deltas != "one two three four five six" {
+            problems.push(format!("client {client}: deltas {deltas:?}"));
+        }
+        let last = frames.last();
+        if last.and_then(raw_ws::Frame::close_code) != Some(1000) {
+            problems.push(format!(
+                "client {client}: expected a 1000 close frame last, got {last:?}"
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "half-closed clients ({CLIENTS}) lost part of their turn:\n{}",
+        problems.join("\n")
+    );
+    server.shutdown().await;
+}
+
 /// The body of an HTTP response (after the blank line).
 fn body_of(response: &str) -> &str {
     response.split_once("\r\n\r\n").map_or("", |(_, body)| body)
