@@ -51,7 +51,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use crate::connection::ConnectionHandler;
 use crate::limits::{AcceptBackoff, RETRY_AFTER};
 use crate::memory::{Trimmer, release_free_memory};
-use crate::server::ServerContext;
+use crate::server::{EVENT_DRAIN_TIMEOUT, ServerContext};
 use crate::session::{HeldSpan, OutboundItem, StallReporter, Transport};
 use crate::transport::too_large_error;
 use skein_app_server_protocol::ErrorObject;
@@ -68,8 +68,11 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Bytes of frames buffered before tungstenite writes them without a flush.
 const WS_WRITE_BUFFER_BYTES: usize = 64 * 1024;
-/// How long shutdown waits for open connections to finish.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for open connections to finish: their threads'
+/// last notifications, then the close handshake, with some room.
+const DRAIN_TIMEOUT: Duration = EVENT_DRAIN_TIMEOUT
+    .saturating_add(LINGER_TIMEOUT)
+    .saturating_add(Duration::from_secs(5));
 
 /// Accepts WebSocket connections on `listener` until shutdown, then waits
 /// (bounded) for open connections to finish their in-flight requests.
@@ -413,6 +416,10 @@ fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
     }
 }
 
+fn shutdown_close() -> CloseFrame {
+    close_frame(CloseCode::Away, "server shutting down")
+}
+
 /// Serves one upgraded connection in one task, which both reads and writes:
 /// no hand-off between tasks on the way from a request to its response.
 ///
@@ -426,6 +433,12 @@ fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
 /// enough (even while output flows: a client listening to a long turn
 /// sends nothing but its pongs). Request spans end (are dropped)
 /// once their responses were flushed.
+///
+/// On shutdown the task stops handling input (what the client sends from
+/// then on is never handled, so never answered), writes the notifications
+/// of the threads it follows until they have shut down (so every running
+/// turn's `turn/completed` goes out), then closes with 1001 and reads
+/// until the client answers the close (see [`finish_close`]).
 async fn serve_connection(
     mut ws: Ws,
     mut pinger: Option<Pinger>,
@@ -453,15 +466,15 @@ async fn serve_connection(
 
     let end = 'serve: loop {
         let wake = tokio::select! {
+            // Shutdown first: input that is ready too is left unhandled.
+            biased;
             _ = shutdown.wait_for(|stop| *stop) => Wake::Shutdown,
             Some(item) = handler.next_queued() => Wake::Notice(item),
             next = ws.next() => Wake::Input(next),
             () = Pinger::due(pinger.as_mut()) => Wake::Ping,
         };
         match wake {
-            Wake::Shutdown => {
-                break End::Close(close_frame(CloseCode::Away, "server shutting down"));
-            }
+            Wake::Shutdown => break shutdown_close_end(),
             Wake::Notice(item) => {
                 out.push(item);
                 handler.take_queued(&mut out);
@@ -479,7 +492,7 @@ async fn serve_connection(
                     }
                     break 'serve end;
                 }
-                if out.len() >= WRITE_BATCH_FRAMES {
+                if out.len() >= WRITE_BATCH_FRAMES || *shutdown.borrow() {
                     break;
                 }
                 match ws.next().now_or_never() {
@@ -517,12 +530,11 @@ async fn serve_connection(
     }
     drop(handler);
     match end {
-        End::Close(frame) if writing => {
-            let _ = ws.send(Message::Close(Some(frame))).await;
-            let _ = ws.close(None).await;
-        }
+        End::Close(frame) if writing => finish_close(&mut ws, frame, writer.stall.timeout).await,
         End::CloseAndLinger(frame) if writing => {
-            let _ = ws.send(Message::Close(Some(frame))).await;
+            let _ =
+                tokio::time::timeout(writer.stall.timeout, ws.send(Message::Close(Some(frame))))
+                    .await;
             // The rest of the refused message is still arriving: closing
             // now would reset the connection and could destroy the error
             // and the close frame before the client reads them. Discard
@@ -532,6 +544,11 @@ async fn serve_connection(
         _ => {}
     }
     tracing::info!(connection, "websocket connection closed");
+}
+
+/// How a connection ends on shutdown.
+fn shutdown_close_end() -> End {
+    End::Close(shutdown_close())
 }
 
 /// After the client closed its sending side: keeps writing, without
@@ -551,9 +568,7 @@ async fn write_owed_turns(
         }
         let item = tokio::select! {
             biased;
-            _ = shutdown.wait_for(|stop| *stop) => {
-                return End::Close(close_frame(CloseCode::Away, "server shutting down"));
-            }
+            _ = shutdown.wait_for(|stop| *stop) => return shutdown_close_end(),
             Some(item) = handler.next_queued() => item,
         };
         out.push(item);
@@ -562,6 +577,28 @@ async fn write_owed_turns(
             return End::Abandon;
         }
     }
+}
+
+/// Sends the close frame (under the stall timeout), then reads, and
+/// discards, what the client still sends until it answers the close or its
+/// input ends, for at most [`LINGER_TIMEOUT`]. Closing the socket with
+/// unread input would reset the connection, and a reset can destroy what
+/// was written before the client read it: the last notifications, the
+/// close frame itself.
+async fn finish_close(ws: &mut Ws, frame: CloseFrame, stall: Duration) {
+    let sent = tokio::time::timeout(stall, ws.send(Message::Close(Some(frame)))).await;
+    if sent.is_err() {
+        return;
+    }
+    // Also writes tungstenite's answer to a close the client started.
+    let _ = tokio::time::timeout(LINGER_TIMEOUT, async {
+        while let Some(Ok(message)) = ws.next().await {
+            if let Message::Close(_) = message {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Handles one read from the client, appending what to write to `out`.
