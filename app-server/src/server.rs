@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tower::Layer;
 
 use crate::connection::RpcService;
-use crate::limits::{ConnectionLimit, DEFAULT_MAX_CONNECTIONS};
+use crate::limits::{ConnectionLimit, DEFAULT_MAX_CONNECTIONS, RefusalLogs};
 use crate::processor::MessageProcessor;
 use crate::tracing_layer::RequestTracingLayer;
 use crate::transport::auth::WsAuth;
@@ -125,6 +125,7 @@ pub struct ServerContext {
     ws_auth: Arc<WsAuth>,
     connections: ConnectionLimit,
     ws_idle_timeout: Option<Duration>,
+    refusal_logs: Arc<RefusalLogs>,
 }
 
 impl ServerContext {
@@ -138,6 +139,7 @@ impl ServerContext {
             ws_auth: Arc::new(WsAuth::None),
             connections: ConnectionLimit::new(DEFAULT_MAX_CONNECTIONS),
             ws_idle_timeout: None,
+            refusal_logs: Arc::default(),
         }
     }
 
@@ -157,6 +159,11 @@ impl ServerContext {
     /// The open-connection counter of the WebSocket transport.
     pub fn connections(&self) -> &ConnectionLimit {
         &self.connections
+    }
+
+    /// The rate limits of the log lines about refused connections.
+    pub fn refusal_logs(&self) -> &RefusalLogs {
+        &self.refusal_logs
     }
 
     /// How long an upgraded connection may stay silent.
@@ -224,6 +231,16 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
         && !config.websocket.allow_unauthenticated
     {
         return Err(ServeError::Unauthenticated { addr });
+    }
+    if let ListenAddr::WebSocket(addr) = config.listen
+        && !addr.ip().is_loopback()
+        && !config.websocket.auth.is_enabled()
+    {
+        tracing::warn!(
+            %addr,
+            "listening on a non-loopback address without authentication \
+             (--ws-allow-unauthenticated): anyone who can reach it can drive this server"
+        );
     }
     let ctx = ServerContext::new(
         config.max_message_bytes,

@@ -458,6 +458,9 @@ async fn a_public_address_without_auth_refuses_to_start() {
     let port = addr.rsplit(':').next().expect("port");
     let health = healthz(&format!("127.0.0.1:{port}")).await;
     assert!(status_line(&health).starts_with("HTTP/1.1 200"), "{health}");
+    // ... with a warning at startup.
+    let warning = insisted.wait_for(UNAUTHENTICATED_WARNING).await;
+    assert!(warning.contains("WARN"), "{warning}");
 
     // With auth, a public address is fine.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -474,6 +477,55 @@ async fn a_public_address_without_auth_refuses_to_start() {
         None,
     );
     authed.addr().await;
+    let stderr = authed.stderr.borrow().join("\n");
+    assert!(!stderr.contains(UNAUTHENTICATED_WARNING), "{stderr}");
+}
+
+/// The startup warning of a public address without authentication.
+const UNAUTHENTICATED_WARNING: &str = "listening on a non-loopback address without authentication";
+
+#[tokio::test]
+async fn refused_upgrades_are_logged_at_most_once_per_ten_seconds() {
+    // Each refusal used to write a log line: a client could amplify the
+    // log's volume as fast as it connects.
+    const REFUSALS: usize = 100;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = secret_file(dir.path(), "token", &format!("{TOKEN}\n"), 0o600);
+    let mut server = Server::start_with(
+        Transport::WebSocket,
+        ServerOptions::default()
+            .arg("--ws-auth")
+            .arg("capability-token")
+            .arg("--ws-token-file")
+            .arg(token_file.to_str().expect("utf-8 path")),
+    )
+    .await;
+    let addr = server.ws_addr();
+    let started = Instant::now();
+    for _ in 0..REFUSALS {
+        let refused = raw_upgrade(&addr, None).await;
+        assert!(
+            status_line(&refused).starts_with("HTTP/1.1 401"),
+            "{refused}"
+        );
+    }
+    let elapsed = started.elapsed();
+    // The first refusal is logged at once.
+    server
+        .wait_for_stderr(|line| line.contains("refusing an unauthenticated upgrade"))
+        .await;
+    let finished = server.shutdown().await;
+    let lines = finished
+        .stderr()
+        .iter()
+        .filter(|line| line.contains("refusing an unauthenticated upgrade"))
+        .count();
+    // One line at the start of each 10 s window the refusals spanned.
+    let windows = usize::try_from(elapsed.as_secs() / 10).expect("small") + 1;
+    assert!(
+        lines <= windows,
+        "{lines} log lines for {REFUSALS} refusals in {elapsed:?}"
+    );
 }
 
 #[tokio::test]

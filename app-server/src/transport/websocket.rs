@@ -197,7 +197,14 @@ async fn handle_socket(
         }
         Route::Upgrade { authorization } => {
             if let Err(why) = ctx.ws_auth().check(authorization.as_deref()) {
-                tracing::info!(reason = why, "refusing an unauthenticated upgrade");
+                if let Some(unlogged) = ctx.refusal_logs().unauthenticated.admit() {
+                    tracing::info!(
+                        reason = why,
+                        unlogged,
+                        "refusing an unauthenticated upgrade (one line per 10 s at most; \
+                         `unlogged` counts the refusals since the last line)"
+                    );
+                }
                 let body = format!("unauthorized: {why}\n");
                 return write_response(
                     &mut stream,
@@ -208,10 +215,14 @@ async fn handle_socket(
                 .await;
             }
             let Some(_slot) = ctx.connections().try_acquire() else {
-                tracing::warn!(
-                    open = ctx.connections().open(),
-                    "refusing an upgrade: too many open connections (--max-connections)"
-                );
+                if let Some(unlogged) = ctx.refusal_logs().too_many.admit() {
+                    tracing::warn!(
+                        open = ctx.connections().open(),
+                        unlogged,
+                        "refusing an upgrade: too many open connections (--max-connections; \
+                         one line per 10 s at most, `unlogged` counts the refusals since the last)"
+                    );
+                }
                 let retry = format!("Retry-After: {}\r\n", RETRY_AFTER.as_secs().max(1));
                 return write_response(
                     &mut stream,
