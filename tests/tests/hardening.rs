@@ -1100,6 +1100,65 @@ async fn a_client_that_half_closes_after_turn_start_gets_the_whole_turn() {
     server.shutdown().await;
 }
 
+/// Sends `pieces` one at a time, a quarter of a second apart, until the
+/// server closes; returns the code of its close frame (`None` when the
+/// pieces ran out first, or the connection ended without one).
+async fn trickle_until_closed(ws: &mut RawWs, pieces: &[Vec<u8>]) -> Option<u16> {
+    for piece in pieces {
+        ws.send_bytes(piece).await;
+        match tokio::time::timeout(Duration::from_millis(250), ws.next_frame()).await {
+            Err(_) => continue,
+            Ok(Some(frame)) if frame.opcode == raw_ws::OP_CLOSE => return frame.close_code(),
+            Ok(Some(_)) => continue,
+            Ok(None) => return None,
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_trickled_past_its_deadline_is_closed() {
+    // One byte, or one continuation frame, every quarter second keeps
+    // beating the one-second idle timeout; the message deadline (3 s)
+    // ends both connections.
+    let mut server = Server::start_with(
+        Transport::WebSocket,
+        ServerOptions::default()
+            .arg("--ws-idle-timeout")
+            .arg("1")
+            .arg("--ws-message-timeout")
+            .arg("3"),
+    )
+    .await;
+    let addr = server.ws_addr();
+    // Two minutes of pieces: far more than the deadline.
+    const PIECES: usize = 480;
+
+    let mut bytewise = RawWs::open(&addr).await;
+    let frame = raw_ws::client_frame(raw_ws::OP_TEXT, &vec![b' '; PIECES * 2]);
+    let bytes: Vec<Vec<u8>> = frame.iter().take(PIECES).map(|b| vec![*b]).collect();
+    let code = trickle_until_closed(&mut bytewise, &bytes).await;
+    assert_eq!(code, Some(1008), "a frame sent byte by byte");
+
+    let mut fragments = RawWs::open(&addr).await;
+    let mut first = raw_ws::client_frame(raw_ws::OP_TEXT, b"[");
+    first[0] &= 0x7F; // not final
+    let mut pieces = vec![first];
+    for _ in 0..PIECES {
+        let mut more = raw_ws::client_frame(0x0, b" ");
+        more[0] &= 0x7F;
+        pieces.push(more);
+    }
+    let code = trickle_until_closed(&mut fragments, &pieces).await;
+    assert_eq!(code, Some(1008), "continuation frames one by one");
+
+    // A client sending whole messages is unaffected.
+    let mut client = server.connect().await;
+    client.initialize("whole", "1").await;
+    client.request("model/list", json!({}), None).await.result();
+    server.shutdown().await;
+}
+
 /// The body of an HTTP response (after the blank line).
 fn body_of(response: &str) -> &str {
     response.split_once("\r\n\r\n").map_or("", |(_, body)| body)

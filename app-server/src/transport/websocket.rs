@@ -54,6 +54,7 @@ use crate::memory::{Trimmer, release_free_memory};
 use crate::server::{EVENT_DRAIN_TIMEOUT, ServerContext};
 use crate::session::{HeldSpan, OutboundItem, StallReporter, Transport};
 use crate::transport::too_large_error;
+use crate::transport::unfinished::{UnfinishedError, UnfinishedMessages};
 use skein_app_server_protocol::ErrorObject;
 
 /// Largest HTTP request head accepted.
@@ -241,7 +242,18 @@ async fn handle_socket(
                 // gather writes up to 64 KiB before the flush sends them.
                 .read_buffer_size(WS_READ_BUFFER_BYTES)
                 .write_buffer_size(WS_WRITE_BUFFER_BYTES);
-            let replay = Replay::new(head, stream).with_idle_timeout(ctx.ws_idle_timeout());
+            let head_len = head
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(head.len(), |at| at + 4);
+            let unfinished = UnfinishedMessages::new(
+                ctx.ws_message_timeout(),
+                ctx.unfinished_budget().clone(),
+                head_len,
+            );
+            let replay = Replay::new(head, stream)
+                .with_idle_timeout(ctx.ws_idle_timeout())
+                .with_unfinished(unfinished);
             let pinger = replay.pinger();
             match tokio_tungstenite::accept_async_with_config(replay, Some(config)).await {
                 Ok(ws) => {
@@ -647,6 +659,17 @@ async fn handle_input(
                 "message too large",
             )))
         }
+        Some(Err(WsError::Io(err))) if UnfinishedError::of(&err).is_some() => {
+            tracing::debug!(connection, %err, "ending a connection with an unfinished message");
+            let frame = match UnfinishedError::of(&err) {
+                Some(UnfinishedError::OverBudget) => close_frame(
+                    CloseCode::Again,
+                    "server busy: too much input in unfinished messages",
+                ),
+                _ => close_frame(CloseCode::Policy, "message not completed in time"),
+            };
+            Some(End::Close(frame))
+        }
         Some(Err(WsError::Io(err))) if is_client_half_close(&err) => {
             tracing::debug!(connection, "the client closed its sending side");
             Some(End::InputEnded)
@@ -909,6 +932,45 @@ pub struct Replay<S> {
     pos: usize,
     inner: S,
     idle: Option<Idle>,
+    unfinished: Option<Unfinished>,
+}
+
+/// A [`Replay`]'s follower of unfinished messages, with the timer of the
+/// current one's deadline.
+#[derive(Debug)]
+struct Unfinished {
+    messages: UnfinishedMessages,
+    timer: Pin<Box<Sleep>>,
+    /// The deadline `timer` is set to.
+    armed: Option<Instant>,
+}
+
+impl Unfinished {
+    /// Follows bytes handed to the reader.
+    fn received(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.messages
+            .received(bytes, Instant::now())
+            .map_err(|err| io::Error::new(io::ErrorKind::TimedOut, err))
+    }
+
+    /// While the reader waits: fails once the unfinished message, if any,
+    /// is past its deadline.
+    fn poll_due(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let Some(due) = self.messages.due() else {
+            return Poll::Pending;
+        };
+        if self.armed != Some(due) {
+            self.timer.as_mut().reset(due);
+            self.armed = Some(due);
+        }
+        match self.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => match self.messages.check(Instant::now()) {
+                Err(err) => Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, err)),
+                Ok(()) => Poll::Pending,
+            },
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -926,7 +988,20 @@ impl<S> Replay<S> {
             pos: 0,
             inner,
             idle: None,
+            unfinished: None,
         }
+    }
+
+    /// Fails reads once a message has taken too long or unfinished
+    /// messages hold too much (see [`UnfinishedMessages`]). Must be called
+    /// within the runtime.
+    pub fn with_unfinished(mut self, messages: UnfinishedMessages) -> Self {
+        self.unfinished = Some(Unfinished {
+            messages,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            armed: None,
+        });
+        self
     }
 
     /// Fails reads once nothing arrived for `timeout` (`None`: never).
@@ -959,8 +1034,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         if self.pos < self.prefix.len() {
-            let rest = &self.prefix[self.pos..];
+            let this = &mut *self;
+            let rest = &this.prefix[this.pos..];
             let n = rest.len().min(buf.remaining());
+            if let Some(unfinished) = &mut this.unfinished {
+                unfinished.received(&rest[..n])?;
+            }
             buf.put_slice(&rest[..n]);
             self.pos += n;
             if self.pos == self.prefix.len() {
@@ -987,6 +1066,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
                         ClientClosedItsSide,
                     )));
                 }
+                if let Some(unfinished) = &mut this.unfinished {
+                    unfinished.received(&buf.filled()[before..])?;
+                }
                 if let Some(idle) = &mut this.idle
                     && buf.filled().len() > before
                 {
@@ -996,17 +1078,31 @@ impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending => match &mut this.idle {
-                Some(idle) => match idle.deadline.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "idle timeout: the client sent nothing",
-                    ))),
-                    Poll::Pending => Poll::Pending,
-                },
-                None => Poll::Pending,
-            },
+            Poll::Pending => {
+                if let Some(unfinished) = &mut this.unfinished
+                    && let Poll::Ready(err) = unfinished.poll_due(cx)
+                {
+                    return Poll::Ready(Err(err));
+                }
+                Self::poll_idle(&mut this.idle, cx)
+            }
             other => other,
+        }
+    }
+}
+
+impl<S> Replay<S> {
+    /// While the reader waits: fails once the idle timeout passed.
+    fn poll_idle(idle: &mut Option<Idle>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match idle {
+            Some(idle) => match idle.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "idle timeout: the client sent nothing",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+            None => Poll::Pending,
         }
     }
 }
