@@ -1159,6 +1159,25 @@ async fn a_message_trickled_past_its_deadline_is_closed() {
     server.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_head_that_is_not_http_gets_400_at_once() {
+    // A TLS ClientHello (or any garbage) never ends in a blank line: it
+    // used to hold its descriptor until the head timeout, unanswered.
+    let server = Server::start(Transport::WebSocket).await;
+    let addr = server.ws_addr();
+    for garbage in [
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
+        b"\x00\x01garbage",
+    ] {
+        let response = raw_ws::http_exchange(&addr, garbage).await;
+        assert!(
+            status_line(&response).starts_with("HTTP/1.1 400"),
+            "{garbage:?} got {response:?}"
+        );
+    }
+    server.shutdown().await;
+}
+
 /// The body of an HTTP response (after the blank line).
 fn body_of(response: &str) -> &str {
     response.split_once("\r\n\r\n").map_or("", |(_, body)| body)

@@ -63,8 +63,9 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 const MAX_HEADER_FIELDS: usize = 64;
 /// The one WebSocket protocol version spoken (RFC 6455).
 const WEBSOCKET_VERSION: &str = "13";
-/// How long a client may take to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send its request head: short, since a
+/// connection holds a descriptor before anyone knows who it is.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Initial read buffer of a WebSocket connection.
 const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Bytes of frames buffered before tungstenite writes them without a flush.
@@ -267,8 +268,10 @@ async fn handle_socket(
 }
 
 /// Reads until the end of the request head (the bytes after it, if any,
-/// come along), or until more than [`MAX_HEAD_BYTES`] arrived without it:
-/// [`route`] answers that with `431`.
+/// come along), until more than [`MAX_HEAD_BYTES`] arrived without it
+/// ([`route`] answers that with `431`), or until what arrived cannot be the
+/// start of an HTTP request ([`route`] answers `400` at once rather than
+/// waiting for a head that will never come).
 async fn read_head(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
     let mut head = Vec::with_capacity(1024);
     loop {
@@ -285,9 +288,23 @@ async fn read_head(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
                 "closed before the request head",
             ));
         }
-        if head[searched..].windows(4).any(|w| w == b"\r\n\r\n") || head.len() > MAX_HEAD_BYTES {
+        if head[searched..].windows(4).any(|w| w == b"\r\n\r\n")
+            || head.len() > MAX_HEAD_BYTES
+            || !could_be_http(&head)
+        {
             return Ok(head);
         }
+    }
+}
+
+/// Whether `partial`, an unfinished request head, may still become a valid
+/// one.
+fn could_be_http(partial: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADER_FIELDS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(partial) {
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => true,
+        Err(_) => false,
     }
 }
 
@@ -1256,6 +1273,15 @@ mod tests {
             route(http10.as_bytes()),
             Route::BadRequest("a WebSocket upgrade needs HTTP/1.1\n")
         );
+    }
+
+    #[test]
+    fn garbage_is_known_not_to_be_http_before_a_head_ends() {
+        assert!(could_be_http(b"GET / HT"));
+        assert!(could_be_http(b"GET / HTTP/1.1\r\nHost: x\r\n"));
+        assert!(!could_be_http(b"\x16\x03\x01\x02\x00"));
+        assert!(!could_be_http(b"\x00\x01garbage"));
+        assert!(!could_be_http(b"GET / HTTP/1.1\r\nBad Header\r\n"));
     }
 
     #[test]
