@@ -67,7 +67,11 @@ impl ConnectionHandler {
 
     /// Waits for the next queued notification. Cancel-safe.
     pub async fn next_queued(&mut self) -> Option<OutboundItem> {
-        self.queued.recv().await
+        let item = self.queued.recv().await;
+        if let Some(item) = &item {
+            self.taken(item);
+        }
+        item
     }
 
     /// Moves the notifications already queued to `out`, until `out` holds
@@ -76,9 +80,27 @@ impl ConnectionHandler {
     pub fn take_queued(&mut self, out: &mut Vec<OutboundItem>) {
         while out.len() < self.batch_limit {
             match self.queued.try_recv() {
-                Ok(item) => out.push(item),
+                Ok(item) => {
+                    self.taken(&item);
+                    out.push(item);
+                }
                 Err(_) => break,
             }
+        }
+    }
+
+    /// Whether a turn this connection started is still owed its
+    /// `turn/completed` (see [`ConnectionSession::owe_turn`]): it is
+    /// settled once taken from the queue, to be written with the batch
+    /// being gathered.
+    pub fn owes_turns(&self) -> bool {
+        self.session.owes_turns()
+    }
+
+    /// Settles the turn `item` ends, if it ends one.
+    fn taken(&self, item: &OutboundItem) {
+        if let Some(turn_id) = &item.ends_turn {
+            self.session.settle_turn(turn_id);
         }
     }
 
@@ -113,19 +135,22 @@ impl ConnectionHandler {
     /// has finished (what is still queued then is left for
     /// [`Self::take_queued`]).
     pub async fn next_while_closing(&mut self, closing: &mut Closing) -> Option<OutboundItem> {
-        tokio::select! {
+        let item = tokio::select! {
             () = closing => None,
             Some(item) = self.queued.recv() => Some(item),
+        };
+        if let Some(item) = &item {
+            self.taken(item);
         }
+        item
     }
 
     /// Appends an error reply with a `null` id to `out` (for input that
     /// never became a message: too large, binary...).
     pub fn reject(&self, error: ErrorObject, out: &mut Vec<OutboundItem>) {
-        out.push(OutboundItem {
-            text: Outgoing::Error { id: None, error }.to_json(),
-            spans: Vec::new(),
-        });
+        out.push(OutboundItem::message(
+            Outgoing::Error { id: None, error }.to_json(),
+        ));
     }
 
     async fn process_frame(&mut self, bytes: &[u8]) -> Option<OutboundItem> {
@@ -133,10 +158,9 @@ impl ConnectionHandler {
             Ok(frame) => frame,
             Err(error) => {
                 tracing::debug!(connection = self.session.id(), %error.message, "unparseable message");
-                return Some(OutboundItem {
-                    text: Outgoing::Error { id: None, error }.to_json(),
-                    spans: Vec::new(),
-                });
+                return Some(OutboundItem::message(
+                    Outgoing::Error { id: None, error }.to_json(),
+                ));
             }
         };
         match frame {
@@ -145,6 +169,7 @@ impl ConnectionHandler {
                 Some(OutboundItem {
                     text: reply.message.to_json(),
                     spans: reply.span.map(HeldSpan::Request).into_iter().collect(),
+                    ends_turn: None,
                 })
             }
             Frame::Batch(items) => {
@@ -164,6 +189,7 @@ impl ConnectionHandler {
                         // Serialized JSON is UTF-8.
                         text: String::from_utf8(text).unwrap_or_default(),
                         spans,
+                        ends_turn: None,
                     }
                 })
             }

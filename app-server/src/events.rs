@@ -9,7 +9,7 @@
 
 use skein_app_server_protocol::OutgoingNotification;
 use skein_core::EventReceiver;
-use skein_protocol::Event;
+use skein_protocol::{Event, EventMsg};
 use tokio::sync::mpsc;
 
 use crate::session::OutboundItem;
@@ -33,6 +33,10 @@ pub fn notification_for(mut event: Event) -> Option<OutgoingNotification> {
 /// stops reading is ended by its writer's stall timeout.
 pub async fn forward_events(mut events: EventReceiver, outbound: mpsc::Sender<OutboundItem>) {
     while let Some(event) = events.recv().await {
+        let ends_turn = match &event.msg {
+            EventMsg::TurnCompleted { turn_id, .. } => Some(turn_id.clone()),
+            _ => None,
+        };
         let Some(message) = notification_for(event) else {
             // ShutdownComplete: nothing follows.
             return;
@@ -40,6 +44,7 @@ pub async fn forward_events(mut events: EventReceiver, outbound: mpsc::Sender<Ou
         let item = OutboundItem {
             text: message.to_json(),
             spans: Vec::new(),
+            ends_turn,
         };
         if outbound.send(item).await.is_err() {
             return;

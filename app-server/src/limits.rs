@@ -2,9 +2,9 @@
 //! it is configured to give, and how it rides out running out of file
 //! descriptors.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Default of `--max-connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -103,9 +103,88 @@ impl AcceptBackoff {
     }
 }
 
+/// How often one kind of refused connection is logged at most.
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A rate limit on a log line written per refused connection: a client
+/// can be refused as fast as it connects, and a line per refusal would let
+/// it amplify the log's volume. At most one line per interval is written,
+/// and it carries how many refusals went unlogged since the last one.
+#[derive(Debug)]
+pub struct LogRateLimit {
+    interval: Duration,
+    state: Mutex<RateState>,
+}
+
+#[derive(Debug, Default)]
+struct RateState {
+    /// When the next line may be written (`None`: at once).
+    next: Option<Instant>,
+    /// Occurrences not logged since the last line.
+    unlogged: u64,
+}
+
+impl LogRateLimit {
+    /// At most one line per `interval`.
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            state: Mutex::default(),
+        }
+    }
+
+    /// Records one occurrence. Returns, when it may be logged now, how many
+    /// occurrences went unlogged before it.
+    pub fn admit(&self) -> Option<u64> {
+        self.admit_at(Instant::now())
+    }
+
+    fn admit_at(&self, now: Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.next.is_some_and(|next| now < next) {
+            state.unlogged = state.unlogged.saturating_add(1);
+            return None;
+        }
+        state.next = now.checked_add(self.interval);
+        Some(std::mem::take(&mut state.unlogged))
+    }
+}
+
+/// The rate limits of the log lines about refused WebSocket connections,
+/// one per kind of refusal.
+#[derive(Debug)]
+pub struct RefusalLogs {
+    /// An upgrade without valid credentials (`401`).
+    pub unauthenticated: LogRateLimit,
+    /// An upgrade past `--max-connections` (`503`).
+    pub too_many: LogRateLimit,
+}
+
+impl Default for RefusalLogs {
+    fn default() -> Self {
+        Self {
+            unauthenticated: LogRateLimit::new(REFUSAL_LOG_INTERVAL),
+            too_many: LogRateLimit::new(REFUSAL_LOG_INTERVAL),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rate_limited_line_goes_out_once_per_interval_with_the_count_it_skipped() {
+        let limit = LogRateLimit::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(limit.admit_at(t0), Some(0));
+        for ms in [1, 500, 9_999] {
+            assert_eq!(limit.admit_at(t0 + Duration::from_millis(ms)), None);
+        }
+        assert_eq!(limit.admit_at(t0 + Duration::from_secs(10)), Some(3));
+        assert_eq!(limit.admit_at(t0 + Duration::from_secs(11)), None);
+        assert_eq!(limit.admit_at(t0 + Duration::from_secs(25)), Some(1));
+    }
 
     #[test]
     fn slots_are_limited_and_released() {

@@ -220,6 +220,17 @@ struct ServeArgs {
     #[arg(long, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     ws_idle_timeout: Option<u64>,
+
+    /// Close a WebSocket connection whose client takes longer than this
+    /// many seconds to complete a message, from its first byte to its
+    /// last: a client trickling a frame byte by byte, or continuation
+    /// frames one by one, is never idle, yet holds memory. Unfinished
+    /// messages of all connections together may also hold at most four
+    /// times --max-message-bytes; past it, the connection adding more is
+    /// closed (1013).
+    #[arg(long, value_name = "SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    ws_message_timeout: u64,
 }
 
 /// `--ws-auth` modes.
@@ -264,6 +275,7 @@ fn websocket_options(args: &ServeArgs) -> anyhow::Result<WebSocketOptions> {
         allow_unauthenticated: args.ws_allow_unauthenticated,
         max_connections: args.max_connections,
         idle_timeout: args.ws_idle_timeout.map(Duration::from_secs),
+        message_timeout: Duration::from_secs(args.ws_message_timeout),
     })
 }
 

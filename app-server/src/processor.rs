@@ -316,6 +316,7 @@ impl MessageProcessor {
             .start_turn_with_model(thread_id, kind, input, model, provider)
             .await
             .map_err(thread_error)?;
+        session.owe_turn(thread_id, &started.turn_id);
         Ok(turn_summary(started.turn_id, TurnStatus::InProgress, None))
     }
 

@@ -14,14 +14,22 @@ use tokio::sync::watch;
 use tower::Layer;
 
 use crate::connection::RpcService;
-use crate::limits::{ConnectionLimit, DEFAULT_MAX_CONNECTIONS};
+use crate::limits::{ConnectionLimit, DEFAULT_MAX_CONNECTIONS, RefusalLogs};
 use crate::processor::MessageProcessor;
 use crate::tracing_layer::RequestTracingLayer;
 use crate::transport::auth::WsAuth;
+use crate::transport::unfinished::UnfinishedBudget;
 use crate::transport::{stdio, websocket};
 
 /// How long a closing connection waits for its threads' final events.
 pub const EVENT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default of `--ws-message-timeout`.
+pub const DEFAULT_WS_MESSAGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Bytes all WebSocket connections together may hold in unfinished
+/// messages, in multiples of the message limit.
+pub const UNFINISHED_BUDGET_MESSAGES: usize = 4;
 
 /// Default limit on one inbound message: 8 MiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
@@ -103,6 +111,9 @@ pub struct WebSocketOptions {
     /// Close a connection whose client sent nothing (not even a ping) for
     /// this long; `None` never does.
     pub idle_timeout: Option<Duration>,
+    /// Close a connection whose client takes longer than this to complete
+    /// a message (its first byte to its last).
+    pub message_timeout: Duration,
 }
 
 impl Default for WebSocketOptions {
@@ -112,6 +123,7 @@ impl Default for WebSocketOptions {
             allow_unauthenticated: false,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             idle_timeout: None,
+            message_timeout: DEFAULT_WS_MESSAGE_TIMEOUT,
         }
     }
 }
@@ -125,6 +137,9 @@ pub struct ServerContext {
     ws_auth: Arc<WsAuth>,
     connections: ConnectionLimit,
     ws_idle_timeout: Option<Duration>,
+    ws_message_timeout: Duration,
+    unfinished_budget: UnfinishedBudget,
+    refusal_logs: Arc<RefusalLogs>,
 }
 
 impl ServerContext {
@@ -138,6 +153,11 @@ impl ServerContext {
             ws_auth: Arc::new(WsAuth::None),
             connections: ConnectionLimit::new(DEFAULT_MAX_CONNECTIONS),
             ws_idle_timeout: None,
+            ws_message_timeout: DEFAULT_WS_MESSAGE_TIMEOUT,
+            unfinished_budget: UnfinishedBudget::new(
+                max_message_bytes.saturating_mul(UNFINISHED_BUDGET_MESSAGES),
+            ),
+            refusal_logs: Arc::default(),
         }
     }
 
@@ -146,6 +166,7 @@ impl ServerContext {
         self.ws_auth = Arc::new(options.auth);
         self.connections = ConnectionLimit::new(options.max_connections);
         self.ws_idle_timeout = options.idle_timeout;
+        self.ws_message_timeout = options.message_timeout;
         self
     }
 
@@ -157,6 +178,21 @@ impl ServerContext {
     /// The open-connection counter of the WebSocket transport.
     pub fn connections(&self) -> &ConnectionLimit {
         &self.connections
+    }
+
+    /// How long a WebSocket client may take to complete a message.
+    pub fn ws_message_timeout(&self) -> Duration {
+        self.ws_message_timeout
+    }
+
+    /// The bytes all WebSocket connections may hold in unfinished messages.
+    pub fn unfinished_budget(&self) -> &UnfinishedBudget {
+        &self.unfinished_budget
+    }
+
+    /// The rate limits of the log lines about refused connections.
+    pub fn refusal_logs(&self) -> &RefusalLogs {
+        &self.refusal_logs
     }
 
     /// How long an upgraded connection may stay silent.
@@ -224,6 +260,16 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
         && !config.websocket.allow_unauthenticated
     {
         return Err(ServeError::Unauthenticated { addr });
+    }
+    if let ListenAddr::WebSocket(addr) = config.listen
+        && !addr.ip().is_loopback()
+        && !config.websocket.auth.is_enabled()
+    {
+        tracing::warn!(
+            %addr,
+            "listening on a non-loopback address without authentication \
+             (--ws-allow-unauthenticated): anyone who can reach it can drive this server"
+        );
     }
     let ctx = ServerContext::new(
         config.max_message_bytes,

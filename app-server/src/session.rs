@@ -45,6 +45,21 @@ pub struct OutboundItem {
     pub text: String,
     /// Spans that end when this item is written.
     pub spans: Vec<HeldSpan>,
+    /// The turn this item is the `turn/completed` notification of, if it
+    /// is one: taking it for writing settles what the connection owes the
+    /// client for that turn (see [`ConnectionSession::owe_turn`]).
+    pub ends_turn: Option<String>,
+}
+
+impl OutboundItem {
+    /// A message that completes no span and ends no turn.
+    pub fn message(text: String) -> Self {
+        Self {
+            text,
+            spans: Vec::new(),
+            ends_turn: None,
+        }
+    }
 }
 
 /// A span held open until the message that completes it is written.
@@ -98,6 +113,9 @@ pub struct ConnectionSession {
     subscriptions: Mutex<Subscriptions>,
     /// Notifications handlers queued for the response being prepared.
     notices: Mutex<Vec<OutboundItem>>,
+    /// Turns this connection started whose `turn/completed` it has not yet
+    /// taken for writing: turn id to thread id.
+    owed: Mutex<HashMap<String, String>>,
     /// Set, with the reason, when the connection must be ended by the
     /// server (a client that stopped reading: see [`StallReporter`]).
     overrun: Arc<watch::Sender<Option<String>>>,
@@ -122,6 +140,7 @@ impl ConnectionSession {
             outbound,
             subscriptions: Mutex::default(),
             notices: Mutex::default(),
+            owed: Mutex::default(),
             overrun: Arc::new(watch::channel(None).0),
         }
     }
@@ -166,7 +185,9 @@ impl ConnectionSession {
     }
 
     /// Stops following thread `id`. Returns false when not following it.
+    /// The client is then owed nothing more of the turns it started there.
     pub fn unsubscribe(&self, id: &str) -> bool {
+        self.owed().retain(|_, thread| thread != id);
         match self.subscriptions().by_thread.remove(id) {
             Some(abort) => {
                 abort.abort();
@@ -176,11 +197,35 @@ impl ConnectionSession {
         }
     }
 
+    /// Records that this connection started turn `turn_id` on thread
+    /// `thread_id`: the client is owed the turn's notifications up to its
+    /// `turn/completed`, even once it has closed its sending side (the
+    /// connection then keeps writing until they are out).
+    pub fn owe_turn(&self, thread_id: &str, turn_id: &str) {
+        self.owed().insert(turn_id.to_owned(), thread_id.to_owned());
+    }
+
+    /// Settles turn `turn_id`: its `turn/completed` was taken for writing.
+    pub fn settle_turn(&self, turn_id: &str) {
+        self.owed().remove(turn_id);
+    }
+
+    /// Whether a turn this connection started still owes the client its
+    /// `turn/completed`.
+    pub fn owes_turns(&self) -> bool {
+        !self.owed().is_empty()
+    }
+
+    fn owed(&self) -> MutexGuard<'_, HashMap<String, String>> {
+        self.owed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Ends the forwarders as the connection closes. On graceful shutdown
     /// they run until their threads report shutdown (so final `turn/completed`
     /// notifications reach the client), for at most `timeout`; otherwise
     /// they are aborted.
     pub async fn close_subscriptions(&self, graceful: bool, timeout: Duration) {
+        self.owed().clear();
         let mut tasks = {
             let mut subs = self.subscriptions();
             subs.by_thread.clear();
@@ -237,11 +282,8 @@ impl ConnectionSession {
     /// waiting for room: the connection's own task is the one that drains
     /// the outbound queue, so a handler must not wait on it.
     pub fn notify(&self, message: OutgoingNotification) {
-        let item = OutboundItem {
-            text: message.to_json(),
-            spans: Vec::new(),
-        };
-        self.notices().push(item);
+        self.notices()
+            .push(OutboundItem::message(message.to_json()));
     }
 
     /// Moves the notifications handlers queued with [`notify`](Self::notify)

@@ -813,6 +813,9 @@ async fn submission_loop(
     runtime: Arc<Runtime>,
 ) {
     let mut running: Option<RunningTurn> = None;
+    // Set once `Shutdown` was handled: nothing new is accepted, and what
+    // was already queued is run out.
+    let mut stopping = false;
     while let Some(submission) = rx.recv().await {
         if running.as_ref().is_some_and(|r| r.task.is_finished()) {
             running = None;
@@ -826,7 +829,18 @@ async fn submission_loop(
                     kind,
                     input,
                 } => {
-                    running = Some(crate::engine::start(&entry, &runtime, turn_id, kind, input));
+                    let turn = crate::engine::start(&entry, &runtime, turn_id, kind, input);
+                    if stopping {
+                        // Accepted before the shutdown closed the queue (its
+                        // request was answered with the turn): it starts,
+                        // is interrupted at once, and announces its end.
+                        let _ = turn.interrupt.send(true);
+                        if let Err(err) = turn.task.await {
+                            tracing::error!(%err, "a turn task failed");
+                        }
+                    } else {
+                        running = Some(turn);
+                    }
                 }
                 Op::Steer { turn_id, input } => match &running {
                     // The turn records the steering on its span.
@@ -855,8 +869,12 @@ async fn submission_loop(
         }
         .instrument(span)
         .await;
-        if stop {
-            break;
+        if stop && !stopping {
+            // Refuse further submissions (`submit` then fails), but run out
+            // those already queued: a turn start among them was accepted,
+            // and its client is owed the turn's end.
+            stopping = true;
+            rx.close();
         }
     }
     // Whether stopped by shutdown or by every handle going away, leave no
@@ -1066,6 +1084,52 @@ mod tests {
             turns[0].span_id.as_deref(),
             Some(turn.span_context.span_id().to_string().as_str())
         );
+    }
+
+    #[tokio::test]
+    async fn a_turn_start_queued_behind_shutdown_is_started_interrupted_and_announced() {
+        let capture = Capture::new();
+        let manager = ThreadManager::new(CoreConfig {
+            echo_delay: Duration::from_secs(3600),
+            ..CoreConfig::default()
+        });
+        let thread = manager.start_thread(None, true).expect("thread");
+        let handle = manager.handle(&thread.id).expect("handle");
+        let mut events = handle.subscribe();
+        // Both queued before the loop runs (this runtime has one thread):
+        // the turn was accepted, so its request was answered with it.
+        handle.submit(Op::Shutdown).await.expect("submit shutdown");
+        handle
+            .submit(Op::StartTurn {
+                turn_id: "turn-late".into(),
+                kind: TurnKind::Regular,
+                input: "accepted just too late".into(),
+            })
+            .await
+            .expect("submit the turn");
+        let mut seen = Vec::new();
+        loop {
+            let event = events.recv().await.expect("events until shutdown");
+            match event.msg {
+                EventMsg::ShutdownComplete => break,
+                EventMsg::TurnStarted { turn_id, .. } => seen.push(format!("started {turn_id}")),
+                EventMsg::TurnCompleted {
+                    turn_id, status, ..
+                } => seen.push(format!("completed {turn_id} {status:?}")),
+                _ => {}
+            }
+        }
+        assert_eq!(
+            seen,
+            ["started turn-late", "completed turn-late Interrupted"],
+            "the turn's start and end, before the thread's shutdown"
+        );
+        // Nothing is accepted after that.
+        let late = handle.submit(Op::Shutdown).await;
+        assert!(matches!(late, Err(ThreadError::ShuttingDown)), "{late:?}");
+        drop(handle);
+        manager.shutdown().await;
+        drop(capture);
     }
 
     /// Runs one turn of `text` on a thread that stays loaded, and returns

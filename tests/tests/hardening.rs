@@ -560,6 +560,9 @@ async fn a_public_address_without_auth_refuses_to_start() {
     let port = addr.rsplit(':').next().expect("port");
     let health = healthz(&format!("127.0.0.1:{port}")).await;
     assert!(status_line(&health).starts_with("HTTP/1.1 200"), "{health}");
+    // ... with a warning at startup.
+    let warning = insisted.wait_for(UNAUTHENTICATED_WARNING).await;
+    assert!(warning.contains("WARN"), "{warning}");
 
     // With auth, a public address is fine.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -576,6 +579,55 @@ async fn a_public_address_without_auth_refuses_to_start() {
         None,
     );
     authed.addr().await;
+    let stderr = authed.stderr.borrow().join("\n");
+    assert!(!stderr.contains(UNAUTHENTICATED_WARNING), "{stderr}");
+}
+
+/// The startup warning of a public address without authentication.
+const UNAUTHENTICATED_WARNING: &str = "listening on a non-loopback address without authentication";
+
+#[tokio::test]
+async fn refused_upgrades_are_logged_at_most_once_per_ten_seconds() {
+    // Each refusal used to write a log line: a client could amplify the
+    // log's volume as fast as it connects.
+    const REFUSALS: usize = 100;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = secret_file(dir.path(), "token", &format!("{TOKEN}\n"), 0o600);
+    let mut server = Server::start_with(
+        Transport::WebSocket,
+        ServerOptions::default()
+            .arg("--ws-auth")
+            .arg("capability-token")
+            .arg("--ws-token-file")
+            .arg(token_file.to_str().expect("utf-8 path")),
+    )
+    .await;
+    let addr = server.ws_addr();
+    let started = Instant::now();
+    for _ in 0..REFUSALS {
+        let refused = raw_upgrade(&addr, None).await;
+        assert!(
+            status_line(&refused).starts_with("HTTP/1.1 401"),
+            "{refused}"
+        );
+    }
+    let elapsed = started.elapsed();
+    // The first refusal is logged at once.
+    server
+        .wait_for_stderr(|line| line.contains("refusing an unauthenticated upgrade"))
+        .await;
+    let finished = server.shutdown().await;
+    let lines = finished
+        .stderr()
+        .iter()
+        .filter(|line| line.contains("refusing an unauthenticated upgrade"))
+        .count();
+    // One line at the start of each 10 s window the refusals spanned.
+    let windows = usize::try_from(elapsed.as_secs() / 10).expect("small") + 1;
+    assert!(
+        lines <= windows,
+        "{lines} log lines for {REFUSALS} refusals in {elapsed:?}"
+    );
 }
 
 #[tokio::test]
@@ -1033,6 +1085,199 @@ async fn a_request_followed_by_a_half_close_is_answered_before_the_close_frame()
     for id in answered_ids {
         assert_eq!(finished.request_span(&id.to_string()).name, "initialize");
     }
+}
+
+/// The JSON of the text frames in `frames`.
+fn frame_messages(frames: &[raw_ws::Frame]) -> Vec<Value> {
+    frames
+        .iter()
+        .filter_map(raw_ws::Frame::text)
+        .map(|text| serde_json::from_str(&text).expect("the server sends JSON"))
+        .collect()
+}
+
+/// Reads frames until the answer to request `id` and returns it.
+async fn raw_answer(ws: &mut RawWs, id: i64) -> Value {
+    loop {
+        let frame = ws
+            .next_frame()
+            .await
+            .unwrap_or_else(|| panic!("the connection ended before the answer to {id}"));
+        if let Some(message) = frame_messages(&[frame]).pop()
+            && message["id"] == json!(id)
+        {
+            return message;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_half_closes_after_turn_start_gets_the_whole_turn() {
+    // A client may start a turn and shut its sending side down at once:
+    // it still gets every notification of the turn, up to `turn/completed`,
+    // and only then the close frame.
+    const CLIENTS: usize = 13;
+    let server = Server::start_with(
+        Transport::WebSocket,
+        ServerOptions::default().echo_delay_ms(40),
+    )
+    .await;
+    let addr = server.ws_addr();
+    let mut clients = Vec::new();
+    for client in 0..CLIENTS {
+        let addr = addr.clone();
+        clients.push(tokio::spawn(async move {
+            let mut ws = RawWs::open(&addr).await;
+            let id = support::next_request_id();
+            ws.send_text(&initialize_text(id)).await;
+            raw_answer(&mut ws, id).await;
+            let id = support::next_request_id();
+            ws.send_text(
+                &json!({"jsonrpc": "2.0", "id": id, "method": "thread/start", "params": {}})
+                    .to_string(),
+            )
+            .await;
+            let started = raw_answer(&mut ws, id).await;
+            let thread_id = started["result"]["thread"]["id"]
+                .as_str()
+                .expect("thread id")
+                .to_owned();
+            let id = support::next_request_id();
+            let params = support::turn_start_params(&thread_id, "one two three four five six");
+            ws.send_text(
+                &json!({"jsonrpc": "2.0", "id": id, "method": "turn/start", "params": params})
+                    .to_string(),
+            )
+            .await;
+            ws.shutdown_write().await;
+            let frames = ws.frames_until_closed().await;
+            (client, id, frames)
+        }));
+    }
+    let mut problems = Vec::new();
+    for task in clients {
+        let (client, id, frames) = task.await.expect("a client task panicked");
+        let messages = frame_messages(&frames);
+        let turn_id = messages
+            .iter()
+            .find(|m| m["id"] == json!(id))
+            .and_then(|m| m["result"]["turn"]["id"].as_str())
+            .map(str::to_owned);
+        let Some(turn_id) = turn_id else {
+            problems.push(format!(
+                "client {client}: no turn/start result: {messages:?}"
+            ));
+            continue;
+        };
+        let completed = messages.iter().find(|m| {
+            m["method"] == "turn/completed"
+                && support::notification_turn_id(m) == Some(turn_id.as_str())
+        });
+        match completed {
+            Some(m) if m["params"]["turn"]["status"] == "completed" => {}
+            other => problems.push(format!(
+                "client {client}: turn {turn_id} ended with {other:?}; received {messages:?}"
+            )),
+        }
+        let deltas: String = messages
+            .iter()
+            .filter(|m| m["method"] == "item/agentMessage/delta")
+            .filter_map(|m| m["params"]["delta"].as_str())
+            .collect();
+        if deltas != "one two three four five six" {
+            problems.push(format!("client {client}: deltas {deltas:?}"));
+        }
+        let last = frames.last();
+        if last.and_then(raw_ws::Frame::close_code) != Some(1000) {
+            problems.push(format!(
+                "client {client}: expected a 1000 close frame last, got {last:?}"
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "half-closed clients ({CLIENTS}) lost part of their turn:\n{}",
+        problems.join("\n")
+    );
+    server.shutdown().await;
+}
+
+/// Sends `pieces` one at a time, a quarter of a second apart, until the
+/// server closes; returns the code of its close frame (`None` when the
+/// pieces ran out first, or the connection ended without one).
+async fn trickle_until_closed(ws: &mut RawWs, pieces: &[Vec<u8>]) -> Option<u16> {
+    for piece in pieces {
+        ws.send_bytes(piece).await;
+        match tokio::time::timeout(Duration::from_millis(250), ws.next_frame()).await {
+            Err(_) => continue,
+            Ok(Some(frame)) if frame.opcode == raw_ws::OP_CLOSE => return frame.close_code(),
+            Ok(Some(_)) => continue,
+            Ok(None) => return None,
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_trickled_past_its_deadline_is_closed() {
+    // One byte, or one continuation frame, every quarter second keeps
+    // beating the one-second idle timeout; the message deadline (3 s)
+    // ends both connections.
+    let mut server = Server::start_with(
+        Transport::WebSocket,
+        ServerOptions::default()
+            .arg("--ws-idle-timeout")
+            .arg("1")
+            .arg("--ws-message-timeout")
+            .arg("3"),
+    )
+    .await;
+    let addr = server.ws_addr();
+    // Two minutes of pieces: far more than the deadline.
+    const PIECES: usize = 480;
+
+    let mut bytewise = RawWs::open(&addr).await;
+    let frame = raw_ws::client_frame(raw_ws::OP_TEXT, &vec![b' '; PIECES * 2]);
+    let bytes: Vec<Vec<u8>> = frame.iter().take(PIECES).map(|b| vec![*b]).collect();
+    let code = trickle_until_closed(&mut bytewise, &bytes).await;
+    assert_eq!(code, Some(1008), "a frame sent byte by byte");
+
+    let mut fragments = RawWs::open(&addr).await;
+    let mut first = raw_ws::client_frame(raw_ws::OP_TEXT, b"[");
+    first[0] &= 0x7F; // not final
+    let mut pieces = vec![first];
+    for _ in 0..PIECES {
+        let mut more = raw_ws::client_frame(0x0, b" ");
+        more[0] &= 0x7F;
+        pieces.push(more);
+    }
+    let code = trickle_until_closed(&mut fragments, &pieces).await;
+    assert_eq!(code, Some(1008), "continuation frames one by one");
+
+    // A client sending whole messages is unaffected.
+    let mut client = server.connect().await;
+    client.initialize("whole", "1").await;
+    client.request("model/list", json!({}), None).await.result();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_head_that_is_not_http_gets_400_at_once() {
+    // A TLS ClientHello (or any garbage) never ends in a blank line: it
+    // used to hold its descriptor until the head timeout, unanswered.
+    let server = Server::start(Transport::WebSocket).await;
+    let addr = server.ws_addr();
+    for garbage in [
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
+        b"\x00\x01garbage",
+    ] {
+        let response = raw_ws::http_exchange(&addr, garbage).await;
+        assert!(
+            status_line(&response).starts_with("HTTP/1.1 400"),
+            "{garbage:?} got {response:?}"
+        );
+    }
+    server.shutdown().await;
 }
 
 /// The body of an HTTP response (after the blank line).

@@ -490,3 +490,250 @@ async fn fifty_mixed_clients_then_sigterm_leave_whole_spans_and_history() {
     client.close().await;
     server.shutdown().await;
 }
+
+/// Clients still sending when SIGTERM arrives.
+const SENDING_CLIENTS: usize = 12;
+/// Requests each of them keeps unanswered at once.
+const SEND_WINDOW: usize = 4;
+/// Threads each of them runs turns on.
+const THREADS_PER_SENDER: usize = 3;
+/// `turn/start` results each has received before SIGTERM is sent.
+const TURNS_BEFORE_SIGTERM: usize = 3;
+/// Input of a sender's turns: a dozen words, so that SIGTERM catches some
+/// of them running.
+const SENDER_INPUT: &str = "one two three four five six seven eight nine ten eleven twelve";
+
+/// What a client still sending at SIGTERM saw.
+#[derive(Debug, Default)]
+struct SenderOutcome {
+    index: usize,
+    /// Every request sent (or about to be, when sending failed), by id.
+    sent: HashMap<i64, &'static str>,
+    /// The answers received, by id.
+    answered: HashMap<i64, Value>,
+    /// Turns whose `turn/start` was answered with a result.
+    started: Vec<String>,
+    /// The status of each `turn/completed` received, by turn id.
+    completed: HashMap<String, String>,
+    /// The code of the server's close frame.
+    close_code: Option<u16>,
+    /// Messages received after the close frame.
+    after_close: usize,
+    /// How the connection ended when it did not end cleanly (a reset, or
+    /// an end without a close frame).
+    failure: Option<String>,
+}
+
+/// A request of a sender's mix: two `turn/start` for one `model/list` and
+/// one `thread/read`, over its threads in turn.
+fn sender_request(n: usize, threads: &[String]) -> (&'static str, Value) {
+    let thread_id = &threads[(n / 4) % threads.len()];
+    match n % 4 {
+        0 | 1 => ("turn/start", turn_start_params(thread_id, SENDER_INPUT)),
+        2 => ("model/list", json!({})),
+        _ => ("thread/read", json!({"threadId": thread_id})),
+    }
+}
+
+/// Keeps [`SEND_WINDOW`] requests unanswered until the server closes the
+/// connection, reading everything it sends; reports on `warm` once
+/// [`TURNS_BEFORE_SIGTERM`] turns were started.
+async fn run_sender(
+    index: usize,
+    client: Client,
+    threads: Vec<String>,
+    warm: tokio::sync::mpsc::UnboundedSender<usize>,
+) -> SenderOutcome {
+    use futures_util::{SinkExt, StreamExt};
+    use std::sync::{Arc, Mutex};
+    use tokio::sync::Semaphore;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (mut sink, mut stream) = client.into_websocket().split();
+    let window = Arc::new(Semaphore::new(SEND_WINDOW));
+    let sent: Arc<Mutex<HashMap<i64, &'static str>>> = Arc::default();
+    let writer = {
+        let window = Arc::clone(&window);
+        let sent = Arc::clone(&sent);
+        tokio::spawn(async move {
+            for n in 0.. {
+                let Ok(permit) = window.acquire().await else {
+                    return;
+                };
+                permit.forget();
+                let (method, params) = sender_request(n, &threads);
+                let id = next_request_id();
+                sent.lock().expect("sent").insert(id, method);
+                let request = json!({"jsonrpc": "2.0", "id": id, "method": method,
+                    "params": params, "trace": TraceContext::random().carrier()});
+                if sink.send(Message::text(request.to_string())).await.is_err() {
+                    // The server is closing: nothing more goes out.
+                    return;
+                }
+            }
+        })
+    };
+
+    let mut outcome = SenderOutcome {
+        index,
+        ..SenderOutcome::default()
+    };
+    let mut warm = Some(warm);
+    loop {
+        let next = tokio::time::timeout(support::TIMEOUT, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("sender {index}: nothing from the server in time"));
+        let text = match next {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(frame))) => {
+                outcome.close_code = Some(frame.map_or(1005, |f| u16::from(f.code)));
+                continue;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(err)) => {
+                outcome.failure = Some(format!("read failed: {err}"));
+                break;
+            }
+            None => break,
+        };
+        if outcome.close_code.is_some() {
+            outcome.after_close += 1;
+            continue;
+        }
+        let message: Value = serde_json::from_str(&text).expect("the server sends JSON");
+        if message.get("method").is_some() {
+            if message["method"] == "turn/completed" {
+                let turn = &message["params"]["turn"];
+                outcome.completed.insert(
+                    turn["id"].as_str().expect("turn id").to_owned(),
+                    turn["status"].as_str().expect("turn status").to_owned(),
+                );
+            }
+            continue;
+        }
+        let id = message["id"]
+            .as_i64()
+            .expect("an answer with an integer id");
+        if let Some(turn_id) = message["result"]["turn"]["id"].as_str() {
+            outcome.started.push(turn_id.to_owned());
+            if outcome.started.len() == TURNS_BEFORE_SIGTERM
+                && let Some(warm) = warm.take()
+            {
+                let _ = warm.send(index);
+            }
+        }
+        outcome.answered.insert(id, message);
+        window.add_permits(1);
+    }
+    if outcome.failure.is_none() && outcome.close_code.is_none() {
+        outcome.failure = Some("the connection ended without a close frame".to_owned());
+    }
+    window.close();
+    writer.await.expect("the writer task panicked");
+    outcome.sent = std::mem::take(&mut *sent.lock().expect("sent"));
+    outcome
+}
+
+/// SIGTERM while every client is still sending requests (turns among them):
+/// each client sees every turn it was answered for end (`completed`, or
+/// `interrupted` by the shutdown) and then a 1001 close, with no reset and
+/// nothing after the close frame; a request left unanswered was provably
+/// never handled (the server has no span for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_clients_send_ends_their_turns_then_closes_with_1001() {
+    let options = ServerOptions::default()
+        .echo_delay_ms(ECHO_DELAY_MS)
+        .arg("--max-running-turns")
+        .arg("256");
+    let mut server = Server::start_with(Transport::WebSocket, options).await;
+    let (warm_tx, mut warm_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for index in 0..SENDING_CLIENTS {
+        let mut client = server.connect().await;
+        client.initialize(&format!("sender-{index}"), "1").await;
+        let mut threads = Vec::new();
+        for _ in 0..THREADS_PER_SENDER {
+            threads.push(client.start_thread().await);
+        }
+        tasks.push(tokio::spawn(run_sender(
+            index,
+            client,
+            threads,
+            warm_tx.clone(),
+        )));
+    }
+    drop(warm_tx);
+    for _ in 0..SENDING_CLIENTS {
+        tokio::time::timeout(support::TIMEOUT, warm_rx.recv())
+            .await
+            .expect("every sender started its first turns in time")
+            .expect("a sender ended before its first turns");
+    }
+    // Every client is still sending.
+    let finished = server.shutdown().await;
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.expect("a sender task panicked (see above)"));
+    }
+
+    let mut problems = Vec::new();
+    let (mut turns, mut interrupted, mut unanswered) = (0, 0, 0);
+    for outcome in &outcomes {
+        let index = outcome.index;
+        if let Some(failure) = &outcome.failure {
+            problems.push(format!("sender {index}: {failure}"));
+        }
+        if outcome.close_code != Some(1001) {
+            problems.push(format!(
+                "sender {index}: close code {:?}, expected 1001",
+                outcome.close_code
+            ));
+        }
+        if outcome.after_close > 0 {
+            problems.push(format!(
+                "sender {index}: {} messages after the close frame",
+                outcome.after_close
+            ));
+        }
+        for turn_id in &outcome.started {
+            turns += 1;
+            match outcome.completed.get(turn_id).map(String::as_str) {
+                Some("completed") => {}
+                Some("interrupted") => interrupted += 1,
+                other => problems.push(format!(
+                    "sender {index}: turn {turn_id} ended with {other:?} before the close"
+                )),
+            }
+        }
+        for (id, method) in &outcome.sent {
+            let spans = finished.spans_for_request(&id.to_string());
+            if outcome.answered.contains_key(id) {
+                if spans.is_empty() {
+                    problems.push(format!(
+                        "sender {index}: answered {method} {id} has no span"
+                    ));
+                }
+            } else {
+                // Provably never answered: the server never handled it.
+                unanswered += 1;
+                if !spans.is_empty() {
+                    problems.push(format!(
+                        "sender {index}: {method} {id} was handled but its answer never came"
+                    ));
+                }
+            }
+        }
+    }
+    eprintln!(
+        "sigterm soak: {SENDING_CLIENTS} clients, {turns} turns started ({interrupted} \
+         interrupted by shutdown), {unanswered} requests unanswered (never handled)"
+    );
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    let open = finished.open_spans();
+    assert!(open.is_empty(), "{} spans never ended", open.len());
+}

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod stdio;
+pub mod unfinished;
 pub mod websocket;
 
 use skein_app_server_protocol::ErrorObject;

@@ -1025,7 +1025,8 @@ pub fn error_code(message: &Value) -> i64 {
         .unwrap_or_else(|| panic!("expected a JSON-RPC error with an integer code: {message}"))
 }
 
-type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A client's WebSocket stream.
+pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 enum Conn {
     Stdio {
@@ -1410,6 +1411,16 @@ impl Client {
         self.send(json!({"jsonrpc": "2.0", "method": "initialized"}))
             .await;
         response
+    }
+
+    /// The WebSocket under this client, for a test that drives it itself
+    /// (e.g. split into a sending and a reading half). Messages this client
+    /// kept but nobody took are dropped. Panics over stdio.
+    pub fn into_websocket(self) -> WsStream {
+        match self.conn {
+            Conn::WebSocket(ws) => *ws,
+            Conn::Stdio { .. } => panic!("{}: not a WebSocket client", self.label),
+        }
     }
 
     /// Closes the connection: EOF on stdin (which also shuts a stdio server

@@ -133,6 +133,11 @@ impl RawWs {
             .expect("send a frame");
     }
 
+    /// Sends `bytes` as they are (a piece of a frame, say).
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("send bytes");
+    }
+
     /// Sends a text frame.
     pub async fn send_text(&mut self, text: &str) {
         self.send_frame(OP_TEXT, text.as_bytes()).await;
