@@ -44,6 +44,10 @@ mod writer_lock;
 pub use writer_lock::LOCK_FILE_NAME;
 use writer_lock::{WriterLock, Writers};
 
+/// Whether a loaded thread keeps its history file open while idle: only
+/// where the writer lock cannot live apart from the file (not on Linux).
+pub const IDLE_THREADS_HOLD_FILES: bool = !cfg!(target_os = "linux");
+
 /// File name extension of thread files.
 pub const THREAD_FILE_EXTENSION: &str = "jsonl";
 
