@@ -1,15 +1,65 @@
 //! The file descriptor budget.
 //!
-//! Each WebSocket connection holds a descriptor and each loaded stored
-//! thread holds its history file, so the defaults (1,024 connections and
-//! 1,024 loaded threads) need more than the common soft limit of 1,024. At
-//! startup the soft limit is raised to the hard one, and a warning gives
-//! the numbers when the configured limits still cannot fit.
+//! Each WebSocket connection holds a descriptor. A loaded stored thread
+//! keeps its history file open only while it appends a record (on Linux;
+//! elsewhere for as long as it is loaded), so thread files need one per
+//! running turn. The defaults (1,024 connections, 64 running turns) need
+//! more than the common soft limit of 1,024. At startup the soft limit is
+//! raised to the hard one, and a warning gives the numbers when the
+//! configured limits still cannot fit.
+
+use skein_core::store::IDLE_THREADS_HOLD_FILES;
 
 /// Descriptors kept for everything else: the standard streams, the
-/// listener, the runtime's poller, the trace store, model API and
-/// collector connections, MCP servers' pipes.
+/// listener, the runtime's poller, the trace store, the thread store's
+/// lock file, model API and collector connections, MCP servers' pipes,
+/// and a thread file opened for a moment (a `thread/start`, a rename).
 pub const RESERVED: u64 = 64;
+
+/// The configured limits that decide the budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Whether connections are WebSockets (stdio is one connection).
+    pub websocket: bool,
+    /// `--max-connections`.
+    pub max_connections: usize,
+    /// `--max-running-turns`.
+    pub max_running_turns: usize,
+    /// `--max-loaded-threads`.
+    pub max_loaded_threads: usize,
+}
+
+impl Limits {
+    fn connections(&self) -> usize {
+        if self.websocket {
+            self.max_connections
+        } else {
+            1
+        }
+    }
+
+    /// How many history files can be open at once, and what limits that.
+    fn thread_files(&self) -> (usize, String) {
+        if IDLE_THREADS_HOLD_FILES {
+            let n = self.max_loaded_threads;
+            (n, format!("{n} loaded threads (--max-loaded-threads)"))
+        } else {
+            let n = self.max_running_turns;
+            (
+                n,
+                format!("{n} history files of running turns (--max-running-turns)"),
+            )
+        }
+    }
+
+    /// Descriptors the limits can need at once: one per connection, one
+    /// per history file open at once, and [`RESERVED`].
+    pub fn needed(&self) -> u64 {
+        u64::try_from(self.connections().saturating_add(self.thread_files().0))
+            .unwrap_or(u64::MAX)
+            .saturating_add(RESERVED)
+    }
+}
 
 /// The soft and hard limits on open files, before and after raising.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,7 +130,7 @@ pub fn raise_to_hard() -> Option<FileLimit> {
 
 /// Raises the soft limit and logs what it is, warning with the numbers when
 /// the configured limits need more descriptors than it allows.
-pub fn raise_and_check(websocket: bool, max_connections: usize, max_loaded_threads: usize) {
+pub fn raise_and_check(limits: Limits) {
     let Some(limit) = raise_to_hard() else {
         return;
     };
@@ -91,17 +141,22 @@ pub fn raise_and_check(websocket: bool, max_connections: usize, max_loaded_threa
             "raised the soft limit on open files to the hard limit"
         );
     }
-    let needed = needed(websocket, max_connections, max_loaded_threads);
+    let needed = limits.needed();
     if limit.soft < needed {
-        let connections = if websocket { max_connections } else { 1 };
+        let connections = limits.connections();
+        let (_, thread_files) = limits.thread_files();
+        let lower = if IDLE_THREADS_HOLD_FILES {
+            "--max-loaded-threads"
+        } else {
+            "--max-running-turns"
+        };
         tracing::warn!(
             limit = limit.soft,
             hard_limit = limit.hard,
             needed,
             "the limit on open files ({}) is below what the configured limits can need ({needed}: \
-             {connections} connections + {max_loaded_threads} loaded threads (--max-loaded-threads) \
-             + {RESERVED} for the rest); raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower \
-             --max-connections / --max-loaded-threads",
+             {connections} connections + {thread_files} + {RESERVED} for the rest); raise the hard \
+             limit (ulimit -Hn, LimitNOFILE=) or lower --max-connections / {lower}",
             limit.soft,
         );
     }
@@ -112,9 +167,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stdio_counts_one_connection() {
-        assert_eq!(needed(false, 1024, 1024), 1 + 1024 + RESERVED);
-        assert_eq!(needed(true, 1024, 1024), 2048 + RESERVED);
-        assert_eq!(needed(true, usize::MAX, usize::MAX), u64::MAX);
+    fn stdio_counts_one_connection_and_idle_threads_count_where_they_hold_files() {
+        let limits = |websocket, connections, turns, threads| Limits {
+            websocket,
+            max_connections: connections,
+            max_running_turns: turns,
+            max_loaded_threads: threads,
+        };
+        let files = if IDLE_THREADS_HOLD_FILES { 1024 } else { 64 };
+        assert_eq!(limits(false, 1024, 64, 1024).needed(), 1 + files + RESERVED);
+        assert_eq!(
+            limits(true, 1024, 64, 1024).needed(),
+            1024 + files + RESERVED
+        );
+        assert_eq!(
+            limits(true, usize::MAX, usize::MAX, usize::MAX).needed(),
+            u64::MAX
+        );
     }
 }

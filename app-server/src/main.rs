@@ -203,11 +203,13 @@ struct ServeArgs {
 
     /// Most threads kept loaded in memory. Past it, stored threads that no
     /// connection follows and no turn runs are unloaded as soon as that is
-    /// so (they stay on disk, their files are closed; `thread/resume` loads
-    /// them again). Ephemeral threads are never unloaded. Each loaded
-    /// stored thread holds a file descriptor, as each connection does: the
-    /// soft limit on open files is raised to the hard one at startup, with
-    /// a warning when the two limits (plus 64) cannot fit in it.
+    /// so (they stay on disk, their locks are released; `thread/resume`
+    /// loads them again). Ephemeral threads are never unloaded. On Linux a
+    /// loaded thread holds its history file open only while it appends a
+    /// record, so running turns, not loaded threads, count toward open
+    /// files (elsewhere each loaded stored thread holds one). The soft
+    /// limit on open files is raised to the hard one at startup, with a
+    /// warning when connections + history files + 64 cannot fit in it.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_LOADED_THREADS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_loaded_threads: usize,
@@ -381,11 +383,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(file) = telemetry.store_file() {
         tracing::info!(file = %file.display(), "writing spans to the local trace store");
     }
-    skein_app_server::descriptors::raise_and_check(
-        matches!(args.listen, skein_app_server::ListenAddr::WebSocket(_)),
-        args.max_connections,
-        args.max_loaded_threads,
-    );
+    skein_app_server::descriptors::raise_and_check(skein_app_server::descriptors::Limits {
+        websocket: matches!(args.listen, skein_app_server::ListenAddr::WebSocket(_)),
+        max_connections: args.max_connections,
+        max_running_turns: args.max_running_turns,
+        max_loaded_threads: args.max_loaded_threads,
+    });
 
     let config = ServerConfig {
         listen: args.listen,

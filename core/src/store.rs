@@ -9,10 +9,15 @@
 //! written at all, so the turn path never waits on the disk per delta.
 //!
 //! Ownership: the process that writes a thread holds an exclusive OS lock
-//! (`flock`) on its file for as long as it has the thread loaded. A second
-//! writer is refused with [`StoreError::Busy`]. Readers never lock; they use
-//! the lock only to tell a turn still running elsewhere from one torn by a
-//! crash (the kernel releases the lock of a killed process).
+//! on it for as long as it has the thread loaded. A second writer is
+//! refused with [`StoreError::Busy`]. Readers never lock; they use the lock
+//! only to tell a turn still running elsewhere from one torn by a crash
+//! (the kernel releases the locks of a killed process). The lock is not on
+//! the thread's file (see [`writer_lock`]): a loaded thread keeps its file
+//! closed between appends, so idle threads cost no descriptors. Each append
+//! reopens the file and first checks that it is still the file, and the
+//! length, this process left; if not, it writes nothing and fails with
+//! [`StoreError::Changed`].
 //!
 //! Whole records only: an append that fails (a full disk) is cut off
 //! again, so the next record never lands on its fragment, and a thread file
@@ -23,15 +28,25 @@
 //! never hides the other threads. A record that an older writer appended
 //! onto a fragment is read back from the rest of its line.
 
-use std::fs::{self, File, OpenOptions, TryLockError};
+use std::fs::{self, File, Metadata, OpenOptions, TryLockError};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use skein_otel::owner_only;
 use skein_protocol::{TokenUsage, TurnKind, TurnStatus};
 
 use crate::records::{ThreadError, TurnItem, TurnRecord, unix_now};
+
+mod writer_lock;
+
+pub use writer_lock::LOCK_FILE_NAME;
+use writer_lock::{WriterLock, Writers};
+
+/// Whether a loaded thread keeps its history file open while idle: only
+/// where the writer lock cannot live apart from the file (not on Linux).
+pub const IDLE_THREADS_HOLD_FILES: bool = !cfg!(target_os = "linux");
 
 /// File name extension of thread files.
 pub const THREAD_FILE_EXTENSION: &str = "jsonl";
@@ -147,6 +162,19 @@ pub enum StoreError {
          use that process, or stop it first"
     )]
     Busy(String),
+    /// The thread's file changed while this process held the thread: it
+    /// was replaced, removed, or written by something other than Skein.
+    /// Nothing was written.
+    #[error(
+        "{path}: changed outside this skein process while it held the thread ({what}); \
+         nothing was written; unload the thread and resume it to continue"
+    )]
+    Changed {
+        /// The file.
+        path: PathBuf,
+        /// What changed.
+        what: String,
+    },
     /// The file exists but has no readable `thread` record.
     #[error("{path}: not a thread file: {reason}")]
     Corrupt {
@@ -200,16 +228,22 @@ pub struct StoredThread {
 #[derive(Clone, Debug)]
 pub struct ThreadStore {
     dir: PathBuf,
+    /// Which threads this store holds for writing.
+    writers: Arc<Writers>,
     /// Injected into the files this store creates (tests).
     #[cfg(test)]
     fault: Option<Fault>,
 }
 
-/// An open thread file, locked for writing by this process.
+/// A thread this process holds for writing, and where its file ends. The
+/// file itself is open only while a record is being appended.
 #[derive(Debug)]
 pub struct ThreadFile {
     path: PathBuf,
-    file: File,
+    /// The thread's writer lock, released when this is dropped.
+    _lock: WriterLock,
+    /// The file's device and inode, to tell it from a replacement.
+    identity: (u64, u64),
     /// The length of the file's whole records: where the next one starts.
     len: u64,
     /// A failed append left bytes past `len` that could not be cut off;
@@ -232,31 +266,76 @@ pub(crate) struct Fault {
 }
 
 impl ThreadFile {
-    fn new(path: PathBuf, file: File, len: u64) -> Self {
-        Self {
+    /// The thread at `path`, held by `lock`, whose file is open as `file`
+    /// and ends after `len` bytes of whole records.
+    fn new(path: PathBuf, lock: WriterLock, file: &File, len: u64) -> Result<Self, StoreError> {
+        let identity = identity(&file.metadata().map_err(io_error(&path))?);
+        Ok(Self {
             path,
-            file,
+            _lock: lock,
+            identity,
             len,
             torn: false,
             #[cfg(test)]
             fault: None,
-        }
+        })
     }
 
     /// Appends one record; with `sync`, waits until it is on disk.
+    ///
+    /// The file is opened for this append only. It must still be the file
+    /// this process left, as long as it left it (no writer but this one
+    /// holds the thread); otherwise nothing is written and the append fails
+    /// with [`StoreError::Changed`].
+    pub fn append(&mut self, record: &Record, sync: bool) -> Result<(), StoreError> {
+        let file = self.reopen()?;
+        self.append_to(&file, record, sync)
+    }
+
+    /// Opens the file for an append, checking it is the one left.
+    fn reopen(&self) -> Result<File, StoreError> {
+        let changed = |what: String| StoreError::Changed {
+            path: self.path.clone(),
+            what,
+        };
+        let file = match OpenOptions::new().append(true).open(&self.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(changed("it was removed".into()));
+            }
+            Err(e) => return Err(io_error(&self.path)(e)),
+        };
+        let metadata = file.metadata().map_err(io_error(&self.path))?;
+        if identity(&metadata) != self.identity {
+            return Err(changed("it was replaced by another file".into()));
+        }
+        // Past `len` there may be the fragment of a failed append that
+        // could not be cut off; otherwise the file ends where this process
+        // left it.
+        let len = metadata.len();
+        if len < self.len || (!self.torn && len != self.len) {
+            return Err(changed(format!(
+                "it is {len} bytes long, not the {} this process wrote",
+                self.len
+            )));
+        }
+        Ok(file)
+    }
+
+    /// Appends one record to the thread's `file`, open for appending.
     ///
     /// A record is written whole or not at all: when the write (or the
     /// sync) fails, the bytes it left are cut off again, so a full disk
     /// never leaves a fragment the next record would be glued to. Should
     /// cutting them off fail as well, the next record starts with a
     /// newline, ending the fragment's line (readers skip it).
-    pub fn append(&mut self, record: &Record, sync: bool) -> Result<(), StoreError> {
+    fn append_to(&mut self, file: &File, record: &Record, sync: bool) -> Result<(), StoreError> {
         let mut line = Vec::with_capacity(256);
         // Where the record goes when an earlier fragment could not be cut
         // off: after it, on a line of its own.
-        let after_fragment = if self.torn && !self.cut_back() {
+        let after_fragment = if self.torn && !self.cut_back(file) {
             line.push(b'\n');
-            Some(self.file.metadata().map_err(io_error(&self.path))?.len())
+            Some(file.metadata().map_err(io_error(&self.path))?.len())
         } else {
             None
         };
@@ -267,11 +346,11 @@ impl ThreadFile {
         line.push(b'\n');
         // One write per record: appends from this process never interleave.
         let written = self
-            .write(&line)
-            .and_then(|()| if sync { self.file.sync_data() } else { Ok(()) });
+            .write(file, &line)
+            .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
         if let Err(err) = written {
             self.torn = true;
-            self.cut_back();
+            self.cut_back(file);
             return Err(io_error(&self.path)(err));
         }
         self.len = after_fragment.unwrap_or(self.len) + line.len() as u64;
@@ -281,8 +360,8 @@ impl ThreadFile {
 
     /// Cuts the file back to its whole records after a failed append.
     /// Returns whether it is whole again.
-    fn cut_back(&mut self) -> bool {
-        match self.truncate(self.len) {
+    fn cut_back(&mut self, file: &File) -> bool {
+        match self.truncate(file, self.len) {
             Ok(()) => {
                 self.torn = false;
                 true
@@ -298,13 +377,13 @@ impl ThreadFile {
         }
     }
 
-    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+    fn write(&mut self, mut file: &File, bytes: &[u8]) -> io::Result<()> {
         #[cfg(test)]
         if let Some(fault) = &mut self.fault {
             let fits = usize::try_from(fault.space)
                 .unwrap_or(usize::MAX)
                 .min(bytes.len());
-            self.file.write_all(&bytes[..fits])?;
+            file.write_all(&bytes[..fits])?;
             fault.space -= fits as u64;
             if fits < bytes.len() {
                 return Err(io::Error::new(
@@ -314,10 +393,10 @@ impl ThreadFile {
             }
             return Ok(());
         }
-        self.file.write_all(bytes)
+        file.write_all(bytes)
     }
 
-    fn truncate(&self, len: u64) -> io::Result<()> {
+    fn truncate(&self, file: &File, len: u64) -> io::Result<()> {
         #[cfg(test)]
         if self.fault.is_some_and(|f| f.truncate_fails) {
             return Err(io::Error::new(
@@ -325,7 +404,7 @@ impl ThreadFile {
                 "No space left on device (injected)",
             ));
         }
-        self.file.set_len(len)
+        file.set_len(len)
     }
 
     /// Makes later writes fail as `fault` says (`None`: the disk has room
@@ -341,13 +420,29 @@ impl ThreadFile {
     }
 }
 
+/// Which file `metadata` describes: its device and inode.
+fn identity(metadata: &Metadata) -> (u64, u64) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        (metadata.dev(), metadata.ino())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = metadata;
+        (0, 0)
+    }
+}
+
 impl ThreadStore {
     /// The store in `dir`, created if missing.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();
         owner_only::create_dir_all(&dir).map_err(io_error(&dir))?;
+        let writers = Writers::open(&dir).map_err(io_error(&dir.join(LOCK_FILE_NAME)))?;
         Ok(Self {
             dir,
+            writers: Arc::new(writers),
             #[cfg(test)]
             fault: None,
         })
@@ -375,7 +470,7 @@ impl ThreadStore {
     }
 
     /// Creates a thread's file with its header and `turns` (for a fork),
-    /// synced, and keeps it locked for writing. When it cannot be written
+    /// synced, and holds the thread for writing. When it cannot be written
     /// whole (a full disk), no file is left behind.
     pub fn create(
         &self,
@@ -389,43 +484,61 @@ impl ThreadStore {
             .append(true)
             .open(&path)
             .map_err(io_error(&path))?;
-        let mut thread_file = ThreadFile::new(path, file, 0);
-        #[cfg(test)]
-        {
-            thread_file.fault = self.fault;
-        }
-        let written = owner_only::restrict(&thread_file.file)
-            .map_err(io_error(&thread_file.path))
-            .and_then(|()| lock_exclusive(&thread_file.file, id, &thread_file.path))
-            .and_then(|()| {
-                thread_file.append(header, false)?;
-                for turn in turns {
-                    for record in turn_records(turn) {
-                        thread_file.append(&record, false)?;
-                    }
-                }
-                thread_file
-                    .file
-                    .sync_all()
-                    .map_err(io_error(&thread_file.path))
-            });
-        if let Err(err) = written {
-            // Still holding the lock: nobody else has seen the file.
-            if let Err(remove) = fs::remove_file(&thread_file.path) {
+        let written = self.write_new(&file, &path, header, id, turns);
+        drop(file);
+        if written.is_err() {
+            // Still holding the lock when it was taken: nobody else has
+            // seen the file.
+            if let Err(remove) = fs::remove_file(&path) {
                 tracing::warn!(
-                    file = %thread_file.path.display(),
+                    file = %path.display(),
                     err = %remove,
                     "could not remove a thread file that failed to be written"
                 );
             }
-            return Err(err);
         }
+        written
+    }
+
+    /// Holds a new thread and writes its first records to `file`.
+    fn write_new(
+        &self,
+        file: &File,
+        path: &Path,
+        header: &Record,
+        id: &str,
+        turns: &[TurnRecord],
+    ) -> Result<ThreadFile, StoreError> {
+        owner_only::restrict(file).map_err(io_error(path))?;
+        let lock = self.lock(id, file)?;
+        let mut thread_file = ThreadFile::new(path.to_owned(), lock, file, 0)?;
+        #[cfg(test)]
+        {
+            thread_file.fault = self.fault;
+        }
+        thread_file.append_to(file, header, false)?;
+        for turn in turns {
+            for record in turn_records(turn) {
+                thread_file.append_to(file, &record, false)?;
+            }
+        }
+        file.sync_all().map_err(io_error(path))?;
         Ok(thread_file)
+    }
+
+    /// Holds thread `id`, whose file is open as `file`, for writing.
+    fn lock(&self, id: &str, file: &File) -> Result<WriterLock, StoreError> {
+        match self.writers.acquire(id, file) {
+            Ok(lock) => Ok(lock),
+            Err(TryLockError::WouldBlock) => Err(StoreError::Busy(id.to_owned())),
+            Err(TryLockError::Error(e)) => Err(io_error(self.writers.path())(e)),
+        }
     }
 
     /// Opens a stored thread for writing: takes its lock (refusing when
     /// another process holds it), loads it, and records turns left
-    /// unfinished by a dead writer as interrupted.
+    /// unfinished by a dead writer as interrupted. The file is closed again
+    /// before this returns; the lock stays with the [`ThreadFile`].
     pub fn open_for_write(&self, id: &str) -> Result<(ThreadFile, StoredThread), StoreError> {
         if !is_thread_id(id) {
             return Err(StoreError::NotFound(id.to_owned()));
@@ -438,12 +551,12 @@ impl ThreadStore {
             }
             Err(e) => return Err(io_error(&path)(e)),
         };
-        lock_exclusive(&file, id, &path)?;
+        let lock = self.lock(id, &file)?;
         let len = cut_torn_tail(&file, &path)?;
         // We hold the lock, so any unfinished turn's writer is gone: read
         // the turns as they are, then record those interruptions.
         let mut thread = read_thread(&path, true)?;
-        let mut thread_file = ThreadFile::new(path, file, len);
+        let mut thread_file = ThreadFile::new(path, lock, &file, len)?;
         let now = unix_now();
         for turn in thread
             .turns
@@ -451,7 +564,8 @@ impl ThreadStore {
             .filter(|t| t.status == TurnStatus::InProgress)
         {
             turn.status = TurnStatus::Interrupted;
-            thread_file.append(
+            thread_file.append_to(
+                &file,
                 &Record::TurnCompleted {
                     turn_id: turn.id.clone(),
                     status: TurnStatus::Interrupted,
@@ -488,14 +602,10 @@ impl ThreadStore {
         if !path.is_file() {
             return Err(StoreError::NotFound(id.to_owned()));
         }
-        let writer_alive = {
-            let probe = File::open(&path).map_err(io_error(&path))?;
-            match probe.try_lock_shared() {
-                Ok(()) => false,
-                Err(TryLockError::WouldBlock) => true,
-                Err(TryLockError::Error(e)) => return Err(io_error(&path)(e)),
-            }
-        };
+        let writer_alive = self
+            .writers
+            .is_held(id, &path)
+            .map_err(io_error(self.writers.path()))?;
         read_thread(&path, writer_alive)
     }
 
@@ -506,6 +616,9 @@ impl ThreadStore {
         for entry in fs::read_dir(&self.dir).map_err(io_error(&self.dir))? {
             let Ok(entry) = entry else { continue };
             let path = entry.path();
+            if entry.file_name() == LOCK_FILE_NAME {
+                continue;
+            }
             let stem = path
                 .file_stem()
                 .and_then(|s| s.to_str())
@@ -541,14 +654,6 @@ fn cut_torn_tail(file: &File, path: &Path) -> Result<u64, StoreError> {
     file.set_len(keep as u64).map_err(io_error(path))?;
     file.sync_all().map_err(io_error(path))?;
     Ok(keep as u64)
-}
-
-fn lock_exclusive(file: &File, id: &str, path: &Path) -> Result<(), StoreError> {
-    match file.try_lock() {
-        Ok(()) => Ok(()),
-        Err(TryLockError::WouldBlock) => Err(StoreError::Busy(id.to_owned())),
-        Err(TryLockError::Error(e)) => Err(io_error(path)(e)),
-    }
 }
 
 /// Thread ids are UUIDs; anything else in the directory is foreign.
@@ -1103,7 +1208,114 @@ mod tests {
             assert!(store.create(&header(&id), &id, &[]).is_err());
             assert!(!store.contains(&id), "{space} bytes of room left a file");
         }
-        assert_eq!(fs::read_dir(dir.path()).expect("dir").count(), 0);
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name())
+            .filter(|name| name != LOCK_FILE_NAME)
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// How many of this process's descriptors are open on `path`.
+    #[cfg(target_os = "linux")]
+    fn descriptors_on(path: &Path) -> usize {
+        fs::read_dir("/proc/self/fd")
+            .expect("/proc/self/fd")
+            .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target == path)
+            .count()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_held_thread_keeps_no_descriptor_between_appends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ThreadStore::open(dir.path()).expect("store");
+        let created = new_id();
+        let mut created_file = store
+            .create(&header(&created), &created, &[])
+            .expect("create");
+        created_file.append(&started("t1"), false).expect("append");
+        created_file.append(&completed("t1"), true).expect("append");
+        let reopened = new_id();
+        drop(
+            store
+                .create(&header(&reopened), &reopened, &[])
+                .expect("create"),
+        );
+        let (mut reopened_file, _) = store.open_for_write(&reopened).expect("open");
+        reopened_file.append(&started("t2"), false).expect("append");
+
+        for file in [&created_file, &reopened_file] {
+            let path = fs::canonicalize(file.path()).expect("canonical path");
+            assert_eq!(descriptors_on(&path), 0, "{} is held open", path.display());
+        }
+        // Still held: no other writer gets in, and readers see t2 running.
+        assert!(matches!(
+            store.open_for_write(&created),
+            Err(StoreError::Busy(_))
+        ));
+        assert!(matches!(
+            ThreadStore::open(dir.path())
+                .expect("store")
+                .open_for_write(&reopened),
+            Err(StoreError::Busy(_))
+        ));
+        assert_eq!(
+            store.load(&reopened).expect("load").turns[0].status,
+            TurnStatus::InProgress
+        );
+    }
+
+    #[test]
+    fn an_append_writes_nothing_to_a_file_changed_behind_its_writer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ThreadStore::open(dir.path()).expect("store");
+        let id = new_id();
+        let path = dir.path().join(format!("{id}.jsonl"));
+        let mut file = store.create(&header(&id), &id, &[]).expect("create");
+        file.append(&started("t1"), false).expect("append");
+
+        // Someone else appended to it.
+        let written = fs::read(&path).expect("read");
+        let foreign = serde_json::to_vec(&completed("t1")).expect("json");
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(&[foreign.as_slice(), b"\n"].concat()))
+            .expect("append behind the writer's back");
+        let err = file.append(&started("t2"), false).expect_err("refused");
+        assert!(matches!(err, StoreError::Changed { .. }), "{err}");
+        assert!(err.to_string().contains("bytes long"), "{err}");
+        let text = [written.as_slice(), foreign.as_slice(), b"\n"].concat();
+        assert_eq!(fs::read(&path).expect("read"), text, "nothing was written");
+
+        // Someone replaced it by another file, even one holding just what
+        // the writer wrote.
+        let replacement = dir.path().join("replacement");
+        fs::write(&replacement, &written).expect("write");
+        fs::rename(&replacement, &path).expect("replace");
+        let err = file.append(&started("t2"), false).expect_err("refused");
+        assert!(err.to_string().contains("replaced"), "{err}");
+        assert_eq!(
+            fs::read(&path).expect("read"),
+            written,
+            "nothing was written"
+        );
+
+        // Someone removed it.
+        fs::remove_file(&path).expect("remove");
+        let err = file.append(&started("t2"), false).expect_err("refused");
+        assert!(err.to_string().contains("removed"), "{err}");
+        assert!(!path.exists(), "nothing was written");
+        fs::write(&path, &text).expect("put it back");
+
+        // Unloading and loading the thread again continues from what is
+        // there now.
+        drop(file);
+        let (mut file, thread) = store.open_for_write(&id).expect("open");
+        assert_eq!(turn_ids(&thread), ["t1"]);
+        file.append(&started("t2"), false).expect("append");
     }
 
     #[test]

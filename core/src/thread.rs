@@ -34,10 +34,10 @@ pub(crate) struct ThreadEntry {
     /// The sending side of the thread's submission queue.
     pub(crate) submissions: mpsc::Sender<Submission>,
     pub(crate) events: EventHub,
-    /// The thread's file, locked for writing; `None` for ephemeral threads
+    /// The thread's file, held for writing; `None` for ephemeral threads
     /// and when nothing is stored. The inner `None` once the thread was
-    /// unloaded: its file is closed (and its lock released) at once, so a
-    /// new load can take it over while this entry's loop winds down.
+    /// unloaded: its lock is released at once, so a new load can take it
+    /// over while this entry's loop winds down.
     pub(crate) file: Option<Mutex<Option<ThreadFile>>>,
     /// When a request last took the thread (loaded it, or found it
     /// loaded) and how many subscriptions its hub had then: a thread taken
@@ -138,7 +138,7 @@ impl ThreadEntry {
         }
     }
 
-    /// Closes the thread's file as the thread is unloaded.
+    /// Releases the thread's file as the thread is unloaded.
     pub(crate) fn close_file(&self) {
         if let Some(file) = &self.file {
             drop(file.lock().unwrap_or_else(|p| p.into_inner()).take());

@@ -280,6 +280,10 @@ fn file_records(path: &Path) -> Vec<Value> {
 }
 
 /// The names of the files in `dir`, sorted.
+/// The lock file every store keeps beside its thread files.
+const LOCK_FILE_NAME: &str = "writers.lock";
+
+/// The names of the files in `dir`, sorted, without the store's lock file.
 fn file_names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("read dir {}: {e}", dir.display()))
@@ -290,6 +294,7 @@ fn file_names(dir: &Path) -> Vec<String> {
                 .to_string_lossy()
                 .into_owned()
         })
+        .filter(|name| name != LOCK_FILE_NAME)
         .collect();
     names.sort();
     names
@@ -911,6 +916,106 @@ async fn two_servers_on_one_home_list_each_others_threads_and_only_the_holder_wr
     );
     assert_completed_turn(&turns[2], &b1);
     stop(server_b, b).await;
+}
+
+/// The files under `dir` that process `pid` has open.
+fn open_files_under(pid: u32, dir: &Path) -> Vec<PathBuf> {
+    let dir = std::fs::canonicalize(dir).expect("canonical threads dir");
+    let fds = format!("/proc/{pid}/fd");
+    std::fs::read_dir(&fds)
+        .unwrap_or_else(|e| panic!("read {fds}: {e}"))
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| target.starts_with(&dir))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_loaded_threads_hold_no_history_file_open_and_stay_held() {
+    const THREADS: usize = 8;
+    let (server_a, mut a) = start(None, 0).await;
+    let home = server_a.home();
+    let mut threads = Vec::new();
+    for n in 0..THREADS {
+        let id = a.start_thread().await;
+        let turn = run_turn(&mut a, &id, &format!("turn of thread {n}")).await;
+        threads.push((id, turn));
+    }
+    // Every thread is loaded and idle: no history file is open, only the
+    // store's one lock file.
+    let open = open_files_under(server_a.pid(), &home.threads_dir());
+    let histories: Vec<_> = open
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    assert!(
+        histories.is_empty(),
+        "{THREADS} idle loaded threads hold {} history files open: {histories:?}",
+        histories.len()
+    );
+    assert!(open.len() <= 1, "only the lock file is open: {open:?}");
+    let loaded = a.request("thread/loaded/list", json!({}), None).await;
+    for (id, _) in &threads {
+        assert!(
+            loaded.result()["data"]
+                .as_array()
+                .is_some_and(|d| d.contains(&json!(id))),
+            "{id} is still loaded: {}",
+            loaded.message
+        );
+    }
+
+    // A second server on the same home reads them, and cannot write them.
+    let (server_b, mut b) = start(Some(&home), 0).await;
+    for (id, turn) in &threads {
+        let refused = resume(&mut b, id).await;
+        assert_held_elsewhere(&refused, "B's thread/resume");
+        let refused = b
+            .request(
+                "turn/start",
+                support::turn_start_params(id, "sneaking in from b"),
+                None,
+            )
+            .await;
+        assert_held_elsewhere(&refused, "B's turn/start");
+        let refused = b
+            .request(
+                "thread/name/set",
+                json!({"threadId": id, "name": "renamed by b"}),
+                None,
+            )
+            .await;
+        assert_held_elsewhere(&refused, "B's thread/name/set");
+        let refused = b
+            .request("thread/archive", json!({"threadId": id}), None)
+            .await;
+        assert_held_elsewhere(&refused, "B's thread/archive");
+        let turns = turns_of(&read_thread(&mut b, id).await);
+        assert_eq!(turns.len(), 1, "B reads A's thread");
+        assert_completed_turn(&turns[0], turn);
+    }
+
+    // A goes on writing them; every file holds only A's whole records.
+    for (id, first) in &threads {
+        let second = run_turn(&mut a, id, "a again").await;
+        let turns = turns_of(&read_thread(&mut b, id).await);
+        assert_eq!(turn_ids(&turns), [first.id.as_str(), second.id.as_str()]);
+        assert_completed_turn(&turns[1], &second);
+        let records = file_records(&home.thread_file(id));
+        let kinds: Vec<_> = records.iter().map(|r| r["type"].clone()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "thread",
+                "turnStarted",
+                "turnCompleted",
+                "turnStarted",
+                "turnCompleted"
+            ],
+            "{records:?}"
+        );
+    }
+    stop(server_b, b).await;
+    stop(server_a, a).await;
 }
 
 /// A small tmpfs mounted over a directory for one test; unmounted when

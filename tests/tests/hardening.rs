@@ -1363,13 +1363,16 @@ fn open_file_limits(pid: u32) -> (u64, u64) {
 #[tokio::test]
 async fn the_open_file_limit_is_raised_to_the_hard_one_and_a_budget_that_cannot_fit_is_named() {
     // A soft limit of 256 under a hard one of 512; the limits configured
-    // need 1000 connections + 300 threads + the reserve.
+    // need 1000 connections + 100 running turns' history files + the
+    // reserve (loaded threads hold no file while idle).
     let mut server = Server::start_with(
         Transport::WebSocket,
         ServerOptions::default()
             .open_files(256, 512)
             .arg("--max-connections")
             .arg("1000")
+            .arg("--max-running-turns")
+            .arg("100")
             .arg("--max-loaded-threads")
             .arg("300"),
     )
@@ -1378,7 +1381,11 @@ async fn the_open_file_limit_is_raised_to_the_hard_one_and_a_budget_that_cannot_
     let warning = server
         .wait_for_stderr(|line| line.contains("the limit on open files (512)"))
         .await;
-    for number in ["1364", "1000 connections", "300 loaded threads"] {
+    for number in [
+        "1164",
+        "1000 connections",
+        "100 history files of running turns",
+    ] {
         assert!(warning.contains(number), "{number} in {warning}");
     }
     server.shutdown().await;
@@ -1391,7 +1398,7 @@ async fn the_open_file_limit_is_raised_to_the_hard_one_and_a_budget_that_cannot_
             .arg("--max-connections")
             .arg("100")
             .arg("--max-loaded-threads")
-            .arg("100"),
+            .arg("1000"),
     )
     .await;
     assert_eq!(open_file_limits(server.pid()), (512, 512));
