@@ -882,6 +882,11 @@ impl StoreError {
                 format!("{}: not a thread file: {reason}", name(path))
             }
             StoreError::Io { path, source } => format!("{}: {source}", name(path)),
+            StoreError::Changed { path, what } => format!(
+                "{}: changed outside this skein process while it held the thread ({what}); \
+                 nothing was written; unload the thread and resume it to continue",
+                name(path)
+            ),
         }
     }
 }
@@ -917,6 +922,13 @@ mod tests {
         assert!(!text.contains("/home"), "{text}");
         assert!(text.starts_with("t1.jsonl: "), "{text}");
         assert_eq!(text.matches("os error 28").count(), 1, "{text}");
+        let changed = StoreError::Changed {
+            path: PathBuf::from("/home/someone/.skein/threads/t1.jsonl"),
+            what: "it was replaced".into(),
+        };
+        let text = changed.client_text();
+        assert!(!text.contains("/home"), "{text}");
+        assert!(text.starts_with("t1.jsonl: changed outside"), "{text}");
         let corrupt = StoreError::Corrupt {
             path: PathBuf::from("/srv/skein/threads/t2.jsonl"),
             reason: "no thread record".into(),
