@@ -2,9 +2,12 @@
 //! it is configured to give, and how it rides out running out of file
 //! descriptors.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 /// Default of `--max-connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -12,6 +15,12 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_MAX_RUNNING_TURNS: usize = 64;
 /// Default of `--max-loaded-threads`.
 pub const DEFAULT_MAX_LOADED_THREADS: usize = 1024;
+/// Default of `--max-pending-connections`.
+pub const DEFAULT_MAX_PENDING_CONNECTIONS: usize = 1024;
+/// Connections before their upgrade may hold at most one in this many of
+/// the descriptors the process may open: the rest stay for authenticated
+/// work (upgraded connections, thread history files, the trace store).
+pub const PENDING_DESCRIPTOR_SHARE: u64 = 4;
 /// What an overloaded answer suggests as a retry delay.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -58,6 +67,185 @@ impl ConnectionLimit {
     /// The number of open connections.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
+    }
+}
+
+/// The soft limit on open files of this process (`None`: unknown or
+/// unlimited).
+#[cfg(unix)]
+pub fn open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given, which lives here.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0
+        || limit.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    Some(limit.rlim_cur)
+}
+
+/// Not available here.
+#[cfg(not(unix))]
+pub fn open_file_limit() -> Option<u64> {
+    None
+}
+
+/// How many connections may be before their upgrade at once:
+/// `--max-pending-connections`, but at most a [`PENDING_DESCRIPTOR_SHARE`]
+/// share of `open_files` (the soft limit on open files), and at least one.
+pub fn pending_cap(max_pending: usize, open_files: Option<u64>) -> usize {
+    let share = open_files
+        .map(|limit| usize::try_from(limit / PENDING_DESCRIPTOR_SHARE).unwrap_or(usize::MAX))
+        .unwrap_or(usize::MAX);
+    max_pending.min(share).max(1)
+}
+
+/// Counts the connections that have not finished their WebSocket upgrade
+/// (reading the request head, answering it, the handshake), which
+/// `--max-connections` does not: each holds a descriptor before anyone
+/// knows who its client is.
+///
+/// When the limit is reached, a new connection evicts the oldest one still
+/// waiting for its request head rather than being refused. A valid client
+/// sends its head as soon as it is connected, so it is read within a round
+/// trip; idle connections are the ones that grow old. Refusing newcomers
+/// instead would let a flood of idle connections, renewed every head
+/// timeout, keep every valid client out; with eviction, a flood must open
+/// more than the limit's worth of connections within one client's round
+/// trip to push it out. Connections whose head has been read are not
+/// evicted (what is left of their work is bounded); only when every
+/// counted connection is past its head is a newcomer refused.
+#[derive(Clone, Debug)]
+pub struct PendingConnections {
+    state: Arc<Mutex<PendingState>>,
+    max: usize,
+}
+
+#[derive(Debug, Default)]
+struct PendingState {
+    /// Counted connections.
+    open: usize,
+    next_id: u64,
+    /// Counted connections still reading their request head, oldest
+    /// first: the ones that may be evicted.
+    waiting: BTreeMap<u64, Arc<Eviction>>,
+}
+
+/// How a connection learns it was evicted.
+#[derive(Debug, Default)]
+struct Eviction {
+    /// Set, under the state's lock, by the connection that took its place
+    /// (and its count).
+    evicted: AtomicBool,
+    notify: Notify,
+}
+
+/// What [`PendingConnections::admit`] decided for a new connection.
+#[derive(Debug)]
+pub enum Admission {
+    /// Counted, below the limit.
+    Admitted(PendingSlot),
+    /// Counted in place of the oldest connection still waiting for its
+    /// head, which is told to close.
+    EvictedOldest(PendingSlot),
+    /// At the limit, every counted connection past its head: close it.
+    Full,
+}
+
+/// A connection's place among those before their upgrade; released when
+/// dropped.
+#[derive(Debug)]
+pub struct PendingSlot {
+    state: Arc<Mutex<PendingState>>,
+    id: u64,
+    eviction: Arc<Eviction>,
+}
+
+impl PendingConnections {
+    /// At most `max` connections before their upgrade (at least one).
+    pub fn new(max: usize) -> Self {
+        Self {
+            state: Arc::default(),
+            max: max.max(1),
+        }
+    }
+
+    /// The limit.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// The number of counted connections.
+    pub fn open(&self) -> usize {
+        self.lock().open
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PendingState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a new connection, evicting the oldest one still waiting for
+    /// its head when the limit is reached.
+    pub fn admit(&self) -> Admission {
+        let mut state = self.lock();
+        let evicted = if state.open < self.max {
+            state.open += 1;
+            false
+        } else if let Some((_, oldest)) = state.waiting.pop_first() {
+            // The newcomer takes the evicted connection's count.
+            oldest.evicted.store(true, Ordering::Release);
+            oldest.notify.notify_one();
+            true
+        } else {
+            return Admission::Full;
+        };
+        let id = state.next_id;
+        state.next_id += 1;
+        let eviction = Arc::new(Eviction::default());
+        state.waiting.insert(id, Arc::clone(&eviction));
+        let slot = PendingSlot {
+            state: Arc::clone(&self.state),
+            id,
+            eviction,
+        };
+        if evicted {
+            Admission::EvictedOldest(slot)
+        } else {
+            Admission::Admitted(slot)
+        }
+    }
+}
+
+impl PendingSlot {
+    /// The connection's request head has been read: it can no longer be
+    /// evicted (it stays counted until the slot is dropped).
+    pub fn head_read(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.waiting.remove(&self.id);
+    }
+
+    /// Completes once a newer connection took this one's place.
+    pub async fn evicted(&self) {
+        loop {
+            if self.eviction.evicted.load(Ordering::Acquire) {
+                return;
+            }
+            self.eviction.notify.notified().await;
+        }
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.waiting.remove(&self.id);
+        // An evicted connection's count went to the one that evicted it.
+        if !self.eviction.evicted.load(Ordering::Acquire) {
+            state.open = state.open.saturating_sub(1);
+        }
     }
 }
 
@@ -158,6 +346,8 @@ pub struct RefusalLogs {
     pub unauthenticated: LogRateLimit,
     /// An upgrade past `--max-connections` (`503`).
     pub too_many: LogRateLimit,
+    /// A connection evicted or refused past `--max-pending-connections`.
+    pub pending_full: LogRateLimit,
 }
 
 impl Default for RefusalLogs {
@@ -165,6 +355,7 @@ impl Default for RefusalLogs {
         Self {
             unauthenticated: LogRateLimit::new(REFUSAL_LOG_INTERVAL),
             too_many: LogRateLimit::new(REFUSAL_LOG_INTERVAL),
+            pending_full: LogRateLimit::new(REFUSAL_LOG_INTERVAL),
         }
     }
 }
@@ -172,6 +363,7 @@ impl Default for RefusalLogs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
 
     #[test]
     fn a_rate_limited_line_goes_out_once_per_interval_with_the_count_it_skipped() {
@@ -195,6 +387,49 @@ mod tests {
         drop(a);
         assert_eq!(limit.open(), 1);
         assert!(limit.try_acquire().is_some());
+    }
+
+    #[test]
+    fn a_full_pending_set_evicts_its_oldest_connection_still_reading_a_head() {
+        let pending = PendingConnections::new(2);
+        let Admission::Admitted(a) = pending.admit() else {
+            panic!("room for a")
+        };
+        let Admission::Admitted(b) = pending.admit() else {
+            panic!("room for b")
+        };
+        // Full: c takes the place of the oldest, a.
+        let Admission::EvictedOldest(c) = pending.admit() else {
+            panic!("c evicts a")
+        };
+        assert!(a.evicted().now_or_never().is_some(), "a is told to go");
+        assert!(b.evicted().now_or_never().is_none());
+        drop(a);
+        assert_eq!(pending.open(), 2, "a's count went to c");
+        // b has read its head: it stays; d evicts c instead.
+        b.head_read();
+        let Admission::EvictedOldest(d) = pending.admit() else {
+            panic!("d evicts c")
+        };
+        assert!(c.evicted().now_or_never().is_some());
+        drop(c);
+        // Now b is past its head and d is the only one waiting.
+        d.head_read();
+        assert!(matches!(pending.admit(), Admission::Full));
+        drop(b);
+        assert_eq!(pending.open(), 1);
+        assert!(matches!(pending.admit(), Admission::Admitted(_)));
+        drop(d);
+        assert_eq!(pending.open(), 0);
+    }
+
+    #[test]
+    fn pending_connections_get_at_most_a_quarter_of_the_descriptors() {
+        assert_eq!(pending_cap(1024, Some(256)), 64);
+        assert_eq!(pending_cap(1024, Some(1_048_576)), 1024);
+        assert_eq!(pending_cap(1024, None), 1024);
+        assert_eq!(pending_cap(10, Some(256)), 10);
+        assert_eq!(pending_cap(1024, Some(2)), 1);
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use skein_app_server::limits::{
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_LOADED_THREADS, DEFAULT_MAX_RUNNING_TURNS,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_LOADED_THREADS, DEFAULT_MAX_PENDING_CONNECTIONS,
+    DEFAULT_MAX_RUNNING_TURNS,
 };
 use skein_app_server::paths;
 use skein_app_server::transport::auth::{MAX_CLOCK_SKEW, SignedBearerSettings, WsAuth};
@@ -194,6 +195,17 @@ struct ServeArgs {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_connections: usize,
 
+    /// Most WebSocket connections before their upgrade (still sending their
+    /// request head, 5 s at most, or being answered), which
+    /// --max-connections does not count; also at most a quarter of the
+    /// limit on open files, so that the rest is kept for authenticated
+    /// work. Past it, a new connection evicts the oldest one still waiting
+    /// for its head: a valid client sends its head at once, so a flood of
+    /// idle connections cannot keep it out, where refusing newcomers would.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PENDING_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_pending_connections: usize,
+
     /// Most turns running at once, across all threads. Past it,
     /// `turn/start`, `review/start` and `thread/compact/start` get error
     /// -32001 "server overloaded; retry later" with `data.retryAfterMs`.
@@ -276,6 +288,7 @@ fn websocket_options(args: &ServeArgs) -> anyhow::Result<WebSocketOptions> {
         auth,
         allow_unauthenticated: args.ws_allow_unauthenticated,
         max_connections: args.max_connections,
+        max_pending_connections: args.max_pending_connections,
         idle_timeout: args.ws_idle_timeout.map(Duration::from_secs),
         message_timeout: Duration::from_secs(args.ws_message_timeout),
     })

@@ -14,7 +14,10 @@ use tokio::sync::watch;
 use tower::Layer;
 
 use crate::connection::RpcService;
-use crate::limits::{ConnectionLimit, DEFAULT_MAX_CONNECTIONS, RefusalLogs};
+use crate::limits::{
+    ConnectionLimit, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING_CONNECTIONS, PendingConnections,
+    RefusalLogs, open_file_limit, pending_cap,
+};
 use crate::processor::MessageProcessor;
 use crate::tracing_layer::RequestTracingLayer;
 use crate::transport::auth::WsAuth;
@@ -108,6 +111,10 @@ pub struct WebSocketOptions {
     pub allow_unauthenticated: bool,
     /// Most open WebSocket connections; past it, upgrades get `503`.
     pub max_connections: usize,
+    /// Most connections before their upgrade (also: at most a quarter of
+    /// the limit on open files); past it, a new connection evicts the
+    /// oldest one still waiting for its request head.
+    pub max_pending_connections: usize,
     /// Close a connection whose client sent nothing (not even a ping) for
     /// this long; `None` never does.
     pub idle_timeout: Option<Duration>,
@@ -122,6 +129,7 @@ impl Default for WebSocketOptions {
             auth: WsAuth::None,
             allow_unauthenticated: false,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_pending_connections: DEFAULT_MAX_PENDING_CONNECTIONS,
             idle_timeout: None,
             message_timeout: DEFAULT_WS_MESSAGE_TIMEOUT,
         }
@@ -136,6 +144,7 @@ pub struct ServerContext {
     client_stall_timeout: Duration,
     ws_auth: Arc<WsAuth>,
     connections: ConnectionLimit,
+    pending: PendingConnections,
     ws_idle_timeout: Option<Duration>,
     ws_message_timeout: Duration,
     unfinished_budget: UnfinishedBudget,
@@ -152,6 +161,7 @@ impl ServerContext {
             client_stall_timeout,
             ws_auth: Arc::new(WsAuth::None),
             connections: ConnectionLimit::new(DEFAULT_MAX_CONNECTIONS),
+            pending: PendingConnections::new(DEFAULT_MAX_PENDING_CONNECTIONS),
             ws_idle_timeout: None,
             ws_message_timeout: DEFAULT_WS_MESSAGE_TIMEOUT,
             unfinished_budget: UnfinishedBudget::new(
@@ -165,6 +175,11 @@ impl ServerContext {
     pub fn with_websocket(mut self, options: WebSocketOptions) -> Self {
         self.ws_auth = Arc::new(options.auth);
         self.connections = ConnectionLimit::new(options.max_connections);
+        // Read when serving starts, after any raise of the soft limit.
+        self.pending = PendingConnections::new(pending_cap(
+            options.max_pending_connections,
+            open_file_limit(),
+        ));
         self.ws_idle_timeout = options.idle_timeout;
         self.ws_message_timeout = options.message_timeout;
         self
@@ -178,6 +193,11 @@ impl ServerContext {
     /// The open-connection counter of the WebSocket transport.
     pub fn connections(&self) -> &ConnectionLimit {
         &self.connections
+    }
+
+    /// The counter of WebSocket connections before their upgrade.
+    pub fn pending(&self) -> &PendingConnections {
+        &self.pending
     }
 
     /// How long a WebSocket client may take to complete a message.

@@ -1412,3 +1412,119 @@ async fn the_open_file_limit_is_raised_to_the_hard_one_and_a_budget_that_cannot_
         finished.stderr()
     );
 }
+
+/// Sends a request over `ws` and waits for its answer.
+async fn ws_request(ws: &mut Ws, method: &str, params: Value) -> Value {
+    let id = support::next_request_id();
+    let request = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+    ws.send(Message::text(request.to_string()))
+        .await
+        .unwrap_or_else(|e| panic!("send {method}: {e}"));
+    loop {
+        let message = tokio::time::timeout(TIMEOUT, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("{method} answered in time"))
+            .unwrap_or_else(|| panic!("connection open until {method} is answered"))
+            .unwrap_or_else(|e| panic!("read the answer to {method}: {e}"));
+        if let Message::Text(text) = message {
+            let value: Value = serde_json::from_str(&text).expect("JSON");
+            if value["id"] == json!(id) {
+                return value;
+            }
+        }
+    }
+}
+
+/// One attacker of [`idle_connections_do_not_lock_valid_clients_out`]: holds
+/// an idle TCP connection (it never sends a byte), and when the server
+/// closes it opens another, at most one per `period`, starting after
+/// `start`. Counts its first connection in `established`.
+async fn idle_attacker(
+    addr: String,
+    start: Duration,
+    period: Duration,
+    established: std::sync::Arc<tokio::sync::Semaphore>,
+) {
+    tokio::time::sleep(start).await;
+    let mut first = true;
+    loop {
+        let began = tokio::time::Instant::now();
+        if let Ok(mut stream) = TcpStream::connect(&addr).await {
+            if std::mem::take(&mut first) {
+                established.add_permits(1);
+            }
+            // Idle until the server closes it (anything it sends is read
+            // and dropped).
+            let mut sink = [0u8; 256];
+            while let Ok(1..) = stream.read(&mut sink).await {}
+        }
+        tokio::time::sleep_until(began + period).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_do_not_lock_valid_clients_out() {
+    // The attack: a server with 256 descriptors, and hundreds of
+    // TCP connections that never send a request head, each replaced as
+    // soon as the server closes it. Before the fix those connections took
+    // every descriptor: a valid client waited in the listen backlog behind
+    // them, and once in, found no descriptor for its work (`thread/start`
+    // opens the thread's history file). Each attacker connects at most
+    // once per PERIOD: together they open ATTACKERS / PERIOD connections a
+    // second, more than the server could time out with its 5 s head
+    // timeout and 256 descriptors, so without the fix the server stays
+    // saturated for as long as the attack lasts. With it, connections
+    // before their upgrade hold at most 64 descriptors (a quarter of 256)
+    // and a newcomer evicts the oldest: at ~67 attacks a second, a valid
+    // client's head (sent at once) has about a second to be read, ample
+    // for a server that reads it within a round trip.
+    const ATTACKERS: u32 = 400;
+    const PERIOD: Duration = Duration::from_secs(6);
+    const VALID_CLIENTS: usize = 9;
+    let mut server = Spawned::start(&["--listen", "ws://127.0.0.1:0"], Some(256));
+    let addr = server.addr().await;
+
+    let established = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let mut attackers = tokio::task::JoinSet::new();
+    for i in 0..ATTACKERS {
+        // Spread over the period, so they come at a steady rate.
+        let start = PERIOD * i / ATTACKERS;
+        attackers.spawn(idle_attacker(
+            addr.clone(),
+            start,
+            PERIOD,
+            std::sync::Arc::clone(&established),
+        ));
+    }
+    // Every attacker is connected (or waiting in the listen backlog).
+    let _all = tokio::time::timeout(TIMEOUT, established.acquire_many(ATTACKERS))
+        .await
+        .expect("the attackers connected in time")
+        .expect("semaphore open");
+
+    let url = format!("ws://{addr}");
+    for client in 0..VALID_CLIENTS {
+        let (mut ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(&url))
+            .await
+            .unwrap_or_else(|_| panic!("valid client {client}: upgrade answered in time"))
+            .unwrap_or_else(|e| panic!("valid client {client}: upgrade refused: {e}"));
+        let init = initialize(&mut ws).await;
+        assert!(
+            init.get("result").is_some(),
+            "valid client {client}: {init}"
+        );
+        let started = ws_request(&mut ws, "thread/start", json!({})).await;
+        assert!(
+            started["result"]["thread"]["id"].is_string(),
+            "valid client {client}: {started}"
+        );
+        let _ = ws.close(None).await;
+    }
+    // The attack did fill the connections before their upgrade (a quarter
+    // of 256 descriptors), and that was logged.
+    server
+        .wait_for("too many connections before their upgrade")
+        .await;
+    attackers.shutdown().await;
+    server.child.kill().await.expect("kill");
+}

@@ -1,7 +1,12 @@
 //! The WebSocket transport: one JSON-RPC message per text frame.
 //!
 //! Each TCP connection starts with an HTTP request head, read here (bounded
-//! in size and time) before anything else:
+//! in size and time) before anything else. Until its upgrade is done a
+//! connection is counted among the pending ones (`--max-pending-connections`,
+//! at most a quarter of the limit on open files); when they are too many,
+//! the newest connection evicts the oldest one still waiting for its head
+//! (see [`crate::limits::PendingConnections`] for why evicting, not
+//! refusing). Then:
 //! - `GET /healthz` answers `200 ok` and closes;
 //! - a request carrying an `Origin` header is refused with `403`, so that a
 //!   web page in a browser cannot drive a local server;
@@ -49,7 +54,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use crate::connection::ConnectionHandler;
-use crate::limits::{AcceptBackoff, RETRY_AFTER};
+use crate::limits::{AcceptBackoff, Admission, PENDING_DESCRIPTOR_SHARE, PendingSlot, RETRY_AFTER};
 use crate::memory::{Trimmer, release_free_memory};
 use crate::server::{EVENT_DRAIN_TIMEOUT, ServerContext};
 use crate::session::{HeldSpan, OutboundItem, StallReporter, Transport};
@@ -87,17 +92,28 @@ pub async fn serve_websocket(
     let mut trimmer = Trimmer::default();
     let for_connections = shutdown.clone();
     let mut backoff = AcceptBackoff::default();
+    tracing::info!(
+        max_pending = ctx.pending().max(),
+        "at most {} connections before their upgrade (--max-pending-connections, and at most \
+         1/{PENDING_DESCRIPTOR_SHARE} of the limit on open files); past it, a new connection \
+         evicts the oldest one still waiting for its request head",
+        ctx.pending().max()
+    );
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     backoff.succeeded();
+                    let Some(pending) = admit(&ctx) else {
+                        // Dropping the stream closes it at once.
+                        continue;
+                    };
                     let ctx = ctx.clone();
                     let shutdown = for_connections.clone();
                     trimmer.opened();
                     connections.spawn(async move {
-                        if let Err(err) = handle_socket(stream, ctx, shutdown).await {
+                        if let Err(err) = handle_socket(stream, pending, ctx, shutdown).await {
                             tracing::debug!(%peer, %err, "connection ended with an error");
                         }
                     });
@@ -143,6 +159,30 @@ pub async fn serve_websocket(
     }
 }
 
+/// Counts a new connection among those before their upgrade (see
+/// [`crate::limits::PendingConnections`] for why a full count evicts the
+/// oldest connection still waiting for its head); `None` when it must be
+/// closed at once. Either is logged, rate-limited.
+fn admit(ctx: &ServerContext) -> Option<PendingSlot> {
+    let (slot, what) = match ctx.pending().admit() {
+        Admission::Admitted(slot) => return Some(slot),
+        Admission::EvictedOldest(slot) => (
+            Some(slot),
+            "closing the oldest connection still waiting for its request head",
+        ),
+        Admission::Full => (None, "closing a new connection"),
+    };
+    if let Some(unlogged) = ctx.refusal_logs().pending_full.admit() {
+        tracing::warn!(
+            max = ctx.pending().max(),
+            unlogged,
+            "{what}: too many connections before their upgrade (--max-pending-connections; \
+             one line per 10 s at most, `unlogged` counts the others since the last line)"
+        );
+    }
+    slot
+}
+
 /// What the request head asked for.
 #[derive(Debug, PartialEq, Eq)]
 enum Route {
@@ -160,15 +200,24 @@ enum Route {
     UnsupportedVersion,
 }
 
+/// Serves one accepted connection; `pending` counts it until its upgrade
+/// is done (or it ends before).
 async fn handle_socket(
     mut stream: TcpStream,
+    pending: PendingSlot,
     ctx: ServerContext,
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
-    let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
-        Ok(head) => head?,
-        Err(_) => return Ok(()),
+    let head = tokio::select! {
+        read = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)) => match read {
+            Ok(head) => head?,
+            Err(_) => return Ok(()),
+        },
+        // A newer connection took its place: the server is flooded, and
+        // this one has waited longest for its head.
+        () = pending.evicted() => return Ok(()),
     };
+    pending.head_read();
     match route(&head) {
         Route::Health => write_http(&mut stream, "200 OK", "ok\n").await,
         Route::Forbidden => {
@@ -258,6 +307,8 @@ async fn handle_socket(
             let pinger = replay.pinger();
             match tokio_tungstenite::accept_async_with_config(replay, Some(config)).await {
                 Ok(ws) => {
+                    // Upgraded: from now on counted by --max-connections.
+                    drop(pending);
                     serve_connection(ws, pinger, ctx, shutdown).await;
                     Ok(())
                 }
