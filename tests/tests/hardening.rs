@@ -1407,7 +1407,7 @@ async fn the_open_file_limit_is_raised_to_the_hard_one_and_a_budget_that_cannot_
         !finished
             .stderr()
             .iter()
-            .any(|l| l.contains("the limit on open files")),
+            .any(|l| l.contains("is below what the configured limits can need")),
         "{:?}",
         finished.stderr()
     );
