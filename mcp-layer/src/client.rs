@@ -28,7 +28,6 @@ pub fn inject_meta_of(span: &tracing::Span, meta: &mut MetaObject) {
 /// A request with the current context in its `_meta` ([`inject_meta`]).
 ///
 /// ```no_run
-/// # #[cfg(feature = "client")]
 /// # async fn run(peer: rmcp::Peer<rmcp::RoleClient>) -> Result<(), rmcp::ServiceError> {
 /// use rmcp::model::{CallToolRequest, CallToolRequestParams, ClientRequest};
 /// let request = ClientRequest::CallToolRequest(CallToolRequest::new(
