@@ -46,3 +46,43 @@ where
     inject_meta(request.get_meta_mut());
     request
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    };
+    use rmcp::model::{CallToolRequest, CallToolRequestParams, ClientRequest};
+
+    fn call() -> ClientRequest {
+        ClientRequest::CallToolRequest(CallToolRequest::new(CallToolRequestParams::new("t")))
+    }
+
+    #[test]
+    fn a_request_carries_the_current_context_in_its_meta() {
+        let sc = SpanContext::new(
+            TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").expect("trace id"),
+            SpanId::from_hex("b7ad6b7169203331").expect("span id"),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        let _current = opentelemetry::Context::new()
+            .with_remote_span_context(sc)
+            .attach();
+        let request = with_trace_context(call());
+        assert_eq!(
+            request.get_meta().get("traceparent"),
+            Some(&Value::from(
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            ))
+        );
+    }
+
+    #[test]
+    fn outside_any_span_nothing_is_written() {
+        let request = with_trace_context(call());
+        assert!(request.get_meta().is_empty());
+    }
+}
