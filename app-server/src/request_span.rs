@@ -52,6 +52,7 @@ pub fn make_request_span(
         service_name: StringValue::from(value::SERVICE_NAME),
         api_version: Some(value::API_VERSION),
         environment_fallback: true,
+        mcp: None,
     };
     let meta = request.params.as_ref().and_then(|p| p.get("_meta"));
     let (mut span, timer) = builder.start_span(

@@ -302,9 +302,7 @@ impl McpManager {
             params = params.with_arguments(arguments);
         }
         let mut meta = RequestMetaObject::new();
-        skein_otel::inject(span, |name, value| {
-            meta.0.0.insert(name.to_owned(), Value::String(value));
-        });
+        skein_rmcp::inject_meta_of(span, &mut meta);
         let timeout = Duration::from_millis(
             server
                 .config

@@ -304,11 +304,24 @@ pub fn add_link(span: &tracing::Span, target: SpanContext) {
 /// `traceparent` and `tracestate` fields, through `set(name, value)`: HTTP
 /// headers of a model API call, or `params._meta` of an MCP request. The
 /// one place where Skein's context leaves the process.
-pub fn inject(span: &tracing::Span, mut set: impl FnMut(&'static str, String)) {
-    let Some(sc) = span_context_of(span) else {
-        return;
-    };
-    if let Some((traceparent, tracestate)) = w3c::to_headers(&sc) {
+pub fn inject(span: &tracing::Span, set: impl FnMut(&'static str, String)) {
+    if let Some(sc) = span_context_of(span) {
+        inject_span_context(&sc, set);
+    }
+}
+
+/// [`inject`] for the current context: the current `tracing` span's, else
+/// the current OpenTelemetry context's ([`current_span_context`]). Writes
+/// nothing outside any span.
+pub fn inject_current(set: impl FnMut(&'static str, String)) {
+    if let Some(sc) = current_span_context() {
+        inject_span_context(&sc, set);
+    }
+}
+
+/// [`inject`] for a span context.
+pub fn inject_span_context(sc: &SpanContext, mut set: impl FnMut(&'static str, String)) {
+    if let Some((traceparent, tracestate)) = w3c::to_headers(sc) {
         set(w3c::TRACEPARENT, traceparent);
         if let Some(tracestate) = tracestate {
             set(w3c::TRACESTATE, tracestate);

@@ -145,6 +145,18 @@ pub mod attr {
     pub const MCP_METHOD_NAME: &str = "mcp.method.name";
     /// The MCP protocol version the server negotiated.
     pub const MCP_PROTOCOL_VERSION: &str = "mcp.protocol.version";
+    /// The MCP session (the streamable HTTP `Mcp-Session-Id`), when there
+    /// is one.
+    pub const MCP_SESSION_ID: &str = "mcp.session.id";
+    /// The resource a `resources/*` request names.
+    pub const MCP_RESOURCE_URI: &str = "mcp.resource.uri";
+    /// The prompt a `prompts/get` request names.
+    pub const GEN_AI_PROMPT_NAME: &str = "gen_ai.prompt.name";
+    /// The transport an MCP request came over: `pipe` (stdio) or `tcp`.
+    pub const NETWORK_TRANSPORT: &str = "network.transport";
+    /// The application protocol an MCP request came over, when it is not
+    /// stdio: `http`.
+    pub const NETWORK_PROTOCOL_NAME: &str = "network.protocol.name";
     /// The configured name of the MCP server.
     pub const MCP_SERVER_NAME: &str = "skein.mcp.server";
     /// The command a process is started with (an MCP server's configured
@@ -210,6 +222,12 @@ pub mod value {
     pub const ERROR_MCP_START_FAILED: &str = "start_failed";
     /// `otel.status_code` of a failed span.
     pub const STATUS_ERROR: &str = "error";
+    /// `network.transport` of an MCP server spoken to over stdio.
+    pub const NETWORK_TRANSPORT_PIPE: &str = "pipe";
+    /// `network.transport` of an MCP server spoken to over HTTP.
+    pub const NETWORK_TRANSPORT_TCP: &str = "tcp";
+    /// `network.protocol.name` of an MCP request over streamable HTTP.
+    pub const NETWORK_PROTOCOL_HTTP: &str = "http";
     /// `rpc.transport` over stdin/stdout.
     pub const TRANSPORT_STDIO: &str = "stdio";
     /// `rpc.transport` over WebSocket.

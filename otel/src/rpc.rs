@@ -10,8 +10,11 @@
 //! [`RequestSpan::record_error`] (for an error response),
 //! [`RequestSpan::record_result_ids`] and, for a method looked up only by
 //! calling it, [`RequestSpan::settle_method`] complete the span, which ends
-//! when dropped. Skein's tower layer and the `skein-jsonrpsee` middleware
-//! both call in here; nothing else names a request attribute.
+//! when dropped. Skein's tower layer, the `skein-jsonrpsee` middleware and
+//! the `skein-rmcp` MCP server wrapper all call in here; nothing else names
+//! a request attribute. An MCP server describes the MCP side of a request
+//! in [`McpRequest`], and its span then follows the MCP semantic
+//! conventions instead of the RPC ones.
 //!
 //! Request spans are OTel spans built directly, not `tracing` spans: a
 //! server makes one per request, and this way static attributes stay
@@ -95,6 +98,45 @@ pub enum MethodLookup {
     Deferred,
 }
 
+/// What an MCP request or notification names, for its span name and
+/// attributes (the MCP semantic conventions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum McpTarget<'a> {
+    /// `tools/call`: the tool (`gen_ai.tool.name`).
+    Tool(&'a str),
+    /// `prompts/get`: the prompt (`gen_ai.prompt.name`).
+    Prompt(&'a str),
+    /// `resources/read`, `resources/subscribe`...: the resource
+    /// (`mcp.resource.uri`).
+    Resource(&'a str),
+}
+
+impl McpTarget<'_> {
+    fn name(&self) -> &str {
+        match self {
+            McpTarget::Tool(name) | McpTarget::Prompt(name) | McpTarget::Resource(name) => name,
+        }
+    }
+}
+
+/// The MCP side of a request, as plain borrowed data: with it, the span
+/// follows the MCP semantic conventions instead of the RPC ones (named
+/// `{mcp.method.name} {target}`, with `mcp.*`, `gen_ai.*` and `network.*`
+/// attributes and no `rpc.*` ones).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct McpRequest<'a> {
+    /// The tool, prompt or resource the request names.
+    pub target: Option<McpTarget<'a>>,
+    /// `mcp.protocol.version`, when known when the request arrives.
+    pub protocol_version: Option<&'a str>,
+    /// `mcp.session.id`, when the request belongs to a session.
+    pub session_id: Option<&'a str>,
+    /// `network.transport`: `pipe` (stdio) or `tcp`.
+    pub network_transport: Option<&'static str>,
+    /// `network.protocol.name`: `http` over streamable HTTP.
+    pub network_protocol_name: Option<&'static str>,
+}
+
 /// One inbound call, described as plain borrowed data.
 #[derive(Clone, Debug)]
 pub struct RequestSpanBuilder<'a> {
@@ -122,6 +164,9 @@ pub struct RequestSpanBuilder<'a> {
     /// candidate (right for a process a parent launched, such as Skein; not
     /// for a library inside another service).
     pub environment_fallback: bool,
+    /// The MCP side of the request, for an MCP server: the span then
+    /// follows the MCP semantic conventions.
+    pub mcp: Option<McpRequest<'a>>,
 }
 
 impl<'a> RequestSpanBuilder<'a> {
@@ -140,6 +185,7 @@ impl<'a> RequestSpanBuilder<'a> {
             service_name: service_name.into(),
             api_version: None,
             environment_fallback: false,
+            mcp: None,
         }
     }
 
@@ -201,6 +247,8 @@ pub(crate) fn install_request_tracer(tracer: SdkTracer) -> bool {
 /// spans and carriers made inside the call find their parent.
 pub struct RequestSpan<S: OtelSpan = SdkSpan> {
     span: S,
+    /// Whether the span follows the MCP conventions (see [`McpRequest`]).
+    mcp: bool,
     /// `thread.id` and `turn.id` found so far, written once when the span
     /// ends (the SDK appends a key set twice instead of replacing it).
     ids: Ids,
@@ -257,18 +305,46 @@ impl<S: OtelSpan> RequestSpan<S> {
         if !self.span.is_recording() {
             return;
         }
+        let method_key = if self.mcp {
+            attr::MCP_METHOD_NAME
+        } else {
+            attr::RPC_METHOD
+        };
         if known {
             self.span
-                .set_attribute(KeyValue::new(attr::RPC_METHOD, method.to_owned()));
+                .set_attribute(KeyValue::new(method_key, method.to_owned()));
             return;
         }
         self.span.update_name(value::UNKNOWN_METHOD_SPAN_NAME);
         self.span
-            .set_attribute(KeyValue::new(attr::RPC_METHOD, value::METHOD_OTHER));
+            .set_attribute(KeyValue::new(method_key, value::METHOD_OTHER));
         self.span.set_attribute(KeyValue::new(
             attr::RPC_METHOD_ORIGINAL,
             truncate_for_display(method, MAX_ORIGINAL_METHOD_LEN).into_owned(),
         ));
+    }
+
+    /// Marks an MCP `tools/call` span as failed by the tool: its result was
+    /// flagged `isError`. ERROR status and `error.type` `tool_error`.
+    pub fn record_tool_error(&mut self) {
+        if !self.span.is_recording() {
+            return;
+        }
+        self.span
+            .set_status(Status::error("the tool reported an error (isError)"));
+        self.span
+            .set_attribute(KeyValue::new(attr::ERROR_TYPE, value::ERROR_TOOL));
+    }
+
+    /// Records `mcp.protocol.version` once it is known, for a request that
+    /// did not know it when it arrived (`initialize`, from its result).
+    pub fn record_mcp_protocol_version(&mut self, version: &str) {
+        if self.span.is_recording() {
+            self.span.set_attribute(KeyValue::new(
+                attr::MCP_PROTOCOL_VERSION,
+                version.to_owned(),
+            ));
+        }
     }
 
     /// Records `thread.id` / `turn.id` found in a params or result object:
@@ -358,10 +434,13 @@ impl RequestSpanBuilder<'_> {
             Some(parent) => OtelContext::new().with_remote_span_context(parent),
             None => OtelContext::new(),
         };
-        let name: Cow<'static, str> = match self.lookup {
-            MethodLookup::Known(name) => Cow::Borrowed(name),
-            MethodLookup::Unknown => Cow::Borrowed(value::UNKNOWN_METHOD_SPAN_NAME),
-            MethodLookup::Deferred => Cow::Owned(self.method.to_owned()),
+        let name: Cow<'static, str> = match (self.lookup, self.mcp.and_then(|m| m.target)) {
+            (MethodLookup::Unknown, _) => Cow::Borrowed(value::UNKNOWN_METHOD_SPAN_NAME),
+            (MethodLookup::Known(name), Some(target)) => {
+                Cow::Owned(format!("{name} {}", target.name()))
+            }
+            (MethodLookup::Known(name), None) => Cow::Borrowed(name),
+            (MethodLookup::Deferred, _) => Cow::Owned(self.method.to_owned()),
         };
         let builder = SpanBuilder::from_name(name)
             .with_kind(SpanKind::Server)
@@ -390,6 +469,7 @@ impl RequestSpanBuilder<'_> {
         };
         let span = RequestSpan {
             span,
+            mcp: self.mcp.is_some(),
             ids: Ids::default(),
         };
         (span, timer)
@@ -398,6 +478,9 @@ impl RequestSpanBuilder<'_> {
     /// The attributes a request span starts with. Static values stay
     /// static; the request id is formatted once and shared by its two keys.
     fn attributes(&self) -> Vec<KeyValue> {
+        if let Some(mcp) = &self.mcp {
+            return self.mcp_attributes(mcp);
+        }
         let mut attrs = Vec::with_capacity(16);
         attrs.push(KeyValue::new(attr::RPC_SYSTEM, value::JSONRPC));
         attrs.push(KeyValue::new(attr::RPC_SYSTEM_NAME, value::JSONRPC));
@@ -442,6 +525,67 @@ impl RequestSpanBuilder<'_> {
                 attr::APP_SERVER_CLIENT_VERSION,
                 version.clone(),
             ));
+        }
+        attrs
+    }
+}
+
+impl RequestSpanBuilder<'_> {
+    /// The attributes an MCP request span starts with (the MCP semantic
+    /// conventions): `mcp.method.name` (unless the lookup is deferred, when
+    /// [`RequestSpan::settle_method`] records it), the request id, the
+    /// target's attribute, protocol, session and network.
+    fn mcp_attributes(&self, mcp: &McpRequest<'_>) -> Vec<KeyValue> {
+        let mut attrs = Vec::with_capacity(12);
+        match self.lookup {
+            MethodLookup::Known(name) => attrs.push(KeyValue::new(attr::MCP_METHOD_NAME, name)),
+            MethodLookup::Unknown => {
+                attrs.push(KeyValue::new(attr::MCP_METHOD_NAME, value::METHOD_OTHER));
+                attrs.push(KeyValue::new(
+                    attr::RPC_METHOD_ORIGINAL,
+                    truncate_for_display(self.method, MAX_ORIGINAL_METHOD_LEN).into_owned(),
+                ));
+            }
+            MethodLookup::Deferred => {}
+        }
+        if let Some(id) = self.request_id {
+            let id: StringValue = id.to_shared().into();
+            attrs.push(KeyValue::new(attr::JSONRPC_REQUEST_ID, id));
+        }
+        attrs.push(KeyValue::new(
+            attr::JSONRPC_PROTOCOL_VERSION,
+            value::JSONRPC_VERSION,
+        ));
+        match mcp.target {
+            Some(McpTarget::Tool(name)) => {
+                attrs.push(KeyValue::new(attr::GEN_AI_TOOL_NAME, name.to_owned()));
+                attrs.push(KeyValue::new(
+                    attr::GEN_AI_OPERATION_NAME,
+                    value::GEN_AI_OPERATION_EXECUTE_TOOL,
+                ));
+            }
+            Some(McpTarget::Prompt(name)) => {
+                attrs.push(KeyValue::new(attr::GEN_AI_PROMPT_NAME, name.to_owned()));
+            }
+            Some(McpTarget::Resource(uri)) => {
+                attrs.push(KeyValue::new(attr::MCP_RESOURCE_URI, uri.to_owned()));
+            }
+            None => {}
+        }
+        if let Some(version) = mcp.protocol_version {
+            attrs.push(KeyValue::new(
+                attr::MCP_PROTOCOL_VERSION,
+                version.to_owned(),
+            ));
+        }
+        if let Some(session) = mcp.session_id {
+            attrs.push(KeyValue::new(attr::MCP_SESSION_ID, session.to_owned()));
+        }
+        if let Some(transport) = mcp.network_transport {
+            attrs.push(KeyValue::new(attr::NETWORK_TRANSPORT, transport));
+        }
+        if let Some(protocol) = mcp.network_protocol_name {
+            attrs.push(KeyValue::new(attr::NETWORK_PROTOCOL_NAME, protocol));
         }
         attrs
     }
@@ -629,6 +773,65 @@ mod tests {
                 .any(|kv| kv.key.as_str() == attr::CARRIER_SOURCE
                     && kv.value.as_str().contains("envelope"))
         );
+    }
+
+    #[test]
+    fn an_mcp_request_span_follows_the_mcp_conventions() {
+        let (exporter, provider) = capture();
+        let tracer = provider.tracer("test");
+        let good = serde_json::json!({"traceparent": TP});
+        let builder = RequestSpanBuilder {
+            lookup: MethodLookup::Known("tools/call"),
+            request_id: Some(RequestId::Number(3)),
+            mcp: Some(McpRequest {
+                target: Some(McpTarget::Tool("get_weather")),
+                protocol_version: Some("2025-06-18"),
+                session_id: Some("s-1"),
+                network_transport: Some(value::NETWORK_TRANSPORT_TCP),
+                network_protocol_name: Some(value::NETWORK_PROTOCOL_HTTP),
+            }),
+            ..RequestSpanBuilder::new("tools/call", "svc")
+        };
+        let (mut span, _) = builder.start_span(&tracer, [(CarrierSource::ParamsMeta, Some(&good))]);
+        span.record_tool_error();
+        drop(span);
+        let (mut unknown, _) = RequestSpanBuilder {
+            mcp: Some(McpRequest::default()),
+            ..RequestSpanBuilder::new("no/such", "svc")
+        }
+        .start_span(&tracer, []);
+        unknown.settle_method("no/such", false);
+        drop(unknown);
+
+        let spans = exporter.get_finished_spans().expect("spans");
+        let s = &spans[0];
+        assert_eq!(s.name, "tools/call get_weather");
+        assert_eq!(s.span_kind, SpanKind::Server);
+        assert_eq!(s.parent_span_id.to_string(), "b7ad6b7169203331");
+        for (key, want) in [
+            (attr::MCP_METHOD_NAME, "tools/call"),
+            (attr::JSONRPC_REQUEST_ID, "3"),
+            (attr::GEN_AI_TOOL_NAME, "get_weather"),
+            (attr::GEN_AI_OPERATION_NAME, "execute_tool"),
+            (attr::MCP_PROTOCOL_VERSION, "2025-06-18"),
+            (attr::MCP_SESSION_ID, "s-1"),
+            (attr::NETWORK_TRANSPORT, "tcp"),
+            (attr::NETWORK_PROTOCOL_NAME, "http"),
+            (attr::ERROR_TYPE, "tool_error"),
+        ] {
+            assert_eq!(attr_of(s, key).as_deref(), Some(want), "{key}");
+        }
+        // MCP spans follow the MCP conventions, not the RPC ones.
+        for key in [attr::RPC_METHOD, attr::RPC_SERVICE, attr::RPC_REQUEST_ID] {
+            assert_eq!(attr_of(s, key), None, "{key}");
+        }
+        let u = &spans[1];
+        assert_eq!(u.name, value::UNKNOWN_METHOD_SPAN_NAME);
+        assert_eq!(
+            attr_of(u, attr::MCP_METHOD_NAME).as_deref(),
+            Some(value::METHOD_OTHER)
+        );
+        assert_eq!(attr_of(u, attr::RPC_METHOD), None);
     }
 
     #[test]

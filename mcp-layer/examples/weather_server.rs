@@ -1,0 +1,105 @@
+//! An rmcp MCP server over stdio, traced by `skein-rmcp`.
+//!
+//! ```text
+//! cargo build -p skein-rmcp --example weather_server
+//! # then point any MCP client at target/debug/examples/weather_server
+//! ```
+//!
+//! Its tools: `get_weather` (answers for a `city`) and `fail` (fails as a
+//! tool does, `isError: true`). Spans are printed to stderr, one line each,
+//! by a small exporter (stdout is the MCP channel); swap in any exporter
+//! (OTLP, say) in `main`: the wrapper only uses the provider it is given.
+
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, JsonObject,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::{RequestContext, RoleServer};
+use rmcp::{ErrorData, ServerHandler, ServiceExt as _};
+
+/// The server: nothing here knows about tracing.
+#[derive(Clone)]
+struct Weather;
+
+impl ServerHandler for Weather {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let mut city = JsonObject::new();
+        city.insert("type".into(), "string".into());
+        let mut properties = JsonObject::new();
+        properties.insert("city".into(), city.into());
+        let mut schema = JsonObject::new();
+        schema.insert("type".into(), "object".into());
+        schema.insert("properties".into(), properties.into());
+        Ok(ListToolsResult::with_all_items(vec![
+            Tool::new("get_weather", "The weather in a city", schema.clone()),
+            Tool::new("fail", "Always fails", schema),
+        ]))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let city = request
+            .arguments
+            .as_ref()
+            .and_then(|arguments| arguments.get("city"))
+            .and_then(|city| city.as_str())
+            .unwrap_or("nowhere");
+        Ok(match &*request.name {
+            "get_weather" => {
+                CallToolResult::success(vec![ContentBlock::text(format!("sunny in {city}"))])
+            }
+            _ => CallToolResult::error(vec![ContentBlock::text("this tool always fails")]),
+        }
+        .into())
+    }
+}
+
+/// Prints each finished span as one line on stderr.
+#[derive(Debug)]
+struct StderrExporter;
+
+impl SpanExporter for StderrExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        for span in batch {
+            let attributes: Vec<String> = span
+                .attributes
+                .iter()
+                .map(|kv| format!("{}={}", kv.key, kv.value))
+                .collect();
+            eprintln!(
+                "span {:?} trace={} parent={} status={:?} {}",
+                span.name,
+                span.span_context.trace_id(),
+                span.parent_span_id,
+                span.status,
+                attributes.join(" ")
+            );
+        }
+        Ok(())
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(StderrExporter)
+        .build();
+    let server = skein_rmcp::TracedServer::new(Weather).with_tracer_provider(&provider);
+    let running = server.serve(rmcp::transport::stdio()).await?;
+    running.waiting().await?;
+    provider.shutdown()?;
+    Ok(())
+}
