@@ -59,8 +59,15 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// Where to listen: `stdio://`, or `ws://IP:PORT` (port 0 picks a free
-    /// port; the address is printed to stderr as `listening on ws://IP:PORT`).
+    /// Where to listen: `stdio://`, `ws://IP:PORT` (port 0 picks a free
+    /// port; the address is printed to stderr as `listening on ws://IP:PORT`),
+    /// or `unix://PATH`: WebSocket over a Unix domain socket, as the Codex
+    /// app-server does (`codex --remote unix://PATH`), with no TCP port
+    /// open. The socket file is made owner-only (0600), and folders created
+    /// for it 0700; `unix://` alone means $SKEIN_HOME/run/app-server.sock.
+    /// A socket file left by a dead process is replaced; one a live server
+    /// answers on is refused. It is removed when the server stops. The
+    /// --ws-* flags apply as over TCP.
     #[arg(long, value_name = "URL", default_value = "stdio://")]
     listen: ListenAddr,
 
@@ -151,7 +158,8 @@ struct ServeArgs {
     /// Authenticate WebSocket clients: each upgrade request must carry
     /// `Authorization: Bearer TOKEN`, checked before the upgrade (a missing
     /// or wrong token gets HTTP 401). `capability-token`: TOKEN must equal
-    /// the contents of --ws-token-file. `signed-bearer-token`: TOKEN is an
+    /// the contents of --ws-token-file, or have the SHA-256 digest given by
+    /// --ws-token-sha256. `signed-bearer-token`: TOKEN is an
     /// HS256 JWT signed with the secret in --ws-shared-secret-file, with
     /// `exp` required and `nbf` honoured. Required to listen on an address
     /// other than loopback. `GET /healthz` stays open.
@@ -159,8 +167,16 @@ struct ServeArgs {
     ws_auth: Option<WsAuthMode>,
 
     /// The capability token (file readable by its owner only, not empty).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "ws_token_sha256")]
     ws_token_file: Option<PathBuf>,
+
+    /// The capability token given as its SHA-256 digest, 64 hexadecimal
+    /// digits, instead of a file (Codex's flag): with `--ws-auth
+    /// capability-token`, a bearer token is accepted when its digest is
+    /// this one (compared in constant time). E.g. `--ws-token-sha256
+    /// "$(printf %s "$TOKEN" | sha256sum | cut -d' ' -f1)"`.
+    #[arg(long, value_name = "HEX", value_parser = parse_token_digest)]
+    ws_token_sha256: Option<String>,
 
     /// The HS256 shared secret, at least 32 bytes (file readable by its
     /// owner only).
@@ -250,7 +266,8 @@ struct ServeArgs {
 /// `--ws-auth` modes.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum WsAuthMode {
-    /// A fixed token read from --ws-token-file.
+    /// A fixed token read from --ws-token-file, or given as its digest by
+    /// --ws-token-sha256.
     CapabilityToken,
     /// An HS256 JWT signed with the secret in --ws-shared-secret-file.
     SignedBearerToken,
@@ -261,17 +278,23 @@ enum WsAuthMode {
 fn websocket_options(args: &ServeArgs) -> anyhow::Result<WebSocketOptions> {
     let auth = match args.ws_auth {
         None => {
-            if args.ws_token_file.is_some() || args.ws_shared_secret_file.is_some() {
-                anyhow::bail!("--ws-token-file and --ws-shared-secret-file need --ws-auth");
+            if args.ws_token_file.is_some()
+                || args.ws_token_sha256.is_some()
+                || args.ws_shared_secret_file.is_some()
+            {
+                anyhow::bail!(
+                    "--ws-token-file, --ws-token-sha256 and --ws-shared-secret-file need --ws-auth"
+                );
             }
             WsAuth::None
         }
-        Some(WsAuthMode::CapabilityToken) => {
-            let Some(path) = &args.ws_token_file else {
-                anyhow::bail!("--ws-auth capability-token needs --ws-token-file PATH");
-            };
-            WsAuth::capability_token(path)?
-        }
+        Some(WsAuthMode::CapabilityToken) => match (&args.ws_token_file, &args.ws_token_sha256) {
+            (Some(path), _) => WsAuth::capability_token(path)?,
+            (None, Some(hex)) => WsAuth::capability_token_digest(hex)?,
+            (None, None) => anyhow::bail!(
+                "--ws-auth capability-token needs --ws-token-file PATH or --ws-token-sha256 HEX"
+            ),
+        },
         Some(WsAuthMode::SignedBearerToken) => {
             let Some(path) = &args.ws_shared_secret_file else {
                 anyhow::bail!("--ws-auth signed-bearer-token needs --ws-shared-secret-file PATH");
@@ -292,6 +315,12 @@ fn websocket_options(args: &ServeArgs) -> anyhow::Result<WebSocketOptions> {
         idle_timeout: args.ws_idle_timeout.map(Duration::from_secs),
         message_timeout: Duration::from_secs(args.ws_message_timeout),
     })
+}
+
+/// `--ws-token-sha256`: 64 hexadecimal digits.
+fn parse_token_digest(text: &str) -> Result<String, String> {
+    skein_app_server::transport::auth::parse_sha256_hex(text).map_err(|e| e.to_string())?;
+    Ok(text.trim().to_owned())
 }
 
 /// `--trace-max-*-size`: at least 1 KiB.
@@ -397,7 +426,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(file = %file.display(), "writing spans to the local trace store");
     }
     skein_app_server::descriptors::raise_and_check(skein_app_server::descriptors::Limits {
-        websocket: matches!(args.listen, skein_app_server::ListenAddr::WebSocket(_)),
+        websocket: matches!(
+            args.listen,
+            skein_app_server::ListenAddr::WebSocket(_) | skein_app_server::ListenAddr::Unix(_)
+        ),
         max_connections: args.max_connections,
         max_running_turns: args.max_running_turns,
         max_loaded_threads: args.max_loaded_threads,
