@@ -149,6 +149,14 @@ struct ServeArgs {
     #[arg(short = 'c', long = "config", value_name = "KEY=VALUE")]
     config_overrides: Vec<String>,
 
+    /// Refuse to start when config.toml (or a -c override) sets a
+    /// top-level key neither Skein nor Codex defines, naming it (Codex's
+    /// flag). Without it such a key is warned about, with its file and
+    /// line; keys of Codex's that Skein does not use are only listed at
+    /// debug level.
+    #[arg(long)]
+    strict_config: bool,
+
     /// How long shutdown may spend flushing spans and the final metrics,
     /// in seconds. Past it, what is still unsent is counted as dropped and
     /// the process exits anyway: an unreachable collector never holds it.
@@ -405,6 +413,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Before telemetry: a bad configuration stops startup with its message.
     let config_path = paths::skein_home()?.join("config.toml");
     let config = skein_core::Config::load(&config_path, &args.config_overrides)?;
+    if args.strict_config && !config.unknown_keys.is_empty() {
+        let keys: Vec<String> = config
+            .unknown_keys
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        anyhow::bail!(
+            "{} (--strict-config refuses keys neither Skein nor Codex defines)",
+            keys.join("; ")
+        );
+    }
     // Checked before anything starts, so a bad token file stops at once.
     let websocket = websocket_options(&args)?;
     let telemetry = telemetry::init(TelemetryConfig {
@@ -422,6 +441,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         disabled: sdk_disabled_by_env(),
         ..TelemetryConfig::default()
     })?;
+    for unknown in &config.unknown_keys {
+        tracing::warn!(
+            "{unknown}: neither Skein nor Codex defines it, so it is ignored (a typo? \
+             --strict-config refuses to start instead)"
+        );
+    }
+    if !config.codex_only_keys.is_empty() {
+        tracing::debug!(
+            keys = config.codex_only_keys.join(", "),
+            "config.toml keys Codex defines and Skein does not use; ignored"
+        );
+    }
     if let Some(file) = telemetry.store_file() {
         tracing::info!(file = %file.display(), "writing spans to the local trace store");
     }

@@ -8,6 +8,11 @@
 //! does not parse, a value of the wrong type, an unknown provider named by
 //! `model_provider`, a bad `base_url`, a redaction pattern that does not
 //! compile.
+//!
+//! Top-level keys the file's shape does not name are not errors: Codex's
+//! own ([`CODEX_ONLY_KEYS`]) are listed in [`Config::codex_only_keys`],
+//! others in [`Config::unknown_keys`] with their file and line, for the
+//! caller to warn about or refuse (`--strict-config`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -148,7 +153,115 @@ pub struct OtelConfig {
     pub max_content_bytes: Option<usize>,
 }
 
-/// The file's shape. Unknown top-level keys are ignored, so a Codex
+/// Top-level keys of Codex's `config.toml` that Skein does not use (from
+/// Codex's documented configuration and the `Config` of its `config/read`
+/// schema): listed once at debug, never warned about, so a Codex user's
+/// file loads quietly. Keys Skein reads are never looked up here.
+pub const CODEX_ONLY_KEYS: &[&str] = &[
+    "agents",
+    "analytics",
+    "approval_policy",
+    "approvals_reviewer",
+    "apps",
+    "background_terminal_max_timeout",
+    "browser_use",
+    "chatgpt_base_url",
+    "check_for_update_on_startup",
+    "cli_auth_credentials_store",
+    "client_search_provider",
+    "compact_prompt",
+    "computer_use",
+    "desktop",
+    "developer_instructions",
+    "disable_response_storage",
+    "experimental_compact_prompt_file",
+    "experimental_instructions_file",
+    "experimental_resume",
+    "experimental_use_exec_command_tool",
+    "experimental_use_freeform_apply_patch",
+    "experimental_use_rmcp_client",
+    "experimental_use_unified_exec_tool",
+    "features",
+    "feedback",
+    "file_opener",
+    "forced_chatgpt_workspace_id",
+    "forced_login_method",
+    "ghost_snapshot",
+    "hide_agent_reasoning",
+    "history",
+    "hooks",
+    "include_apply_patch_tool",
+    "include_plan_tool",
+    "include_view_image_tool",
+    "js_repl_node_path",
+    "log_dir",
+    "mcp_oauth_callback_port",
+    "mcp_oauth_credentials_store",
+    "memories",
+    "model_auto_compact_token_limit",
+    "model_auto_compact_token_limit_scope",
+    "model_catalog_json",
+    "model_context_window",
+    "model_max_output_tokens",
+    "model_reasoning_effort",
+    "model_reasoning_summary",
+    "model_reasoning_summary_format",
+    "model_supports_reasoning_summaries",
+    "model_verbosity",
+    "notice",
+    "notify",
+    "oss_provider",
+    "personality",
+    "plan_mode_reasoning_effort",
+    "plugins",
+    "preferred_auth_method",
+    "profile",
+    "profiles",
+    "project_doc_fallback_filenames",
+    "project_doc_max_bytes",
+    "project_root_markers",
+    "projects",
+    "responses_originator_header_internal_override",
+    "review_model",
+    "sandbox",
+    "sandbox_mode",
+    "sandbox_workspace_write",
+    "service_tier",
+    "shell_environment_policy",
+    "show_raw_agent_reasoning",
+    "show_tooltips",
+    "skills",
+    "sqlite_home",
+    "suppress_unstable_features_warning",
+    "tool_output_token_limit",
+    "tools",
+    "tui",
+    "use_experimental_streamable_shell_tool",
+    "use_experimental_unified_exec_tool",
+    "web_search",
+    "windows",
+    "windows_wsl_setup_acknowledged",
+    "zsh_path",
+];
+
+/// A top-level key neither Skein nor Codex defines (a typo, most likely):
+/// warned about, and refused with `--strict-config`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownKey {
+    /// The key.
+    pub key: String,
+    /// Where it was set: `FILE:LINE`, or `-c KEY=VALUE`.
+    pub source: String,
+}
+
+impl std::fmt::Display for UnknownKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: unknown key `{}`", self.source, self.key)
+    }
+}
+
+/// The file's shape. Top-level keys it does not name are ignored (see
+/// [`Config::unknown_keys`] and [`CODEX_ONLY_KEYS`]), so a Codex
 /// configuration loads.
 #[derive(Clone, Debug, Default, Deserialize)]
 struct RawConfig {
@@ -299,6 +412,11 @@ pub struct Config {
     pub max_tool_rounds: u32,
     /// Content recording.
     pub content: ContentPolicy,
+    /// Top-level keys neither Skein nor Codex defines, in file order (then
+    /// `-c` overrides).
+    pub unknown_keys: Vec<UnknownKey>,
+    /// Top-level keys Codex defines that Skein does not use.
+    pub codex_only_keys: Vec<String>,
 }
 
 impl Default for Config {
@@ -315,6 +433,8 @@ impl Default for Config {
                 redact: Vec::new(),
                 max_bytes: DEFAULT_MAX_CONTENT_BYTES,
             },
+            unknown_keys: Vec::new(),
+            codex_only_keys: Vec::new(),
         }
     }
 }
@@ -358,13 +478,16 @@ impl Config {
         overrides: &[String],
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
+        let mut text = String::new();
         let mut table = match std::fs::read_to_string(path) {
-            Ok(text) => text
-                .parse::<toml::Table>()
-                .map_err(|e| ConfigError::Parse {
-                    path: path.to_owned(),
-                    message: e.to_string().trim().replace('\n', " "),
-                })?,
+            Ok(read) => {
+                text = read;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        path: path.to_owned(),
+                        message: e.to_string().trim().replace('\n', " "),
+                    })?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => toml::Table::new(),
             Err(source) => {
                 return Err(ConfigError::Read {
@@ -386,6 +509,7 @@ impl Config {
             key,
             message,
         };
+        let (unknown_keys, codex_only_keys) = sort_unread_keys(&table, path, &text, overrides);
         let raw: RawConfig =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let key = e.path().to_string();
@@ -507,8 +631,119 @@ impl Config {
                     .max_content_bytes
                     .unwrap_or(DEFAULT_MAX_CONTENT_BYTES),
             },
+            unknown_keys,
+            codex_only_keys,
         })
     }
+}
+
+/// The top-level keys of `table` that Skein does not read, split into
+/// unknown ones (with where they were set) and Codex's.
+fn sort_unread_keys(
+    table: &toml::Table,
+    path: &Path,
+    text: &str,
+    overrides: &[String],
+) -> (Vec<UnknownKey>, Vec<String>) {
+    let read = struct_fields::<RawConfig>();
+    let mut unknown = Vec::new();
+    let mut codex = Vec::new();
+    for key in table.keys() {
+        if read.contains(&key.as_str()) {
+            continue;
+        }
+        if CODEX_ONLY_KEYS.contains(&key.as_str()) {
+            codex.push(key.clone());
+            continue;
+        }
+        unknown.push(key.clone());
+    }
+    if unknown.is_empty() {
+        return (Vec::new(), codex);
+    }
+    // Lines only when needed: the file is parsed again, with spans.
+    let lines: BTreeMap<String, usize> = toml::de::DeTable::parse(text)
+        .map(|parsed| {
+            parsed
+                .get_ref()
+                .iter()
+                .map(|(key, _)| {
+                    let at = key.span().start.min(text.len());
+                    let line = text.as_bytes()[..at]
+                        .iter()
+                        .filter(|&&b| b == b'\n')
+                        .count()
+                        + 1;
+                    (key.get_ref().to_string(), line)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut found: Vec<(usize, UnknownKey)> = unknown
+        .into_iter()
+        .map(|key| {
+            if let Some(&line) = lines.get(&key) {
+                let source = format!("{}:{line}", path.display());
+                return (line, UnknownKey { key, source });
+            }
+            let given = overrides
+                .iter()
+                .rev()
+                .find(|o| {
+                    o.split_once('=')
+                        .and_then(|(k, _)| k.trim().split('.').next())
+                        .is_some_and(|first| first.trim() == key)
+                })
+                .map_or_else(|| "-c".to_owned(), |o| format!("-c {o}"));
+            (usize::MAX, UnknownKey { key, source: given })
+        })
+        .collect();
+    found.sort_by_key(|(line, _)| *line);
+    (found.into_iter().map(|(_, key)| key).collect(), codex)
+}
+
+/// The field names of a struct deriving `Deserialize`, as serde knows
+/// them: so the keys Skein reads are never listed by hand.
+fn struct_fields<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+
+    #[derive(Debug)]
+    struct Stop;
+    impl std::fmt::Display for Stop {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("fields read")
+        }
+    }
+    impl std::error::Error for Stop {}
+    impl de::Error for Stop {
+        fn custom<M: std::fmt::Display>(_: M) -> Self {
+            Stop
+        }
+    }
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+    impl<'de> de::Deserializer<'de> for Probe<'_> {
+        type Error = Stop;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Stop> {
+            *self.0 = fields;
+            Err(Stop)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
 }
 
 /// Applies one `key=value` override to `table`: a dotted key, a TOML value
@@ -598,6 +833,32 @@ env = { TZ = "UTC" }
         assert_eq!(local.env_key.as_deref(), Some("LOCAL_API_KEY"));
         assert!(!format!("{local:?}").contains("sk-local"));
         assert_eq!(config.mcp_servers["time"].env["TZ"], "UTC");
+    }
+
+    #[test]
+    fn unknown_top_level_keys_are_found_with_their_line_and_codex_keys_apart() {
+        let config = load(
+            "model_reasoning_effort = \"high\"\nmodle = \"gpt\"\n\n[otel]\ncapture_content = true\n[tui]\nx = 1\n[typo_table]\ny = 2\n",
+            &["max_tools=3"],
+        )
+        .expect("load");
+        let found: Vec<String> = config
+            .unknown_keys
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(
+            found[0].ends_with("config.toml:2: unknown key `modle`"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].ends_with("config.toml:8: unknown key `typo_table`"),
+            "{found:?}"
+        );
+        assert_eq!(found[2], "-c max_tools=3: unknown key `max_tools`");
+        assert_eq!(config.codex_only_keys, ["model_reasoning_effort", "tui"]);
+        assert!(struct_fields::<RawConfig>().contains(&"mcp_servers"));
     }
 
     #[test]
