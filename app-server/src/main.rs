@@ -145,7 +145,10 @@ struct ServeArgs {
     /// otel.capture_content=true`); repeatable; wins over the file. The
     /// file sets the default model and provider, `[model_providers.<id>]`
     /// (OpenAI-compatible APIs), `[mcp_servers.<name>]` (tool servers over
-    /// stdio) and `[otel]` content recording; see the README.
+    /// stdio) and `[otel]` content recording; Codex's `[otel]` exporters
+    /// (`trace_exporter`, `metrics_exporter`, `environment`,
+    /// `log_user_prompt`) are mapped onto OTLP export, with the standard
+    /// OTEL_* variables winning; see the README.
     #[arg(short = 'c', long = "config", value_name = "KEY=VALUE")]
     config_overrides: Vec<String>,
 
@@ -424,6 +427,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             keys.join("; ")
         );
     }
+    // Codex's [otel] exporters, as the standard variables the export reads
+    // (any variable already set, and --otlp-endpoint, win).
+    let flag_endpoint = args.otlp_endpoint.clone();
+    let from_config = config.otel.export_env(&|name| {
+        if name == "OTEL_EXPORTER_OTLP_ENDPOINT" && flag_endpoint.is_some() {
+            return flag_endpoint.clone();
+        }
+        std::env::var(name).ok()
+    });
+    for (name, value) in &from_config {
+        // SAFETY: no other thread exists yet: the runtime, telemetry and
+        // every client are started below.
+        unsafe { std::env::set_var(name, value) };
+    }
     // Checked before anything starts, so a bad token file stops at once.
     let websocket = websocket_options(&args)?;
     let telemetry = telemetry::init(TelemetryConfig {
@@ -445,6 +462,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!(
             "{unknown}: neither Skein nor Codex defines it, so it is ignored (a typo? \
              --strict-config refuses to start instead)"
+        );
+    }
+    if !from_config.is_empty() {
+        // Names only: headers may hold credentials.
+        let names: Vec<&str> = from_config.iter().map(|(name, _)| name.as_str()).collect();
+        tracing::info!(
+            variables = names.join(", "),
+            "export settings taken from config.toml [otel] (variables set in the environment win)"
         );
     }
     if !config.codex_only_keys.is_empty() {
