@@ -59,8 +59,15 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// Where to listen: `stdio://`, or `ws://IP:PORT` (port 0 picks a free
-    /// port; the address is printed to stderr as `listening on ws://IP:PORT`).
+    /// Where to listen: `stdio://`, `ws://IP:PORT` (port 0 picks a free
+    /// port; the address is printed to stderr as `listening on ws://IP:PORT`),
+    /// or `unix://PATH`: WebSocket over a Unix domain socket, as the Codex
+    /// app-server does (`codex --remote unix://PATH`), with no TCP port
+    /// open. The socket file is made owner-only (0600), and folders created
+    /// for it 0700; `unix://` alone means $SKEIN_HOME/run/app-server.sock.
+    /// A socket file left by a dead process is replaced; one a live server
+    /// answers on is refused. It is removed when the server stops. The
+    /// --ws-* flags apply as over TCP.
     #[arg(long, value_name = "URL", default_value = "stdio://")]
     listen: ListenAddr,
 
@@ -138,9 +145,20 @@ struct ServeArgs {
     /// otel.capture_content=true`); repeatable; wins over the file. The
     /// file sets the default model and provider, `[model_providers.<id>]`
     /// (OpenAI-compatible APIs), `[mcp_servers.<name>]` (tool servers over
-    /// stdio) and `[otel]` content recording; see the README.
+    /// stdio) and `[otel]` content recording; Codex's `[otel]` exporters
+    /// (`trace_exporter`, `metrics_exporter`, `environment`,
+    /// `log_user_prompt`) are mapped onto OTLP export, with the standard
+    /// OTEL_* variables winning; see the README.
     #[arg(short = 'c', long = "config", value_name = "KEY=VALUE")]
     config_overrides: Vec<String>,
+
+    /// Refuse to start when config.toml (or a -c override) sets a
+    /// top-level key neither Skein nor Codex defines, naming it (Codex's
+    /// flag). Without it such a key is warned about, with its file and
+    /// line; keys of Codex's that Skein does not use are only listed at
+    /// debug level.
+    #[arg(long)]
+    strict_config: bool,
 
     /// How long shutdown may spend flushing spans and the final metrics,
     /// in seconds. Past it, what is still unsent is counted as dropped and
@@ -151,7 +169,8 @@ struct ServeArgs {
     /// Authenticate WebSocket clients: each upgrade request must carry
     /// `Authorization: Bearer TOKEN`, checked before the upgrade (a missing
     /// or wrong token gets HTTP 401). `capability-token`: TOKEN must equal
-    /// the contents of --ws-token-file. `signed-bearer-token`: TOKEN is an
+    /// the contents of --ws-token-file, or have the SHA-256 digest given by
+    /// --ws-token-sha256. `signed-bearer-token`: TOKEN is an
     /// HS256 JWT signed with the secret in --ws-shared-secret-file, with
     /// `exp` required and `nbf` honoured. Required to listen on an address
     /// other than loopback. `GET /healthz` stays open.
@@ -159,8 +178,16 @@ struct ServeArgs {
     ws_auth: Option<WsAuthMode>,
 
     /// The capability token (file readable by its owner only, not empty).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "ws_token_sha256")]
     ws_token_file: Option<PathBuf>,
+
+    /// The capability token given as its SHA-256 digest, 64 hexadecimal
+    /// digits, instead of a file (Codex's flag): with `--ws-auth
+    /// capability-token`, a bearer token is accepted when its digest is
+    /// this one (compared in constant time). E.g. `--ws-token-sha256
+    /// "$(printf %s "$TOKEN" | sha256sum | cut -d' ' -f1)"`.
+    #[arg(long, value_name = "HEX", value_parser = parse_token_digest)]
+    ws_token_sha256: Option<String>,
 
     /// The HS256 shared secret, at least 32 bytes (file readable by its
     /// owner only).
@@ -250,7 +277,8 @@ struct ServeArgs {
 /// `--ws-auth` modes.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum WsAuthMode {
-    /// A fixed token read from --ws-token-file.
+    /// A fixed token read from --ws-token-file, or given as its digest by
+    /// --ws-token-sha256.
     CapabilityToken,
     /// An HS256 JWT signed with the secret in --ws-shared-secret-file.
     SignedBearerToken,
@@ -261,17 +289,23 @@ enum WsAuthMode {
 fn websocket_options(args: &ServeArgs) -> anyhow::Result<WebSocketOptions> {
     let auth = match args.ws_auth {
         None => {
-            if args.ws_token_file.is_some() || args.ws_shared_secret_file.is_some() {
-                anyhow::bail!("--ws-token-file and --ws-shared-secret-file need --ws-auth");
+            if args.ws_token_file.is_some()
+                || args.ws_token_sha256.is_some()
+                || args.ws_shared_secret_file.is_some()
+            {
+                anyhow::bail!(
+                    "--ws-token-file, --ws-token-sha256 and --ws-shared-secret-file need --ws-auth"
+                );
             }
             WsAuth::None
         }
-        Some(WsAuthMode::CapabilityToken) => {
-            let Some(path) = &args.ws_token_file else {
-                anyhow::bail!("--ws-auth capability-token needs --ws-token-file PATH");
-            };
-            WsAuth::capability_token(path)?
-        }
+        Some(WsAuthMode::CapabilityToken) => match (&args.ws_token_file, &args.ws_token_sha256) {
+            (Some(path), _) => WsAuth::capability_token(path)?,
+            (None, Some(hex)) => WsAuth::capability_token_digest(hex)?,
+            (None, None) => anyhow::bail!(
+                "--ws-auth capability-token needs --ws-token-file PATH or --ws-token-sha256 HEX"
+            ),
+        },
         Some(WsAuthMode::SignedBearerToken) => {
             let Some(path) = &args.ws_shared_secret_file else {
                 anyhow::bail!("--ws-auth signed-bearer-token needs --ws-shared-secret-file PATH");
@@ -292,6 +326,12 @@ fn websocket_options(args: &ServeArgs) -> anyhow::Result<WebSocketOptions> {
         idle_timeout: args.ws_idle_timeout.map(Duration::from_secs),
         message_timeout: Duration::from_secs(args.ws_message_timeout),
     })
+}
+
+/// `--ws-token-sha256`: 64 hexadecimal digits.
+fn parse_token_digest(text: &str) -> Result<String, String> {
+    skein_app_server::transport::auth::parse_sha256_hex(text).map_err(|e| e.to_string())?;
+    Ok(text.trim().to_owned())
 }
 
 /// `--trace-max-*-size`: at least 1 KiB.
@@ -376,6 +416,31 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Before telemetry: a bad configuration stops startup with its message.
     let config_path = paths::skein_home()?.join("config.toml");
     let config = skein_core::Config::load(&config_path, &args.config_overrides)?;
+    if args.strict_config && !config.unknown_keys.is_empty() {
+        let keys: Vec<String> = config
+            .unknown_keys
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        anyhow::bail!(
+            "{} (--strict-config refuses keys neither Skein nor Codex defines)",
+            keys.join("; ")
+        );
+    }
+    // Codex's [otel] exporters, as the standard variables the export reads
+    // (any variable already set, and --otlp-endpoint, win).
+    let flag_endpoint = args.otlp_endpoint.clone();
+    let from_config = config.otel.export_env(&|name| {
+        if name == "OTEL_EXPORTER_OTLP_ENDPOINT" && flag_endpoint.is_some() {
+            return flag_endpoint.clone();
+        }
+        std::env::var(name).ok()
+    });
+    for (name, value) in &from_config {
+        // SAFETY: no other thread exists yet: the runtime, telemetry and
+        // every client are started below.
+        unsafe { std::env::set_var(name, value) };
+    }
     // Checked before anything starts, so a bad token file stops at once.
     let websocket = websocket_options(&args)?;
     let telemetry = telemetry::init(TelemetryConfig {
@@ -393,11 +458,34 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         disabled: sdk_disabled_by_env(),
         ..TelemetryConfig::default()
     })?;
+    for unknown in &config.unknown_keys {
+        tracing::warn!(
+            "{unknown}: neither Skein nor Codex defines it, so it is ignored (a typo? \
+             --strict-config refuses to start instead)"
+        );
+    }
+    if !from_config.is_empty() {
+        // Names only: headers may hold credentials.
+        let names: Vec<&str> = from_config.iter().map(|(name, _)| name.as_str()).collect();
+        tracing::info!(
+            variables = names.join(", "),
+            "export settings taken from config.toml [otel] (variables set in the environment win)"
+        );
+    }
+    if !config.codex_only_keys.is_empty() {
+        tracing::debug!(
+            keys = config.codex_only_keys.join(", "),
+            "config.toml keys Codex defines and Skein does not use; ignored"
+        );
+    }
     if let Some(file) = telemetry.store_file() {
         tracing::info!(file = %file.display(), "writing spans to the local trace store");
     }
     skein_app_server::descriptors::raise_and_check(skein_app_server::descriptors::Limits {
-        websocket: matches!(args.listen, skein_app_server::ListenAddr::WebSocket(_)),
+        websocket: matches!(
+            args.listen,
+            skein_app_server::ListenAddr::WebSocket(_) | skein_app_server::ListenAddr::Unix(_)
+        ),
         max_connections: args.max_connections,
         max_running_turns: args.max_running_turns,
         max_loaded_threads: args.max_loaded_threads,

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -22,7 +23,7 @@ use crate::processor::MessageProcessor;
 use crate::tracing_layer::RequestTracingLayer;
 use crate::transport::auth::WsAuth;
 use crate::transport::unfinished::UnfinishedBudget;
-use crate::transport::{stdio, websocket};
+use crate::transport::{stdio, unix, websocket};
 
 /// How long a closing connection waits for its threads' final events.
 pub const EVENT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,6 +45,9 @@ pub enum ListenAddr {
     Stdio,
     /// WebSocket on a TCP address (`ws://IP:PORT`).
     WebSocket(SocketAddr),
+    /// WebSocket over a Unix domain socket (`unix://PATH`); `None` for the
+    /// default path, [`default_unix_socket`] (`unix://`).
+    Unix(Option<PathBuf>),
 }
 
 impl fmt::Display for ListenAddr {
@@ -51,6 +55,8 @@ impl fmt::Display for ListenAddr {
         match self {
             ListenAddr::Stdio => f.write_str("stdio://"),
             ListenAddr::WebSocket(addr) => write!(f, "ws://{addr}"),
+            ListenAddr::Unix(Some(path)) => write!(f, "unix://{}", path.display()),
+            ListenAddr::Unix(None) => f.write_str("unix://"),
         }
     }
 }
@@ -58,7 +64,7 @@ impl fmt::Display for ListenAddr {
 /// Why a listen address did not parse.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "invalid listen address {given:?}: {reason} (expected `stdio://` or `ws://IP:PORT`, e.g. `ws://127.0.0.1:4500`)"
+    "invalid listen address {given:?}: {reason} (expected `stdio://`, `ws://IP:PORT`, e.g. `ws://127.0.0.1:4500`, or `unix://PATH`)"
 )]
 pub struct ListenAddrError {
     given: String,
@@ -75,6 +81,15 @@ impl FromStr for ListenAddr {
         };
         if s == "stdio://" || s == "stdio" {
             return Ok(ListenAddr::Stdio);
+        }
+        if let Some(path) = s.strip_prefix("unix://") {
+            if path.is_empty() {
+                return Ok(ListenAddr::Unix(None));
+            }
+            if path.contains('\0') {
+                return Err(error("a path cannot hold a NUL byte"));
+            }
+            return Ok(ListenAddr::Unix(Some(PathBuf::from(path))));
         }
         let Some(rest) = s.strip_prefix("ws://") else {
             return Err(error("unknown scheme"));
@@ -261,6 +276,12 @@ pub enum ServeError {
         /// The address.
         addr: SocketAddr,
     },
+    /// The Unix domain socket could not be bound.
+    #[error(transparent)]
+    Unix(#[from] crate::transport::unix::UnixBindError),
+    /// The default socket path needs `SKEIN_HOME` or `HOME`.
+    #[error(transparent)]
+    NoHome(#[from] crate::paths::NoHomeError),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -325,6 +346,18 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
             eprintln!("listening on ws://{local}");
             websocket::serve_websocket(listener, ctx, stop_rx).await;
         }
+        ListenAddr::Unix(path) => {
+            let (path, default_dir) = match path {
+                Some(path) => (path, false),
+                None => (default_unix_socket()?, true),
+            };
+            let mut bound = unix::bind(&path, default_dir).await?;
+            if let Some(listener) = bound.take_listener() {
+                eprintln!("listening on unix://{}", bound.path().display());
+                websocket::serve_websocket(listener, ctx, stop_rx).await;
+            }
+            // Dropping `bound` removes the socket file.
+        }
     }
     // Normally already stopping; make sure core is told when a transport
     // ended on its own.
@@ -333,6 +366,14 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
         tracing::error!(%err, "core shutdown failed");
     }
     Ok(())
+}
+
+/// The socket of `unix://` without a path:
+/// `$SKEIN_HOME/run/app-server.sock`.
+pub fn default_unix_socket() -> Result<PathBuf, crate::paths::NoHomeError> {
+    Ok(crate::paths::skein_home()?
+        .join(unix::DEFAULT_SOCKET_DIR)
+        .join(unix::DEFAULT_SOCKET_NAME))
 }
 
 /// A future that resolves on the first SIGINT or SIGTERM.
@@ -365,5 +406,13 @@ mod tests {
         let err = "http://x".parse::<ListenAddr>().expect_err("bad scheme");
         assert!(err.to_string().contains("expected `stdio://`"), "{err}");
         assert!("ws://localhost:80".parse::<ListenAddr>().is_err());
+        assert_eq!(
+            "unix:///tmp/s.sock".parse::<ListenAddr>().ok(),
+            Some(ListenAddr::Unix(Some(PathBuf::from("/tmp/s.sock"))))
+        );
+        assert_eq!(
+            "unix://".parse::<ListenAddr>().ok(),
+            Some(ListenAddr::Unix(None))
+        );
     }
 }

@@ -8,6 +8,11 @@
 //! does not parse, a value of the wrong type, an unknown provider named by
 //! `model_provider`, a bad `base_url`, a redaction pattern that does not
 //! compile.
+//!
+//! Top-level keys the file's shape does not name are not errors: Codex's
+//! own ([`CODEX_ONLY_KEYS`]) are listed in [`Config::codex_only_keys`],
+//! others in [`Config::unknown_keys`] with their file and line, for the
+//! caller to warn about or refuse (`--strict-config`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -132,8 +137,10 @@ pub struct McpServerConfig {
     pub tool_timeout_ms: Option<u64>,
 }
 
-/// The `[otel]` table.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+/// The `[otel]` table: Skein's keys, and Codex's (see
+/// [`OtelConfig::export_env`] for how Codex's exporters map onto Skein's
+/// export).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OtelConfig {
     /// Record prompts, answers, tool arguments and results on spans.
@@ -146,9 +153,357 @@ pub struct OtelConfig {
     /// Limit on one recorded content attribute, in bytes.
     #[serde(default)]
     pub max_content_bytes: Option<usize>,
+    /// Codex's switch of content capture: `true` records content as
+    /// `capture_content` does.
+    #[serde(default)]
+    pub log_user_prompt: Option<bool>,
+    /// Codex's environment name (`dev`, `staging`, `prod`...), exported as
+    /// the resource attribute `deployment.environment.name`.
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// Codex's exporter of log events. Skein exports no log records, so
+    /// this changes nothing (`none` is what Skein does anyway).
+    #[serde(default)]
+    pub exporter: Option<OtelExporterKind>,
+    /// Codex's span exporter: where spans go over OTLP.
+    #[serde(default)]
+    pub trace_exporter: Option<OtelExporterKind>,
+    /// Codex's metrics exporter: where metrics go over OTLP; `none` (and
+    /// `statsig`, which Skein never sends to) turns metric export off.
+    #[serde(default)]
+    pub metrics_exporter: Option<OtelExporterKind>,
+    /// Codex's extra span attributes: accepted, not applied.
+    #[serde(default)]
+    pub span_attributes: Option<toml::Table>,
+    /// Codex's `tracestate` additions: accepted, not applied.
+    #[serde(default)]
+    pub tracestate: Option<toml::Table>,
+    /// Codex's limit on logged tool results: accepted, not applied.
+    #[serde(default)]
+    pub tool_result: Option<toml::Value>,
 }
 
-/// The file's shape. Unknown top-level keys are ignored, so a Codex
+/// A Codex `[otel]` exporter: `"none"`, `"statsig"`, `{ otlp-http = {
+/// endpoint, protocol, headers, tls } }` or `{ otlp-grpc = { endpoint,
+/// headers, tls } }`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OtelExporterKind {
+    /// Nothing is exported.
+    None,
+    /// Codex's own metrics service; Skein never sends to it (as `none`).
+    Statsig,
+    /// OTLP over HTTP.
+    OtlpHttp {
+        /// The signal's whole URL (e.g. `http://host:4318/v1/traces`),
+        /// used as given.
+        endpoint: String,
+        /// `binary` (protobuf, the default) or `json`.
+        #[serde(default)]
+        protocol: Option<OtelHttpProtocol>,
+        /// Headers sent with every export.
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+        /// Certificates.
+        #[serde(default)]
+        tls: Option<OtelTls>,
+    },
+    /// OTLP over gRPC.
+    OtlpGrpc {
+        /// The collector's URL (e.g. `http://host:4317`).
+        endpoint: String,
+        /// Metadata sent with every export.
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+        /// Certificates.
+        #[serde(default)]
+        tls: Option<OtelTls>,
+    },
+}
+
+/// Codex's `protocol` of an `otlp-http` exporter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtelHttpProtocol {
+    /// `http/protobuf`.
+    Binary,
+    /// `http/json`.
+    Json,
+}
+
+/// Codex's `tls` table of an exporter.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct OtelTls {
+    /// The CA certificate file (PEM).
+    #[serde(default)]
+    pub ca_certificate: Option<String>,
+    /// The client certificate file (PEM), for mutual TLS.
+    #[serde(default)]
+    pub client_certificate: Option<String>,
+    /// The client key file (PEM), for mutual TLS.
+    #[serde(default)]
+    pub client_private_key: Option<String>,
+}
+
+/// The resource attribute Codex's `environment` becomes.
+pub const DEPLOYMENT_ENVIRONMENT_KEY: &str = "deployment.environment.name";
+
+impl OtelConfig {
+    /// The standard `OTEL_*` variables that express Codex's exporters and
+    /// environment, for the export to read as it reads them from the
+    /// environment. `env` is the environment (with the `--otlp-endpoint`
+    /// flag counted as `OTEL_EXPORTER_OTLP_ENDPOINT`): a variable it sets
+    /// wins, so nothing it already says is returned. Per signal: an OTLP
+    /// exporter gives the signal's endpoint (unless the signal's or the
+    /// generic endpoint is set), its protocol, headers and certificates
+    /// (each unless set, for the signal or generically). `metrics_exporter
+    /// = "none"` (or `"statsig"`) gives `OTEL_METRICS_EXPORTER=none`; so
+    /// does an OTLP `trace_exporter` without a `metrics_exporter` when no
+    /// endpoint for metrics is set, rather than sending metrics to the
+    /// default address. `environment` is added to
+    /// `OTEL_RESOURCE_ATTRIBUTES` unless that names it already.
+    pub fn export_env(&self, env: &dyn Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+        let set = |name: &str| env(name).is_some_and(|v| !v.trim().is_empty());
+        let mut out = Vec::new();
+        let traces = self
+            .trace_exporter
+            .as_ref()
+            .is_some_and(|kind| signal_env(kind, "TRACES", &set, &mut out));
+        match &self.metrics_exporter {
+            Some(OtelExporterKind::None | OtelExporterKind::Statsig) => {
+                if !set("OTEL_METRICS_EXPORTER") {
+                    out.push(("OTEL_METRICS_EXPORTER".into(), "none".into()));
+                }
+            }
+            Some(kind) => {
+                signal_env(kind, "METRICS", &set, &mut out);
+            }
+            None => {
+                if traces
+                    && !set("OTEL_METRICS_EXPORTER")
+                    && !set("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+                    && !set("OTEL_EXPORTER_OTLP_ENDPOINT")
+                {
+                    out.push(("OTEL_METRICS_EXPORTER".into(), "none".into()));
+                }
+            }
+        }
+        if let Some(name) = self.environment.as_deref().filter(|n| !n.trim().is_empty()) {
+            let existing = env("OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default();
+            let named = existing.split(',').any(|pair| {
+                pair.split_once('=')
+                    .is_some_and(|(k, _)| k.trim() == DEPLOYMENT_ENVIRONMENT_KEY)
+            });
+            if !named {
+                let pair = format!(
+                    "{DEPLOYMENT_ENVIRONMENT_KEY}={}",
+                    percent_encode(name.trim())
+                );
+                let value = if existing.trim().is_empty() {
+                    pair
+                } else {
+                    format!("{},{pair}", existing.trim_end_matches(','))
+                };
+                out.push(("OTEL_RESOURCE_ATTRIBUTES".into(), value));
+            }
+        }
+        out
+    }
+}
+
+/// The variables of one signal's OTLP exporter (see
+/// [`OtelConfig::export_env`]); true when it set the signal's endpoint.
+fn signal_env(
+    kind: &OtelExporterKind,
+    signal: &str,
+    set: &dyn Fn(&str) -> bool,
+    out: &mut Vec<(String, String)>,
+) -> bool {
+    let (endpoint, protocol, headers, tls) = match kind {
+        OtelExporterKind::None | OtelExporterKind::Statsig => return false,
+        OtelExporterKind::OtlpHttp {
+            endpoint,
+            protocol,
+            headers,
+            tls,
+        } => (
+            endpoint,
+            match protocol {
+                Some(OtelHttpProtocol::Json) => "http/json",
+                _ => "http/protobuf",
+            },
+            headers,
+            tls,
+        ),
+        OtelExporterKind::OtlpGrpc {
+            endpoint,
+            headers,
+            tls,
+        } => (endpoint, "grpc", headers, tls),
+    };
+    let mut put = |what: &str, value: String| {
+        let specific = format!("OTEL_EXPORTER_OTLP_{signal}_{what}");
+        if !set(&specific) && !set(&format!("OTEL_EXPORTER_OTLP_{what}")) {
+            out.push((specific, value));
+            true
+        } else {
+            false
+        }
+    };
+    if endpoint.trim().is_empty() || !put("ENDPOINT", endpoint.trim().to_owned()) {
+        // The environment (or the flag) says where this signal goes; the
+        // rest of the table is about another collector.
+        return false;
+    }
+    put("PROTOCOL", protocol.to_owned());
+    if !headers.is_empty() {
+        let list: Vec<String> = headers
+            .iter()
+            .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+            .collect();
+        put("HEADERS", list.join(","));
+    }
+    if let Some(tls) = tls {
+        for (what, file) in [
+            ("CERTIFICATE", &tls.ca_certificate),
+            ("CLIENT_CERTIFICATE", &tls.client_certificate),
+            ("CLIENT_KEY", &tls.client_private_key),
+        ] {
+            if let Some(file) = file {
+                put(what, file.clone());
+            }
+        }
+    }
+    true
+}
+
+/// `text` with the characters the `OTEL_*` list syntax gives a meaning
+/// (`,` `=` `%`, spaces, controls) percent-encoded.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, ',' | '=' | '%' | ';') || c.is_whitespace() || c.is_control() {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Top-level keys of Codex's `config.toml` that Skein does not use (from
+/// Codex's documented configuration and the `Config` of its `config/read`
+/// schema): listed once at debug, never warned about, so a Codex user's
+/// file loads quietly. Keys Skein reads are never looked up here.
+pub const CODEX_ONLY_KEYS: &[&str] = &[
+    "agents",
+    "analytics",
+    "approval_policy",
+    "approvals_reviewer",
+    "apps",
+    "background_terminal_max_timeout",
+    "browser_use",
+    "chatgpt_base_url",
+    "check_for_update_on_startup",
+    "cli_auth_credentials_store",
+    "client_search_provider",
+    "compact_prompt",
+    "computer_use",
+    "desktop",
+    "developer_instructions",
+    "disable_response_storage",
+    "experimental_compact_prompt_file",
+    "experimental_instructions_file",
+    "experimental_resume",
+    "experimental_use_exec_command_tool",
+    "experimental_use_freeform_apply_patch",
+    "experimental_use_rmcp_client",
+    "experimental_use_unified_exec_tool",
+    "features",
+    "feedback",
+    "file_opener",
+    "forced_chatgpt_workspace_id",
+    "forced_login_method",
+    "ghost_snapshot",
+    "hide_agent_reasoning",
+    "history",
+    "hooks",
+    "include_apply_patch_tool",
+    "include_plan_tool",
+    "include_view_image_tool",
+    "js_repl_node_path",
+    "log_dir",
+    "mcp_oauth_callback_port",
+    "mcp_oauth_credentials_store",
+    "memories",
+    "model_auto_compact_token_limit",
+    "model_auto_compact_token_limit_scope",
+    "model_catalog_json",
+    "model_context_window",
+    "model_max_output_tokens",
+    "model_reasoning_effort",
+    "model_reasoning_summary",
+    "model_reasoning_summary_format",
+    "model_supports_reasoning_summaries",
+    "model_verbosity",
+    "notice",
+    "notify",
+    "oss_provider",
+    "personality",
+    "plan_mode_reasoning_effort",
+    "plugins",
+    "preferred_auth_method",
+    "profile",
+    "profiles",
+    "project_doc_fallback_filenames",
+    "project_doc_max_bytes",
+    "project_root_markers",
+    "projects",
+    "responses_originator_header_internal_override",
+    "review_model",
+    "sandbox",
+    "sandbox_mode",
+    "sandbox_workspace_write",
+    "service_tier",
+    "shell_environment_policy",
+    "show_raw_agent_reasoning",
+    "show_tooltips",
+    "skills",
+    "sqlite_home",
+    "suppress_unstable_features_warning",
+    "tool_output_token_limit",
+    "tools",
+    "tui",
+    "use_experimental_streamable_shell_tool",
+    "use_experimental_unified_exec_tool",
+    "web_search",
+    "windows",
+    "windows_wsl_setup_acknowledged",
+    "zsh_path",
+];
+
+/// A top-level key neither Skein nor Codex defines (a typo, most likely):
+/// warned about, and refused with `--strict-config`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownKey {
+    /// The key.
+    pub key: String,
+    /// Where it was set: `FILE:LINE`, or `-c KEY=VALUE`.
+    pub source: String,
+}
+
+impl std::fmt::Display for UnknownKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: unknown key `{}`", self.source, self.key)
+    }
+}
+
+/// The file's shape. Top-level keys it does not name are ignored (see
+/// [`Config::unknown_keys`] and [`CODEX_ONLY_KEYS`]), so a Codex
 /// configuration loads.
 #[derive(Clone, Debug, Default, Deserialize)]
 struct RawConfig {
@@ -299,6 +654,14 @@ pub struct Config {
     pub max_tool_rounds: u32,
     /// Content recording.
     pub content: ContentPolicy,
+    /// The `[otel]` table as given (Codex's exporters: see
+    /// [`OtelConfig::export_env`]).
+    pub otel: OtelConfig,
+    /// Top-level keys neither Skein nor Codex defines, in file order (then
+    /// `-c` overrides).
+    pub unknown_keys: Vec<UnknownKey>,
+    /// Top-level keys Codex defines that Skein does not use.
+    pub codex_only_keys: Vec<String>,
 }
 
 impl Default for Config {
@@ -315,6 +678,9 @@ impl Default for Config {
                 redact: Vec::new(),
                 max_bytes: DEFAULT_MAX_CONTENT_BYTES,
             },
+            otel: OtelConfig::default(),
+            unknown_keys: Vec::new(),
+            codex_only_keys: Vec::new(),
         }
     }
 }
@@ -358,13 +724,16 @@ impl Config {
         overrides: &[String],
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
+        let mut text = String::new();
         let mut table = match std::fs::read_to_string(path) {
-            Ok(text) => text
-                .parse::<toml::Table>()
-                .map_err(|e| ConfigError::Parse {
-                    path: path.to_owned(),
-                    message: e.to_string().trim().replace('\n', " "),
-                })?,
+            Ok(read) => {
+                text = read;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        path: path.to_owned(),
+                        message: e.to_string().trim().replace('\n', " "),
+                    })?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => toml::Table::new(),
             Err(source) => {
                 return Err(ConfigError::Read {
@@ -386,6 +755,7 @@ impl Config {
             key,
             message,
         };
+        let (unknown_keys, codex_only_keys) = sort_unread_keys(&table, path, &text, overrides);
         let raw: RawConfig =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let key = e.path().to_string();
@@ -500,15 +870,129 @@ impl Config {
             mcp_servers: raw.mcp_servers,
             max_tool_rounds: raw.max_tool_rounds.unwrap_or(DEFAULT_MAX_TOOL_ROUNDS),
             content: ContentPolicy {
-                capture: raw.otel.capture_content.unwrap_or(false) || capture_from_env(env),
+                capture: raw.otel.capture_content.unwrap_or(false)
+                    || raw.otel.log_user_prompt.unwrap_or(false)
+                    || capture_from_env(env),
                 redact,
                 max_bytes: raw
                     .otel
                     .max_content_bytes
                     .unwrap_or(DEFAULT_MAX_CONTENT_BYTES),
             },
+            otel: raw.otel,
+            unknown_keys,
+            codex_only_keys,
         })
     }
+}
+
+/// The top-level keys of `table` that Skein does not read, split into
+/// unknown ones (with where they were set) and Codex's.
+fn sort_unread_keys(
+    table: &toml::Table,
+    path: &Path,
+    text: &str,
+    overrides: &[String],
+) -> (Vec<UnknownKey>, Vec<String>) {
+    let read = struct_fields::<RawConfig>();
+    let mut unknown = Vec::new();
+    let mut codex = Vec::new();
+    for key in table.keys() {
+        if read.contains(&key.as_str()) {
+            continue;
+        }
+        if CODEX_ONLY_KEYS.contains(&key.as_str()) {
+            codex.push(key.clone());
+            continue;
+        }
+        unknown.push(key.clone());
+    }
+    if unknown.is_empty() {
+        return (Vec::new(), codex);
+    }
+    // Lines only when needed: the file is parsed again, with spans.
+    let lines: BTreeMap<String, usize> = toml::de::DeTable::parse(text)
+        .map(|parsed| {
+            parsed
+                .get_ref()
+                .iter()
+                .map(|(key, _)| {
+                    let at = key.span().start.min(text.len());
+                    let line = text.as_bytes()[..at]
+                        .iter()
+                        .filter(|&&b| b == b'\n')
+                        .count()
+                        + 1;
+                    (key.get_ref().to_string(), line)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut found: Vec<(usize, UnknownKey)> = unknown
+        .into_iter()
+        .map(|key| {
+            if let Some(&line) = lines.get(&key) {
+                let source = format!("{}:{line}", path.display());
+                return (line, UnknownKey { key, source });
+            }
+            let given = overrides
+                .iter()
+                .rev()
+                .find(|o| {
+                    o.split_once('=')
+                        .and_then(|(k, _)| k.trim().split('.').next())
+                        .is_some_and(|first| first.trim() == key)
+                })
+                .map_or_else(|| "-c".to_owned(), |o| format!("-c {o}"));
+            (usize::MAX, UnknownKey { key, source: given })
+        })
+        .collect();
+    found.sort_by_key(|(line, _)| *line);
+    (found.into_iter().map(|(_, key)| key).collect(), codex)
+}
+
+/// The field names of a struct deriving `Deserialize`, as serde knows
+/// them: so the keys Skein reads are never listed by hand.
+fn struct_fields<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+
+    #[derive(Debug)]
+    struct Stop;
+    impl std::fmt::Display for Stop {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("fields read")
+        }
+    }
+    impl std::error::Error for Stop {}
+    impl de::Error for Stop {
+        fn custom<M: std::fmt::Display>(_: M) -> Self {
+            Stop
+        }
+    }
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+    impl<'de> de::Deserializer<'de> for Probe<'_> {
+        type Error = Stop;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Stop> {
+            *self.0 = fields;
+            Err(Stop)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
 }
 
 /// Applies one `key=value` override to `table`: a dotted key, a TOML value
@@ -598,6 +1082,134 @@ env = { TZ = "UTC" }
         assert_eq!(local.env_key.as_deref(), Some("LOCAL_API_KEY"));
         assert!(!format!("{local:?}").contains("sk-local"));
         assert_eq!(config.mcp_servers["time"].env["TZ"], "UTC");
+    }
+
+    #[test]
+    fn unknown_top_level_keys_are_found_with_their_line_and_codex_keys_apart() {
+        let config = load(
+            "model_reasoning_effort = \"high\"\nmodle = \"gpt\"\n\n[otel]\ncapture_content = true\n[tui]\nx = 1\n[typo_table]\ny = 2\n",
+            &["max_tools=3"],
+        )
+        .expect("load");
+        let found: Vec<String> = config
+            .unknown_keys
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(
+            found[0].ends_with("config.toml:2: unknown key `modle`"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].ends_with("config.toml:8: unknown key `typo_table`"),
+            "{found:?}"
+        );
+        assert_eq!(found[2], "-c max_tools=3: unknown key `max_tools`");
+        assert_eq!(config.codex_only_keys, ["model_reasoning_effort", "tui"]);
+        assert!(struct_fields::<RawConfig>().contains(&"mcp_servers"));
+    }
+
+    fn export_env_of(text: &str, vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        let config = load(text, &[]).expect("load");
+        config.otel.export_env(&|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+
+    #[test]
+    fn codex_otel_tables_load_and_map_onto_the_standard_variables() {
+        let http = r#"
+[otel]
+environment = "staging"
+log_user_prompt = true
+exporter = "none"
+trace_exporter = { otlp-http = { endpoint = "http://c:4318/v1/traces", protocol = "json", headers = { "x-api-key" = "a,b=c" } } }
+metrics_exporter = "none"
+span_attributes = { team = "x" }
+"#;
+        let config = load(http, &[]).expect("load");
+        assert!(config.content.capture, "log_user_prompt captures content");
+        let vars = export_env_of(http, &[]);
+        let expect = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert_eq!(
+            vars,
+            expect(&[
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://c:4318/v1/traces"
+                ),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+                ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-api-key=a%2Cb%3Dc"),
+                ("OTEL_METRICS_EXPORTER", "none"),
+                (
+                    "OTEL_RESOURCE_ATTRIBUTES",
+                    "deployment.environment.name=staging"
+                ),
+            ])
+        );
+        // The environment wins, variable by variable.
+        let vars = export_env_of(
+            http,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4318"),
+                ("OTEL_METRICS_EXPORTER", "otlp"),
+                (
+                    "OTEL_RESOURCE_ATTRIBUTES",
+                    "a=b,deployment.environment.name=prod",
+                ),
+            ],
+        );
+        assert!(vars.is_empty(), "{vars:?}");
+        let vars = export_env_of(http, &[("OTEL_RESOURCE_ATTRIBUTES", "a=b")]);
+        assert!(
+            vars.contains(&(
+                "OTEL_RESOURCE_ATTRIBUTES".into(),
+                "a=b,deployment.environment.name=staging".into()
+            )),
+            "{vars:?}"
+        );
+
+        let grpc = r#"
+[otel]
+trace_exporter = { otlp-grpc = { endpoint = "https://c:4317", headers = { h = "v" }, tls = { ca-certificate = "/ca.pem" } } }
+metrics_exporter = { otlp-grpc = { endpoint = "https://m:4317" } }
+"#;
+        assert_eq!(
+            export_env_of(grpc, &[]),
+            expect(&[
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://c:4317"),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "h=v"),
+                ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "/ca.pem"),
+                ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "https://m:4317"),
+                ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "grpc"),
+            ])
+        );
+        // Traces to a collector, metrics unsaid: not to the default address.
+        let traces_only =
+            "[otel]\ntrace_exporter = { otlp-grpc = { endpoint = \"http://c:4317\" } }\n";
+        assert!(
+            export_env_of(traces_only, &[])
+                .contains(&("OTEL_METRICS_EXPORTER".into(), "none".into()))
+        );
+        // Skein's own keys still load beside Codex's; others are refused.
+        assert!(
+            load(
+                "[otel]\ncapture_content = true\nenvironment = \"dev\"\n",
+                &[]
+            )
+            .is_ok()
+        );
+        let err = load("[otel]\ntrace_exporter = \"zipkin\"\n", &[]).expect_err("unknown kind");
+        assert!(err.to_string().contains("otel.trace_exporter"), "{err}");
     }
 
     #[test]

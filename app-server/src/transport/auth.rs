@@ -31,7 +31,34 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
+use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
+
+/// Why a `--ws-token-sha256` value is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "expected the token's SHA-256 digest as 64 hexadecimal digits (e.g. from `printf %s \"$TOKEN\" | sha256sum`), got {0}"
+)]
+pub struct TokenDigestError(String);
+
+/// The 32 bytes of a SHA-256 digest written as 64 hexadecimal digits.
+pub fn parse_sha256_hex(hex: &str) -> Result<[u8; 32], TokenDigestError> {
+    let hex = hex.trim();
+    let refuse = |what: String| TokenDigestError(what);
+    if hex.len() != 64 {
+        return Err(refuse(format!("{} characters", hex.chars().count())));
+    }
+    let mut digest = [0u8; 32];
+    for (byte, pair) in digest.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+        let digit = |c: u8| (c as char).to_digit(16);
+        match (digit(pair[0]), digit(pair[1])) {
+            // Both below 16: the byte fits.
+            (Some(high), Some(low)) => *byte = (high * 16 + low) as u8,
+            _ => return Err(refuse("a character that is not a hexadecimal digit".into())),
+        }
+    }
+    Ok(digest)
+}
 
 /// Shortest shared secret accepted for signed bearer tokens (HS256 wants
 /// at least as many bytes as its hash output).
@@ -53,6 +80,12 @@ pub enum WsAuth {
     CapabilityToken {
         /// The expected token, trimmed of surrounding whitespace.
         token: Vec<u8>,
+    },
+    /// The bearer token's SHA-256 digest must equal this one
+    /// (`--ws-token-sha256`).
+    CapabilityTokenDigest {
+        /// The expected digest.
+        digest: [u8; 32],
     },
     /// The bearer token must be an HS256 JWT signed with the shared secret.
     SignedBearer {
@@ -150,6 +183,7 @@ impl fmt::Debug for WsAuth {
         f.write_str(match self {
             WsAuth::None => "WsAuth::None",
             WsAuth::CapabilityToken { .. } => "WsAuth::CapabilityToken",
+            WsAuth::CapabilityTokenDigest { .. } => "WsAuth::CapabilityTokenDigest",
             WsAuth::SignedBearer { .. } => "WsAuth::SignedBearer",
         })
     }
@@ -258,6 +292,14 @@ impl WsAuth {
         })
     }
 
+    /// Capability-token authentication with the token given as its SHA-256
+    /// digest, 64 hexadecimal digits (either case).
+    pub fn capability_token_digest(hex: &str) -> Result<Self, TokenDigestError> {
+        Ok(WsAuth::CapabilityTokenDigest {
+            digest: parse_sha256_hex(hex)?,
+        })
+    }
+
     /// Signed-bearer-token authentication.
     pub fn signed_bearer(settings: &SignedBearerSettings) -> Result<Self, AuthConfigError> {
         let secret = read_private_file("shared secret", &settings.secret_file)?;
@@ -322,6 +364,14 @@ impl WsAuth {
                     Err("invalid token")
                 }
             }
+            WsAuth::CapabilityTokenDigest { digest } => {
+                let given: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+                if bool::from(given.ct_eq(digest)) {
+                    Ok(())
+                } else {
+                    Err("invalid token")
+                }
+            }
             WsAuth::SignedBearer {
                 key,
                 validation,
@@ -355,6 +405,29 @@ mod tests {
         std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(mode))
             .expect("chmod");
         file
+    }
+
+    #[test]
+    fn token_digests_are_64_hex_digits_and_match_only_their_token() {
+        // Any 64 hex digits parse.
+        let hex = "8c0e0ad3a0e4e5c8e8a5c8e0b0f7ee2b6e0f6f3bd1e8e4d0d1f7a2b56a3c9d10";
+        assert!(parse_sha256_hex(hex).is_ok());
+        assert!(parse_sha256_hex(&hex.to_uppercase()).is_ok());
+        assert!(parse_sha256_hex(&hex[1..]).is_err());
+        assert!(parse_sha256_hex(&format!("{}g", &hex[1..])).is_err());
+        let digest: [u8; 32] = Sha256::digest(b"s3cret-token").into();
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let auth = WsAuth::capability_token_digest(&hex).expect("auth");
+        assert_eq!(auth.check(Some("Bearer s3cret-token")), Ok(()));
+        assert_eq!(
+            auth.check(Some("Bearer s3cret-tokeN")),
+            Err("invalid token")
+        );
+        assert_eq!(
+            auth.check(Some(&format!("Bearer {hex}"))),
+            Err("invalid token")
+        );
+        assert!(!format!("{auth:?}").contains(&hex[..8]));
     }
 
     #[test]

@@ -2,11 +2,13 @@
 //!
 //! - [`stdio`]: newline-delimited JSON on stdin/stdout.
 //! - [`websocket`]: one JSON message per text frame, plus `GET /healthz`;
-//!   [`auth`] checks its upgrades.
+//!   [`auth`] checks its upgrades; over TCP or a Unix domain socket
+//!   ([`unix`]).
 
 pub mod auth;
 pub mod stdio;
 pub mod unfinished;
+pub mod unix;
 pub mod websocket;
 
 use skein_app_server_protocol::ErrorObject;

@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
@@ -81,10 +81,57 @@ const DRAIN_TIMEOUT: Duration = EVENT_DRAIN_TIMEOUT
     .saturating_add(LINGER_TIMEOUT)
     .saturating_add(Duration::from_secs(5));
 
+/// A connected byte stream WebSocket is spoken over: a TCP connection or
+/// a Unix domain socket's.
+pub trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Socket for S {}
+
+/// Where connections come from: a TCP listener (`ws://`) or a Unix domain
+/// socket's (`unix://`). Everything after `accept` is the same code.
+pub trait Listener: Send {
+    /// The accepted connection.
+    type Stream: Socket;
+    /// The client's address, for logs.
+    type Peer: std::fmt::Display + Send + 'static;
+    /// The next connection.
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, Self::Peer)>> + Send;
+}
+
+impl Listener for TcpListener {
+    type Stream = tokio::net::TcpStream;
+    type Peer = std::net::SocketAddr;
+
+    async fn accept(&self) -> io::Result<(Self::Stream, Self::Peer)> {
+        TcpListener::accept(self).await
+    }
+}
+
+/// The peer of a Unix domain socket connection: unnamed, as clients'
+/// sockets are.
+#[derive(Clone, Copy, Debug)]
+pub struct UnixPeer;
+
+impl std::fmt::Display for UnixPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("unix socket client")
+    }
+}
+
+impl Listener for UnixListener {
+    type Stream = tokio::net::UnixStream;
+    type Peer = UnixPeer;
+
+    async fn accept(&self) -> io::Result<(Self::Stream, Self::Peer)> {
+        let (stream, _) = UnixListener::accept(self).await?;
+        Ok((stream, UnixPeer))
+    }
+}
+
 /// Accepts WebSocket connections on `listener` until shutdown, then waits
 /// (bounded) for open connections to finish their in-flight requests.
-pub async fn serve_websocket(
-    listener: TcpListener,
+pub async fn serve_websocket<L: Listener>(
+    listener: L,
     ctx: ServerContext,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -102,7 +149,7 @@ pub async fn serve_websocket(
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => break,
-            accepted = listener.accept() => match accepted {
+            accepted = Listener::accept(&listener) => match accepted {
                 Ok((stream, peer)) => {
                     backoff.succeeded();
                     let Some(pending) = admit(&ctx) else {
@@ -202,8 +249,8 @@ enum Route {
 
 /// Serves one accepted connection; `pending` counts it until its upgrade
 /// is done (or it ends before).
-async fn handle_socket(
-    mut stream: TcpStream,
+async fn handle_socket<S: Socket>(
+    mut stream: S,
     pending: PendingSlot,
     ctx: ServerContext,
     shutdown: watch::Receiver<bool>,
@@ -323,7 +370,7 @@ async fn handle_socket(
 /// ([`route`] answers that with `431`), or until what arrived cannot be the
 /// start of an HTTP request ([`route`] answers `400` at once rather than
 /// waiting for a head that will never come).
-async fn read_head(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+async fn read_head<S: Socket>(stream: &mut S) -> io::Result<Vec<u8>> {
     let mut head = Vec::with_capacity(1024);
     loop {
         // Straight into the vector's spare room: no buffer in this future,
@@ -448,14 +495,14 @@ fn is_websocket_key(key: &[u8]) -> bool {
             .is_some_and(|v| v & 0x0F == 0)
 }
 
-async fn write_http(stream: &mut TcpStream, status: &str, body: &str) -> io::Result<()> {
+async fn write_http<S: Socket>(stream: &mut S, status: &str, body: &str) -> io::Result<()> {
     write_response(stream, status, "", body).await
 }
 
 /// Writes a plain-text response with `extra_headers` (each line ending in
 /// CRLF) and closes the connection.
-async fn write_response(
-    stream: &mut TcpStream,
+async fn write_response<S: Socket>(
+    stream: &mut S,
     status: &str,
     extra_headers: &str,
     body: &str,
@@ -468,7 +515,7 @@ async fn write_response(
     stream.shutdown().await
 }
 
-type Ws = WebSocketStream<Replay<TcpStream>>;
+type Ws<S> = WebSocketStream<Replay<S>>;
 
 /// Most messages gathered before they are written.
 const WRITE_BATCH_FRAMES: usize = 256;
@@ -530,8 +577,8 @@ fn shutdown_close() -> CloseFrame {
 /// of the threads it follows until they have shut down (so every running
 /// turn's `turn/completed` goes out), then closes with 1001 and reads
 /// until the client answers the close (see [`finish_close`]).
-async fn serve_connection(
-    mut ws: Ws,
+async fn serve_connection<S: Socket>(
+    mut ws: Ws<S>,
     mut pinger: Option<Pinger>,
     ctx: ServerContext,
     mut shutdown: watch::Receiver<bool>,
@@ -646,9 +693,9 @@ fn shutdown_close_end() -> End {
 /// reading, until every turn the connection started has had its
 /// `turn/completed` written, then ends with a normal close (with 1001
 /// instead if the server shuts down meanwhile, which ends those turns).
-async fn write_owed_turns(
+async fn write_owed_turns<S: Socket>(
     handler: &mut ConnectionHandler,
-    ws: &mut Ws,
+    ws: &mut Ws<S>,
     writer: &mut FrameWriter,
     out: &mut Vec<OutboundItem>,
     shutdown: &mut watch::Receiver<bool>,
@@ -676,7 +723,7 @@ async fn write_owed_turns(
 /// unread input would reset the connection, and a reset can destroy what
 /// was written before the client read it: the last notifications, the
 /// close frame itself.
-async fn finish_close(ws: &mut Ws, frame: CloseFrame, stall: Duration) {
+async fn finish_close<S: Socket>(ws: &mut Ws<S>, frame: CloseFrame, stall: Duration) {
     let sent = tokio::time::timeout(stall, ws.send(Message::Close(Some(frame)))).await;
     if sent.is_err() {
         return;
@@ -786,7 +833,7 @@ fn close_for_read_error(err: &WsError) -> Option<CloseFrame> {
 const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Discards what the client still sends, then shuts the socket down.
-async fn linger(socket: &mut Replay<TcpStream>) {
+async fn linger<S: Socket>(socket: &mut Replay<S>) {
     discard_input(socket).await;
     let _ = socket.shutdown().await;
 }
@@ -838,7 +885,11 @@ impl FrameWriter {
     /// Writes `out` (emptying it) as text frames with one flush. The
     /// request spans of the written messages end afterwards. A write that
     /// makes no progress for the stall timeout fails, reporting the stall.
-    async fn write(&mut self, ws: &mut Ws, out: &mut Vec<OutboundItem>) -> Result<(), WriteFailed> {
+    async fn write<S: Socket>(
+        &mut self,
+        ws: &mut Ws<S>,
+        out: &mut Vec<OutboundItem>,
+    ) -> Result<(), WriteFailed> {
         if out.is_empty() {
             return Ok(());
         }
@@ -858,7 +909,7 @@ impl FrameWriter {
     }
 
     /// Sends a WebSocket ping, under the stall timeout.
-    async fn ping(&mut self, ws: &mut Ws) -> Pinged {
+    async fn ping<S: Socket>(&mut self, ws: &mut Ws<S>) -> Pinged {
         let sent = tokio::time::timeout(
             self.stall.timeout,
             ws.send(Message::Ping(Default::default())),

@@ -19,6 +19,8 @@ pub struct Received {
     pub path: String,
     /// The body.
     pub body: Vec<u8>,
+    /// The request's header fields, names in lower case.
+    pub headers: Vec<(String, String)>,
 }
 
 /// The in-test OTLP/HTTP receiver; stops when dropped.
@@ -72,6 +74,17 @@ impl Receiver {
             .collect()
     }
 
+    /// The header fields of every request received on `path`.
+    pub fn headers(&self, path: &str) -> Vec<Vec<(String, String)>> {
+        self.received
+            .lock()
+            .expect("receiver lock")
+            .iter()
+            .filter(|r| r.path == path)
+            .map(|r| r.headers.clone())
+            .collect()
+    }
+
     /// `METHOD path` of every request, for failure messages.
     pub fn summary(&self) -> Vec<String> {
         self.received
@@ -104,6 +117,7 @@ async fn serve_connection(
 
         let mut content_length = None;
         let mut framed_otherwise = false;
+        let mut headers = Vec::new();
         loop {
             let mut header = String::new();
             if reader.read_line(&mut header).await? == 0 {
@@ -115,6 +129,7 @@ async fn serve_connection(
             }
             if let Some((name, value)) = header.split_once(':') {
                 let name = name.trim();
+                headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
                 if name.eq_ignore_ascii_case("content-length") {
                     content_length = value.trim().parse::<usize>().ok();
                 } else if name.eq_ignore_ascii_case("transfer-encoding") {
@@ -133,6 +148,7 @@ async fn serve_connection(
                     method: method.clone(),
                     path: path.clone(),
                     body,
+                    headers: headers.clone(),
                 });
                 if known { "200 OK" } else { "404 Not Found" }
             }
@@ -144,6 +160,7 @@ async fn serve_connection(
                 method: method.clone(),
                 path: format!("{path} -> {status}"),
                 body: Vec::new(),
+                headers,
             });
         }
         let response = format!(
