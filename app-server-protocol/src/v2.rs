@@ -699,6 +699,107 @@ pub struct PageParams {
     pub limit: Option<u32>,
 }
 
+/// Parameters of `hooks/list`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HooksListParams {
+    /// Working directories to inspect.
+    #[serde(default)]
+    pub cwds: Vec<String>,
+    /// A loaded thread whose hooks to list.
+    #[serde(default)]
+    pub thread_id: Option<String>,
+}
+
+/// Result of `hooks/list`: one entry per inspected directory. Skein runs
+/// no hooks, so there are none.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HooksListResponse {
+    /// The hooks by directory (Codex's `HooksListEntry`; always empty).
+    pub data: Vec<Value>,
+}
+
+/// Result of `collaborationMode/list`. Skein has no collaboration mode
+/// presets.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CollaborationModeListResponse {
+    /// The presets (Codex's `CollaborationModeMask`; always empty).
+    pub data: Vec<Value>,
+}
+
+/// Parameters of `plugin/installed`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginInstalledParams {
+    /// Directories whose repository marketplaces to consider.
+    #[serde(default)]
+    pub cwds: Option<Vec<String>>,
+    /// Uninstalled plugins to report when present locally.
+    #[serde(default)]
+    pub install_suggestion_plugin_names: Option<Vec<String>>,
+}
+
+/// Result of `plugin/installed`. Skein has no plugins.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginInstalledResponse {
+    /// Marketplaces with installed plugins (Codex's
+    /// `PluginMarketplaceEntry`; always empty).
+    pub marketplaces: Vec<Value>,
+    /// Marketplaces that failed to load (always empty).
+    pub marketplace_load_errors: Vec<Value>,
+}
+
+/// Parameters of `thread/backgroundTerminals/list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThreadBackgroundTerminalsListParams {
+    /// The thread.
+    pub thread_id: String,
+    /// Opaque cursor from a previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Page size.
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// Result of `thread/backgroundTerminals/list`. Skein runs no terminals.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThreadBackgroundTerminalsListResponse {
+    /// The thread's background terminals (Codex's
+    /// `ThreadBackgroundTerminal`; always empty).
+    pub data: Vec<Value>,
+    /// Cursor for the next page: never one.
+    pub next_cursor: Option<String>,
+}
+
+/// Parameters of `thread/goal/get`.
+pub type ThreadGoalGetParams = ThreadIdParams;
+
+/// Result of `thread/goal/get`. Skein threads have no goal.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThreadGoalGetResponse {
+    /// The thread's goal (Codex's `ThreadGoal`): always `null`.
+    pub goal: Option<Value>,
+}
+
+/// Result of `account/bedrock/checkGovCloudRequirements`. Skein does not
+/// authenticate to Bedrock, so no GovCloud region is in use and nothing
+/// needs a warning.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BedrockCheckGovCloudRequirementsResponse {
+    /// Whether Bedrock authentication resolves to a GovCloud region.
+    pub is_gov_cloud: bool,
+    /// Whether the client should warn about GovCloud requirements.
+    pub should_warn: bool,
+}
+
 /// Params of the `turn/started` notification.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

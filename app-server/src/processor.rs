@@ -168,6 +168,16 @@ impl MessageProcessor {
             Method::SkillsList => crate::environment::skills_list(parse_params(params)?),
             Method::AppList => crate::environment::app_list(parse_params(params)?),
             Method::McpServerStatusList => self.mcp_server_status_list(parse_params(params)?),
+            Method::HooksList => crate::environment::hooks_list(parse_params(params)?),
+            Method::CollaborationModeList => crate::environment::collaboration_mode_list(),
+            Method::PluginInstalled => crate::environment::plugin_installed(parse_params(params)?),
+            Method::ThreadBackgroundTerminalsList => {
+                self.thread_background_terminals_list(parse_params(params)?)
+            }
+            Method::ThreadGoalGet => self.thread_goal_get(parse_params(params)?),
+            Method::AccountBedrockCheckGovCloudRequirements => {
+                crate::environment::bedrock_check_gov_cloud_requirements()
+            }
         }
     }
 

@@ -19,7 +19,7 @@ use support::codex_schema::{
     assert_valid_result, errors, notification_schema, result_schema,
 };
 use support::mock_llm::{MockLlm, Reply, text_chunks, tool_call_chunks};
-use support::{Client, NOT_INITIALIZED, Server, ServerOptions, Transport};
+use support::{Client, INVALID_PARAMS, NOT_INITIALIZED, Server, ServerOptions, Transport};
 use tokio::sync::Notify;
 
 both_transports!(every_method_and_notification_conforms_to_the_codex_schemas);
@@ -106,6 +106,37 @@ async fn every_method_and_notification_conforms_to_the_codex_schemas(transport: 
     assert_eq!(mcp["data"], json!([]));
     let models = call(&mut client, &mut seen, "model/list", json!({})).await;
     assert_eq!(models["data"][0]["id"], json!("echo"), "{models}");
+    // What the Codex TUI asks at startup besides: Skein runs no hooks,
+    // plugins or collaboration mode presets, and uses no Bedrock.
+    let hooks = call(
+        &mut client,
+        &mut seen,
+        "hooks/list",
+        json!({"cwds": ["/somewhere"]}),
+    )
+    .await;
+    assert_eq!(hooks, json!({"data": []}));
+    let modes = call(&mut client, &mut seen, "collaborationMode/list", json!({})).await;
+    assert_eq!(modes, json!({"data": []}));
+    let plugins = call(
+        &mut client,
+        &mut seen,
+        "plugin/installed",
+        json!({"cwds": null}),
+    )
+    .await;
+    assert_eq!(
+        plugins,
+        json!({"marketplaces": [], "marketplaceLoadErrors": []})
+    );
+    let gov_cloud = call(
+        &mut client,
+        &mut seen,
+        "account/bedrock/checkGovCloudRequirements",
+        json!({}),
+    )
+    .await;
+    assert_eq!(gov_cloud, json!({"isGovCloud": false, "shouldWarn": false}));
 
     // A thread, started with Codex's override fields (accepted, and the
     // result says what Skein actually does).
@@ -139,6 +170,36 @@ async fn every_method_and_notification_conforms_to_the_codex_schemas(transport: 
         "{started}"
     );
     assert_eq!(started["thread"]["source"], json!("appServer"), "{started}");
+
+    // What the Codex TUI asks of a thread it opens: no goal, no background
+    // terminals; an unknown thread is refused.
+    let goal = call(
+        &mut client,
+        &mut seen,
+        "thread/goal/get",
+        json!({"threadId": thread_id}),
+    )
+    .await;
+    assert_eq!(goal, json!({"goal": null}));
+    let terminals = call(
+        &mut client,
+        &mut seen,
+        "thread/backgroundTerminals/list",
+        json!({"threadId": thread_id, "limit": 10}),
+    )
+    .await;
+    assert_eq!(terminals, json!({"data": [], "nextCursor": null}));
+    for method in ["thread/goal/get", "thread/backgroundTerminals/list"] {
+        let unknown = client
+            .request(method, json!({"threadId": "no-such-thread"}), None)
+            .await;
+        assert_eq!(
+            unknown.error_code(),
+            INVALID_PARAMS,
+            "{method}: {}",
+            unknown.message
+        );
+    }
 
     let loaded = call(&mut client, &mut seen, "thread/loaded/list", json!({})).await;
     assert!(

@@ -49,7 +49,34 @@ pub const RESULT_SCHEMAS: &[(&str, &str)] = &[
         "mcpServerStatus/list",
         "v2/ListMcpServerStatusResponse.json",
     ),
+    ("hooks/list", "v2/HooksListResponse.json"),
+    (
+        "collaborationMode/list",
+        "experimental/v2/CollaborationModeListResponse.json",
+    ),
+    ("plugin/installed", "v2/PluginInstalledResponse.json"),
+    (
+        "thread/backgroundTerminals/list",
+        "experimental/v2/ThreadBackgroundTerminalsListResponse.json",
+    ),
+    ("thread/goal/get", "v2/ThreadGoalGetResponse.json"),
+    (
+        "account/bedrock/checkGovCloudRequirements",
+        "experimental/v2/BedrockCheckGovCloudRequirementsResponse.json",
+    ),
 ];
+
+/// Methods only Codex's experimental API has (a client opts in with
+/// `capabilities.experimentalApi`, as the Codex TUI does): their requests
+/// are checked against the experimental bundle's `ClientRequest`.
+pub const EXPERIMENTAL_METHODS: &[&str] = &[
+    "collaborationMode/list",
+    "thread/backgroundTerminals/list",
+    "account/bedrock/checkGovCloudRequirements",
+];
+
+/// The request envelope of the experimental API.
+const EXPERIMENTAL_CLIENT_REQUEST: &str = "experimental/ClientRequest.json";
 
 /// The schema file of each notification's params.
 pub const NOTIFICATION_SCHEMAS: &[(&str, &str)] = &[
@@ -94,7 +121,11 @@ fn validators() -> &'static HashMap<String, jsonschema::Validator> {
             .chain(NOTIFICATION_SCHEMAS)
             .map(|(_, file)| *file)
             .collect();
-        files.extend(["ServerNotification.json", "ClientRequest.json"]);
+        files.extend([
+            "ServerNotification.json",
+            "ClientRequest.json",
+            EXPERIMENTAL_CLIENT_REQUEST,
+        ]);
         files
             .into_iter()
             .map(|file| {
@@ -173,8 +204,13 @@ pub fn notification_schema(method: &str) -> &'static str {
 /// Checks that a request Skein is sent is shaped the way a Codex client
 /// would send it.
 pub fn assert_codex_request(method: &str, params: &Value) {
+    let file = if EXPERIMENTAL_METHODS.contains(&method) {
+        EXPERIMENTAL_CLIENT_REQUEST
+    } else {
+        "ClientRequest.json"
+    };
     assert_valid(
-        "ClientRequest.json",
+        file,
         &format!("{method} request"),
         &json!({"id": 1, "method": method, "params": params}),
     );
