@@ -615,7 +615,9 @@ pub enum SortDirection {
 pub enum TurnItemsView {
     /// No items.
     NotLoaded,
-    /// A summary (Skein returns every item, which is as short).
+    /// A display summary: the user's message and the answer (what
+    /// `turn/completed` carries). `thread/turns/list` answers it with every
+    /// item, which is as short.
     Summary,
     /// Every item.
     Full,
@@ -817,7 +819,8 @@ pub struct TurnCompletedNotification {
     /// The thread.
     pub thread_id: String,
     /// The turn, in its final status (with `error` when it failed), with
-    /// no items.
+    /// its summary view of items (`itemsView: "summary"`): its user message
+    /// and its answer.
     pub turn: Turn,
     /// Tokens the turn used (a Skein addition; Codex clients ignore it).
     pub usage: skein_protocol::TokenUsage,

@@ -15,8 +15,8 @@ use skein_app_server_protocol::v2::{
     McpToolCallError, McpToolCallResult, McpToolCallStatus, ReasoningEffortOption, SandboxPolicy,
     ServerNotification, Thread, ThreadItem, ThreadStartResponse, ThreadStatus,
     ThreadStatusChangedNotification, ThreadTokenUsage, ThreadTokenUsageUpdatedNotification,
-    TokenUsageBreakdown, Turn, TurnCompletedNotification, TurnError, TurnStartedNotification,
-    UserInput,
+    TokenUsageBreakdown, Turn, TurnCompletedNotification, TurnError, TurnItemsView,
+    TurnStartedNotification, UserInput,
 };
 use skein_core::{
     ThreadInfo, ToolCallStatus, TurnItem, TurnRecord, answer_item_id, answer_item_kind,
@@ -197,10 +197,14 @@ pub fn item_to_wire(turn_id: &str, position: usize, item: &TurnItem) -> ThreadIt
     }
 }
 
-/// The item a turn streams or produces: an agent message with `text`, or
-/// a context compaction.
+/// An item of a turn as core events name it: the user's message, an agent
+/// message with `text`, or a context compaction.
 pub fn answer_item(id: String, kind: ItemKind, text: String) -> ThreadItem {
     match kind {
+        ItemKind::UserMessage => ThreadItem::UserMessage {
+            id,
+            content: vec![UserInput::Text { text }],
+        },
         ItemKind::AgentMessage => ThreadItem::AgentMessage { id, text },
         ItemKind::ContextCompaction => ThreadItem::ContextCompaction { id },
     }
@@ -309,10 +313,11 @@ pub fn notification(event: Event) -> Option<ServerNotification> {
             turn_id,
             item_id,
             kind,
+            text,
         } => ServerNotification::ItemStarted(ItemStartedNotification {
             thread_id,
             turn_id,
-            item: answer_item(item_id, kind, String::new()),
+            item: answer_item(item_id, kind, text),
             started_at_ms: at_ms,
         }),
         EventMsg::AgentMessageDelta {
@@ -384,11 +389,20 @@ pub fn notification(event: Event) -> Option<ServerNotification> {
             status,
             error,
             usage,
-        } => ServerNotification::TurnCompleted(TurnCompletedNotification {
-            thread_id,
-            turn: turn_summary(turn_id, status, error),
-            usage,
-        }),
+            items,
+        } => {
+            let mut turn = turn_summary(turn_id, status, error);
+            turn.items = items
+                .into_iter()
+                .map(|item| answer_item(item.item_id, item.kind, item.text))
+                .collect();
+            turn.items_view = Some(TurnItemsView::Summary);
+            ServerNotification::TurnCompleted(TurnCompletedNotification {
+                thread_id,
+                turn,
+                usage,
+            })
+        }
         EventMsg::ThreadStatusChanged { status } => {
             ServerNotification::ThreadStatusChanged(ThreadStatusChangedNotification {
                 thread_id,
@@ -565,7 +579,8 @@ mod tests {
             params(EventMsg::ItemStarted {
                 turn_id: "t1".into(),
                 item_id: "a1".into(),
-                kind: ItemKind::AgentMessage
+                kind: ItemKind::AgentMessage,
+                text: String::new()
             }),
             (
                 "item/started",
@@ -573,6 +588,34 @@ mod tests {
                        "item": {"type": "agentMessage", "id": "a1", "text": ""}})
             )
         );
+        for (method, msg) in [
+            (
+                "item/started",
+                EventMsg::ItemStarted {
+                    turn_id: "t1".into(),
+                    item_id: "t1-user".into(),
+                    kind: ItemKind::UserMessage,
+                    text: "hello".into(),
+                },
+            ),
+            (
+                "item/completed",
+                EventMsg::ItemCompleted {
+                    turn_id: "t1".into(),
+                    item_id: "t1-user".into(),
+                    kind: ItemKind::UserMessage,
+                    text: "hello".into(),
+                },
+            ),
+        ] {
+            let (name, params) = params(msg);
+            assert_eq!(name, method);
+            assert_eq!(
+                params["item"],
+                json!({"type": "userMessage", "id": "t1-user",
+                       "content": [{"type": "text", "text": "hello"}]})
+            );
+        }
         assert_eq!(
             params(EventMsg::ItemCompleted {
                 turn_id: "t1".into(),
@@ -630,12 +673,28 @@ mod tests {
                 usage: TokenUsage {
                     input_tokens: 3,
                     output_tokens: 4
-                }
+                },
+                items: vec![
+                    skein_protocol::ItemSummary {
+                        item_id: "t1-user".into(),
+                        kind: ItemKind::UserMessage,
+                        text: "hi".into(),
+                    },
+                    skein_protocol::ItemSummary {
+                        item_id: "t1-answer".into(),
+                        kind: ItemKind::AgentMessage,
+                        text: "partial".into(),
+                    },
+                ],
             }),
             (
                 "turn/completed",
                 json!({"threadId": "th",
-                       "turn": {"id": "t1", "status": "failed", "items": [],
+                       "turn": {"id": "t1", "status": "failed", "itemsView": "summary",
+                                "items": [
+                                    {"type": "userMessage", "id": "t1-user",
+                                     "content": [{"type": "text", "text": "hi"}]},
+                                    {"type": "agentMessage", "id": "t1-answer", "text": "partial"}],
                                 "error": {"message": "boom"}},
                        "usage": {"inputTokens": 3, "outputTokens": 4}})
             )

@@ -219,7 +219,38 @@ async fn every_method_and_notification_conforms_to_the_codex_schemas(transport: 
     )
     .await;
     let turn_id = turn["turn"]["id"].as_str().expect("turn id").to_owned();
-    client.wait_for_turn_completed(&turn_id).await;
+    let completed = client.wait_for_turn_completed(&turn_id).await;
+    // As from Codex: the input is the turn's first item, started and
+    // completed whole, and turn/completed carries the summary view.
+    let user_item = json!({"type": "userMessage", "id": format!("{turn_id}-user"),
+                           "content": [{"type": "text", "text": "hello world"}]});
+    let turn_items: Vec<(&Value, &Value)> = client
+        .received()
+        .iter()
+        .filter(|m| {
+            (m["method"] == "item/started" || m["method"] == "item/completed")
+                && m["params"]["turnId"] == json!(turn_id)
+        })
+        .map(|m| (&m["method"], &m["params"]["item"]))
+        .collect();
+    assert_eq!(
+        turn_items.get(..2),
+        Some(
+            &[
+                (&json!("item/started"), &user_item),
+                (&json!("item/completed"), &user_item)
+            ][..]
+        ),
+        "{turn_items:?}"
+    );
+    let summary = &completed["params"]["turn"];
+    assert_eq!(summary["itemsView"], json!("summary"), "{completed}");
+    assert_eq!(
+        summary["items"],
+        json!([user_item, {"type": "agentMessage", "id": format!("{turn_id}-answer"),
+                           "text": "hello world"}]),
+        "{completed}"
+    );
 
     // A long turn, on a thread of its own (a review echoes the last
     // request): steered with Codex's `expectedTurnId`, then interrupted.
