@@ -898,9 +898,9 @@ pub struct ThreadTokenUsage {
     pub total: TokenUsageBreakdown,
     /// Of the last turn.
     pub last: TokenUsageBreakdown,
-    /// The model's context window in tokens, when known (Skein does not
-    /// know it: always `null`).
-    pub model_context_window: Option<i64>,
+    /// The model's context window in tokens, when known (from
+    /// `model_context_window` in config.toml for the configured model).
+    pub model_context_window: Option<u64>,
 }
 
 /// Token counts by kind.
@@ -913,6 +913,8 @@ pub struct TokenUsageBreakdown {
     pub output_tokens: u64,
     /// Input tokens served from the provider's cache.
     pub cached_input_tokens: u64,
+    /// Input tokens written to the provider's cache.
+    pub cache_write_input_tokens: u64,
     /// Output tokens spent on reasoning.
     pub reasoning_output_tokens: u64,
     /// Input and output tokens together.

@@ -168,6 +168,9 @@ pub struct EffectiveConfig {
     pub mcp_servers: BTreeMap<String, EffectiveMcpServer>,
     /// Bound on model calls answered with tool calls in one turn.
     pub max_tool_rounds: u32,
+    /// The configured model's context window, in tokens, when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_context_window: Option<u64>,
     /// Content recording on spans.
     pub otel: EffectiveOtel,
 }
@@ -252,6 +255,7 @@ pub fn effective_config(config: &Config) -> EffectiveConfig {
             })
             .collect(),
         max_tool_rounds: config.max_tool_rounds,
+        model_context_window: config.model_context_window,
         otel: EffectiveOtel {
             capture_content: config.content.capture,
             redact: vec![REDACTED; config.content.redact.len()],

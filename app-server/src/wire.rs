@@ -281,12 +281,14 @@ pub fn turn_summary(id: String, status: TurnStatus, error: Option<String>) -> Tu
 }
 
 /// Token counts in Codex's `TokenUsageBreakdown` shape. Skein's models
-/// report input and output tokens only: cached and reasoning tokens are 0.
+/// report input and output tokens only: cached, cache-write and reasoning
+/// tokens are 0.
 pub fn usage_breakdown(usage: TokenUsage) -> TokenUsageBreakdown {
     TokenUsageBreakdown {
         input_tokens: usage.input_tokens,
         output_tokens: usage.output_tokens,
         cached_input_tokens: 0,
+        cache_write_input_tokens: 0,
         reasoning_output_tokens: 0,
         total_tokens: usage.input_tokens.saturating_add(usage.output_tokens),
     }
@@ -413,13 +415,14 @@ pub fn notification(event: Event) -> Option<ServerNotification> {
             turn_id,
             last,
             total,
+            model_context_window,
         } => ServerNotification::ThreadTokenUsageUpdated(ThreadTokenUsageUpdatedNotification {
             thread_id,
             turn_id,
             token_usage: ThreadTokenUsage {
                 total: usage_breakdown(total),
                 last: usage_breakdown(last),
-                model_context_window: None,
+                model_context_window,
             },
         }),
         EventMsg::ShutdownComplete => return None,
@@ -716,16 +719,19 @@ mod tests {
             params(EventMsg::TokenUsageUpdated {
                 turn_id: "t1".into(),
                 last: usage(1, 2),
-                total: usage(10, 20)
+                total: usage(10, 20),
+                model_context_window: Some(128_000)
             }),
             (
                 "thread/tokenUsage/updated",
                 json!({"threadId": "th", "turnId": "t1", "tokenUsage": {
                     "total": {"inputTokens": 10, "outputTokens": 20, "cachedInputTokens": 0,
+                              "cacheWriteInputTokens": 0,
                               "reasoningOutputTokens": 0, "totalTokens": 30},
                     "last": {"inputTokens": 1, "outputTokens": 2, "cachedInputTokens": 0,
+                             "cacheWriteInputTokens": 0,
                              "reasoningOutputTokens": 0, "totalTokens": 3},
-                    "modelContextWindow": null}})
+                    "modelContextWindow": 128_000}})
             )
         );
         assert!(notification(event(EventMsg::ShutdownComplete)).is_none());

@@ -165,6 +165,8 @@ struct RawConfig {
     #[serde(default)]
     max_tool_rounds: Option<u32>,
     #[serde(default)]
+    model_context_window: Option<u64>,
+    #[serde(default)]
     otel: OtelConfig,
 }
 
@@ -297,6 +299,9 @@ pub struct Config {
     pub mcp_servers: BTreeMap<String, McpServerConfig>,
     /// Bound on model calls answered with tool calls in one turn.
     pub max_tool_rounds: u32,
+    /// The context window of the configured model, in tokens
+    /// (`model_context_window`, Codex's key), when configured.
+    pub model_context_window: Option<u64>,
     /// Content recording.
     pub content: ContentPolicy,
 }
@@ -310,6 +315,7 @@ impl Default for Config {
             providers: builtin_providers(&|_| None),
             mcp_servers: BTreeMap::new(),
             max_tool_rounds: DEFAULT_MAX_TOOL_ROUNDS,
+            model_context_window: None,
             content: ContentPolicy {
                 capture: false,
                 redact: Vec::new(),
@@ -499,6 +505,7 @@ impl Config {
             providers,
             mcp_servers: raw.mcp_servers,
             max_tool_rounds: raw.max_tool_rounds.unwrap_or(DEFAULT_MAX_TOOL_ROUNDS),
+            model_context_window: raw.model_context_window,
             content: ContentPolicy {
                 capture: raw.otel.capture_content.unwrap_or(false) || capture_from_env(env),
                 redact,

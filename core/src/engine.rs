@@ -180,6 +180,7 @@ async fn run(turn: Turn, span: tracing::Span) {
             turn_id: turn.turn_id.clone(),
             last: usage,
             total: total_usage,
+            model_context_window: context_window(&turn),
         });
     }
     if now_idle {
@@ -350,6 +351,16 @@ async fn run_in_span(mut turn: Turn, span: tracing::Span) -> Ending {
         now_idle,
         summary,
     }
+}
+
+/// The context window of the turn's model, when known: configured with
+/// `model_context_window` for the configured model (Skein's providers
+/// report no model's window).
+fn context_window(turn: &Turn) -> Option<u64> {
+    let config = turn.runtime.config();
+    (turn.model.name == config.model && turn.model.provider == config.model_provider)
+        .then_some(config.model_context_window)
+        .flatten()
 }
 
 /// The turn's summary, as `turn/completed` shows it: its user message

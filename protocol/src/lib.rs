@@ -337,6 +337,8 @@ pub enum EventMsg {
         last: TokenUsage,
         /// The thread's usage over all its turns.
         total: TokenUsage,
+        /// The context window of the thread's model in tokens, when known.
+        model_context_window: Option<u64>,
     },
     /// The thread's loop stopped; no event follows.
     ShutdownComplete,

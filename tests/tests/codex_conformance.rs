@@ -37,8 +37,11 @@ async fn call(client: &mut Client, seen: &mut Vec<String>, method: &str, params:
 async fn every_method_and_notification_conforms_to_the_codex_schemas(transport: Transport) {
     // Slow enough that a long turn is still running when it is steered and
     // interrupted; short inputs still finish quickly.
-    let mut server =
-        Server::start_with(transport, ServerOptions::default().echo_delay_ms(20)).await;
+    let options = ServerOptions::default()
+        .echo_delay_ms(20)
+        .arg("-c")
+        .arg("model_context_window=32000");
+    let mut server = Server::start_with(transport, options).await;
     let mut client = server.connect().await;
     let mut seen = Vec::new();
 
@@ -242,6 +245,28 @@ async fn every_method_and_notification_conforms_to_the_codex_schemas(transport: 
             ][..]
         ),
         "{turn_items:?}"
+    );
+    // The token usage names the configured model's window, and Codex's
+    // cache-write count (Skein's models report none).
+    let usage = client
+        .received()
+        .iter()
+        .find(|m| {
+            m["method"] == "thread/tokenUsage/updated" && m["params"]["turnId"] == json!(turn_id)
+        })
+        .cloned()
+        .expect("thread/tokenUsage/updated");
+    let token_usage = &usage["params"]["tokenUsage"];
+    assert_eq!(token_usage["modelContextWindow"], json!(32000), "{usage}");
+    assert_eq!(
+        token_usage["last"]["cacheWriteInputTokens"],
+        json!(0),
+        "{usage}"
+    );
+    assert_eq!(
+        token_usage["total"]["cacheWriteInputTokens"],
+        json!(0),
+        "{usage}"
     );
     let summary = &completed["params"]["turn"];
     assert_eq!(summary["itemsView"], json!("summary"), "{completed}");
