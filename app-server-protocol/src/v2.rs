@@ -147,6 +147,9 @@ pub struct Thread {
     /// The thread's turns; filled only when asked for.
     #[serde(default)]
     pub turns: Vec<Turn>,
+    /// The thread this one was forked from, if it was.
+    #[serde(default)]
+    pub forked_from_id: Option<String>,
 }
 
 /// A thread's status, as `thread.status` and `thread/status/changed` carry
@@ -878,6 +881,24 @@ pub struct ThreadStatusChangedNotification {
     pub status: ThreadStatus,
 }
 
+/// Params of the `thread/name/updated` notification.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThreadNameUpdatedNotification {
+    /// The thread.
+    pub thread_id: String,
+    /// Its new name.
+    pub thread_name: Option<String>,
+}
+
+/// Params of the `thread/archived` and `thread/unarchived` notifications.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThreadIdNotification {
+    /// The thread.
+    pub thread_id: String,
+}
+
 /// Params of the `thread/tokenUsage/updated` notification.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -931,6 +952,12 @@ pub enum ServerNotification {
     ThreadStarted(Box<ThreadStartedNotification>),
     /// `thread/status/changed`.
     ThreadStatusChanged(ThreadStatusChangedNotification),
+    /// `thread/name/updated`.
+    ThreadNameUpdated(ThreadNameUpdatedNotification),
+    /// `thread/archived`.
+    ThreadArchived(ThreadIdNotification),
+    /// `thread/unarchived`.
+    ThreadUnarchived(ThreadIdNotification),
     /// `thread/tokenUsage/updated`.
     ThreadTokenUsageUpdated(ThreadTokenUsageUpdatedNotification),
     /// `turn/started`.
@@ -951,6 +978,9 @@ impl ServerNotification {
         match self {
             ServerNotification::ThreadStarted(_) => "thread/started",
             ServerNotification::ThreadStatusChanged(_) => "thread/status/changed",
+            ServerNotification::ThreadNameUpdated(_) => "thread/name/updated",
+            ServerNotification::ThreadArchived(_) => "thread/archived",
+            ServerNotification::ThreadUnarchived(_) => "thread/unarchived",
             ServerNotification::ThreadTokenUsageUpdated(_) => "thread/tokenUsage/updated",
             ServerNotification::TurnStarted(_) => "turn/started",
             ServerNotification::TurnCompleted(_) => "turn/completed",

@@ -157,9 +157,9 @@ impl MessageProcessor {
             }
             Method::TurnInterrupt => self.turn_interrupt(parse_params(params)?).await,
             Method::ThreadLoadedList => self.thread_loaded_list(parse_params(params)?),
-            Method::ThreadArchive => self.thread_archive(parse_params(params)?).await,
-            Method::ThreadUnarchive => self.thread_unarchive(parse_params(params)?).await,
-            Method::ThreadNameSet => self.thread_name_set(parse_params(params)?).await,
+            Method::ThreadArchive => self.thread_archive(parse_params(params)?, session).await,
+            Method::ThreadUnarchive => self.thread_unarchive(parse_params(params)?, session).await,
+            Method::ThreadNameSet => self.thread_name_set(parse_params(params)?, session).await,
             Method::ThreadTurnsList => self.thread_turns_list(parse_params(params)?),
             Method::AccountRead => crate::environment::account_read(parse_params(params)?),
             Method::AccountRateLimitsRead => crate::environment::account_rate_limits_read(),

@@ -13,10 +13,10 @@ use serde_json::Value;
 use skein_app_server_protocol::v2::{
     AgentMessageDeltaNotification, ItemCompletedNotification, ItemStartedNotification,
     McpToolCallError, McpToolCallResult, McpToolCallStatus, ReasoningEffortOption, SandboxPolicy,
-    ServerNotification, Thread, ThreadItem, ThreadStartResponse, ThreadStatus,
-    ThreadStatusChangedNotification, ThreadTokenUsage, ThreadTokenUsageUpdatedNotification,
-    TokenUsageBreakdown, Turn, TurnCompletedNotification, TurnError, TurnItemsView,
-    TurnStartedNotification, UserInput,
+    ServerNotification, Thread, ThreadIdNotification, ThreadItem, ThreadNameUpdatedNotification,
+    ThreadStartResponse, ThreadStatus, ThreadStatusChangedNotification, ThreadTokenUsage,
+    ThreadTokenUsageUpdatedNotification, TokenUsageBreakdown, Turn, TurnCompletedNotification,
+    TurnError, TurnItemsView, TurnStartedNotification, UserInput,
 };
 use skein_core::{
     ThreadInfo, ToolCallStatus, TurnItem, TurnRecord, answer_item_id, answer_item_kind,
@@ -98,6 +98,7 @@ pub fn thread_to_wire(
         updated_at: info.updated_at,
         ephemeral: info.ephemeral,
         turns: turns.iter().map(turn_to_wire).collect(),
+        forked_from_id: info.forked_from_id.clone(),
     }
 }
 
@@ -404,6 +405,18 @@ pub fn notification(event: Event) -> Option<ServerNotification> {
                 turn,
                 usage,
             })
+        }
+        EventMsg::ThreadNameUpdated { name } => {
+            ServerNotification::ThreadNameUpdated(ThreadNameUpdatedNotification {
+                thread_id,
+                thread_name: name,
+            })
+        }
+        EventMsg::ThreadArchived => {
+            ServerNotification::ThreadArchived(ThreadIdNotification { thread_id })
+        }
+        EventMsg::ThreadUnarchived => {
+            ServerNotification::ThreadUnarchived(ThreadIdNotification { thread_id })
         }
         EventMsg::ThreadStatusChanged { status } => {
             ServerNotification::ThreadStatusChanged(ThreadStatusChangedNotification {

@@ -383,6 +383,18 @@ impl ThreadStore {
         id: &str,
         turns: &[TurnRecord],
     ) -> Result<ThreadFile, StoreError> {
+        self.create_with(header, id, turns, &[])
+    }
+
+    /// [`create`](Self::create), writing `trailing` records (such as a
+    /// fork's name) after the turns.
+    pub fn create_with(
+        &self,
+        header: &Record,
+        id: &str,
+        turns: &[TurnRecord],
+        trailing: &[Record],
+    ) -> Result<ThreadFile, StoreError> {
         let path = self.path_of(id);
         let file = owner_only::open_options()
             .create_new(true)
@@ -403,6 +415,9 @@ impl ThreadStore {
                     for record in turn_records(turn) {
                         thread_file.append(&record, false)?;
                     }
+                }
+                for record in trailing {
+                    thread_file.append(record, false)?;
                 }
                 thread_file
                     .file

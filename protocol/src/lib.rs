@@ -329,6 +329,15 @@ pub enum EventMsg {
         /// The new status.
         status: ThreadStatus,
     },
+    /// The thread was named (`thread/name/set`).
+    ThreadNameUpdated {
+        /// The new name.
+        name: Option<String>,
+    },
+    /// The thread was archived.
+    ThreadArchived,
+    /// The thread was unarchived.
+    ThreadUnarchived,
     /// The thread's token usage changed: a turn used tokens.
     TokenUsageUpdated {
         /// The turn that used them.

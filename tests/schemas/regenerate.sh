@@ -59,6 +59,9 @@ files=(
   v2/ThreadGoalGetResponse.json
   v2/ThreadStartedNotification.json
   v2/ThreadStatusChangedNotification.json
+  v2/ThreadNameUpdatedNotification.json
+  v2/ThreadArchivedNotification.json
+  v2/ThreadUnarchivedNotification.json
   v2/ThreadTokenUsageUpdatedNotification.json
   v2/TurnStartedNotification.json
   v2/TurnCompletedNotification.json

@@ -390,6 +390,14 @@ async fn every_method_and_notification_conforms_to_the_codex_schemas(transport: 
         Some(1),
         "{forked}"
     );
+    // A fork says where it comes from and keeps its source's name.
+    assert_eq!(
+        forked["thread"]["forkedFromId"],
+        json!(thread_id),
+        "{forked}"
+    );
+    assert_eq!(forked["thread"]["name"], json!("conformance"), "{forked}");
+    assert_eq!(started["thread"]["forkedFromId"], json!(null), "{started}");
     call(
         &mut client,
         &mut seen,
@@ -456,6 +464,105 @@ async fn every_method_and_notification_conforms_to_the_codex_schemas(transport: 
         );
     }
     client.close().await;
+    server.shutdown().await;
+}
+
+/// Naming, archiving and unarchiving a thread reach every connection that
+/// follows it, whoever asked, in Codex's shapes; a caller that does not
+/// follow the thread gets them too, with its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thread_changes_reach_every_connection_following_the_thread() {
+    let mut server = Server::start(Transport::WebSocket).await;
+    let mut owner = server.connect().await;
+    owner.initialize("owner", "1.0.0").await;
+    let thread_id = owner.start_thread().await;
+    let mut follower = server.connect().await;
+    follower.initialize("follower", "1.0.0").await;
+    follower
+        .request(
+            "thread/resume",
+            json!({"threadId": thread_id, "excludeTurns": true}),
+            None,
+        )
+        .await
+        .result();
+    let mut bystander = server.connect().await;
+    bystander.initialize("bystander", "1.0.0").await;
+
+    let of_thread = |method: &'static str| {
+        let thread_id = thread_id.clone();
+        move |n: &Value| n["method"] == method && n["params"]["threadId"] == json!(thread_id)
+    };
+    async fn expect(
+        client: &mut Client,
+        method: &'static str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let n = client.wait_for_notification(method, pred).await;
+        assert_valid_notification(&n);
+        n
+    }
+
+    // Named by a connection that does not follow the thread.
+    let named = bystander
+        .request(
+            "thread/name/set",
+            json!({"threadId": thread_id, "name": "shared"}),
+            None,
+        )
+        .await;
+    assert_eq!(named.result(), &json!({}));
+    for client in [&mut owner, &mut follower, &mut bystander] {
+        let n = expect(
+            client,
+            "thread/name/updated",
+            of_thread("thread/name/updated"),
+        )
+        .await;
+        assert_eq!(n["params"]["threadName"], json!("shared"), "{n}");
+    }
+
+    // Archived by its owner: status first, then the archiving.
+    owner
+        .request("thread/archive", json!({"threadId": thread_id}), None)
+        .await
+        .result();
+    for client in [&mut owner, &mut follower] {
+        let status = expect(
+            client,
+            "thread/status/changed",
+            of_thread("thread/status/changed"),
+        )
+        .await;
+        assert_eq!(
+            status["params"]["status"],
+            json!({"type": "idle"}),
+            "{status}"
+        );
+        expect(client, "thread/archived", of_thread("thread/archived")).await;
+    }
+
+    // Unarchived by the follower.
+    follower
+        .request("thread/unarchive", json!({"threadId": thread_id}), None)
+        .await
+        .result();
+    for client in [&mut owner, &mut follower] {
+        expect(client, "thread/unarchived", of_thread("thread/unarchived")).await;
+    }
+    // The bystander followed none of it but its own request.
+    assert!(
+        !bystander
+            .received()
+            .iter()
+            .any(|m| m["method"] == "thread/archived" || m["method"] == "thread/unarchived"),
+        "{:?}",
+        bystander.received()
+    );
+
+    for client in [owner, follower, bystander] {
+        client.close().await;
+    }
     server.shutdown().await;
 }
 

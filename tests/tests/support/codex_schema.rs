@@ -89,6 +89,12 @@ pub const NOTIFICATION_SCHEMAS: &[(&str, &str)] = &[
         "thread/tokenUsage/updated",
         "v2/ThreadTokenUsageUpdatedNotification.json",
     ),
+    (
+        "thread/name/updated",
+        "v2/ThreadNameUpdatedNotification.json",
+    ),
+    ("thread/archived", "v2/ThreadArchivedNotification.json"),
+    ("thread/unarchived", "v2/ThreadUnarchivedNotification.json"),
     ("turn/started", "v2/TurnStartedNotification.json"),
     ("turn/completed", "v2/TurnCompletedNotification.json"),
     ("item/started", "v2/ItemStartedNotification.json"),
@@ -171,19 +177,27 @@ pub fn assert_valid_result(method: &str, result: &Value) {
     assert_valid(result_schema(method), &format!("{method} result"), result);
 }
 
-/// Checks a notification: its method and params together against Codex's
-/// `ServerNotification`, then its params against the notification's own
-/// schema. Envelope members Codex clients ignore (`jsonrpc`, `trace`) are
-/// left out.
+/// Checks a notification: its method, params and `emittedAtMs` together
+/// against Codex's `ServerNotification`, then its params against the
+/// notification's own schema. `emittedAtMs` is optional in the schema but
+/// Codex always sends it, so it must be there. Envelope members Codex
+/// clients ignore (`jsonrpc`, `trace`) are left out.
 pub fn assert_valid_notification(message: &Value) {
     let method = message["method"]
         .as_str()
         .unwrap_or_else(|| panic!("notification without a method: {message}"));
     let params = &message["params"];
+    let emitted_at_ms = &message["emittedAtMs"];
+    assert!(
+        emitted_at_ms
+            .as_i64()
+            .is_some_and(|ms| ms > 1_600_000_000_000),
+        "{method} notification without emittedAtMs (Unix milliseconds): {message}"
+    );
     assert_valid(
         "ServerNotification.json",
         &format!("{method} notification"),
-        &json!({"method": method, "params": params}),
+        &json!({"method": method, "params": params, "emittedAtMs": emitted_at_ms}),
     );
     assert_valid(
         notification_schema(method),
