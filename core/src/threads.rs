@@ -400,9 +400,11 @@ impl ThreadManager {
         {
             return Err(ThreadError::InvalidCursor(c.to_owned()));
         }
-        // Loaded threads (ephemeral ones included) and stored ones, which
-        // other processes sharing the store may have written; ids are
-        // UUIDv7, so sorting them sorts by creation time.
+        // Loaded threads and stored ones, which other processes sharing
+        // the store may have written; ids are UUIDv7, so sorting them
+        // sorts by creation time. Ephemeral threads are left out, as
+        // Codex lists only threads it keeps on disk (the Codex TUI starts
+        // ephemeral side threads, which `resume --last` must not pick).
         let mut ids: Vec<String> = self.lock().threads.keys().cloned().collect();
         if let Some(store) = &self.store {
             ids.extend(store.list_ids().map_err(ThreadError::from)?);
@@ -418,7 +420,7 @@ impl ThreadManager {
                 break;
             }
             match self.read(id) {
-                Ok(info) if info.archived == archived => page.push(info),
+                Ok(info) if info.archived == archived && !info.ephemeral => page.push(info),
                 Ok(_) => {}
                 // A corrupt or vanished file never hides the other threads.
                 Err(err) => tracing::warn!(thread = %id, %err, "skipping an unreadable thread"),

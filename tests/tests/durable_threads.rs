@@ -808,6 +808,11 @@ async fn ephemeral_thread_leaves_no_file_while_a_normal_one_is_written_as_json_l
     );
     let normal_id = normal.thread_id();
     let turn = run_turn(&mut client, &normal_id, "kept on disk").await;
+    // As in Codex, only threads kept on disk are listed.
+    assert_eq!(
+        listed_ids(&mut client).await,
+        std::slice::from_ref(&normal_id)
+    );
 
     // The completed turn is on disk by the time turn/completed arrived.
     let normal_file = home.thread_file(&normal_id);
