@@ -427,6 +427,19 @@ async fn every_method_and_notification_conforms_to_the_codex_schemas(transport: 
     )
     .await;
     assert_eq!(unarchived["thread"]["name"], json!("conformance"));
+    // The thread's changes reach this connection, which follows the thread,
+    // through its forwarder: wait for them before unsubscribing.
+    for method in [
+        "thread/name/updated",
+        "thread/archived",
+        "thread/unarchived",
+    ] {
+        client
+            .wait_for_notification(method, |n| {
+                n["method"] == method && n["params"]["threadId"] == json!(thread_id)
+            })
+            .await;
+    }
     call(&mut client, &mut seen, "thread/list", json!({"limit": 10})).await;
     let unsubscribed = call(
         &mut client,
