@@ -757,14 +757,24 @@ pub struct OutgoingNotification {
     /// The trace context the notification belongs to (for turn
     /// notifications, the turn span's).
     pub trace: Option<W3cTraceContext>,
+    /// When the server emitted it, milliseconds since the Unix epoch:
+    /// the envelope's `emittedAtMs`, beside `method` and `params`, as
+    /// Codex sends it.
+    pub emitted_at_ms: i64,
 }
 
 impl OutgoingNotification {
-    /// A notification without trace context.
+    /// A notification without trace context, emitted now.
     pub fn new(notification: ServerNotification) -> Self {
+        Self::with_trace(notification, None)
+    }
+
+    /// A notification in the trace context `trace`, emitted now.
+    pub fn with_trace(notification: ServerNotification, trace: Option<W3cTraceContext>) -> Self {
         Self {
             notification,
-            trace: None,
+            trace,
+            emitted_at_ms: unix_now_ms(),
         }
     }
 
@@ -784,6 +794,7 @@ impl OutgoingNotification {
                 jsonrpc: JSONRPC_VERSION,
                 method: self.notification.method(),
                 params: &self.notification,
+                emitted_at_ms: self.emitted_at_ms,
                 trace: self.trace.as_ref(),
             },
         );
@@ -801,6 +812,7 @@ impl OutgoingNotification {
             "params".into(),
             serde_json::to_value(&self.notification).unwrap_or(Value::Null),
         );
+        obj.insert("emittedAtMs".into(), Value::from(self.emitted_at_ms));
         if let Some(trace) = &self.trace {
             obj.insert(
                 "trace".into(),
@@ -817,8 +829,16 @@ impl OutgoingNotification {
             48 + t.traceparent.as_ref().map_or(0, String::len)
                 + t.tracestate.as_ref().map_or(0, String::len)
         });
-        40 + self.notification.method().len() + self.notification.params_len_hint() + trace
+        // `"emittedAtMs":` and up to 20 digits take 35 bytes.
+        75 + self.notification.method().len() + self.notification.params_len_hint() + trace
     }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[derive(Serialize)]
@@ -840,6 +860,8 @@ struct WireNotification<'a, P> {
     jsonrpc: &'static str,
     method: &'a str,
     params: &'a P,
+    #[serde(rename = "emittedAtMs")]
+    emitted_at_ms: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     trace: Option<&'a W3cTraceContext>,
 }
@@ -1017,6 +1039,7 @@ mod tests {
                 traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
                 tracestate: Some("vendor=x".into()),
             }),
+            emitted_at_ms: 1_767_225_600_123,
         };
         let parsed: Value = serde_json::from_str(&traced.to_json()).expect("json");
         assert_eq!(parsed, traced.to_value());
@@ -1031,6 +1054,7 @@ mod tests {
                     "itemId": "019a0000-0000-7000-8000-000000000003",
                     "delta": "hé \"quoted\"\n",
                 },
+                "emittedAtMs": 1_767_225_600_123_i64,
                 "trace": {
                     "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
                     "tracestate": "vendor=x",
@@ -1041,6 +1065,13 @@ mod tests {
         let parsed: Value = serde_json::from_str(&untraced.to_json()).expect("json");
         assert_eq!(parsed, untraced.to_value());
         assert!(parsed.get("trace").is_none(), "{parsed}");
+        // Stamped when made.
+        assert!(
+            parsed["emittedAtMs"]
+                .as_i64()
+                .is_some_and(|at| at > 1_600_000_000_000),
+            "{parsed}"
+        );
     }
 
     #[test]
@@ -1051,6 +1082,7 @@ mod tests {
                 trace: Some(W3cTraceContext::from_traceparent(
                     "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
                 )),
+                emitted_at_ms: 1_767_225_600_123,
             };
             let hint = message.len_hint();
             let json = message.to_json();

@@ -78,6 +78,12 @@ methods! {
     SkillsList => "skills/list",
     AppList => "app/list",
     McpServerStatusList => "mcpServerStatus/list",
+    HooksList => "hooks/list",
+    CollaborationModeList => "collaborationMode/list",
+    PluginInstalled => "plugin/installed",
+    ThreadBackgroundTerminalsList => "thread/backgroundTerminals/list",
+    ThreadGoalGet => "thread/goal/get",
+    AccountBedrockCheckGovCloudRequirements => "account/bedrock/checkGovCloudRequirements",
 }
 
 /// Name of the notification a client sends after `initialize`.

@@ -147,6 +147,9 @@ pub struct Thread {
     /// The thread's turns; filled only when asked for.
     #[serde(default)]
     pub turns: Vec<Turn>,
+    /// The thread this one was forked from, if it was.
+    #[serde(default)]
+    pub forked_from_id: Option<String>,
 }
 
 /// A thread's status, as `thread.status` and `thread/status/changed` carry
@@ -615,7 +618,9 @@ pub enum SortDirection {
 pub enum TurnItemsView {
     /// No items.
     NotLoaded,
-    /// A summary (Skein returns every item, which is as short).
+    /// A display summary: the user's message and the answer (what
+    /// `turn/completed` carries). `thread/turns/list` answers it with every
+    /// item, which is as short.
     Summary,
     /// Every item.
     Full,
@@ -699,6 +704,107 @@ pub struct PageParams {
     pub limit: Option<u32>,
 }
 
+/// Parameters of `hooks/list`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HooksListParams {
+    /// Working directories to inspect.
+    #[serde(default)]
+    pub cwds: Vec<String>,
+    /// A loaded thread whose hooks to list.
+    #[serde(default)]
+    pub thread_id: Option<String>,
+}
+
+/// Result of `hooks/list`: one entry per inspected directory. Skein runs
+/// no hooks, so there are none.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HooksListResponse {
+    /// The hooks by directory (Codex's `HooksListEntry`; always empty).
+    pub data: Vec<Value>,
+}
+
+/// Result of `collaborationMode/list`. Skein has no collaboration mode
+/// presets.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CollaborationModeListResponse {
+    /// The presets (Codex's `CollaborationModeMask`; always empty).
+    pub data: Vec<Value>,
+}
+
+/// Parameters of `plugin/installed`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginInstalledParams {
+    /// Directories whose repository marketplaces to consider.
+    #[serde(default)]
+    pub cwds: Option<Vec<String>>,
+    /// Uninstalled plugins to report when present locally.
+    #[serde(default)]
+    pub install_suggestion_plugin_names: Option<Vec<String>>,
+}
+
+/// Result of `plugin/installed`. Skein has no plugins.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginInstalledResponse {
+    /// Marketplaces with installed plugins (Codex's
+    /// `PluginMarketplaceEntry`; always empty).
+    pub marketplaces: Vec<Value>,
+    /// Marketplaces that failed to load (always empty).
+    pub marketplace_load_errors: Vec<Value>,
+}
+
+/// Parameters of `thread/backgroundTerminals/list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThreadBackgroundTerminalsListParams {
+    /// The thread.
+    pub thread_id: String,
+    /// Opaque cursor from a previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Page size.
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// Result of `thread/backgroundTerminals/list`. Skein runs no terminals.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThreadBackgroundTerminalsListResponse {
+    /// The thread's background terminals (Codex's
+    /// `ThreadBackgroundTerminal`; always empty).
+    pub data: Vec<Value>,
+    /// Cursor for the next page: never one.
+    pub next_cursor: Option<String>,
+}
+
+/// Parameters of `thread/goal/get`.
+pub type ThreadGoalGetParams = ThreadIdParams;
+
+/// Result of `thread/goal/get`. Skein threads have no goal.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThreadGoalGetResponse {
+    /// The thread's goal (Codex's `ThreadGoal`): always `null`.
+    pub goal: Option<Value>,
+}
+
+/// Result of `account/bedrock/checkGovCloudRequirements`. Skein does not
+/// authenticate to Bedrock, so no GovCloud region is in use and nothing
+/// needs a warning.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BedrockCheckGovCloudRequirementsResponse {
+    /// Whether Bedrock authentication resolves to a GovCloud region.
+    pub is_gov_cloud: bool,
+    /// Whether the client should warn about GovCloud requirements.
+    pub should_warn: bool,
+}
+
 /// Params of the `turn/started` notification.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -716,7 +822,8 @@ pub struct TurnCompletedNotification {
     /// The thread.
     pub thread_id: String,
     /// The turn, in its final status (with `error` when it failed), with
-    /// no items.
+    /// its summary view of items (`itemsView: "summary"`): its user message
+    /// and its answer.
     pub turn: Turn,
     /// Tokens the turn used (a Skein addition; Codex clients ignore it).
     pub usage: skein_protocol::TokenUsage,
@@ -774,6 +881,24 @@ pub struct ThreadStatusChangedNotification {
     pub status: ThreadStatus,
 }
 
+/// Params of the `thread/name/updated` notification.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThreadNameUpdatedNotification {
+    /// The thread.
+    pub thread_id: String,
+    /// Its new name.
+    pub thread_name: Option<String>,
+}
+
+/// Params of the `thread/archived` and `thread/unarchived` notifications.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThreadIdNotification {
+    /// The thread.
+    pub thread_id: String,
+}
+
 /// Params of the `thread/tokenUsage/updated` notification.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -794,9 +919,9 @@ pub struct ThreadTokenUsage {
     pub total: TokenUsageBreakdown,
     /// Of the last turn.
     pub last: TokenUsageBreakdown,
-    /// The model's context window in tokens, when known (Skein does not
-    /// know it: always `null`).
-    pub model_context_window: Option<i64>,
+    /// The model's context window in tokens, when known (from
+    /// `model_context_window` in config.toml for the configured model).
+    pub model_context_window: Option<u64>,
 }
 
 /// Token counts by kind.
@@ -809,6 +934,8 @@ pub struct TokenUsageBreakdown {
     pub output_tokens: u64,
     /// Input tokens served from the provider's cache.
     pub cached_input_tokens: u64,
+    /// Input tokens written to the provider's cache.
+    pub cache_write_input_tokens: u64,
     /// Output tokens spent on reasoning.
     pub reasoning_output_tokens: u64,
     /// Input and output tokens together.
@@ -825,6 +952,12 @@ pub enum ServerNotification {
     ThreadStarted(Box<ThreadStartedNotification>),
     /// `thread/status/changed`.
     ThreadStatusChanged(ThreadStatusChangedNotification),
+    /// `thread/name/updated`.
+    ThreadNameUpdated(ThreadNameUpdatedNotification),
+    /// `thread/archived`.
+    ThreadArchived(ThreadIdNotification),
+    /// `thread/unarchived`.
+    ThreadUnarchived(ThreadIdNotification),
     /// `thread/tokenUsage/updated`.
     ThreadTokenUsageUpdated(ThreadTokenUsageUpdatedNotification),
     /// `turn/started`.
@@ -845,6 +978,9 @@ impl ServerNotification {
         match self {
             ServerNotification::ThreadStarted(_) => "thread/started",
             ServerNotification::ThreadStatusChanged(_) => "thread/status/changed",
+            ServerNotification::ThreadNameUpdated(_) => "thread/name/updated",
+            ServerNotification::ThreadArchived(_) => "thread/archived",
+            ServerNotification::ThreadUnarchived(_) => "thread/unarchived",
             ServerNotification::ThreadTokenUsageUpdated(_) => "thread/tokenUsage/updated",
             ServerNotification::TurnStarted(_) => "turn/started",
             ServerNotification::TurnCompleted(_) => "turn/completed",

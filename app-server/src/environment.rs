@@ -1,9 +1,11 @@
 //! What the server's environment offers a Codex client at startup:
-//! account, configuration, skills, apps and MCP servers.
+//! account, configuration, skills, apps, MCP servers, hooks, plugins,
+//! collaboration modes, and a thread's goal and background terminals.
 //!
-//! Skein has no account, needs no authentication, and has no skills or
-//! apps: those methods answer that honestly, in the shape Codex clients
-//! parse. `config/read` and `mcpServerStatus/list` answer from the
+//! Skein has no account, needs no authentication, and has no skills, apps,
+//! hooks, plugins, collaboration mode presets, thread goals or background
+//! terminals: those methods answer that honestly, in the shape Codex
+//! clients parse. `config/read` and `mcpServerStatus/list` answer from the
 //! configuration Skein runs with (`config.toml` and `-c` overrides),
 //! secrets redacted.
 
@@ -13,13 +15,16 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use skein_app_server_protocol::v2::{
-    ConfigReadParams, GetAccountParams, PageParams, SkillsListParams,
+    BedrockCheckGovCloudRequirementsResponse, CollaborationModeListResponse, ConfigReadParams,
+    GetAccountParams, HooksListParams, HooksListResponse, PageParams, PluginInstalledParams,
+    PluginInstalledResponse, SkillsListParams, ThreadBackgroundTerminalsListParams,
+    ThreadBackgroundTerminalsListResponse, ThreadGoalGetParams, ThreadGoalGetResponse,
 };
 use skein_core::ThreadManager;
 use skein_core::config::{Config, DEFAULT_TOOL_TIMEOUT_MS};
 use skein_core::mcp::McpServerState;
 
-use crate::processor::{HandlerResult, MessageProcessor, to_result};
+use crate::processor::{HandlerResult, MessageProcessor, thread_error, to_result};
 use crate::wire::{APPROVAL_POLICY, APPROVALS_REVIEWER};
 
 /// `sandbox_mode` in Codex's configuration vocabulary: Skein runs no
@@ -60,6 +65,28 @@ pub fn skills_list(_params: SkillsListParams) -> HandlerResult {
 /// `app/list`: Skein has no apps.
 pub fn app_list(_params: PageParams) -> HandlerResult {
     to_result(json!({"data": [], "nextCursor": null}))
+}
+
+/// `hooks/list`: Skein runs no hooks, in any directory.
+pub fn hooks_list(_params: HooksListParams) -> HandlerResult {
+    to_result(HooksListResponse::default())
+}
+
+/// `collaborationMode/list`: Skein has no collaboration mode presets.
+pub fn collaboration_mode_list() -> HandlerResult {
+    to_result(CollaborationModeListResponse::default())
+}
+
+/// `plugin/installed`: Skein has no plugins and no marketplaces.
+pub fn plugin_installed(_params: PluginInstalledParams) -> HandlerResult {
+    to_result(PluginInstalledResponse::default())
+}
+
+/// `account/bedrock/checkGovCloudRequirements`: Skein does not
+/// authenticate to Bedrock, so no GovCloud region is in use and there is
+/// nothing to warn about.
+pub fn bedrock_check_gov_cloud_requirements() -> HandlerResult {
+    to_result(BedrockCheckGovCloudRequirementsResponse::default())
 }
 
 /// The configured MCP servers, in Codex's `McpServerStatus` shape: their
@@ -141,6 +168,9 @@ pub struct EffectiveConfig {
     pub mcp_servers: BTreeMap<String, EffectiveMcpServer>,
     /// Bound on model calls answered with tool calls in one turn.
     pub max_tool_rounds: u32,
+    /// The configured model's context window, in tokens, when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_context_window: Option<u64>,
     /// Content recording on spans.
     pub otel: EffectiveOtel,
 }
@@ -225,6 +255,7 @@ pub fn effective_config(config: &Config) -> EffectiveConfig {
             })
             .collect(),
         max_tool_rounds: config.max_tool_rounds,
+        model_context_window: config.model_context_window,
         otel: EffectiveOtel {
             capture_content: config.content.capture,
             redact: vec![REDACTED; config.content.redact.len()],
@@ -237,6 +268,27 @@ impl MessageProcessor {
     /// `mcpServerStatus/list`: the configured MCP servers.
     pub(crate) fn mcp_server_status_list(&self, _params: PageParams) -> HandlerResult {
         to_result(json!({"data": mcp_servers(self.threads()), "nextCursor": null}))
+    }
+
+    /// `thread/goal/get`: Skein threads have no goal. An unknown thread is
+    /// refused, as for every thread method.
+    pub(crate) fn thread_goal_get(&self, params: ThreadGoalGetParams) -> HandlerResult {
+        self.threads()
+            .read(&params.thread_id)
+            .map_err(thread_error)?;
+        to_result(ThreadGoalGetResponse::default())
+    }
+
+    /// `thread/backgroundTerminals/list`: Skein runs no terminals, so a
+    /// known thread has none.
+    pub(crate) fn thread_background_terminals_list(
+        &self,
+        params: ThreadBackgroundTerminalsListParams,
+    ) -> HandlerResult {
+        self.threads()
+            .read(&params.thread_id)
+            .map_err(thread_error)?;
+        to_result(ThreadBackgroundTerminalsListResponse::default())
     }
 
     /// `config/read`: the effective configuration. Origins and layers are

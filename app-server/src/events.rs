@@ -18,10 +18,8 @@ use crate::session::OutboundItem;
 /// context, or `None` for internal events.
 pub fn notification_for(mut event: Event) -> Option<OutgoingNotification> {
     let trace = event.trace.take();
-    crate::wire::notification(event).map(|notification| OutgoingNotification {
-        notification,
-        trace,
-    })
+    crate::wire::notification(event)
+        .map(|notification| OutgoingNotification::with_trace(notification, trace))
 }
 
 /// Forwards a thread's events to a connection until the thread shuts down,

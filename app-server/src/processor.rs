@@ -157,9 +157,9 @@ impl MessageProcessor {
             }
             Method::TurnInterrupt => self.turn_interrupt(parse_params(params)?).await,
             Method::ThreadLoadedList => self.thread_loaded_list(parse_params(params)?),
-            Method::ThreadArchive => self.thread_archive(parse_params(params)?).await,
-            Method::ThreadUnarchive => self.thread_unarchive(parse_params(params)?).await,
-            Method::ThreadNameSet => self.thread_name_set(parse_params(params)?).await,
+            Method::ThreadArchive => self.thread_archive(parse_params(params)?, session).await,
+            Method::ThreadUnarchive => self.thread_unarchive(parse_params(params)?, session).await,
+            Method::ThreadNameSet => self.thread_name_set(parse_params(params)?, session).await,
             Method::ThreadTurnsList => self.thread_turns_list(parse_params(params)?),
             Method::AccountRead => crate::environment::account_read(parse_params(params)?),
             Method::AccountRateLimitsRead => crate::environment::account_rate_limits_read(),
@@ -168,6 +168,16 @@ impl MessageProcessor {
             Method::SkillsList => crate::environment::skills_list(parse_params(params)?),
             Method::AppList => crate::environment::app_list(parse_params(params)?),
             Method::McpServerStatusList => self.mcp_server_status_list(parse_params(params)?),
+            Method::HooksList => crate::environment::hooks_list(parse_params(params)?),
+            Method::CollaborationModeList => crate::environment::collaboration_mode_list(),
+            Method::PluginInstalled => crate::environment::plugin_installed(parse_params(params)?),
+            Method::ThreadBackgroundTerminalsList => {
+                self.thread_background_terminals_list(parse_params(params)?)
+            }
+            Method::ThreadGoalGet => self.thread_goal_get(parse_params(params)?),
+            Method::AccountBedrockCheckGovCloudRequirements => {
+                crate::environment::bedrock_check_gov_cloud_requirements()
+            }
         }
     }
 

@@ -184,6 +184,11 @@ impl ConnectionSession {
         subs.by_thread.insert(thread.id().to_owned(), abort);
     }
 
+    /// Whether the connection follows thread `id`'s events.
+    pub fn follows(&self, id: &str) -> bool {
+        self.subscriptions().by_thread.contains_key(id)
+    }
+
     /// Stops following thread `id`. Returns false when not following it.
     /// The client is then owed nothing more of the turns it started there.
     pub fn unsubscribe(&self, id: &str) -> bool {

@@ -2,15 +2,17 @@
 //! paging through a thread's turns.
 
 use serde_json::json;
-use skein_app_server_protocol::ErrorObject;
 use skein_app_server_protocol::v2::{
-    SortDirection, ThreadArchiveParams, ThreadLoadedListParams, ThreadLoadedListResponse,
-    ThreadSetNameParams, ThreadTurnsListParams, ThreadTurnsListResponse, ThreadUnarchiveResponse,
-    TurnItemsView,
+    ServerNotification, SortDirection, ThreadArchiveParams, ThreadIdNotification,
+    ThreadLoadedListParams, ThreadLoadedListResponse, ThreadSetNameParams, ThreadTurnsListParams,
+    ThreadTurnsListResponse, ThreadUnarchiveResponse, TurnItemsView,
 };
+use skein_app_server_protocol::{ErrorObject, OutgoingNotification};
 use skein_core::TurnRecord;
+use skein_protocol::{Event, EventMsg};
 
 use crate::processor::{HandlerResult, MessageProcessor, thread_error, to_result};
+use crate::session::ConnectionSession;
 use crate::wire::turn_to_wire;
 
 /// Default page size of the listings here.
@@ -51,34 +53,95 @@ impl MessageProcessor {
         to_result(ThreadLoadedListResponse { data, next_cursor })
     }
 
-    /// `thread/archive`: flags the thread archived in its history.
-    pub(crate) async fn thread_archive(&self, params: ThreadArchiveParams) -> HandlerResult {
+    /// `thread/archive`: flags the thread archived in its history. Every
+    /// connection following the thread gets `thread/status/changed` and
+    /// `thread/archived` (core sends them); so does the caller when it
+    /// does not follow it.
+    pub(crate) async fn thread_archive(
+        &self,
+        params: ThreadArchiveParams,
+        session: &ConnectionSession,
+    ) -> HandlerResult {
         self.threads
             .set_archived(&params.thread_id, true)
             .await
             .map_err(thread_error)?;
+        if !session.follows(&params.thread_id) {
+            let status = self.threads.status(&params.thread_id);
+            session.notify(Self::thread_event(
+                &params.thread_id,
+                EventMsg::ThreadStatusChanged { status },
+            ));
+            session.notify(Self::thread_event(
+                &params.thread_id,
+                EventMsg::ThreadArchived,
+            ));
+        }
         to_result(json!({}))
     }
 
-    /// `thread/unarchive`: clears the flag; returns the thread.
-    pub(crate) async fn thread_unarchive(&self, params: ThreadArchiveParams) -> HandlerResult {
+    /// `thread/unarchive`: clears the flag; returns the thread. Followers
+    /// (and the caller) get `thread/unarchived`.
+    pub(crate) async fn thread_unarchive(
+        &self,
+        params: ThreadArchiveParams,
+        session: &ConnectionSession,
+    ) -> HandlerResult {
         let info = self
             .threads
             .set_archived(&params.thread_id, false)
             .await
             .map_err(thread_error)?;
+        if !session.follows(&params.thread_id) {
+            session.notify(Self::thread_event(
+                &params.thread_id,
+                EventMsg::ThreadUnarchived,
+            ));
+        }
         to_result(ThreadUnarchiveResponse {
             thread: self.wire_thread(&info, &[]),
         })
     }
 
-    /// `thread/name/set`: names the thread in its history.
-    pub(crate) async fn thread_name_set(&self, params: ThreadSetNameParams) -> HandlerResult {
-        self.threads
+    /// `thread/name/set`: names the thread in its history. Followers (and
+    /// the caller) get `thread/name/updated`.
+    pub(crate) async fn thread_name_set(
+        &self,
+        params: ThreadSetNameParams,
+        session: &ConnectionSession,
+    ) -> HandlerResult {
+        let info = self
+            .threads
             .set_name(&params.thread_id, &params.name)
             .await
             .map_err(thread_error)?;
+        if !session.follows(&params.thread_id) {
+            session.notify(Self::thread_event(
+                &params.thread_id,
+                EventMsg::ThreadNameUpdated { name: info.name },
+            ));
+        }
         to_result(json!({}))
+    }
+
+    /// The notification for a thread event a handler sends the caller
+    /// itself (one that does not follow the thread): the same one the
+    /// followers get.
+    fn thread_event(thread_id: &str, msg: EventMsg) -> OutgoingNotification {
+        let event = Event {
+            thread_id: thread_id.to_owned(),
+            msg,
+            trace: None,
+            at_ms: 0,
+        };
+        let notification = crate::wire::notification(event).unwrap_or_else(|| {
+            // Only `ShutdownComplete` maps to nothing, and it is never sent
+            // here.
+            ServerNotification::ThreadArchived(ThreadIdNotification {
+                thread_id: thread_id.to_owned(),
+            })
+        });
+        OutgoingNotification::new(notification)
     }
 
     /// `thread/turns/list`: a page of the thread's turns, newest first by

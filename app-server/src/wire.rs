@@ -13,10 +13,10 @@ use serde_json::Value;
 use skein_app_server_protocol::v2::{
     AgentMessageDeltaNotification, ItemCompletedNotification, ItemStartedNotification,
     McpToolCallError, McpToolCallResult, McpToolCallStatus, ReasoningEffortOption, SandboxPolicy,
-    ServerNotification, Thread, ThreadItem, ThreadStartResponse, ThreadStatus,
-    ThreadStatusChangedNotification, ThreadTokenUsage, ThreadTokenUsageUpdatedNotification,
-    TokenUsageBreakdown, Turn, TurnCompletedNotification, TurnError, TurnStartedNotification,
-    UserInput,
+    ServerNotification, Thread, ThreadIdNotification, ThreadItem, ThreadNameUpdatedNotification,
+    ThreadStartResponse, ThreadStatus, ThreadStatusChangedNotification, ThreadTokenUsage,
+    ThreadTokenUsageUpdatedNotification, TokenUsageBreakdown, Turn, TurnCompletedNotification,
+    TurnError, TurnItemsView, TurnStartedNotification, UserInput,
 };
 use skein_core::{
     ThreadInfo, ToolCallStatus, TurnItem, TurnRecord, answer_item_id, answer_item_kind,
@@ -98,6 +98,7 @@ pub fn thread_to_wire(
         updated_at: info.updated_at,
         ephemeral: info.ephemeral,
         turns: turns.iter().map(turn_to_wire).collect(),
+        forked_from_id: info.forked_from_id.clone(),
     }
 }
 
@@ -197,10 +198,14 @@ pub fn item_to_wire(turn_id: &str, position: usize, item: &TurnItem) -> ThreadIt
     }
 }
 
-/// The item a turn streams or produces: an agent message with `text`, or
-/// a context compaction.
+/// An item of a turn as core events name it: the user's message, an agent
+/// message with `text`, or a context compaction.
 pub fn answer_item(id: String, kind: ItemKind, text: String) -> ThreadItem {
     match kind {
+        ItemKind::UserMessage => ThreadItem::UserMessage {
+            id,
+            content: vec![UserInput::Text { text }],
+        },
         ItemKind::AgentMessage => ThreadItem::AgentMessage { id, text },
         ItemKind::ContextCompaction => ThreadItem::ContextCompaction { id },
     }
@@ -277,12 +282,14 @@ pub fn turn_summary(id: String, status: TurnStatus, error: Option<String>) -> Tu
 }
 
 /// Token counts in Codex's `TokenUsageBreakdown` shape. Skein's models
-/// report input and output tokens only: cached and reasoning tokens are 0.
+/// report input and output tokens only: cached, cache-write and reasoning
+/// tokens are 0.
 pub fn usage_breakdown(usage: TokenUsage) -> TokenUsageBreakdown {
     TokenUsageBreakdown {
         input_tokens: usage.input_tokens,
         output_tokens: usage.output_tokens,
         cached_input_tokens: 0,
+        cache_write_input_tokens: 0,
         reasoning_output_tokens: 0,
         total_tokens: usage.input_tokens.saturating_add(usage.output_tokens),
     }
@@ -309,10 +316,11 @@ pub fn notification(event: Event) -> Option<ServerNotification> {
             turn_id,
             item_id,
             kind,
+            text,
         } => ServerNotification::ItemStarted(ItemStartedNotification {
             thread_id,
             turn_id,
-            item: answer_item(item_id, kind, String::new()),
+            item: answer_item(item_id, kind, text),
             started_at_ms: at_ms,
         }),
         EventMsg::AgentMessageDelta {
@@ -384,11 +392,32 @@ pub fn notification(event: Event) -> Option<ServerNotification> {
             status,
             error,
             usage,
-        } => ServerNotification::TurnCompleted(TurnCompletedNotification {
-            thread_id,
-            turn: turn_summary(turn_id, status, error),
-            usage,
-        }),
+            items,
+        } => {
+            let mut turn = turn_summary(turn_id, status, error);
+            turn.items = items
+                .into_iter()
+                .map(|item| answer_item(item.item_id, item.kind, item.text))
+                .collect();
+            turn.items_view = Some(TurnItemsView::Summary);
+            ServerNotification::TurnCompleted(TurnCompletedNotification {
+                thread_id,
+                turn,
+                usage,
+            })
+        }
+        EventMsg::ThreadNameUpdated { name } => {
+            ServerNotification::ThreadNameUpdated(ThreadNameUpdatedNotification {
+                thread_id,
+                thread_name: name,
+            })
+        }
+        EventMsg::ThreadArchived => {
+            ServerNotification::ThreadArchived(ThreadIdNotification { thread_id })
+        }
+        EventMsg::ThreadUnarchived => {
+            ServerNotification::ThreadUnarchived(ThreadIdNotification { thread_id })
+        }
         EventMsg::ThreadStatusChanged { status } => {
             ServerNotification::ThreadStatusChanged(ThreadStatusChangedNotification {
                 thread_id,
@@ -399,13 +428,14 @@ pub fn notification(event: Event) -> Option<ServerNotification> {
             turn_id,
             last,
             total,
+            model_context_window,
         } => ServerNotification::ThreadTokenUsageUpdated(ThreadTokenUsageUpdatedNotification {
             thread_id,
             turn_id,
             token_usage: ThreadTokenUsage {
                 total: usage_breakdown(total),
                 last: usage_breakdown(last),
-                model_context_window: None,
+                model_context_window,
             },
         }),
         EventMsg::ShutdownComplete => return None,
@@ -565,7 +595,8 @@ mod tests {
             params(EventMsg::ItemStarted {
                 turn_id: "t1".into(),
                 item_id: "a1".into(),
-                kind: ItemKind::AgentMessage
+                kind: ItemKind::AgentMessage,
+                text: String::new()
             }),
             (
                 "item/started",
@@ -573,6 +604,34 @@ mod tests {
                        "item": {"type": "agentMessage", "id": "a1", "text": ""}})
             )
         );
+        for (method, msg) in [
+            (
+                "item/started",
+                EventMsg::ItemStarted {
+                    turn_id: "t1".into(),
+                    item_id: "t1-user".into(),
+                    kind: ItemKind::UserMessage,
+                    text: "hello".into(),
+                },
+            ),
+            (
+                "item/completed",
+                EventMsg::ItemCompleted {
+                    turn_id: "t1".into(),
+                    item_id: "t1-user".into(),
+                    kind: ItemKind::UserMessage,
+                    text: "hello".into(),
+                },
+            ),
+        ] {
+            let (name, params) = params(msg);
+            assert_eq!(name, method);
+            assert_eq!(
+                params["item"],
+                json!({"type": "userMessage", "id": "t1-user",
+                       "content": [{"type": "text", "text": "hello"}]})
+            );
+        }
         assert_eq!(
             params(EventMsg::ItemCompleted {
                 turn_id: "t1".into(),
@@ -630,12 +689,28 @@ mod tests {
                 usage: TokenUsage {
                     input_tokens: 3,
                     output_tokens: 4
-                }
+                },
+                items: vec![
+                    skein_protocol::ItemSummary {
+                        item_id: "t1-user".into(),
+                        kind: ItemKind::UserMessage,
+                        text: "hi".into(),
+                    },
+                    skein_protocol::ItemSummary {
+                        item_id: "t1-answer".into(),
+                        kind: ItemKind::AgentMessage,
+                        text: "partial".into(),
+                    },
+                ],
             }),
             (
                 "turn/completed",
                 json!({"threadId": "th",
-                       "turn": {"id": "t1", "status": "failed", "items": [],
+                       "turn": {"id": "t1", "status": "failed", "itemsView": "summary",
+                                "items": [
+                                    {"type": "userMessage", "id": "t1-user",
+                                     "content": [{"type": "text", "text": "hi"}]},
+                                    {"type": "agentMessage", "id": "t1-answer", "text": "partial"}],
                                 "error": {"message": "boom"}},
                        "usage": {"inputTokens": 3, "outputTokens": 4}})
             )
@@ -657,16 +732,19 @@ mod tests {
             params(EventMsg::TokenUsageUpdated {
                 turn_id: "t1".into(),
                 last: usage(1, 2),
-                total: usage(10, 20)
+                total: usage(10, 20),
+                model_context_window: Some(128_000)
             }),
             (
                 "thread/tokenUsage/updated",
                 json!({"threadId": "th", "turnId": "t1", "tokenUsage": {
                     "total": {"inputTokens": 10, "outputTokens": 20, "cachedInputTokens": 0,
+                              "cacheWriteInputTokens": 0,
                               "reasoningOutputTokens": 0, "totalTokens": 30},
                     "last": {"inputTokens": 1, "outputTokens": 2, "cachedInputTokens": 0,
+                             "cacheWriteInputTokens": 0,
                              "reasoningOutputTokens": 0, "totalTokens": 3},
-                    "modelContextWindow": null}})
+                    "modelContextWindow": 128_000}})
             )
         );
         assert!(notification(event(EventMsg::ShutdownComplete)).is_none());

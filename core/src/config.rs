@@ -520,6 +520,8 @@ struct RawConfig {
     #[serde(default)]
     max_tool_rounds: Option<u32>,
     #[serde(default)]
+    model_context_window: Option<u64>,
+    #[serde(default)]
     otel: OtelConfig,
 }
 
@@ -652,6 +654,9 @@ pub struct Config {
     pub mcp_servers: BTreeMap<String, McpServerConfig>,
     /// Bound on model calls answered with tool calls in one turn.
     pub max_tool_rounds: u32,
+    /// The context window of the configured model, in tokens
+    /// (`model_context_window`, Codex's key), when configured.
+    pub model_context_window: Option<u64>,
     /// Content recording.
     pub content: ContentPolicy,
     /// The `[otel]` table as given (Codex's exporters: see
@@ -673,6 +678,7 @@ impl Default for Config {
             providers: builtin_providers(&|_| None),
             mcp_servers: BTreeMap::new(),
             max_tool_rounds: DEFAULT_MAX_TOOL_ROUNDS,
+            model_context_window: None,
             content: ContentPolicy {
                 capture: false,
                 redact: Vec::new(),
@@ -869,6 +875,7 @@ impl Config {
             providers,
             mcp_servers: raw.mcp_servers,
             max_tool_rounds: raw.max_tool_rounds.unwrap_or(DEFAULT_MAX_TOOL_ROUNDS),
+            model_context_window: raw.model_context_window,
             content: ContentPolicy {
                 capture: raw.otel.capture_content.unwrap_or(false)
                     || raw.otel.log_user_prompt.unwrap_or(false)

@@ -24,7 +24,8 @@ use serde_json::Value;
 use skein_otel::metrics::ModelCall as ModelCallMetric;
 use skein_otel::names::{attr, value};
 use skein_protocol::{
-    EventMsg, ItemKind, ThreadStatus, TokenUsage, TurnKind, TurnStatus, W3cTraceContext,
+    EventMsg, ItemKind, ItemSummary, ThreadStatus, TokenUsage, TurnKind, TurnStatus,
+    W3cTraceContext,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -39,7 +40,7 @@ use crate::mcp::McpTool;
 use crate::models::{ModelRequest, ModelResponse, ToolSpec};
 use crate::records::{
     ModelInfo, ToolCallStatus, TurnItem, TurnRecord, answer_item_id, answer_item_kind,
-    steered_item_id, unix_now,
+    steered_item_id, unix_now, user_item_id,
 };
 use crate::runtime::Runtime;
 use crate::spans;
@@ -153,6 +154,8 @@ struct Ending {
     usage: TokenUsage,
     total_usage: TokenUsage,
     now_idle: bool,
+    /// The turn's summary for `TurnCompleted`.
+    summary: Vec<ItemSummary>,
 }
 
 /// Runs the turn inside `span`, then ends the span and announces the end.
@@ -170,12 +173,14 @@ async fn run(turn: Turn, span: tracing::Span) {
         usage,
         total_usage,
         now_idle,
+        summary,
     } = ending;
     if usage != TokenUsage::default() {
         turn.emit(EventMsg::TokenUsageUpdated {
             turn_id: turn.turn_id.clone(),
             last: usage,
             total: total_usage,
+            model_context_window: context_window(&turn),
         });
     }
     if now_idle {
@@ -188,6 +193,7 @@ async fn run(turn: Turn, span: tracing::Span) {
         status,
         error,
         usage,
+        items: summary,
     });
     if now_idle {
         // Nobody may follow the thread any more: it can be unloaded now.
@@ -251,6 +257,21 @@ async fn run_in_span(mut turn: Turn, span: tracing::Span) -> Ending {
         turn_id: turn.turn_id.clone(),
         kind: turn.kind,
     });
+    // The turn's input is its first item, whole from the start.
+    if !turn.input.is_empty() {
+        turn.emit(EventMsg::ItemStarted {
+            turn_id: turn.turn_id.clone(),
+            item_id: user_item_id(&turn.turn_id),
+            kind: ItemKind::UserMessage,
+            text: turn.input.clone(),
+        });
+        turn.emit(EventMsg::ItemCompleted {
+            turn_id: turn.turn_id.clone(),
+            item_id: user_item_id(&turn.turn_id),
+            kind: ItemKind::UserMessage,
+            text: turn.input.clone(),
+        });
+    }
 
     let result = match history_error {
         Some(message) => TurnResult {
@@ -269,6 +290,7 @@ async fn run_in_span(mut turn: Turn, span: tracing::Span) -> Ending {
         output,
         items,
     } = result;
+    let summary = summary_items(&turn, &output, &items);
 
     // Durable before anyone hears the turn is over. A turn whose end
     // cannot be recorded is reported failed, with the reason.
@@ -327,7 +349,51 @@ async fn run_in_span(mut turn: Turn, span: tracing::Span) -> Ending {
         usage,
         total_usage,
         now_idle,
+        summary,
     }
+}
+
+/// The context window of the turn's model, when known: configured with
+/// `model_context_window` for the configured model (Skein's providers
+/// report no model's window).
+fn context_window(turn: &Turn) -> Option<u64> {
+    let config = turn.runtime.config();
+    (turn.model.name == config.model && turn.model.provider == config.model_provider)
+        .then_some(config.model_context_window)
+        .flatten()
+}
+
+/// The turn's summary, as `turn/completed` shows it: its user message
+/// (when it had input), then its answer as history shows it: the last agent
+/// message with text, or for a turn that recorded no items (a compaction,
+/// a turn that failed before its model answered) its answer item.
+fn summary_items(turn: &Turn, output: &str, items: &[TurnItem]) -> Vec<ItemSummary> {
+    let mut summary = Vec::with_capacity(2);
+    if !turn.input.is_empty() {
+        summary.push(ItemSummary {
+            item_id: user_item_id(&turn.turn_id),
+            kind: ItemKind::UserMessage,
+            text: turn.input.clone(),
+        });
+    }
+    let answer = if items.is_empty() {
+        Some(ItemSummary {
+            item_id: answer_item_id(&turn.turn_id),
+            kind: answer_item_kind(turn.kind),
+            text: output.to_owned(),
+        })
+    } else {
+        items.iter().rev().find_map(|item| match item {
+            TurnItem::AgentMessage { id, text } if !text.is_empty() => Some(ItemSummary {
+                item_id: id.clone(),
+                kind: ItemKind::AgentMessage,
+                text: text.clone(),
+            }),
+            _ => None,
+        })
+    };
+    summary.extend(answer);
+    summary
 }
 
 /// Resolves when `interrupted` turns true. If the loop drops its end
@@ -539,6 +605,7 @@ async fn run_model(turn: &mut Turn, turn_span: &tracing::Span) -> TurnResult {
                             turn_id: turn.turn_id.clone(),
                             item_id: item_id.clone(),
                             kind: item_kind,
+                            text: String::new(),
                         },
                         turn.trace.as_ref(),
                     );
@@ -584,6 +651,7 @@ async fn run_model(turn: &mut Turn, turn_span: &tracing::Span) -> TurnResult {
                     turn_id: turn.turn_id.clone(),
                     item_id: item_id.clone(),
                     kind: item_kind,
+                    text: String::new(),
                 });
             }
             turn.emit(EventMsg::ItemCompleted {

@@ -73,6 +73,8 @@ pub struct ThreadInfo {
     pub name: Option<String>,
     /// Archived threads are hidden from listings unless asked for.
     pub archived: bool,
+    /// The thread this one was forked from, if it was.
+    pub forked_from_id: Option<String>,
 }
 
 /// One turn of a thread's history.

@@ -478,13 +478,25 @@ impl ThreadStore {
         id: &str,
         turns: &[TurnRecord],
     ) -> Result<ThreadFile, StoreError> {
+        self.create_with(header, id, turns, &[])
+    }
+
+    /// [`create`](Self::create), writing `trailing` records (such as a
+    /// fork's name) after the turns.
+    pub fn create_with(
+        &self,
+        header: &Record,
+        id: &str,
+        turns: &[TurnRecord],
+        trailing: &[Record],
+    ) -> Result<ThreadFile, StoreError> {
         let path = self.path_of(id);
         let file = owner_only::open_options()
             .create_new(true)
             .append(true)
             .open(&path)
             .map_err(io_error(&path))?;
-        let written = self.write_new(&file, &path, header, id, turns);
+        let written = self.write_new(&file, &path, header, id, turns, trailing);
         drop(file);
         if written.is_err() {
             // Still holding the lock when it was taken: nobody else has
@@ -508,6 +520,7 @@ impl ThreadStore {
         header: &Record,
         id: &str,
         turns: &[TurnRecord],
+        trailing: &[Record],
     ) -> Result<ThreadFile, StoreError> {
         owner_only::restrict(file).map_err(io_error(path))?;
         let lock = self.lock(id, file)?;
@@ -521,6 +534,9 @@ impl ThreadStore {
             for record in turn_records(turn) {
                 thread_file.append_to(file, &record, false)?;
             }
+        }
+        for record in trailing {
+            thread_file.append_to(file, record, false)?;
         }
         file.sync_all().map_err(io_error(path))?;
         Ok(thread_file)

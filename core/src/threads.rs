@@ -236,6 +236,7 @@ impl ThreadManager {
             ephemeral,
             name: None,
             archived: false,
+            forked_from_id: None,
         };
         let file = self.create_file(&info, None, &[])?;
         self.insert(info.clone(), Vec::new(), file)?;
@@ -258,7 +259,16 @@ impl ThreadManager {
             forked_from,
             model_provider: Some(info.model.provider.clone()),
         };
-        Ok(Some(store.create(&header, &info.id, turns)?))
+        // A fork starts with its source's name.
+        let named: Vec<Record> = info
+            .name
+            .iter()
+            .map(|name| Record::ThreadNamed {
+                name: name.clone(),
+                at: info.created_at,
+            })
+            .collect();
+        Ok(Some(store.create_with(&header, &info.id, turns, &named)?))
     }
 
     /// Forks thread `id` into a new thread holding its history up to and
@@ -286,9 +296,10 @@ impl ThreadManager {
         info.id = uuid::Uuid::now_v7().to_string();
         info.created_at = now;
         info.updated_at = now;
-        // A fork is a new thread: it starts unnamed and unarchived.
-        info.name = None;
+        // A fork is a new thread: it keeps its source's name (as Codex
+        // does) and starts unarchived.
         info.archived = false;
+        info.forked_from_id = Some(id.to_owned());
         let origin = ForkOrigin {
             thread_id: id.to_owned(),
             turn_id: turns.last().map(|t| t.id.clone()),
@@ -389,9 +400,11 @@ impl ThreadManager {
         {
             return Err(ThreadError::InvalidCursor(c.to_owned()));
         }
-        // Loaded threads (ephemeral ones included) and stored ones, which
-        // other processes sharing the store may have written; ids are
-        // UUIDv7, so sorting them sorts by creation time.
+        // Loaded threads and stored ones, which other processes sharing
+        // the store may have written; ids are UUIDv7, so sorting them
+        // sorts by creation time. Ephemeral threads are left out, as
+        // Codex lists only threads it keeps on disk (the Codex TUI starts
+        // ephemeral side threads, which `resume --last` must not pick).
         let mut ids: Vec<String> = self.lock().threads.keys().cloned().collect();
         if let Some(store) = &self.store {
             ids.extend(store.list_ids().map_err(ThreadError::from)?);
@@ -407,7 +420,7 @@ impl ThreadManager {
                 break;
             }
             match self.read(id) {
-                Ok(info) if info.archived == archived => page.push(info),
+                Ok(info) if info.archived == archived && !info.ephemeral => page.push(info),
                 Ok(_) => {}
                 // A corrupt or vanished file never hides the other threads.
                 Err(err) => tracing::warn!(thread = %id, %err, "skipping an unreadable thread"),
@@ -453,8 +466,16 @@ impl ThreadManager {
             name: name.to_owned(),
             at: unix_now(),
         };
-        self.update(id, record, |info| info.name = Some(name.to_owned()))
-            .await
+        let info = self
+            .update(id, record, |info| info.name = Some(name.to_owned()))
+            .await?;
+        self.emit_to_followers(
+            id,
+            &[EventMsg::ThreadNameUpdated {
+                name: info.name.clone(),
+            }],
+        );
+        Ok(info)
     }
 
     /// Archives (or unarchives) thread `id`, durably: an archived thread
@@ -465,8 +486,34 @@ impl ThreadManager {
             archived,
             at: unix_now(),
         };
-        self.update(id, record, |info| info.archived = archived)
-            .await
+        let info = self
+            .update(id, record, |info| info.archived = archived)
+            .await?;
+        if archived {
+            // Skein keeps an archived thread loaded while it is followed:
+            // its status is reported as it is, then the archiving.
+            let status = self.status(id);
+            self.emit_to_followers(
+                id,
+                &[
+                    EventMsg::ThreadStatusChanged { status },
+                    EventMsg::ThreadArchived,
+                ],
+            );
+        } else {
+            self.emit_to_followers(id, &[EventMsg::ThreadUnarchived]);
+        }
+        Ok(info)
+    }
+
+    /// Sends `events` to every connection following thread `id`, when it
+    /// is loaded here (an unloaded thread has no followers).
+    fn emit_to_followers(&self, id: &str, events: &[EventMsg]) {
+        if let Ok(handle) = self.handle(id) {
+            for msg in events {
+                handle.entry.emit(msg.clone(), None);
+            }
+        }
     }
 
     /// Records a metadata change: through the thread's own file when it is
@@ -904,6 +951,7 @@ fn stored_to_info(runtime: &Runtime, stored: StoredThread) -> (ThreadInfo, Vec<T
         ephemeral: false,
         name: stored.name,
         archived: stored.archived,
+        forked_from_id: stored.forked_from.map(|origin| origin.thread_id),
     };
     (info, stored.turns)
 }
@@ -934,6 +982,7 @@ mod tests {
             ephemeral: true,
             name: None,
             archived: false,
+            forked_from_id: None,
         };
         let (entry, rx) = ThreadEntry::new(info, Vec::new(), None, 4, None);
         (ThreadHandle { entry }, rx)

@@ -203,10 +203,24 @@ pub struct Event {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum ItemKind {
+    /// What the user said: a turn's input.
+    UserMessage,
     /// The agent's answer, streamed as text deltas.
     AgentMessage,
     /// The thread's history was compacted (the item of a compaction turn).
     ContextCompaction,
+}
+
+/// An item of a turn as its summary shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemSummary {
+    /// The item's id.
+    pub item_id: String,
+    /// What the item is.
+    pub kind: ItemKind,
+    /// Its text.
+    pub text: String,
 }
 
 /// Whether a thread is doing work in this process.
@@ -240,6 +254,9 @@ pub enum EventMsg {
         item_id: String,
         /// What the item is.
         kind: ItemKind,
+        /// The item's text as it starts: a user message's whole text;
+        /// empty for an agent message, which streams.
+        text: String,
     },
     /// A piece of an agent message streamed in.
     AgentMessageDelta {
@@ -303,12 +320,24 @@ pub enum EventMsg {
         error: Option<String>,
         /// Tokens used over the whole turn.
         usage: TokenUsage,
+        /// The turn's summary for display: its user message and its
+        /// answer (the last agent message, or a compaction's item).
+        items: Vec<ItemSummary>,
     },
     /// The thread's status changed (a turn started or ended).
     ThreadStatusChanged {
         /// The new status.
         status: ThreadStatus,
     },
+    /// The thread was named (`thread/name/set`).
+    ThreadNameUpdated {
+        /// The new name.
+        name: Option<String>,
+    },
+    /// The thread was archived.
+    ThreadArchived,
+    /// The thread was unarchived.
+    ThreadUnarchived,
     /// The thread's token usage changed: a turn used tokens.
     TokenUsageUpdated {
         /// The turn that used them.
@@ -317,6 +346,8 @@ pub enum EventMsg {
         last: TokenUsage,
         /// The thread's usage over all its turns.
         total: TokenUsage,
+        /// The context window of the thread's model in tokens, when known.
+        model_context_window: Option<u64>,
     },
     /// The thread's loop stopped; no event follows.
     ShutdownComplete,

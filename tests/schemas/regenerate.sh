@@ -20,6 +20,10 @@ trap 'rm -rf "$work"' EXIT
 
 npm install --silent --prefix "$work" "@openai/codex@$CODEX_VERSION" >/dev/null
 "$work/node_modules/.bin/codex" app-server generate-json-schema --out "$work/schema"
+# Methods the Codex TUI calls that are only in the experimental API (the
+# TUI opts in with `capabilities.experimentalApi`).
+"$work/node_modules/.bin/codex" app-server generate-json-schema --experimental \
+  --out "$work/experimental"
 
 # Results of the methods Skein implements, and the notifications it sends.
 files=(
@@ -50,8 +54,14 @@ files=(
   v2/SkillsListResponse.json
   v2/AppsListResponse.json
   v2/ListMcpServerStatusResponse.json
+  v2/HooksListResponse.json
+  v2/PluginInstalledResponse.json
+  v2/ThreadGoalGetResponse.json
   v2/ThreadStartedNotification.json
   v2/ThreadStatusChangedNotification.json
+  v2/ThreadNameUpdatedNotification.json
+  v2/ThreadArchivedNotification.json
+  v2/ThreadUnarchivedNotification.json
   v2/ThreadTokenUsageUpdatedNotification.json
   v2/TurnStartedNotification.json
   v2/TurnCompletedNotification.json
@@ -60,10 +70,23 @@ files=(
   v2/AgentMessageDeltaNotification.json
 )
 
+# From the experimental bundle, kept under experimental/: the request
+# envelope that knows the experimental methods, and their results.
+experimental_files=(
+  ClientRequest.json
+  v2/CollaborationModeListResponse.json
+  v2/ThreadBackgroundTerminalsListResponse.json
+  v2/BedrockCheckGovCloudRequirementsResponse.json
+)
+
 rm -rf "$out"
 for f in "${files[@]}"; do
   mkdir -p "$out/$(dirname "$f")"
   cp "$work/schema/$f" "$out/$f"
 done
+for f in "${experimental_files[@]}"; do
+  mkdir -p "$out/experimental/$(dirname "$f")"
+  cp "$work/experimental/$f" "$out/experimental/$f"
+done
 "$work/node_modules/.bin/codex" --version > "$out/VERSION"
-echo "wrote ${#files[@]} schema files to $out"
+echo "wrote $((${#files[@]} + ${#experimental_files[@]})) schema files to $out"

@@ -19,7 +19,7 @@ use support::codex_schema::{
     assert_valid_result, errors, notification_schema, result_schema,
 };
 use support::mock_llm::{MockLlm, Reply, text_chunks, tool_call_chunks};
-use support::{Client, NOT_INITIALIZED, Server, ServerOptions, Transport};
+use support::{Client, INVALID_PARAMS, NOT_INITIALIZED, Server, ServerOptions, Transport};
 use tokio::sync::Notify;
 
 both_transports!(every_method_and_notification_conforms_to_the_codex_schemas);
@@ -37,8 +37,11 @@ async fn call(client: &mut Client, seen: &mut Vec<String>, method: &str, params:
 async fn every_method_and_notification_conforms_to_the_codex_schemas(transport: Transport) {
     // Slow enough that a long turn is still running when it is steered and
     // interrupted; short inputs still finish quickly.
-    let mut server =
-        Server::start_with(transport, ServerOptions::default().echo_delay_ms(20)).await;
+    let options = ServerOptions::default()
+        .echo_delay_ms(20)
+        .arg("-c")
+        .arg("model_context_window=32000");
+    let mut server = Server::start_with(transport, options).await;
     let mut client = server.connect().await;
     let mut seen = Vec::new();
 
@@ -106,6 +109,37 @@ async fn every_method_and_notification_conforms_to_the_codex_schemas(transport: 
     assert_eq!(mcp["data"], json!([]));
     let models = call(&mut client, &mut seen, "model/list", json!({})).await;
     assert_eq!(models["data"][0]["id"], json!("echo"), "{models}");
+    // What the Codex TUI asks at startup besides: Skein runs no hooks,
+    // plugins or collaboration mode presets, and uses no Bedrock.
+    let hooks = call(
+        &mut client,
+        &mut seen,
+        "hooks/list",
+        json!({"cwds": ["/somewhere"]}),
+    )
+    .await;
+    assert_eq!(hooks, json!({"data": []}));
+    let modes = call(&mut client, &mut seen, "collaborationMode/list", json!({})).await;
+    assert_eq!(modes, json!({"data": []}));
+    let plugins = call(
+        &mut client,
+        &mut seen,
+        "plugin/installed",
+        json!({"cwds": null}),
+    )
+    .await;
+    assert_eq!(
+        plugins,
+        json!({"marketplaces": [], "marketplaceLoadErrors": []})
+    );
+    let gov_cloud = call(
+        &mut client,
+        &mut seen,
+        "account/bedrock/checkGovCloudRequirements",
+        json!({}),
+    )
+    .await;
+    assert_eq!(gov_cloud, json!({"isGovCloud": false, "shouldWarn": false}));
 
     // A thread, started with Codex's override fields (accepted, and the
     // result says what Skein actually does).
@@ -140,6 +174,36 @@ async fn every_method_and_notification_conforms_to_the_codex_schemas(transport: 
     );
     assert_eq!(started["thread"]["source"], json!("appServer"), "{started}");
 
+    // What the Codex TUI asks of a thread it opens: no goal, no background
+    // terminals; an unknown thread is refused.
+    let goal = call(
+        &mut client,
+        &mut seen,
+        "thread/goal/get",
+        json!({"threadId": thread_id}),
+    )
+    .await;
+    assert_eq!(goal, json!({"goal": null}));
+    let terminals = call(
+        &mut client,
+        &mut seen,
+        "thread/backgroundTerminals/list",
+        json!({"threadId": thread_id, "limit": 10}),
+    )
+    .await;
+    assert_eq!(terminals, json!({"data": [], "nextCursor": null}));
+    for method in ["thread/goal/get", "thread/backgroundTerminals/list"] {
+        let unknown = client
+            .request(method, json!({"threadId": "no-such-thread"}), None)
+            .await;
+        assert_eq!(
+            unknown.error_code(),
+            INVALID_PARAMS,
+            "{method}: {}",
+            unknown.message
+        );
+    }
+
     let loaded = call(&mut client, &mut seen, "thread/loaded/list", json!({})).await;
     assert!(
         loaded["data"]
@@ -158,7 +222,60 @@ async fn every_method_and_notification_conforms_to_the_codex_schemas(transport: 
     )
     .await;
     let turn_id = turn["turn"]["id"].as_str().expect("turn id").to_owned();
-    client.wait_for_turn_completed(&turn_id).await;
+    let completed = client.wait_for_turn_completed(&turn_id).await;
+    // As from Codex: the input is the turn's first item, started and
+    // completed whole, and turn/completed carries the summary view.
+    let user_item = json!({"type": "userMessage", "id": format!("{turn_id}-user"),
+                           "content": [{"type": "text", "text": "hello world"}]});
+    let turn_items: Vec<(&Value, &Value)> = client
+        .received()
+        .iter()
+        .filter(|m| {
+            (m["method"] == "item/started" || m["method"] == "item/completed")
+                && m["params"]["turnId"] == json!(turn_id)
+        })
+        .map(|m| (&m["method"], &m["params"]["item"]))
+        .collect();
+    assert_eq!(
+        turn_items.get(..2),
+        Some(
+            &[
+                (&json!("item/started"), &user_item),
+                (&json!("item/completed"), &user_item)
+            ][..]
+        ),
+        "{turn_items:?}"
+    );
+    // The token usage names the configured model's window, and Codex's
+    // cache-write count (Skein's models report none).
+    let usage = client
+        .received()
+        .iter()
+        .find(|m| {
+            m["method"] == "thread/tokenUsage/updated" && m["params"]["turnId"] == json!(turn_id)
+        })
+        .cloned()
+        .expect("thread/tokenUsage/updated");
+    let token_usage = &usage["params"]["tokenUsage"];
+    assert_eq!(token_usage["modelContextWindow"], json!(32000), "{usage}");
+    assert_eq!(
+        token_usage["last"]["cacheWriteInputTokens"],
+        json!(0),
+        "{usage}"
+    );
+    assert_eq!(
+        token_usage["total"]["cacheWriteInputTokens"],
+        json!(0),
+        "{usage}"
+    );
+    let summary = &completed["params"]["turn"];
+    assert_eq!(summary["itemsView"], json!("summary"), "{completed}");
+    assert_eq!(
+        summary["items"],
+        json!([user_item, {"type": "agentMessage", "id": format!("{turn_id}-answer"),
+                           "text": "hello world"}]),
+        "{completed}"
+    );
 
     // A long turn, on a thread of its own (a review echoes the last
     // request): steered with Codex's `expectedTurnId`, then interrupted.
@@ -281,6 +398,14 @@ async fn every_method_and_notification_conforms_to_the_codex_schemas(transport: 
         Some(1),
         "{forked}"
     );
+    // A fork says where it comes from and keeps its source's name.
+    assert_eq!(
+        forked["thread"]["forkedFromId"],
+        json!(thread_id),
+        "{forked}"
+    );
+    assert_eq!(forked["thread"]["name"], json!("conformance"), "{forked}");
+    assert_eq!(started["thread"]["forkedFromId"], json!(null), "{started}");
     call(
         &mut client,
         &mut seen,
@@ -310,6 +435,19 @@ async fn every_method_and_notification_conforms_to_the_codex_schemas(transport: 
     )
     .await;
     assert_eq!(unarchived["thread"]["name"], json!("conformance"));
+    // The thread's changes reach this connection, which follows the thread,
+    // through its forwarder: wait for them before unsubscribing.
+    for method in [
+        "thread/name/updated",
+        "thread/archived",
+        "thread/unarchived",
+    ] {
+        client
+            .wait_for_notification(method, |n| {
+                n["method"] == method && n["params"]["threadId"] == json!(thread_id)
+            })
+            .await;
+    }
     call(&mut client, &mut seen, "thread/list", json!({"limit": 10})).await;
     let unsubscribed = call(
         &mut client,
@@ -347,6 +485,105 @@ async fn every_method_and_notification_conforms_to_the_codex_schemas(transport: 
         );
     }
     client.close().await;
+    server.shutdown().await;
+}
+
+/// Naming, archiving and unarchiving a thread reach every connection that
+/// follows it, whoever asked, in Codex's shapes; a caller that does not
+/// follow the thread gets them too, with its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thread_changes_reach_every_connection_following_the_thread() {
+    let mut server = Server::start(Transport::WebSocket).await;
+    let mut owner = server.connect().await;
+    owner.initialize("owner", "1.0.0").await;
+    let thread_id = owner.start_thread().await;
+    let mut follower = server.connect().await;
+    follower.initialize("follower", "1.0.0").await;
+    follower
+        .request(
+            "thread/resume",
+            json!({"threadId": thread_id, "excludeTurns": true}),
+            None,
+        )
+        .await
+        .result();
+    let mut bystander = server.connect().await;
+    bystander.initialize("bystander", "1.0.0").await;
+
+    let of_thread = |method: &'static str| {
+        let thread_id = thread_id.clone();
+        move |n: &Value| n["method"] == method && n["params"]["threadId"] == json!(thread_id)
+    };
+    async fn expect(
+        client: &mut Client,
+        method: &'static str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let n = client.wait_for_notification(method, pred).await;
+        assert_valid_notification(&n);
+        n
+    }
+
+    // Named by a connection that does not follow the thread.
+    let named = bystander
+        .request(
+            "thread/name/set",
+            json!({"threadId": thread_id, "name": "shared"}),
+            None,
+        )
+        .await;
+    assert_eq!(named.result(), &json!({}));
+    for client in [&mut owner, &mut follower, &mut bystander] {
+        let n = expect(
+            client,
+            "thread/name/updated",
+            of_thread("thread/name/updated"),
+        )
+        .await;
+        assert_eq!(n["params"]["threadName"], json!("shared"), "{n}");
+    }
+
+    // Archived by its owner: status first, then the archiving.
+    owner
+        .request("thread/archive", json!({"threadId": thread_id}), None)
+        .await
+        .result();
+    for client in [&mut owner, &mut follower] {
+        let status = expect(
+            client,
+            "thread/status/changed",
+            of_thread("thread/status/changed"),
+        )
+        .await;
+        assert_eq!(
+            status["params"]["status"],
+            json!({"type": "idle"}),
+            "{status}"
+        );
+        expect(client, "thread/archived", of_thread("thread/archived")).await;
+    }
+
+    // Unarchived by the follower.
+    follower
+        .request("thread/unarchive", json!({"threadId": thread_id}), None)
+        .await
+        .result();
+    for client in [&mut owner, &mut follower] {
+        expect(client, "thread/unarchived", of_thread("thread/unarchived")).await;
+    }
+    // The bystander followed none of it but its own request.
+    assert!(
+        !bystander
+            .received()
+            .iter()
+            .any(|m| m["method"] == "thread/archived" || m["method"] == "thread/unarchived"),
+        "{:?}",
+        bystander.received()
+    );
+
+    for client in [owner, follower, bystander] {
+        client.close().await;
+    }
     server.shutdown().await;
 }
 

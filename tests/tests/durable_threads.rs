@@ -618,6 +618,15 @@ async fn fork_copies_turns_up_to_turn_id_or_all_survives_a_restart_and_leaves_th
     assert_eq!(source_before.len(), 3);
 
     let partial = fork(&mut client, &source, Some(&seen[1].id)).await;
+    // A fork keeps its source's name, as Codex's does.
+    client
+        .request(
+            "thread/name/set",
+            json!({"threadId": source, "name": "named source"}),
+            None,
+        )
+        .await
+        .result();
     let whole = fork(&mut client, &source, None).await;
     assert_ne!(partial, whole);
 
@@ -667,11 +676,30 @@ async fn fork_copies_turns_up_to_turn_id_or_all_survives_a_restart_and_leaves_th
         partial_turns,
         "the partial fork after the restart"
     );
+    let whole_thread = read_thread(&mut client, &whole).await;
     assert_eq!(
-        turns_of(&read_thread(&mut client, &whole).await),
+        turns_of(&whole_thread),
         whole_turns,
         "the whole fork after the restart"
     );
+    // Where each fork comes from, and the name the source had then.
+    assert_eq!(
+        whole_thread["forkedFromId"],
+        json!(source),
+        "{whole_thread}"
+    );
+    assert_eq!(
+        whole_thread["name"],
+        json!("named source"),
+        "{whole_thread}"
+    );
+    let partial_thread = read_thread(&mut client, &partial).await;
+    assert_eq!(
+        partial_thread["forkedFromId"],
+        json!(source),
+        "{partial_thread}"
+    );
+    assert_eq!(partial_thread["name"], json!(null), "{partial_thread}");
     stop(server, client).await;
 }
 
@@ -785,6 +813,11 @@ async fn ephemeral_thread_leaves_no_file_while_a_normal_one_is_written_as_json_l
     );
     let normal_id = normal.thread_id();
     let turn = run_turn(&mut client, &normal_id, "kept on disk").await;
+    // As in Codex, only threads kept on disk are listed.
+    assert_eq!(
+        listed_ids(&mut client).await,
+        std::slice::from_ref(&normal_id)
+    );
 
     // The completed turn is on disk by the time turn/completed arrived.
     let normal_file = home.thread_file(&normal_id);

@@ -54,8 +54,12 @@ async fn a_long_turn_reaches_a_reading_client_complete_and_in_order(transport: T
     );
     let item = notifications
         .iter()
-        .find(|n| n["method"] == "item/completed" && notification_turn_id(n) == Some(&turn_id))
-        .expect("item/completed");
+        .find(|n| {
+            n["method"] == "item/completed"
+                && notification_turn_id(n) == Some(&turn_id)
+                && n["params"]["item"]["type"] == "agentMessage"
+        })
+        .expect("item/completed of the answer");
     assert_eq!(item["params"]["item"]["text"], input.as_str());
 
     // The connection is still open and served.

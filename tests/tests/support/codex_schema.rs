@@ -49,7 +49,34 @@ pub const RESULT_SCHEMAS: &[(&str, &str)] = &[
         "mcpServerStatus/list",
         "v2/ListMcpServerStatusResponse.json",
     ),
+    ("hooks/list", "v2/HooksListResponse.json"),
+    (
+        "collaborationMode/list",
+        "experimental/v2/CollaborationModeListResponse.json",
+    ),
+    ("plugin/installed", "v2/PluginInstalledResponse.json"),
+    (
+        "thread/backgroundTerminals/list",
+        "experimental/v2/ThreadBackgroundTerminalsListResponse.json",
+    ),
+    ("thread/goal/get", "v2/ThreadGoalGetResponse.json"),
+    (
+        "account/bedrock/checkGovCloudRequirements",
+        "experimental/v2/BedrockCheckGovCloudRequirementsResponse.json",
+    ),
 ];
+
+/// Methods only Codex's experimental API has (a client opts in with
+/// `capabilities.experimentalApi`, as the Codex TUI does): their requests
+/// are checked against the experimental bundle's `ClientRequest`.
+pub const EXPERIMENTAL_METHODS: &[&str] = &[
+    "collaborationMode/list",
+    "thread/backgroundTerminals/list",
+    "account/bedrock/checkGovCloudRequirements",
+];
+
+/// The request envelope of the experimental API.
+const EXPERIMENTAL_CLIENT_REQUEST: &str = "experimental/ClientRequest.json";
 
 /// The schema file of each notification's params.
 pub const NOTIFICATION_SCHEMAS: &[(&str, &str)] = &[
@@ -62,6 +89,12 @@ pub const NOTIFICATION_SCHEMAS: &[(&str, &str)] = &[
         "thread/tokenUsage/updated",
         "v2/ThreadTokenUsageUpdatedNotification.json",
     ),
+    (
+        "thread/name/updated",
+        "v2/ThreadNameUpdatedNotification.json",
+    ),
+    ("thread/archived", "v2/ThreadArchivedNotification.json"),
+    ("thread/unarchived", "v2/ThreadUnarchivedNotification.json"),
     ("turn/started", "v2/TurnStartedNotification.json"),
     ("turn/completed", "v2/TurnCompletedNotification.json"),
     ("item/started", "v2/ItemStartedNotification.json"),
@@ -94,7 +127,11 @@ fn validators() -> &'static HashMap<String, jsonschema::Validator> {
             .chain(NOTIFICATION_SCHEMAS)
             .map(|(_, file)| *file)
             .collect();
-        files.extend(["ServerNotification.json", "ClientRequest.json"]);
+        files.extend([
+            "ServerNotification.json",
+            "ClientRequest.json",
+            EXPERIMENTAL_CLIENT_REQUEST,
+        ]);
         files
             .into_iter()
             .map(|file| {
@@ -140,19 +177,27 @@ pub fn assert_valid_result(method: &str, result: &Value) {
     assert_valid(result_schema(method), &format!("{method} result"), result);
 }
 
-/// Checks a notification: its method and params together against Codex's
-/// `ServerNotification`, then its params against the notification's own
-/// schema. Envelope members Codex clients ignore (`jsonrpc`, `trace`) are
-/// left out.
+/// Checks a notification: its method, params and `emittedAtMs` together
+/// against Codex's `ServerNotification`, then its params against the
+/// notification's own schema. `emittedAtMs` is optional in the schema but
+/// Codex always sends it, so it must be there. Envelope members Codex
+/// clients ignore (`jsonrpc`, `trace`) are left out.
 pub fn assert_valid_notification(message: &Value) {
     let method = message["method"]
         .as_str()
         .unwrap_or_else(|| panic!("notification without a method: {message}"));
     let params = &message["params"];
+    let emitted_at_ms = &message["emittedAtMs"];
+    assert!(
+        emitted_at_ms
+            .as_i64()
+            .is_some_and(|ms| ms > 1_600_000_000_000),
+        "{method} notification without emittedAtMs (Unix milliseconds): {message}"
+    );
     assert_valid(
         "ServerNotification.json",
         &format!("{method} notification"),
-        &json!({"method": method, "params": params}),
+        &json!({"method": method, "params": params, "emittedAtMs": emitted_at_ms}),
     );
     assert_valid(
         notification_schema(method),
@@ -173,8 +218,13 @@ pub fn notification_schema(method: &str) -> &'static str {
 /// Checks that a request Skein is sent is shaped the way a Codex client
 /// would send it.
 pub fn assert_codex_request(method: &str, params: &Value) {
+    let file = if EXPERIMENTAL_METHODS.contains(&method) {
+        EXPERIMENTAL_CLIENT_REQUEST
+    } else {
+        "ClientRequest.json"
+    };
     assert_valid(
-        "ClientRequest.json",
+        file,
         &format!("{method} request"),
         &json!({"id": 1, "method": method, "params": params}),
     );

@@ -126,6 +126,41 @@ pub fn mcp_venv() -> Option<(PathBuf, PathBuf)> {
     }
 }
 
+/// The Codex CLI (`@openai/codex`, the pinned version `.ci/run`
+/// installs) and tmux, for the tests that drive the real Codex TUI:
+/// `SKEIN_CODEX_BIN`, else the npm prefix `.ci/run` caches
+/// (`~/.cache/skein-ci/codex-npm`). Without them the tests skip with a
+/// loud message, except under `CI=true`, where they fail.
+pub fn codex_tui() -> Option<PathBuf> {
+    let cached = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|cache| cache.join("skein-ci/codex-npm/node_modules/.bin/codex"));
+    let codex = std::env::var_os("SKEIN_CODEX_BIN")
+        .map(PathBuf::from)
+        .or(cached)
+        .filter(|p| p.is_file());
+    let tmux = std::process::Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    match codex {
+        Some(codex) if tmux => Some(codex),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => panic!(
+            "CI=true but the Codex CLI or tmux is missing (SKEIN_CODEX_BIN set: {}, tmux found: {tmux}): \
+             run .ci/run to install them",
+            std::env::var_os("SKEIN_CODEX_BIN").is_some()
+        ),
+        _ => {
+            eprintln!(
+                "\n\n*** SKIPPING CODEX TUI TEST: the Codex CLI or tmux not found \
+                 (set SKEIN_CODEX_BIN, install tmux, or run .ci/run) ***\n"
+            );
+            None
+        }
+    }
+}
+
 /// Path of the `skein` binary under test: `SKEIN_BIN` when set, else the
 /// one cargo builds for this workspace.
 ///
