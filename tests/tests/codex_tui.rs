@@ -1,6 +1,8 @@
-//! The real Codex TUI against Skein: `codex --remote ws://...` (the npm
-//! package `@openai/codex`, the version `.ci/run` pins) runs under tmux,
-//! is typed at with `send-keys` and read with `capture-pane -p`.
+//! The real Codex TUI against Skein, over WebSocket on a loopback port
+//! (`codex --remote ws://...`) and on a Unix socket (`codex --remote
+//! unix://...`): the npm package `@openai/codex`, the version `.ci/run`
+//! pins, runs under tmux, is typed at with `send-keys` and read with
+//! `capture-pane -p`.
 //!
 //! Skein's model is the local mock (`support::mock_llm`) and its tool
 //! server the real `mcp-server-time`, so nothing needs the network. The
@@ -37,7 +39,10 @@ impl Tui {
     /// Runs `codex args...` in a fixed-size tmux window in `cwd`, with
     /// `HOME` and `CODEX_HOME` set to `home`.
     fn start(label: &'static str, codex: &Path, args: &[&str], home: &Path, cwd: &Path) -> Tui {
-        let socket = format!("skein-codex-tui-{}-{label}", std::process::id());
+        // One tmux server per TUI: the tests of this file run in parallel.
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let socket = format!("skein-codex-tui-{}-{n}-{label}", std::process::id());
         let tui = Tui { socket, label };
         let mut command = tui.tmux();
         // The pane stays once the TUI exits, so its last screen can be read.
@@ -237,6 +242,23 @@ fn message_texts(body: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_codex_tui_session_runs_turns_tools_interrupts_renames_and_resumes_without_errors() {
+    tui_session(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_codex_tui_session_runs_over_a_unix_socket() {
+    let dir = tempfile::Builder::new()
+        .prefix("skein-tui-sock-")
+        .tempdir()
+        .expect("a folder for the socket");
+    let url = format!("unix://{}", dir.path().join("skein.sock").display());
+    tui_session(Some(&url)).await;
+}
+
+/// The whole session against a Skein listening on `listen` (a free
+/// loopback WebSocket port when `None`); `codex --remote` is given the
+/// address the server announces.
+async fn tui_session(listen: Option<&str>) {
     let Some(codex) = support::codex_tui() else {
         return;
     };
@@ -259,8 +281,15 @@ async fn a_codex_tui_session_runs_turns_tools_interrupts_renames_and_resumes_wit
         Reply::Stream(text_chunks(&["Resumed ", "and answering."], 40, 3)),
     ])
     .await;
-    let server = Server::start_with(Transport::WebSocket, options(&mock, &time_bin)).await;
+    let mut options = options(&mock, &time_bin);
+    if let Some(listen) = listen {
+        options = options.listen(listen);
+    }
+    let server = Server::start_with(Transport::WebSocket, options).await;
     let url = server.ws_url().to_owned();
+    if let Some(listen) = listen {
+        assert_eq!(url, listen, "the server listens where it was told");
+    }
     let home = codex_home();
     // The TUI runs in the server's working directory, which thread results
     // report as the threads' cwd.

@@ -384,6 +384,7 @@ pub struct ServerOptions {
     trace_dir: Option<PathBuf>,
     umask: Option<u32>,
     open_files: Option<(u64, u64)>,
+    listen: Option<String>,
 }
 
 impl ServerOptions {
@@ -395,6 +396,15 @@ impl ServerOptions {
         self.trace_dir = other.trace_dir.or(self.trace_dir);
         self.umask = other.umask.or(self.umask);
         self.open_files = other.open_files.or(self.open_files);
+        self.listen = other.listen.or(self.listen);
+        self
+    }
+
+    /// A WebSocket server listens on `url` (such as `unix:///path`) instead
+    /// of a free loopback port; [`Server::ws_url`] is then that address, as
+    /// the server announces it.
+    pub fn listen(mut self, url: &str) -> Self {
+        self.listen = Some(url.to_owned());
         self
     }
 
@@ -530,7 +540,7 @@ impl Server {
         let mut command = Command::new(skein_bin());
         command.arg("serve").arg("--listen").arg(match transport {
             Transport::Stdio => "stdio://",
-            Transport::WebSocket => "ws://127.0.0.1:0",
+            Transport::WebSocket => options.listen.as_deref().unwrap_or("ws://127.0.0.1:0"),
         });
         command.arg("--trace-dir").arg(&trace_dir);
         command.args(&options.args);
@@ -621,7 +631,9 @@ impl Server {
                 let (stdout, _task) = spawn_line_collector(stdout_pipe);
                 server.stdout = Some(stdout);
                 let line = server
-                    .wait_for_stderr(|line| line.contains("listening on ws://"))
+                    .wait_for_stderr(|line| {
+                        line.contains("listening on ws://") || line.contains("listening on unix://")
+                    })
                     .await;
                 let url = line
                     .split_once("listening on ")
