@@ -55,6 +55,47 @@ enum Command {
         #[command(subcommand)]
         command: skein_app_server::trace_view::TraceCommand,
     },
+
+    /// Print a shell completion script for `skein` to stdout.
+    ///
+    /// bash: `skein completions bash > ~/.local/share/bash-completion/completions/skein`;
+    /// zsh: `skein completions zsh > ~/.zfunc/_skein` (with `fpath+=~/.zfunc`
+    /// before `compinit` in ~/.zshrc); fish: `skein completions fish >
+    /// ~/.config/fish/completions/skein.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_name = "SHELL")]
+        shell: CompletionShell,
+    },
+}
+
+/// Shells `skein completions` writes a script for.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum CompletionShell {
+    /// Bash.
+    Bash,
+    /// Zsh.
+    Zsh,
+    /// Fish.
+    Fish,
+}
+
+/// Writes the completion script of `shell` to stdout.
+fn completions(shell: CompletionShell) -> anyhow::Result<()> {
+    use clap::CommandFactory as _;
+    use clap_complete::Shell;
+    let shell = match shell {
+        CompletionShell::Bash => Shell::Bash,
+        CompletionShell::Zsh => Shell::Zsh,
+        CompletionShell::Fish => Shell::Fish,
+    };
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "skein", &mut script);
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&script)
+        .and_then(|()| out.flush())
+        .context("writing the completion script to stdout")
 }
 
 #[derive(Debug, Args)]
@@ -359,6 +400,7 @@ fn main() -> ExitCode {
         Command::Trace { command } => {
             skein_app_server::trace_view::run_cli(command).map_err(Into::into)
         }
+        Command::Completions { shell } => completions(shell),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
