@@ -100,8 +100,10 @@ fn completions(shell: CompletionShell) -> anyhow::Result<()> {
 
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// Where to listen: `stdio://`, `ws://IP:PORT` (port 0 picks a free
-    /// port; the address is printed to stderr as `listening on ws://IP:PORT`),
+    /// Where to listen: `stdio://`, `ws://IP:PORT` (IP may be
+    /// `localhost`, meaning 127.0.0.1, and an IPv6 address goes in
+    /// brackets, `ws://[::1]:4500`; port 0 picks a free port; the address
+    /// is printed to stderr as `listening on ws://IP:PORT`),
     /// or `unix://PATH`: WebSocket over a Unix domain socket, as the Codex
     /// app-server does (`codex --remote unix://PATH`), with no TCP port
     /// open. The socket file is made owner-only (0600), and folders created

@@ -100,3 +100,95 @@ fn the_readme_says_how_skein_gets_on_the_path_and_its_completions() {
         );
     }
 }
+
+/// Starts `skein serve --listen LISTEN` and returns its stderr once it
+/// exits (it is expected to refuse to start).
+async fn serve_refused(home: &SkeinHome, listen: &str) -> String {
+    let output = run_skein(
+        home,
+        &["serve", "--listen", listen, "--trace-dir", "none"],
+        &[],
+    )
+    .await;
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success(), "{listen} started:\n{stderr}");
+    stderr
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_reported_once_with_the_os_error() {
+    let home = SkeinHome::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let addr = taken.local_addr().expect("local addr");
+    let stderr = serve_refused(&home, &format!("ws://{addr}")).await;
+    let os_error = std::io::Error::from(std::io::ErrorKind::AddrInUse).to_string();
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("(os error").count(),
+        1,
+        "the OS error once ({os_error}):\n{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn ws_localhost_listens_on_loopback() {
+    let home = SkeinHome::new();
+    let mut child = tokio::process::Command::new(skein_bin())
+        .args([
+            "serve",
+            "--listen",
+            "ws://localhost:0",
+            "--trace-dir",
+            "none",
+        ])
+        .env("SKEIN_HOME", home.path())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn skein");
+    use tokio::io::AsyncBufReadExt as _;
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    let listening = tokio::time::timeout(TIMEOUT, async {
+        while let Some(line) = lines.next_line().await.expect("read stderr") {
+            if let Some(addr) = line.strip_prefix("listening on ws://") {
+                return Some(addr.to_owned());
+            }
+            seen.push(line);
+        }
+        None
+    })
+    .await
+    .expect("skein listened in time");
+    let Some(addr) = listening else {
+        panic!("skein exited without listening:\n{}", seen.join("\n"));
+    };
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    // It answers there.
+    let stream = tokio::net::TcpStream::connect(&addr).await;
+    assert!(stream.is_ok(), "connect to {addr}: {stream:?}");
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+}
+
+#[tokio::test]
+async fn an_out_of_range_port_or_a_bad_host_is_named() {
+    let home = SkeinHome::new();
+    let stderr = serve_refused(&home, "ws://127.0.0.1:99999").await;
+    assert!(
+        stderr.contains("port 99999 is out of range: a port is 0 to 65535"),
+        "{stderr}"
+    );
+    let stderr = serve_refused(&home, "ws://example.invalid:4500").await;
+    assert!(
+        stderr.contains("host \"example.invalid\" is not an IP address"),
+        "{stderr}"
+    );
+}
