@@ -53,12 +53,28 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// The file is not valid TOML.
-    #[error("{path}: not valid TOML: {message}")]
+    /// The file is not valid TOML: `path:line:col: message`, then the
+    /// line and a caret under the spot, each on its own line.
+    #[error("{}", at.render(path, &format!("not valid TOML: {message}")))]
     Parse {
         /// The file.
         path: PathBuf,
-        /// The parser's message (with line and column).
+        /// Where in it.
+        at: SourceSpot,
+        /// The parser's message.
+        message: String,
+    },
+    /// A redaction pattern of the file does not compile: as
+    /// [`ConfigError::Parse`], pointing into the pattern.
+    #[error("{}", at.render(path, &format!("key `{key}`: {message}")))]
+    Pattern {
+        /// The file.
+        path: PathBuf,
+        /// Where in it.
+        at: SourceSpot,
+        /// The dotted key (`otel.redact[0]`).
+        key: String,
+        /// What is wrong.
         message: String,
     },
     /// A `-c key=value` override is malformed.
@@ -79,6 +95,61 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+}
+
+/// A place in a text file, for messages in the form compilers use:
+/// `path:line:col: message`, the line, and a caret under the place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceSpot {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub column: usize,
+    /// The line's text.
+    pub text: String,
+    /// How many characters the caret marks (at least 1).
+    pub width: usize,
+}
+
+impl SourceSpot {
+    /// The spot of the byte range `span` in `text` (clamped to it; a range
+    /// over several lines marks the rest of its first).
+    pub fn of(text: &str, span: std::ops::Range<usize>) -> Self {
+        let mut start = span.start.min(text.len());
+        while !text.is_char_boundary(start) {
+            start -= 1;
+        }
+        let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+        let line_text = text[line_start..line_end].trim_end_matches('\r');
+        let end = span.end.clamp(start, line_start + line_text.len());
+        let width = text.get(start..end).map_or(0, |s| s.chars().count());
+        SourceSpot {
+            line: text[..line_start].matches('\n').count() + 1,
+            column: text[line_start..start].chars().count() + 1,
+            text: line_text.to_owned(),
+            width: width.max(1),
+        }
+    }
+
+    /// `path:line:col: message`, the line and the caret, on three lines.
+    pub fn render(&self, path: &Path, message: &str) -> String {
+        // The caret lines up under tabs as the terminal shows them.
+        let pad: String = self
+            .text
+            .chars()
+            .take(self.column - 1)
+            .map(|c| if c == '\t' { '\t' } else { ' ' })
+            .collect();
+        format!(
+            "{}:{}:{}: {message}\n{}\n{pad}{}",
+            path.display(),
+            self.line,
+            self.column,
+            self.text,
+            "^".repeat(self.width)
+        )
+    }
 }
 
 /// How a provider is spoken to. Only Chat Completions is supported.
@@ -728,11 +799,14 @@ impl Config {
         let mut table = match std::fs::read_to_string(path) {
             Ok(read) => {
                 text = read;
-                text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Parse {
+                text.parse::<toml::Table>().map_err(|e| {
+                    let message = e.message().trim().replace('\n', "; ");
+                    ConfigError::Parse {
                         path: path.to_owned(),
-                        message: e.to_string().trim().replace('\n', " "),
-                    })?
+                        at: SourceSpot::of(&text, e.span().unwrap_or(0..0)),
+                        message,
+                    }
+                })?
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => toml::Table::new(),
             Err(source) => {
@@ -846,13 +920,28 @@ impl Config {
         let mut redact = Vec::with_capacity(raw.otel.redact.len());
         for (i, pattern) in raw.otel.redact.iter().enumerate() {
             let compiled = regex::Regex::new(pattern).map_err(|e| {
-                value_error(
-                    format!("otel.redact[{i}]"),
-                    format!(
-                        "pattern {pattern:?} does not compile: {}",
-                        e.to_string().replace('\n', " ")
-                    ),
-                )
+                let key = format!("otel.redact[{i}]");
+                // regex-syntax says what and where; regex only says what
+                // (and a size limit is only regex's).
+                let (what, offset) = match regex_syntax::Parser::new().parse(pattern) {
+                    Err(regex_syntax::Error::Parse(e)) => {
+                        (e.kind().to_string(), e.span().start.offset)
+                    }
+                    Err(regex_syntax::Error::Translate(e)) => {
+                        (e.kind().to_string(), e.span().start.offset)
+                    }
+                    _ => (e.to_string().replace('\n', " "), 0),
+                };
+                let message = format!("pattern {pattern:?} does not compile: {what}");
+                match pattern_spot(&text, i, pattern, offset) {
+                    Some(at) => ConfigError::Pattern {
+                        path: path.to_owned(),
+                        at,
+                        key,
+                        message,
+                    },
+                    None => value_error(key, message),
+                }
             })?;
             redact.push(compiled);
         }
@@ -884,6 +973,68 @@ impl Config {
             codex_only_keys,
         })
     }
+}
+
+/// Where, in the file's `text`, the byte `offset` of `pattern` is, when
+/// `pattern` is the file's `otel.redact[index]` (an override may have
+/// replaced it).
+fn pattern_spot(text: &str, index: usize, pattern: &str, offset: usize) -> Option<SourceSpot> {
+    let parsed = toml::de::DeTable::parse(text).ok()?;
+    let otel = parsed
+        .get_ref()
+        .iter()
+        .find(|(key, _)| key.get_ref() == "otel")
+        .map(|(_, value)| value)?;
+    let element = otel.get_ref().get("redact")?.get_ref().get(index)?;
+    if element.get_ref().as_str() != Some(pattern) {
+        return None;
+    }
+    let span = element.span();
+    let literal = text.get(span.clone())?;
+    let raw = raw_offset(literal, offset);
+    Some(SourceSpot::of(text, span.start + raw..span.start + raw + 1))
+}
+
+/// The byte of the TOML string `literal` (quotes included) that holds
+/// byte `offset` of its value: escapes of basic strings are counted as
+/// the characters they stand for.
+fn raw_offset(literal: &str, offset: usize) -> usize {
+    let (quote_len, basic) = if literal.starts_with("\"\"\"") {
+        (3, true)
+    } else if literal.starts_with("'''") {
+        (3, false)
+    } else {
+        (1, literal.starts_with('"'))
+    };
+    let body = literal.get(quote_len..).unwrap_or("");
+    let mut decoded = 0;
+    let mut chars = body.char_indices();
+    while let Some((at, c)) = chars.next() {
+        if decoded >= offset {
+            return quote_len + at;
+        }
+        if basic && c == '\\' {
+            let digits = match chars.next().map(|(_, e)| e) {
+                Some('u') => 4,
+                Some('U') => 8,
+                _ => 0,
+            };
+            let mut code = 0u32;
+            for _ in 0..digits {
+                if let Some((_, d)) = chars.next() {
+                    code = code * 16 + d.to_digit(16).unwrap_or(0);
+                }
+            }
+            decoded += if digits > 0 {
+                char::from_u32(code).map_or(1, char::len_utf8)
+            } else {
+                1
+            };
+        } else {
+            decoded += c.len_utf8();
+        }
+    }
+    quote_len + body.len()
 }
 
 /// The top-level keys of `table` that Skein does not read, split into
@@ -1242,6 +1393,45 @@ metrics_exporter = { otlp-grpc = { endpoint = "https://m:4317" } }
 
         let err = load("[otel]\nredact = [\"(\"]\n", &[]).expect_err("bad pattern");
         assert!(err.to_string().contains("otel.redact[0]"), "{err}");
+    }
+
+    #[test]
+    fn a_syntax_error_is_shown_as_path_line_col_with_the_line_and_a_caret() {
+        let err = load("model = \"echo\"\nmodel_provider = skein\n", &[]).expect_err("bad");
+        let text = err.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[0].ends_with("config.toml:2:18: not valid TOML: string values must be quoted, expected literal string"),
+            "{text}"
+        );
+        assert_eq!(lines[1], "model_provider = skein");
+        assert_eq!(lines[2], "                 ^^^^^");
+    }
+
+    #[test]
+    fn a_bad_redaction_pattern_points_into_the_pattern() {
+        // The escape before the error counts as the character it stands for.
+        let err = load("[otel]\nredact = [\"ok\", \"\\\\d+(x\"]\n", &[]).expect_err("bad");
+        let text = err.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[0].ends_with(
+                "config.toml:2:22: key `otel.redact[1]`: pattern \"\\\\d+(x\" does not compile: unclosed group"
+            ),
+            "{text}"
+        );
+        assert_eq!(lines[1], "redact = [\"ok\", \"\\\\d+(x\"]");
+        assert_eq!(lines[2], "                     ^");
+        // From -c, there is no line to show.
+        let err = load("", &["otel.redact=[\"(\"]"]).expect_err("bad");
+        let text = err.to_string();
+        assert!(
+            text.contains("otel.redact[0]") && text.contains("unclosed group"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 1, "{text}");
     }
 
     /// Loads no file and no overrides with exactly the environment `vars`.

@@ -192,3 +192,50 @@ async fn an_out_of_range_port_or_a_bad_host_is_named() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_toml_syntax_error_shows_path_line_col_the_line_and_a_caret() {
+    let home = SkeinHome::new();
+    let config = home.path().join("config.toml");
+    std::fs::write(&config, "model = \"echo\"\nmodel_provider = skein\n").expect("write");
+    let stderr = serve_refused(&home, "stdio://").await;
+    let lines: Vec<&str> = stderr.lines().collect();
+    let first = format!("skein: error: {}:2:18: not valid TOML: ", config.display());
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with(&first))
+        .unwrap_or_else(|| panic!("no line starting {first:?}:\n{stderr}"));
+    assert_eq!(
+        lines.get(at + 1),
+        Some(&"model_provider = skein"),
+        "{stderr}"
+    );
+    assert_eq!(
+        lines.get(at + 2),
+        Some(&"                 ^^^^^"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_redaction_pattern_shows_where_in_the_file() {
+    let home = SkeinHome::new();
+    let config = home.path().join("config.toml");
+    std::fs::write(&config, "[otel]\nredact = [\"sk-(unclosed\"]\n").expect("write");
+    let stderr = serve_refused(&home, "stdio://").await;
+    let lines: Vec<&str> = stderr.lines().collect();
+    let first = format!(
+        "skein: error: {}:2:15: key `otel.redact[0]`: pattern \"sk-(unclosed\" does not compile: unclosed group",
+        config.display()
+    );
+    let at = lines
+        .iter()
+        .position(|l| *l == first)
+        .unwrap_or_else(|| panic!("no line {first:?}:\n{stderr}"));
+    assert_eq!(
+        lines.get(at + 1),
+        Some(&"redact = [\"sk-(unclosed\"]"),
+        "{stderr}"
+    );
+    assert_eq!(lines.get(at + 2), Some(&"              ^"), "{stderr}");
+}
