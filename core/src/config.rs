@@ -895,6 +895,19 @@ impl Config {
         if model.trim().is_empty() {
             return Err(value_error("model".into(), "must not be empty".into()));
         }
+        if model == ECHO_MODEL && model_provider != ECHO_PROVIDER {
+            // `model/list` would offer two models named `echo`, and which
+            // one a thread gets would depend on how it asks.
+            return Err(value_error(
+                "model".into(),
+                format!(
+                    "{ECHO_MODEL:?} is the offline model of provider `{ECHO_PROVIDER}`, but \
+                     model_provider is {model_provider:?}: say which you mean, \
+                     `-c model_provider=\"{ECHO_PROVIDER}\"` for the offline echo, or a model \
+                     {model_provider:?} serves"
+                ),
+            ));
+        }
         if model_provider == ECHO_PROVIDER && model != ECHO_MODEL {
             return Err(value_error(
                 "model".into(),
@@ -1387,6 +1400,19 @@ metrics_exporter = { otlp-grpc = { endpoint = "https://m:4317" } }
         let err = load("[model_providers.x]\nbase_url = 5\n", &[]).expect_err("bad type");
         let text = err.to_string();
         assert!(text.contains("model_providers.x.base_url"), "{text}");
+
+        // `echo` with another provider is ambiguous: named, not guessed.
+        let err = load(
+            "model_provider = \"local\"\n[model_providers.local]\nbase_url = \"http://127.0.0.1:1/v1\"\n",
+            &["model=\"echo\""],
+        )
+        .expect_err("ambiguous echo");
+        let text = err.to_string();
+        assert!(
+            text.contains("`model`") && text.contains("model_provider is \"local\""),
+            "{text}"
+        );
+        assert!(text.contains("-c model_provider=\"skein\""), "{text}");
 
         let err = load("model = [", &[]).expect_err("bad toml");
         assert!(err.to_string().contains("not valid TOML"), "{err}");

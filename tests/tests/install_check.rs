@@ -239,3 +239,41 @@ async fn a_bad_redaction_pattern_shows_where_in_the_file() {
     );
     assert_eq!(lines.get(at + 2), Some(&"              ^"), "{stderr}");
 }
+
+#[tokio::test]
+async fn model_echo_with_a_configured_provider_is_refused_as_ambiguous() {
+    let home = SkeinHome::new();
+    std::fs::write(
+        home.path().join("config.toml"),
+        "model = \"qwen\"\nmodel_provider = \"local\"\n\n[model_providers.local]\nbase_url = \"http://127.0.0.1:9/v1\"\n",
+    )
+    .expect("write");
+    let output = run_skein(
+        &home,
+        &["serve", "--trace-dir", "none", "-c", "model=\"echo\""],
+        &[],
+    )
+    .await;
+    let stderr = text(&output.stderr);
+    // Before, it started and `model/list` offered two models named `echo`.
+    assert!(!output.status.success(), "started:\n{stderr}");
+    assert!(stderr.contains("key `model`"), "{stderr}");
+    assert!(stderr.contains("model_provider is \"local\""), "{stderr}");
+    assert!(stderr.contains("-c model_provider=\"skein\""), "{stderr}");
+    // Saying which provider is meant works.
+    let output = run_skein(
+        &home,
+        &[
+            "serve",
+            "--trace-dir",
+            "none",
+            "-c",
+            "model=\"echo\"",
+            "-c",
+            "model_provider=\"skein\"",
+        ],
+        &[],
+    )
+    .await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+}
