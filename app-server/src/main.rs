@@ -508,6 +508,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
              --strict-config refuses to start instead)"
         );
     }
+    for provider in config.providers_without_key() {
+        tracing::warn!(
+            "model provider `{}`: {}; its requests go out without an API key",
+            provider.id,
+            provider.key_hint()
+        );
+    }
     if !from_config.is_empty() {
         // Names only: headers may hold credentials.
         let names: Vec<&str> = from_config.iter().map(|(name, _)| name.as_str()).collect();

@@ -612,6 +612,35 @@ pub struct Provider {
     pub wire_api: WireApi,
     /// Timeout of one request.
     pub request_timeout: Duration,
+    /// Whether this is the built-in `openai` provider (no table in the
+    /// file).
+    pub builtin: bool,
+}
+
+impl Provider {
+    /// Where the turn's error and the startup warning say the key should
+    /// come from, when the API refuses the request (401, 403) or no key
+    /// was found: the variable's name, never its value.
+    pub fn key_hint(&self) -> String {
+        let table = if self.builtin {
+            format!("the built-in provider `{}`", self.id)
+        } else {
+            format!("model_providers.{}.env_key", self.id)
+        };
+        match (&self.env_key, &self.api_key) {
+            (Some(var), None) => {
+                format!("no API key was sent: the environment variable {var} ({table}) is not set")
+            }
+            (Some(var), Some(_)) => {
+                format!("the API key was read from the environment variable {var} ({table})")
+            }
+            (None, _) => format!(
+                "no API key is configured: set `env_key` in [model_providers.{}] to the \
+                 environment variable that holds it",
+                self.id
+            ),
+        }
+    }
 }
 
 impl std::fmt::Debug for Provider {
@@ -623,6 +652,7 @@ impl std::fmt::Debug for Provider {
             .field("env_key", &self.env_key)
             .field("api_key", &self.api_key.as_ref().map(|_| "[set]"))
             .field("request_timeout", &self.request_timeout)
+            .field("builtin", &self.builtin)
             .finish()
     }
 }
@@ -768,6 +798,7 @@ fn builtin_providers(env: &dyn Fn(&str) -> Option<String>) -> BTreeMap<String, P
         api_key: env(OPENAI_API_KEY_ENV).filter(|k| !k.is_empty()),
         wire_api: WireApi::Chat,
         request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
+        builtin: true,
     };
     BTreeMap::from([(OPENAI_PROVIDER.to_owned(), openai)])
 }
@@ -783,6 +814,17 @@ fn capture_from_env(env: &dyn Fn(&str) -> Option<String>) -> bool {
 }
 
 impl Config {
+    /// The providers whose `env_key` names a variable that is not set (or
+    /// is empty): every configured one, and the built-in `openai` when it
+    /// is the default provider. Their requests go out without a key.
+    pub fn providers_without_key(&self) -> Vec<&Provider> {
+        self.providers
+            .values()
+            .filter(|p| p.env_key.is_some() && p.api_key.is_none())
+            .filter(|p| !p.builtin || p.id == self.model_provider)
+            .collect()
+    }
+
     /// Loads `path` (absent is fine) with `overrides` (`key=value`) on top,
     /// reading API keys and switches from the process environment.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
@@ -873,6 +915,7 @@ impl Config {
                     request_timeout: Duration::from_millis(
                         p.request_timeout_ms.unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS),
                     ),
+                    builtin: false,
                 },
             );
         }
@@ -1471,6 +1514,33 @@ metrics_exporter = { otlp-grpc = { endpoint = "https://m:4317" } }
             vars.get(k).cloned()
         })
         .expect("load")
+    }
+
+    #[test]
+    fn providers_whose_key_variable_is_unset_are_found_and_named() {
+        let text = "[model_providers.a]\nbase_url = \"http://127.0.0.1:1/v1\"\nenv_key = \"A_KEY\"\n\
+                    [model_providers.b]\nbase_url = \"http://127.0.0.1:1/v1\"\nenv_key = \"B_KEY\"\n";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).expect("write");
+        let config = Config::load_with_env(&path, &[], &|k| {
+            (k == "B_KEY").then(|| "secret-b".to_owned())
+        })
+        .expect("config");
+        // `openai` is built in and not the default: not listed.
+        let missing: Vec<&str> = config
+            .providers_without_key()
+            .iter()
+            .map(|p| p.id.as_str())
+            .collect();
+        assert_eq!(missing, vec!["a"]);
+        let hint = config.providers["a"].key_hint();
+        assert!(hint.contains("A_KEY") && hint.contains("not set"), "{hint}");
+        let hint = config.providers["b"].key_hint();
+        assert!(
+            hint.contains("B_KEY") && !hint.contains("secret-b"),
+            "{hint}"
+        );
     }
 
     #[test]

@@ -277,3 +277,54 @@ async fn model_echo_with_a_configured_provider_is_refused_as_ambiguous() {
     .await;
     assert!(output.status.success(), "{}", text(&output.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unset_key_variable_is_warned_at_startup_and_named_by_a_401() {
+    use serde_json::json;
+    use support::mock_llm::{MockLlm, Reply, text_chunks};
+    use support::{Server, ServerOptions, Transport};
+    let mock = MockLlm::start(vec![
+        Reply::Status(
+            401,
+            vec![],
+            json!({"error": {"message": "You didn't provide an API key."}}),
+        ),
+        Reply::Stream(text_chunks(&["never"], 1, 1)),
+    ])
+    .await;
+    // The mock provider's env_key is MOCK_API_KEY, left unset here.
+    assert!(std::env::var_os("MOCK_API_KEY").is_none());
+    let mut options = ServerOptions::default();
+    for arg in mock.config_args() {
+        options = options.arg(&arg);
+    }
+    let mut server = Server::start_with(Transport::Stdio, options).await;
+    let warning = server
+        .wait_for_stderr(|l| l.contains("WARN") && l.contains("MOCK_API_KEY"))
+        .await;
+    assert!(
+        warning.contains("model provider `mock`") && warning.contains("is not set"),
+        "{warning}"
+    );
+    let mut client = server.connect().await;
+    client.initialize("e2e-install-check", "0.0.1").await;
+    let thread_id = client.start_thread().await;
+    let turn_id = client.start_turn(&thread_id, "hi", None).await.turn_id();
+    let completed = client.wait_for_turn_completed(&turn_id).await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "failed",
+        "{completed}"
+    );
+    let message = completed["params"]["turn"]["error"]["message"]
+        .as_str()
+        .expect("an error message");
+    assert!(message.contains("401"), "{message}");
+    assert!(
+        message.contains(
+            "the environment variable MOCK_API_KEY (model_providers.mock.env_key) is not set"
+        ),
+        "{message}"
+    );
+    client.close().await;
+    server.shutdown().await;
+}
