@@ -56,6 +56,16 @@ enum Command {
         command: skein_app_server::trace_view::TraceCommand,
     },
 
+    /// Check the configuration and the machine before any turn, item by
+    /// item: config.toml parses (with the -c overrides) and has no unknown
+    /// key, each provider's `env_key` variable is set (never shown), each
+    /// MCP server's command is found (with --start-mcp: started, its tools
+    /// listed), the trace store is writable, the OTLP collector accepts a
+    /// TCP connection, and the limit on open files fits the configured
+    /// limits. Reads config.toml, -c, the store and OTLP settings as
+    /// `skein serve` does. Exits 1 when a check fails.
+    Doctor(Box<DoctorArgs>),
+
     /// Print a shell completion script for `skein` to stdout.
     ///
     /// bash: `skein completions bash > ~/.local/share/bash-completion/completions/skein`;
@@ -317,6 +327,92 @@ struct ServeArgs {
     ws_message_timeout: u64,
 }
 
+#[derive(Debug, Args)]
+struct DoctorArgs {
+    /// Override a key of $SKEIN_HOME/config.toml, as `skein serve -c`.
+    #[arg(short = 'c', long = "config", value_name = "KEY=VALUE")]
+    config_overrides: Vec<String>,
+
+    /// The trace store to check, as `skein serve --trace-dir` (`none`: off).
+    #[arg(long, value_name = "DIR", env = "SKEIN_TRACE_DIR")]
+    trace_dir: Option<String>,
+
+    /// The OTLP endpoint to check, as `skein serve --otlp-endpoint`;
+    /// without it, the OTEL_EXPORTER_OTLP_* environment and config.toml's
+    /// [otel] table, as serve reads them.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+
+    /// The OTLP protocol, as `skein serve --otlp-protocol`.
+    #[arg(long, value_name = "PROTOCOL")]
+    otlp_protocol: Option<OtlpProtocol>,
+
+    /// Where serve would listen (it decides whether connections count
+    /// against the limit on open files), as `skein serve --listen`.
+    #[arg(long, value_name = "URL", default_value = "stdio://")]
+    listen: ListenAddr,
+
+    /// As `skein serve --max-connections`.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_connections: usize,
+
+    /// As `skein serve --max-running-turns`.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_RUNNING_TURNS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_running_turns: usize,
+
+    /// As `skein serve --max-loaded-threads`.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_LOADED_THREADS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_loaded_threads: usize,
+
+    /// Also start each MCP server (as a turn would, through core's MCP
+    /// client), list its tools, and stop it.
+    #[arg(long)]
+    start_mcp: bool,
+
+    /// Print the report as one JSON object: `{"ok": bool, "checks":
+    /// [{"check", "item", "status" ("ok", "fail" or "skip"), "detail"}]}`.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `skein doctor`: the report on stdout; an error when a check failed.
+fn doctor(args: DoctorArgs) -> anyhow::Result<bool> {
+    skein_core::providers::install_crypto_provider();
+    let options = skein_app_server::doctor::DoctorOptions {
+        config_path: paths::skein_home()?.join("config.toml"),
+        overrides: args.config_overrides,
+        trace_dir: serve_trace_dir(args.trace_dir)?,
+        otlp: OtlpSettings {
+            endpoint: args.otlp_endpoint,
+            protocol: args.otlp_protocol,
+        },
+        limits: skein_app_server::descriptors::Limits {
+            websocket: !matches!(args.listen, ListenAddr::Stdio),
+            max_connections: args.max_connections,
+            max_running_turns: args.max_running_turns,
+            max_loaded_threads: args.max_loaded_threads,
+        },
+        start_mcp: args.start_mcp,
+    };
+    let report = skein_app_server::doctor::run(&options);
+    let text = if args.json {
+        let mut json = serde_json::to_string(&report).context("encoding the report")?;
+        json.push('\n');
+        json
+    } else {
+        report.to_text()
+    };
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("writing the report to stdout")?;
+    Ok(report.ok)
+}
+
 /// `--ws-auth` modes.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum WsAuthMode {
@@ -403,6 +499,12 @@ fn main() -> ExitCode {
             skein_app_server::trace_view::run_cli(command).map_err(Into::into)
         }
         Command::Completions { shell } => completions(shell),
+        Command::Doctor(args) => match doctor(*args) {
+            // The report said what failed.
+            Ok(false) => return ExitCode::FAILURE,
+            Ok(true) => Ok(()),
+            Err(err) => Err(err),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -328,3 +328,270 @@ async fn an_unset_key_variable_is_warned_at_startup_and_named_by_a_401() {
     client.close().await;
     server.shutdown().await;
 }
+
+/// `skein doctor ARGS` with the OTLP environment cleared, as JSON.
+async fn doctor_json(
+    home: &SkeinHome,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (bool, serde_json::Value) {
+    let mut all = vec!["doctor", "--json"];
+    all.extend_from_slice(args);
+    let mut command = tokio::process::Command::new(skein_bin());
+    command
+        .args(&all)
+        .env("SKEIN_HOME", home.path())
+        .env_remove("SKEIN_TRACE_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("OTEL_") {
+            command.env_remove(key);
+        }
+    }
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = tokio::time::timeout(TIMEOUT, command.output())
+        .await
+        .expect("skein doctor exited in time")
+        .expect("run skein doctor");
+    let stdout = text(&output.stdout);
+    let report: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}\n{}", text(&output.stderr)));
+    assert_eq!(
+        report["ok"].as_bool(),
+        Some(output.status.success()),
+        "exit status follows `ok`: {report}"
+    );
+    (output.status.success(), report)
+}
+
+/// The check `check` of `item` in a doctor report.
+fn check<'a>(report: &'a serde_json::Value, check: &str, item: &str) -> &'a serde_json::Value {
+    report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["check"] == check && c["item"] == item)
+        .unwrap_or_else(|| panic!("no check {check} of {item:?}: {report}"))
+}
+
+/// The config.toml of the README's "A local OpenAI-compatible server".
+fn readme_example_config() -> String {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
+    let start = readme
+        .find("cat > ~/.skein/config.toml <<'TOML'\n")
+        .expect("the README's example config");
+    let body = &readme[start..];
+    let body = &body[body.find('\n').expect("newline") + 1..];
+    body[..body.find("\nTOML\n").expect("end of the example")].to_owned() + "\n"
+}
+
+#[tokio::test]
+async fn doctor_is_clean_with_the_readme_example_config() {
+    let home = SkeinHome::new();
+    std::fs::write(home.path().join("config.toml"), readme_example_config()).expect("write");
+    let (ok, report) = doctor_json(&home, &[], &[]).await;
+    assert!(ok, "{report:#}");
+    assert_eq!(
+        check(
+            &report,
+            "config",
+            &home.path().join("config.toml").display().to_string()
+        )["status"],
+        "ok"
+    );
+    assert_eq!(check(&report, "provider_key", "local")["status"], "ok");
+    assert_eq!(
+        check(
+            &report,
+            "trace_store",
+            &home.path().join("traces").display().to_string()
+        )["status"],
+        "ok"
+    );
+    assert_eq!(check(&report, "descriptors", "")["status"], "ok");
+    // Every check has the four stable fields.
+    for c in report["checks"].as_array().expect("checks") {
+        for field in ["check", "item", "status", "detail"] {
+            assert!(c.get(field).is_some(), "{field} in {c}");
+        }
+    }
+    // The text form ends with the summary.
+    let output = run_skein(&home, &["doctor"], &[]).await;
+    assert!(output.status.success());
+    assert!(
+        text(&output.stdout).ends_with("checks, all fine\n"),
+        "{}",
+        text(&output.stdout)
+    );
+}
+
+#[tokio::test]
+async fn doctor_says_what_is_wrong_per_item_and_exits_non_zero() {
+    let home = SkeinHome::new();
+    std::fs::write(
+        home.path().join("config.toml"),
+        "modle = \"typo\"\n\
+         model = \"m\"\n\
+         model_provider = \"keyed\"\n\
+         [model_providers.keyed]\n\
+         base_url = \"http://127.0.0.1:9/v1\"\n\
+         env_key = \"SKEIN_DOCTOR_SET_KEY\"\n\
+         [model_providers.unkeyed]\n\
+         base_url = \"http://127.0.0.1:9/v1\"\n\
+         env_key = \"SKEIN_DOCTOR_UNSET_KEY\"\n\
+         [mcp_servers.missing]\n\
+         command = \"skein-doctor-no-such-command\"\n",
+    )
+    .expect("write");
+    let not_a_dir = home.path().join("store-is-a-file");
+    std::fs::write(&not_a_dir, "x").expect("write");
+    // A port nobody listens on: bound, then closed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let secret = "sk-doctor-secret-value-0123456789";
+    let (ok, report) = doctor_json(
+        &home,
+        &[
+            "--trace-dir",
+            &not_a_dir.display().to_string(),
+            "--otlp-endpoint",
+            &endpoint,
+            "--listen",
+            "ws://127.0.0.1:0",
+            "--max-connections",
+            "1000000000",
+        ],
+        &[("SKEIN_DOCTOR_SET_KEY", secret)],
+    )
+    .await;
+    assert!(!ok, "{report:#}");
+    let rendered = report.to_string();
+    assert!(
+        !rendered.contains(secret),
+        "a key's value is never shown: {rendered}"
+    );
+    let unknown = check(&report, "unknown_key", "modle");
+    assert_eq!(unknown["status"], "fail");
+    assert!(
+        unknown["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("config.toml:1"),
+        "{unknown}"
+    );
+    let keyed = check(&report, "provider_key", "keyed");
+    assert_eq!(keyed["status"], "ok", "{keyed}");
+    assert!(
+        keyed["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("SKEIN_DOCTOR_SET_KEY is set")
+    );
+    let unkeyed = check(&report, "provider_key", "unkeyed");
+    assert_eq!(unkeyed["status"], "fail", "{unkeyed}");
+    assert!(
+        unkeyed["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("SKEIN_DOCTOR_UNSET_KEY")
+    );
+    assert_eq!(check(&report, "mcp_command", "missing")["status"], "fail");
+    let store = check(&report, "trace_store", &not_a_dir.display().to_string());
+    assert_eq!(store["status"], "fail", "{store}");
+    let otlp = check(&report, "otlp_endpoint", &format!("{endpoint}/v1/traces"));
+    assert_eq!(otlp["status"], "fail", "{otlp}");
+    let descriptors = check(&report, "descriptors", "");
+    assert_eq!(descriptors["status"], "fail", "{descriptors}");
+    assert!(
+        descriptors["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("--max-connections")
+    );
+
+    // The same `-c` overrides as serve: fixing the typo and the key there
+    // leaves those items fine.
+    let (_, report) = doctor_json(
+        &home,
+        &[
+            "-c",
+            "model_providers.unkeyed.env_key=\"SKEIN_DOCTOR_SET_KEY\"",
+        ],
+        &[("SKEIN_DOCTOR_SET_KEY", secret)],
+    )
+    .await;
+    assert_eq!(
+        check(&report, "provider_key", "unkeyed")["status"],
+        "ok",
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn doctor_reaches_the_otlp_collector_and_reports_a_broken_file() {
+    let home = SkeinHome::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    let (ok, report) = doctor_json(&home, &[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]).await;
+    assert!(ok, "{report:#}");
+    assert_eq!(
+        check(&report, "otlp_endpoint", &format!("{endpoint}/v1/traces"))["status"],
+        "ok"
+    );
+    drop(listener);
+
+    std::fs::write(home.path().join("config.toml"), "[otel\n").expect("write");
+    let output = run_skein(&home, &["doctor"], &[]).await;
+    assert!(!output.status.success());
+    let stdout = text(&output.stdout);
+    assert!(stdout.starts_with("FAIL  config"), "{stdout}");
+    assert!(
+        stdout.contains("config.toml:1:6: not valid TOML"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_start_mcp_starts_each_server_and_lists_its_tools() {
+    let home = SkeinHome::new();
+    let mut args = vec![
+        "--start-mcp".to_owned(),
+        "-c".to_owned(),
+        "mcp_servers.broken.command=\"false\"".to_owned(),
+    ];
+    let venv = support::mcp_venv();
+    if let Some((time_bin, _)) = &venv {
+        args.push("-c".to_owned());
+        args.push(format!(
+            "mcp_servers.time.command=\"{}\"",
+            time_bin.display()
+        ));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, report) = doctor_json(&home, &args, &[]).await;
+    assert!(!ok, "{report:#}");
+    assert_eq!(check(&report, "mcp_command", "broken")["status"], "ok");
+    assert_eq!(
+        check(&report, "mcp_start", "broken")["status"],
+        "fail",
+        "{report:#}"
+    );
+    if venv.is_some() {
+        let time = check(&report, "mcp_start", "time");
+        assert_eq!(time["status"], "ok", "{time}");
+        assert!(
+            time["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("get_current_time"),
+            "{time}"
+        );
+    }
+}
