@@ -52,6 +52,24 @@ impl Limits {
         }
     }
 
+    /// What [`Limits::needed`] adds up, for messages.
+    pub fn explain(&self) -> String {
+        format!(
+            "{} connections + {} + {RESERVED} for the rest",
+            self.connections(),
+            self.thread_files().1
+        )
+    }
+
+    /// The flag that lowers the thread files' share.
+    pub fn lower_flag(&self) -> &'static str {
+        if IDLE_THREADS_HOLD_FILES {
+            "--max-loaded-threads"
+        } else {
+            "--max-running-turns"
+        }
+    }
+
     /// Descriptors the limits can need at once: one per connection, one
     /// per history file open at once, and [`RESERVED`].
     pub fn needed(&self) -> u64 {
@@ -128,6 +146,31 @@ pub fn raise_to_hard() -> Option<FileLimit> {
     None
 }
 
+/// The limits on open files as they are, without raising them (`was` and
+/// `soft` are the same). `None` where they cannot be read.
+#[cfg(unix)]
+pub fn current() -> Option<FileLimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given, which lives here.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    Some(FileLimit {
+        was: limit.rlim_cur,
+        soft: limit.rlim_cur,
+        hard: limit.rlim_max,
+    })
+}
+
+/// Not available here.
+#[cfg(not(unix))]
+pub fn current() -> Option<FileLimit> {
+    None
+}
+
 /// Raises the soft limit and logs what it is, warning with the numbers when
 /// the configured limits need more descriptors than it allows.
 pub fn raise_and_check(limits: Limits) {
@@ -143,21 +186,15 @@ pub fn raise_and_check(limits: Limits) {
     }
     let needed = limits.needed();
     if limit.soft < needed {
-        let connections = limits.connections();
-        let (_, thread_files) = limits.thread_files();
-        let lower = if IDLE_THREADS_HOLD_FILES {
-            "--max-loaded-threads"
-        } else {
-            "--max-running-turns"
-        };
         tracing::warn!(
             limit = limit.soft,
             hard_limit = limit.hard,
             needed,
             "the limit on open files ({}) is below what the configured limits can need ({needed}: \
-             {connections} connections + {thread_files} + {RESERVED} for the rest); raise the hard \
-             limit (ulimit -Hn, LimitNOFILE=) or lower --max-connections / {lower}",
+             {}); raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower --max-connections / {}",
             limit.soft,
+            limits.explain(),
+            limits.lower_flag(),
         );
     }
 }

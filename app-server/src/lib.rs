@@ -15,6 +15,7 @@
 
 pub mod connection;
 pub mod descriptors;
+pub mod doctor;
 pub mod environment;
 pub mod events;
 pub mod ignored_params;

@@ -55,12 +55,65 @@ enum Command {
         #[command(subcommand)]
         command: skein_app_server::trace_view::TraceCommand,
     },
+
+    /// Check the configuration and the machine before any turn, item by
+    /// item: config.toml parses (with the -c overrides) and has no unknown
+    /// key, each provider's `env_key` variable is set (never shown), each
+    /// MCP server's command is found (with --start-mcp: started, its tools
+    /// listed), the trace store is writable, the OTLP collector accepts a
+    /// TCP connection, and the limit on open files fits the configured
+    /// limits. Reads config.toml, -c, the store and OTLP settings as
+    /// `skein serve` does. Exits 1 when a check fails.
+    Doctor(Box<DoctorArgs>),
+
+    /// Print a shell completion script for `skein` to stdout.
+    ///
+    /// bash: `skein completions bash > ~/.local/share/bash-completion/completions/skein`;
+    /// zsh: `skein completions zsh > ~/.zfunc/_skein` (with `fpath+=~/.zfunc`
+    /// before `compinit` in ~/.zshrc); fish: `skein completions fish >
+    /// ~/.config/fish/completions/skein.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_name = "SHELL")]
+        shell: CompletionShell,
+    },
+}
+
+/// Shells `skein completions` writes a script for.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum CompletionShell {
+    /// Bash.
+    Bash,
+    /// Zsh.
+    Zsh,
+    /// Fish.
+    Fish,
+}
+
+/// Writes the completion script of `shell` to stdout.
+fn completions(shell: CompletionShell) -> anyhow::Result<()> {
+    use clap::CommandFactory as _;
+    use clap_complete::Shell;
+    let shell = match shell {
+        CompletionShell::Bash => Shell::Bash,
+        CompletionShell::Zsh => Shell::Zsh,
+        CompletionShell::Fish => Shell::Fish,
+    };
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "skein", &mut script);
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&script)
+        .and_then(|()| out.flush())
+        .context("writing the completion script to stdout")
 }
 
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// Where to listen: `stdio://`, `ws://IP:PORT` (port 0 picks a free
-    /// port; the address is printed to stderr as `listening on ws://IP:PORT`),
+    /// Where to listen: `stdio://`, `ws://IP:PORT` (IP may be
+    /// `localhost`, meaning 127.0.0.1, and an IPv6 address goes in
+    /// brackets, `ws://[::1]:4500`; port 0 picks a free port; the address
+    /// is printed to stderr as `listening on ws://IP:PORT`),
     /// or `unix://PATH`: WebSocket over a Unix domain socket, as the Codex
     /// app-server does (`codex --remote unix://PATH`), with no TCP port
     /// open. The socket file is made owner-only (0600), and folders created
@@ -274,6 +327,92 @@ struct ServeArgs {
     ws_message_timeout: u64,
 }
 
+#[derive(Debug, Args)]
+struct DoctorArgs {
+    /// Override a key of $SKEIN_HOME/config.toml, as `skein serve -c`.
+    #[arg(short = 'c', long = "config", value_name = "KEY=VALUE")]
+    config_overrides: Vec<String>,
+
+    /// The trace store to check, as `skein serve --trace-dir` (`none`: off).
+    #[arg(long, value_name = "DIR", env = "SKEIN_TRACE_DIR")]
+    trace_dir: Option<String>,
+
+    /// The OTLP endpoint to check, as `skein serve --otlp-endpoint`;
+    /// without it, the OTEL_EXPORTER_OTLP_* environment and config.toml's
+    /// [otel] table, as serve reads them.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+
+    /// The OTLP protocol, as `skein serve --otlp-protocol`.
+    #[arg(long, value_name = "PROTOCOL")]
+    otlp_protocol: Option<OtlpProtocol>,
+
+    /// Where serve would listen (it decides whether connections count
+    /// against the limit on open files), as `skein serve --listen`.
+    #[arg(long, value_name = "URL", default_value = "stdio://")]
+    listen: ListenAddr,
+
+    /// As `skein serve --max-connections`.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_connections: usize,
+
+    /// As `skein serve --max-running-turns`.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_RUNNING_TURNS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_running_turns: usize,
+
+    /// As `skein serve --max-loaded-threads`.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_LOADED_THREADS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_loaded_threads: usize,
+
+    /// Also start each MCP server (as a turn would, through core's MCP
+    /// client), list its tools, and stop it.
+    #[arg(long)]
+    start_mcp: bool,
+
+    /// Print the report as one JSON object: `{"ok": bool, "checks":
+    /// [{"check", "item", "status" ("ok", "fail" or "skip"), "detail"}]}`.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `skein doctor`: the report on stdout; an error when a check failed.
+fn doctor(args: DoctorArgs) -> anyhow::Result<bool> {
+    skein_core::providers::install_crypto_provider();
+    let options = skein_app_server::doctor::DoctorOptions {
+        config_path: paths::skein_home()?.join("config.toml"),
+        overrides: args.config_overrides,
+        trace_dir: serve_trace_dir(args.trace_dir)?,
+        otlp: OtlpSettings {
+            endpoint: args.otlp_endpoint,
+            protocol: args.otlp_protocol,
+        },
+        limits: skein_app_server::descriptors::Limits {
+            websocket: !matches!(args.listen, ListenAddr::Stdio),
+            max_connections: args.max_connections,
+            max_running_turns: args.max_running_turns,
+            max_loaded_threads: args.max_loaded_threads,
+        },
+        start_mcp: args.start_mcp,
+    };
+    let report = skein_app_server::doctor::run(&options);
+    let text = if args.json {
+        let mut json = serde_json::to_string(&report).context("encoding the report")?;
+        json.push('\n');
+        json
+    } else {
+        report.to_text()
+    };
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("writing the report to stdout")?;
+    Ok(report.ok)
+}
+
 /// `--ws-auth` modes.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum WsAuthMode {
@@ -359,6 +498,13 @@ fn main() -> ExitCode {
         Command::Trace { command } => {
             skein_app_server::trace_view::run_cli(command).map_err(Into::into)
         }
+        Command::Completions { shell } => completions(shell),
+        Command::Doctor(args) => match doctor(*args) {
+            // The report said what failed.
+            Ok(false) => return ExitCode::FAILURE,
+            Ok(true) => Ok(()),
+            Err(err) => Err(err),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -462,6 +608,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!(
             "{unknown}: neither Skein nor Codex defines it, so it is ignored (a typo? \
              --strict-config refuses to start instead)"
+        );
+    }
+    for provider in config.providers_without_key() {
+        tracing::warn!(
+            "model provider `{}`: {}; its requests go out without an API key",
+            provider.id,
+            provider.key_hint()
         );
     }
     if !from_config.is_empty() {

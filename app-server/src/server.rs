@@ -95,10 +95,47 @@ impl FromStr for ListenAddr {
             return Err(error("unknown scheme"));
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
-        rest.parse::<SocketAddr>()
+        parse_ws_host_port(rest)
             .map(ListenAddr::WebSocket)
-            .map_err(|e| error(&format!("{e}; give a numeric IP and a port")))
+            .map_err(|reason| error(&reason))
     }
+}
+
+/// `HOST:PORT` of a `ws://` address: HOST an IPv4 address, an IPv6 one in
+/// brackets, or `localhost` (the IPv4 loopback, 127.0.0.1, without asking
+/// a resolver); PORT 0 to 65535. The error says which part is wrong.
+fn parse_ws_host_port(text: &str) -> Result<SocketAddr, String> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!(
+            "{text:?} has no port; add one, e.g. `:4500` (`:0` picks a free port)"
+        ));
+    };
+    let ip = if host.eq_ignore_ascii_case("localhost") {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        inner
+            .parse::<Ipv6Addr>()
+            .map(IpAddr::V6)
+            .map_err(|_| format!("{inner:?} is not an IPv6 address"))?
+    } else if host.contains(':') {
+        return Err(format!(
+            "an IPv6 address goes in brackets, e.g. `ws://[::1]:4500`; got {text:?}"
+        ));
+    } else if host.is_empty() {
+        return Err("the host is missing; give an IP address or `localhost`".to_owned());
+    } else {
+        host.parse::<Ipv4Addr>().map(IpAddr::V4).map_err(|_| {
+            format!("host {host:?} is not an IP address; give a numeric IP or `localhost`")
+        })?
+    };
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("port {port:?} is not a number (0 to 65535)"));
+    }
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("port {port} is out of range: a port is 0 to 65535"))?;
+    Ok(SocketAddr::new(ip, port))
 }
 
 /// Everything `serve` needs.
@@ -405,7 +442,28 @@ mod tests {
         );
         let err = "http://x".parse::<ListenAddr>().expect_err("bad scheme");
         assert!(err.to_string().contains("expected `stdio://`"), "{err}");
-        assert!("ws://localhost:80".parse::<ListenAddr>().is_err());
+        assert_eq!(
+            "ws://localhost:80".parse::<ListenAddr>().ok(),
+            Some(ListenAddr::WebSocket("127.0.0.1:80".parse().expect("addr")))
+        );
+        assert_eq!(
+            "ws://[::1]:4500/".parse::<ListenAddr>().ok(),
+            Some(ListenAddr::WebSocket("[::1]:4500".parse().expect("addr")))
+        );
+        for (given, says) in [
+            ("ws://127.0.0.1:99999", "port 99999 is out of range"),
+            ("ws://127.0.0.1:http", "port \"http\" is not a number"),
+            ("ws://127.0.0.1", "has no port"),
+            (
+                "ws://example.com:80",
+                "host \"example.com\" is not an IP address",
+            ),
+            ("ws://::1:80", "IPv6 address goes in brackets"),
+            ("ws://:80", "the host is missing"),
+        ] {
+            let err = given.parse::<ListenAddr>().expect_err(given).to_string();
+            assert!(err.contains(says), "{given}: {err}");
+        }
         assert_eq!(
             "unix:///tmp/s.sock".parse::<ListenAddr>().ok(),
             Some(ListenAddr::Unix(Some(PathBuf::from("/tmp/s.sock"))))

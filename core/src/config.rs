@@ -53,12 +53,28 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// The file is not valid TOML.
-    #[error("{path}: not valid TOML: {message}")]
+    /// The file is not valid TOML: `path:line:col: message`, then the
+    /// line and a caret under the spot, each on its own line.
+    #[error("{}", at.render(path, &format!("not valid TOML: {message}")))]
     Parse {
         /// The file.
         path: PathBuf,
-        /// The parser's message (with line and column).
+        /// Where in it.
+        at: SourceSpot,
+        /// The parser's message.
+        message: String,
+    },
+    /// A redaction pattern of the file does not compile: as
+    /// [`ConfigError::Parse`], pointing into the pattern.
+    #[error("{}", at.render(path, &format!("key `{key}`: {message}")))]
+    Pattern {
+        /// The file.
+        path: PathBuf,
+        /// Where in it.
+        at: SourceSpot,
+        /// The dotted key (`otel.redact[0]`).
+        key: String,
+        /// What is wrong.
         message: String,
     },
     /// A `-c key=value` override is malformed.
@@ -79,6 +95,61 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+}
+
+/// A place in a text file, for messages in the form compilers use:
+/// `path:line:col: message`, the line, and a caret under the place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceSpot {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub column: usize,
+    /// The line's text.
+    pub text: String,
+    /// How many characters the caret marks (at least 1).
+    pub width: usize,
+}
+
+impl SourceSpot {
+    /// The spot of the byte range `span` in `text` (clamped to it; a range
+    /// over several lines marks the rest of its first).
+    pub fn of(text: &str, span: std::ops::Range<usize>) -> Self {
+        let mut start = span.start.min(text.len());
+        while !text.is_char_boundary(start) {
+            start -= 1;
+        }
+        let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+        let line_text = text[line_start..line_end].trim_end_matches('\r');
+        let end = span.end.clamp(start, line_start + line_text.len());
+        let width = text.get(start..end).map_or(0, |s| s.chars().count());
+        SourceSpot {
+            line: text[..line_start].matches('\n').count() + 1,
+            column: text[line_start..start].chars().count() + 1,
+            text: line_text.to_owned(),
+            width: width.max(1),
+        }
+    }
+
+    /// `path:line:col: message`, the line and the caret, on three lines.
+    pub fn render(&self, path: &Path, message: &str) -> String {
+        // The caret lines up under tabs as the terminal shows them.
+        let pad: String = self
+            .text
+            .chars()
+            .take(self.column - 1)
+            .map(|c| if c == '\t' { '\t' } else { ' ' })
+            .collect();
+        format!(
+            "{}:{}:{}: {message}\n{}\n{pad}{}",
+            path.display(),
+            self.line,
+            self.column,
+            self.text,
+            "^".repeat(self.width)
+        )
+    }
 }
 
 /// How a provider is spoken to. Only Chat Completions is supported.
@@ -543,6 +614,35 @@ pub struct Provider {
     pub wire_api: WireApi,
     /// Timeout of one request.
     pub request_timeout: Duration,
+    /// Whether this is the built-in `openai` provider (no table in the
+    /// file).
+    pub builtin: bool,
+}
+
+impl Provider {
+    /// Where the turn's error and the startup warning say the key should
+    /// come from, when the API refuses the request (401, 403) or no key
+    /// was found: the variable's name, never its value.
+    pub fn key_hint(&self) -> String {
+        let table = if self.builtin {
+            format!("the built-in provider `{}`", self.id)
+        } else {
+            format!("model_providers.{}.env_key", self.id)
+        };
+        match (&self.env_key, &self.api_key) {
+            (Some(var), None) => {
+                format!("no API key was sent: the environment variable {var} ({table}) is not set")
+            }
+            (Some(var), Some(_)) => {
+                format!("the API key was read from the environment variable {var} ({table})")
+            }
+            (None, _) => format!(
+                "no API key is configured: set `env_key` in [model_providers.{}] to the \
+                 environment variable that holds it",
+                self.id
+            ),
+        }
+    }
 }
 
 impl std::fmt::Debug for Provider {
@@ -554,6 +654,7 @@ impl std::fmt::Debug for Provider {
             .field("env_key", &self.env_key)
             .field("api_key", &self.api_key.as_ref().map(|_| "[set]"))
             .field("request_timeout", &self.request_timeout)
+            .field("builtin", &self.builtin)
             .finish()
     }
 }
@@ -703,6 +804,7 @@ fn builtin_providers(env: &dyn Fn(&str) -> Option<String>) -> BTreeMap<String, P
         api_key: env(OPENAI_API_KEY_ENV).filter(|k| !k.is_empty()),
         wire_api: WireApi::Chat,
         request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
+        builtin: true,
     };
     BTreeMap::from([(OPENAI_PROVIDER.to_owned(), openai)])
 }
@@ -718,6 +820,17 @@ fn capture_from_env(env: &dyn Fn(&str) -> Option<String>) -> bool {
 }
 
 impl Config {
+    /// The providers whose `env_key` names a variable that is not set (or
+    /// is empty): every configured one, and the built-in `openai` when it
+    /// is the default provider. Their requests go out without a key.
+    pub fn providers_without_key(&self) -> Vec<&Provider> {
+        self.providers
+            .values()
+            .filter(|p| p.env_key.is_some() && p.api_key.is_none())
+            .filter(|p| !p.builtin || p.id == self.model_provider)
+            .collect()
+    }
+
     /// Loads `path` (absent is fine) with `overrides` (`key=value`) on top,
     /// reading API keys and switches from the process environment.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
@@ -734,11 +847,14 @@ impl Config {
         let mut table = match std::fs::read_to_string(path) {
             Ok(read) => {
                 text = read;
-                text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Parse {
+                text.parse::<toml::Table>().map_err(|e| {
+                    let message = e.message().trim().replace('\n', "; ");
+                    ConfigError::Parse {
                         path: path.to_owned(),
-                        message: e.to_string().trim().replace('\n', " "),
-                    })?
+                        at: SourceSpot::of(&text, e.span().unwrap_or(0..0)),
+                        message,
+                    }
+                })?
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => toml::Table::new(),
             Err(source) => {
@@ -805,6 +921,7 @@ impl Config {
                     request_timeout: Duration::from_millis(
                         p.request_timeout_ms.unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS),
                     ),
+                    builtin: false,
                 },
             );
         }
@@ -826,6 +943,19 @@ impl Config {
         let model = raw.model.unwrap_or_else(|| ECHO_MODEL.to_owned());
         if model.trim().is_empty() {
             return Err(value_error("model".into(), "must not be empty".into()));
+        }
+        if model == ECHO_MODEL && model_provider != ECHO_PROVIDER {
+            // `model/list` would offer two models named `echo`, and which
+            // one a thread gets would depend on how it asks.
+            return Err(value_error(
+                "model".into(),
+                format!(
+                    "{ECHO_MODEL:?} is the offline model of provider `{ECHO_PROVIDER}`, but \
+                     model_provider is {model_provider:?}: say which you mean, \
+                     `-c model_provider=\"{ECHO_PROVIDER}\"` for the offline echo, or a model \
+                     {model_provider:?} serves"
+                ),
+            ));
         }
         if model_provider == ECHO_PROVIDER && model != ECHO_MODEL {
             return Err(value_error(
@@ -852,13 +982,28 @@ impl Config {
         let mut redact = Vec::with_capacity(raw.otel.redact.len());
         for (i, pattern) in raw.otel.redact.iter().enumerate() {
             let compiled = regex::Regex::new(pattern).map_err(|e| {
-                value_error(
-                    format!("otel.redact[{i}]"),
-                    format!(
-                        "pattern {pattern:?} does not compile: {}",
-                        e.to_string().replace('\n', " ")
-                    ),
-                )
+                let key = format!("otel.redact[{i}]");
+                // regex-syntax says what and where; regex only says what
+                // (and a size limit is only regex's).
+                let (what, offset) = match regex_syntax::Parser::new().parse(pattern) {
+                    Err(regex_syntax::Error::Parse(e)) => {
+                        (e.kind().to_string(), e.span().start.offset)
+                    }
+                    Err(regex_syntax::Error::Translate(e)) => {
+                        (e.kind().to_string(), e.span().start.offset)
+                    }
+                    _ => (e.to_string().replace('\n', " "), 0),
+                };
+                let message = format!("pattern {pattern:?} does not compile: {what}");
+                match pattern_spot(&text, i, pattern, offset) {
+                    Some(at) => ConfigError::Pattern {
+                        path: path.to_owned(),
+                        at,
+                        key,
+                        message,
+                    },
+                    None => value_error(key, message),
+                }
             })?;
             redact.push(compiled);
         }
@@ -891,6 +1036,68 @@ impl Config {
             codex_only_keys,
         })
     }
+}
+
+/// Where, in the file's `text`, the byte `offset` of `pattern` is, when
+/// `pattern` is the file's `otel.redact[index]` (an override may have
+/// replaced it).
+fn pattern_spot(text: &str, index: usize, pattern: &str, offset: usize) -> Option<SourceSpot> {
+    let parsed = toml::de::DeTable::parse(text).ok()?;
+    let otel = parsed
+        .get_ref()
+        .iter()
+        .find(|(key, _)| key.get_ref() == "otel")
+        .map(|(_, value)| value)?;
+    let element = otel.get_ref().get("redact")?.get_ref().get(index)?;
+    if element.get_ref().as_str() != Some(pattern) {
+        return None;
+    }
+    let span = element.span();
+    let literal = text.get(span.clone())?;
+    let raw = raw_offset(literal, offset);
+    Some(SourceSpot::of(text, span.start + raw..span.start + raw + 1))
+}
+
+/// The byte of the TOML string `literal` (quotes included) that holds
+/// byte `offset` of its value: escapes of basic strings are counted as
+/// the characters they stand for.
+fn raw_offset(literal: &str, offset: usize) -> usize {
+    let (quote_len, basic) = if literal.starts_with("\"\"\"") {
+        (3, true)
+    } else if literal.starts_with("'''") {
+        (3, false)
+    } else {
+        (1, literal.starts_with('"'))
+    };
+    let body = literal.get(quote_len..).unwrap_or("");
+    let mut decoded = 0;
+    let mut chars = body.char_indices();
+    while let Some((at, c)) = chars.next() {
+        if decoded >= offset {
+            return quote_len + at;
+        }
+        if basic && c == '\\' {
+            let digits = match chars.next().map(|(_, e)| e) {
+                Some('u') => 4,
+                Some('U') => 8,
+                _ => 0,
+            };
+            let mut code = 0u32;
+            for _ in 0..digits {
+                if let Some((_, d)) = chars.next() {
+                    code = code * 16 + d.to_digit(16).unwrap_or(0);
+                }
+            }
+            decoded += if digits > 0 {
+                char::from_u32(code).map_or(1, char::len_utf8)
+            } else {
+                1
+            };
+        } else {
+            decoded += c.len_utf8();
+        }
+    }
+    quote_len + body.len()
 }
 
 /// The top-level keys of `table` that Skein does not read, split into
@@ -1244,11 +1451,63 @@ metrics_exporter = { otlp-grpc = { endpoint = "https://m:4317" } }
         let text = err.to_string();
         assert!(text.contains("model_providers.x.base_url"), "{text}");
 
+        // `echo` with another provider is ambiguous: named, not guessed.
+        let err = load(
+            "model_provider = \"local\"\n[model_providers.local]\nbase_url = \"http://127.0.0.1:1/v1\"\n",
+            &["model=\"echo\""],
+        )
+        .expect_err("ambiguous echo");
+        let text = err.to_string();
+        assert!(
+            text.contains("`model`") && text.contains("model_provider is \"local\""),
+            "{text}"
+        );
+        assert!(text.contains("-c model_provider=\"skein\""), "{text}");
+
         let err = load("model = [", &[]).expect_err("bad toml");
         assert!(err.to_string().contains("not valid TOML"), "{err}");
 
         let err = load("[otel]\nredact = [\"(\"]\n", &[]).expect_err("bad pattern");
         assert!(err.to_string().contains("otel.redact[0]"), "{err}");
+    }
+
+    #[test]
+    fn a_syntax_error_is_shown_as_path_line_col_with_the_line_and_a_caret() {
+        let err = load("model = \"echo\"\nmodel_provider = skein\n", &[]).expect_err("bad");
+        let text = err.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[0].ends_with("config.toml:2:18: not valid TOML: string values must be quoted, expected literal string"),
+            "{text}"
+        );
+        assert_eq!(lines[1], "model_provider = skein");
+        assert_eq!(lines[2], "                 ^^^^^");
+    }
+
+    #[test]
+    fn a_bad_redaction_pattern_points_into_the_pattern() {
+        // The escape before the error counts as the character it stands for.
+        let err = load("[otel]\nredact = [\"ok\", \"\\\\d+(x\"]\n", &[]).expect_err("bad");
+        let text = err.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[0].ends_with(
+                "config.toml:2:22: key `otel.redact[1]`: pattern \"\\\\d+(x\" does not compile: unclosed group"
+            ),
+            "{text}"
+        );
+        assert_eq!(lines[1], "redact = [\"ok\", \"\\\\d+(x\"]");
+        assert_eq!(lines[2], "                     ^");
+        // From -c, there is no line to show.
+        let err = load("", &["otel.redact=[\"(\"]"]).expect_err("bad");
+        let text = err.to_string();
+        assert!(
+            text.contains("otel.redact[0]") && text.contains("unclosed group"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 1, "{text}");
     }
 
     /// Loads no file and no overrides with exactly the environment `vars`.
@@ -1262,6 +1521,33 @@ metrics_exporter = { otlp-grpc = { endpoint = "https://m:4317" } }
             vars.get(k).cloned()
         })
         .expect("load")
+    }
+
+    #[test]
+    fn providers_whose_key_variable_is_unset_are_found_and_named() {
+        let text = "[model_providers.a]\nbase_url = \"http://127.0.0.1:1/v1\"\nenv_key = \"A_KEY\"\n\
+                    [model_providers.b]\nbase_url = \"http://127.0.0.1:1/v1\"\nenv_key = \"B_KEY\"\n";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).expect("write");
+        let config = Config::load_with_env(&path, &[], &|k| {
+            (k == "B_KEY").then(|| "secret-b".to_owned())
+        })
+        .expect("config");
+        // `openai` is built in and not the default: not listed.
+        let missing: Vec<&str> = config
+            .providers_without_key()
+            .iter()
+            .map(|p| p.id.as_str())
+            .collect();
+        assert_eq!(missing, vec!["a"]);
+        let hint = config.providers["a"].key_hint();
+        assert!(hint.contains("A_KEY") && hint.contains("not set"), "{hint}");
+        let hint = config.providers["b"].key_hint();
+        assert!(
+            hint.contains("B_KEY") && !hint.contains("secret-b"),
+            "{hint}"
+        );
     }
 
     #[test]

@@ -106,15 +106,19 @@ impl Runtime {
     }
 
     /// The models `model/list` offers: `echo` and the configured default
-    /// (when it is another), with whether each is the default.
+    /// (when it is another), with whether each is the default. Names are
+    /// unique (a client picks a model by its name).
     pub fn models(&self) -> Vec<(ModelInfo, bool)> {
         let default = self
             .resolve(None, None)
             .unwrap_or_else(|_| ModelInfo::echo());
         let mut models = vec![];
         if !default.is_echo() {
+            let shadows_echo = default.name == ECHO_MODEL;
             models.push((default, true));
-            models.push((ModelInfo::echo(), false));
+            if !shadows_echo {
+                models.push((ModelInfo::echo(), false));
+            }
         } else {
             models.push((ModelInfo::echo(), true));
         }
@@ -157,6 +161,25 @@ mod tests {
         std::fs::write(&path, text).expect("write");
         let config = Config::load_with_env(&path, &[], &|_| None).expect("config");
         Runtime::new(Arc::new(config), Duration::ZERO)
+    }
+
+    #[test]
+    fn model_list_names_each_model_once() {
+        // A configuration `Config::load` refuses, built by hand: a remote
+        // model named `echo` as the default.
+        let config = Config {
+            model: ECHO_MODEL.to_owned(),
+            model_provider: "openai".to_owned(),
+            ..Config::default()
+        };
+        let rt = Runtime::new(Arc::new(config), Duration::ZERO);
+        let names: Vec<String> = rt.models().into_iter().map(|(m, _)| m.name).collect();
+        assert_eq!(names, vec![ECHO_MODEL.to_owned()]);
+        let rt = runtime(
+            "model = \"m1\"\nmodel_provider = \"local\"\n[model_providers.local]\nbase_url = \"http://127.0.0.1:1/v1\"\n",
+        );
+        let names: Vec<String> = rt.models().into_iter().map(|(m, _)| m.name).collect();
+        assert_eq!(names, vec!["m1".to_owned(), ECHO_MODEL.to_owned()]);
     }
 
     #[test]

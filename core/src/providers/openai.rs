@@ -140,10 +140,17 @@ impl OpenAiClient {
                     let status = response.status();
                     let retry_after = retry_after(response.headers());
                     let detail = error_detail(response).await;
+                    // Refused credentials: say where the key should come
+                    // from (the variable's name, never its value).
+                    let hint = if matches!(status.as_u16(), 401 | 403) {
+                        format!(" ({})", self.provider.key_hint())
+                    } else {
+                        String::new()
+                    };
                     let failure = ModelError {
                         error_type: status.as_u16().to_string(),
                         message: self.clean(&format!(
-                            "the model API answered HTTP {status}{}",
+                            "the model API answered HTTP {status}{}{hint}",
                             detail.map(|d| format!(": {d}")).unwrap_or_default()
                         )),
                         partial: ModelResponse::default(),
