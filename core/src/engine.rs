@@ -703,9 +703,10 @@ fn record_response(chat: &tracing::Span, response: &ModelResponse, config: &Conf
         chat.record(attr::GEN_AI_RESPONSE_MODEL, model.as_str());
     }
     if !response.finish_reasons.is_empty() {
-        chat.record(
+        skein_otel::set_string_array(
+            chat,
             attr::GEN_AI_RESPONSE_FINISH_REASONS,
-            format!("{:?}", response.finish_reasons).as_str(),
+            &response.finish_reasons,
         );
     }
     if let Some(usage) = response.usage {
@@ -728,7 +729,7 @@ fn record_model_metrics(
     time_to_first_chunk: Option<Duration>,
 ) {
     skein_otel::metrics::record_model_call(&ModelCallMetric {
-        provider: &model.provider,
+        provider: model.provider_name,
         model: &model.name,
         duration,
         error_type,

@@ -186,6 +186,7 @@ async fn turn_notifications_and_spans_share_one_client_trace_with_exact_parent_l
     assert_eq!(chat.kind, SPAN_KIND_CLIENT, "{chat}");
     assert_attr(chat, "gen_ai.operation.name", "chat");
     assert_attr(chat, "gen_ai.provider.name", "skein");
+    assert_attr(chat, "skein.provider.id", "skein");
     assert_attr(chat, "gen_ai.request.model", "echo");
 
     // Every notification of the turn carries the turn span's context.
