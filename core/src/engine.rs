@@ -296,6 +296,15 @@ async fn run_in_span(mut turn: Turn, span: tracing::Span) -> Ending {
     if let Some(message) = &error {
         spans::record_error(&span, message);
     }
+    if status == TurnStatus::Failed {
+        // One line per failed turn, so the log says what the client heard.
+        tracing::warn!(
+            thread_id = %turn.entry.id,
+            turn_id = %turn.turn_id,
+            reason = error.as_deref().unwrap_or("unknown"),
+            "turn failed"
+        );
+    }
     let (total_usage, now_idle) = {
         let mut state = turn.entry.state();
         if let Some(record) = state.turns.iter_mut().rev().find(|t| t.id == turn.turn_id) {

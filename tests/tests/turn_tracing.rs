@@ -365,6 +365,23 @@ async fn failed_turn_closes_its_span_once_with_error_status_and_message(transpor
         "an errored turn span carries a status message: {turn}"
     );
     assert_attr(turn, "turn.status", "failed");
+    // One warning line says which turn failed and why.
+    let message = completed["params"]["turn"]["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    let warned: Vec<&String> = finished
+        .stderr()
+        .iter()
+        .filter(|l| l.contains("WARN") && l.contains("turn failed"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{:#?}", finished.stderr());
+    assert!(
+        warned[0].contains(&thread_id)
+            && warned[0].contains(&turn_id)
+            && warned[0].contains(message),
+        "{}",
+        warned[0]
+    );
 }
 
 async fn shutdown_mid_turn_delivers_interrupted_completion_and_closes_the_span_once(
