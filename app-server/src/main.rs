@@ -39,7 +39,8 @@ enum Command {
     /// continues the client's trace. Spans are written to a local store of
     /// OTLP/JSON lines.
     ///
-    /// Logs: set RUST_LOG (default `info`). It filters logs only, never
+    /// Logs: set RUST_LOG (default `warn,skein=info`: Skein at INFO, its
+    /// dependencies at WARN). It filters logs only, never
     /// which spans are recorded. The environment's TRACEPARENT/TRACESTATE
     /// parent requests that carry no carrier of their own.
     Serve(Box<ServeArgs>),

@@ -195,7 +195,7 @@ fn broken_and_unfinished_lines() {
 fn missing_store_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let missing = dir.path().join("nowhere");
-    for args in [&["ls"][..], &["view", "4bf9"], &["follow"]] {
+    for args in [&["ls"][..], &["view", "4bf9"], &["stats"]] {
         let cli = Cli::try_parse_from(
             ["skein-trace"]
                 .iter()
@@ -265,4 +265,118 @@ fn binary_reads_the_store_from_the_environment() {
         )),
         "{stderr}"
     );
+}
+
+#[test]
+fn ls_hides_housekeeping_traces_unless_all() {
+    // The fixture's `initialize` came without a carrier: a trace of its own.
+    let default = trace(&["ls"]).expect("ls");
+    assert!(!default.contains("initialize"), "{default}");
+    check_snapshot("ls_all", &trace(&["ls", "--all"]).expect("ls --all"));
+}
+
+#[test]
+fn ls_filters() {
+    check_snapshot("ls_errors", &trace(&["ls", "--errors"]).expect("ls"));
+    check_snapshot(
+        "ls_thread",
+        &trace(&["ls", "--thread", "thr_01"]).expect("ls"),
+    );
+    check_snapshot(
+        "ls_method",
+        &trace(&["ls", "--all", "--method", "initialize"]).expect("ls"),
+    );
+    // The fixture is from 2025-03-04: nothing started in the last hour.
+    let recent = trace(&["ls", "--since", "1h"]).expect("ls");
+    assert!(recent.starts_with("no matching traces in "), "{recent}");
+    let old = trace(&["ls", "--since", "100000d"]).expect("ls");
+    assert_eq!(old, trace(&["ls"]).expect("ls"));
+}
+
+#[test]
+fn ls_and_view_json() {
+    let listed = trace(&["ls", "--json", "--all"]).expect("ls --json");
+    check_snapshot("ls_json", &listed);
+    for line in listed.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("one object per line");
+        for key in [
+            "trace_id",
+            "start_time",
+            "start_unix_nano",
+            "duration_ns",
+            "span_count",
+            "root",
+            "status",
+            "error_count",
+            "thread_ids",
+        ] {
+            assert!(v.get(key).is_some(), "{key} missing: {line}");
+        }
+    }
+    let spans = trace(&["view", "--json", "4b0b"]).expect("view --json");
+    check_snapshot("view_4b0b_json", &spans);
+    assert_eq!(spans.lines().count(), 4);
+    for line in spans.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("one object per line");
+        assert_eq!(v["trace_id"], "4b0b2f5c6d8e9f00112233445566778a");
+        assert!(v["attributes"].is_object(), "{line}");
+    }
+}
+
+#[test]
+fn view_a_thread_shows_its_turns() {
+    check_snapshot("view_thread", &trace(&["view", "thr_01"]).expect("view"));
+    let err = trace(&["view", "thr_99"]).expect_err("no such thread");
+    assert!(
+        err.to_string().starts_with("no trace matching thr_99"),
+        "{err}"
+    );
+}
+
+#[test]
+fn stats_per_method_model_and_tool() {
+    check_snapshot("stats", &trace(&["stats"]).expect("stats"));
+    check_snapshot("stats_json", &trace(&["stats", "--json"]).expect("stats"));
+    let recent = trace(&["stats", "--since", "1h"]).expect("stats");
+    assert!(recent.starts_with("no finished requests"), "{recent}");
+}
+
+/// `follow` before any server created the store waits for it, then shows
+/// what is written to it.
+#[test]
+fn follow_waits_for_a_store_to_appear() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("traces");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skein"))
+        .args(["trace", "follow", "--dir", path_str(&store)])
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn skein trace follow");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("read stderr");
+    assert!(
+        line.contains("waiting for a server to create it"),
+        "follow should wait for the store, said: {line:?} (exit: {:?})",
+        child.try_wait()
+    );
+    // The store appears, with a record: follow shows it.
+    std::fs::create_dir(&store).expect("mkdir");
+    let record = std::fs::read_to_string(store_dir().join("spans-1741064767000-4242.jsonl"))
+        .expect("fixture")
+        .lines()
+        .next()
+        .expect("a line")
+        .to_owned();
+    std::fs::write(store.join("spans-1-1.jsonl"), format!("{record}\n")).expect("write");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut shown = String::new();
+    stdout.read_line(&mut shown).expect("read stdout");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(shown.contains("5b8aa5a2"), "{shown:?}");
 }

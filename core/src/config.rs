@@ -168,6 +168,15 @@ impl WireApi {
             WireApi::Chat => "chat",
         }
     }
+
+    /// The well-known name (`gen_ai.provider.name`) of a provider spoken
+    /// to over this API: Chat Completions is the OpenAI API, whoever
+    /// serves it.
+    pub fn provider_name(self) -> &'static str {
+        match self {
+            WireApi::Chat => skein_otel::names::value::GEN_AI_PROVIDER_OPENAI,
+        }
+    }
 }
 
 /// One `[model_providers.<id>]` table.
@@ -599,7 +608,7 @@ struct RawConfig {
 /// A provider ready to use: its id and settings, the key resolved.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Provider {
-    /// The id (`gen_ai.provider.name`).
+    /// The id (`skein.provider.id`).
     pub id: String,
     /// Name shown to people.
     pub name: String,

@@ -318,6 +318,15 @@ async fn run_in_span(mut turn: Turn, span: tracing::Span) -> Ending {
     if let Some(message) = &error {
         spans::record_error(&span, message);
     }
+    if status == TurnStatus::Failed {
+        // One line per failed turn, so the log says what the client heard.
+        tracing::warn!(
+            thread_id = %turn.entry.id,
+            turn_id = %turn.turn_id,
+            reason = error.as_deref().unwrap_or("unknown"),
+            "turn failed"
+        );
+    }
     let (total_usage, now_idle) = {
         let mut state = turn.entry.state();
         if let Some(record) = state.turns.iter_mut().rev().find(|t| t.id == turn.turn_id) {
@@ -771,9 +780,10 @@ fn record_response(chat: &tracing::Span, response: &ModelResponse, config: &Conf
         chat.record(attr::GEN_AI_RESPONSE_MODEL, model.as_str());
     }
     if !response.finish_reasons.is_empty() {
-        chat.record(
+        skein_otel::set_string_array(
+            chat,
             attr::GEN_AI_RESPONSE_FINISH_REASONS,
-            format!("{:?}", response.finish_reasons).as_str(),
+            &response.finish_reasons,
         );
     }
     if let Some(usage) = response.usage {
@@ -796,7 +806,7 @@ fn record_model_metrics(
     time_to_first_chunk: Option<Duration>,
 ) {
     skein_otel::metrics::record_model_call(&ModelCallMetric {
-        provider: &model.provider,
+        provider: model.provider_name,
         model: &model.name,
         duration,
         error_type,

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use skein_protocol::{ItemKind, TokenUsage, TurnKind, TurnStatus};
 
+use skein_otel::names::value;
+
 use crate::config::{ECHO_MODEL, ECHO_PROVIDER, Provider};
 
 /// A model's description.
@@ -17,8 +19,12 @@ use crate::config::{ECHO_MODEL, ECHO_PROVIDER, Provider};
 pub struct ModelInfo {
     /// The model name, as sent to its provider.
     pub name: String,
-    /// The provider serving it (`gen_ai.provider.name`).
+    /// The id of the provider serving it: its config table's id
+    /// (`skein.provider.id`).
     pub provider: String,
+    /// The provider's well-known name (`gen_ai.provider.name`): `openai`
+    /// for a provider spoken to over the OpenAI API, `skein` for echo.
+    pub provider_name: &'static str,
     /// Name shown to people.
     pub display_name: String,
     /// One-line description.
@@ -31,6 +37,7 @@ impl ModelInfo {
         Self {
             name: ECHO_MODEL.to_owned(),
             provider: ECHO_PROVIDER.to_owned(),
+            provider_name: value::GEN_AI_PROVIDER_SKEIN,
             display_name: "Echo".to_owned(),
             description: "Offline, deterministic model that streams the user's input back word \
                           by word. Input starting with /fail makes it fail."
@@ -43,6 +50,7 @@ impl ModelInfo {
         Self {
             name: name.to_owned(),
             provider: provider.id.clone(),
+            provider_name: provider.wire_api.provider_name(),
             display_name: name.to_owned(),
             description: format!("{name} via {}", provider.name),
         }

@@ -230,6 +230,14 @@ pub fn set_remote_parent(span: &tracing::Span, parent: SpanContext) {
     }
 }
 
+/// Sets a string array attribute on a tracing span (`tracing` fields hold
+/// only scalars). Does nothing when the span is disabled or the OTel layer
+/// is absent.
+pub fn set_string_array(span: &tracing::Span, key: &'static str, values: &[String]) {
+    let values: Vec<opentelemetry::StringValue> = values.iter().map(|v| v.clone().into()).collect();
+    span.set_attribute(key, opentelemetry::Value::Array(values.into()));
+}
+
 /// The span context of a tracing span, when it has a valid one.
 pub fn span_context_of(span: &tracing::Span) -> Option<SpanContext> {
     let cx = span.context();

@@ -83,7 +83,8 @@ pub struct Instruments {
 /// One finished model call, as [`record_model_call`] takes it.
 #[derive(Clone, Copy, Debug)]
 pub struct ModelCall<'a> {
-    /// `gen_ai.provider.name`.
+    /// `gen_ai.provider.name`: the provider's well-known name (`openai`),
+    /// not its config table's id.
     pub provider: &'a str,
     /// `gen_ai.request.model`.
     pub model: &'a str,

@@ -99,8 +99,13 @@ pub mod attr {
     pub const GEN_AI_CONVERSATION_ID: &str = "gen_ai.conversation.id";
     /// The model asked for.
     pub const GEN_AI_REQUEST_MODEL: &str = "gen_ai.request.model";
-    /// The provider serving the model.
+    /// The provider's well-known name, from the semantic conventions'
+    /// list (`openai` for any provider spoken to over the OpenAI API), or
+    /// `skein` for the offline echo model.
     pub const GEN_AI_PROVIDER_NAME: &str = "gen_ai.provider.name";
+    /// The id of the provider's `[model_providers.<id>]` table in
+    /// config.toml (`skein` for the offline echo model).
+    pub const PROVIDER_ID: &str = "skein.provider.id";
     /// Tokens read.
     pub const GEN_AI_USAGE_INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
     /// Tokens written.
@@ -112,7 +117,7 @@ pub mod attr {
     pub const GEN_AI_RESPONSE_MODEL: &str = "gen_ai.response.model";
     /// The provider's id of the response.
     pub const GEN_AI_RESPONSE_ID: &str = "gen_ai.response.id";
-    /// Why the model stopped, one per choice.
+    /// Why the model stopped, one per choice: a string array.
     pub const GEN_AI_RESPONSE_FINISH_REASONS: &str = "gen_ai.response.finish_reasons";
     /// The tool called.
     pub const GEN_AI_TOOL_NAME: &str = "gen_ai.tool.name";
@@ -236,6 +241,11 @@ pub mod value {
     pub const TRANSPORT_HTTP: &str = "http";
     /// `gen_ai.operation.name` of a model call.
     pub const GEN_AI_OPERATION_CHAT: &str = "chat";
+    /// `gen_ai.provider.name` of a provider spoken to over the OpenAI API
+    /// (Chat Completions).
+    pub const GEN_AI_PROVIDER_OPENAI: &str = "openai";
+    /// `gen_ai.provider.name` of the offline echo model.
+    pub const GEN_AI_PROVIDER_SKEIN: &str = "skein";
     /// `gen_ai.token.type` of tokens read.
     pub const TOKEN_TYPE_INPUT: &str = "input";
     /// `gen_ai.token.type` of tokens written.

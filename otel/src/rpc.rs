@@ -291,8 +291,10 @@ impl<S: OtelSpan> RequestSpan<S> {
         self.span.set_status(Status::error(message.to_owned()));
         self.span
             .set_attribute(KeyValue::new(attr::ERROR_TYPE, code.to_string()));
-        self.span
-            .set_attribute(KeyValue::new(attr::RPC_RESPONSE_STATUS_CODE, code));
+        self.span.set_attribute(KeyValue::new(
+            attr::RPC_RESPONSE_STATUS_CODE,
+            code.to_string(),
+        ));
     }
 
     /// Settles the method of a span started with

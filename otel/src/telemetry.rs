@@ -191,10 +191,18 @@ impl Telemetry {
     }
 }
 
+/// The stderr log filter when `RUST_LOG` is unset: Skein's own crates
+/// (every target starting with `skein`) at INFO, dependencies at WARN, so
+/// their chatter (rmcp's per-connection INFO lines) stays at debug level
+/// unless `RUST_LOG` asks for it.
+pub const DEFAULT_LOG_FILTER: &str = "warn,skein=info";
+
 /// Builds the tracer provider and installs the global `tracing`
 /// subscriber.
 pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
-    let filter_text = config.log_filter.unwrap_or_else(|| "info".to_owned());
+    let filter_text = config
+        .log_filter
+        .unwrap_or_else(|| DEFAULT_LOG_FILTER.to_owned());
     // rustls-platform-verifier logs an ERROR per refused certificate, so
     // per OTLP export attempt against an untrusted collector (and per
     // model request): the failure reaches its caller, and OTLP export
@@ -332,6 +340,45 @@ fn service_name_from_env() -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_default_log_filter_keeps_dependencies_chatter_at_debug() {
+        use std::io::Write;
+        use std::sync::{Arc, Mutex};
+
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .map_err(|_| std::io::Error::other("poisoned"))?
+                    .extend_from_slice(data);
+                Ok(data.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_env_filter(EnvFilter::new(DEFAULT_LOG_FILTER))
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: "rmcp::service", "serve finished");
+            tracing::warn!(target: "rmcp::service", "rmcp trouble");
+            tracing::info!(target: "skein_core::mcp", "skein news");
+            tracing::info!(target: "skein", "the binary's news");
+        });
+        let text = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("UTF-8");
+        assert!(!text.contains("serve finished"), "{text}");
+        assert!(text.contains("rmcp trouble"), "{text}");
+        assert!(text.contains("skein news"), "{text}");
+        assert!(text.contains("the binary's news"), "{text}");
+    }
+
     use super::*;
     use opentelemetry_sdk::trace::InMemorySpanExporter;
 

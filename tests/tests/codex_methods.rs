@@ -138,6 +138,11 @@ async fn steer_accepts_codex_expected_turn_id_and_skeins_turn_id(transport: Tran
     // still names the turn the client expected, from the params.
     let span = finished.request_span(&wrong.id_str());
     assert_eq!(span.status_code, STATUS_CODE_ERROR, "{span}");
+    // `rpc.response.status_code` is a string (the RPC conventions), the
+    // JSON-RPC code as `error.type` has it.
+    let code = span.attr_string("rpc.response.status_code");
+    assert!(code.is_some_and(|c| c.parse::<i64>().is_ok()), "{span}");
+    assert_eq!(code, span.attr_string("error.type"), "{span}");
     assert_eq!(
         span.attr_str("turn.id").as_deref(),
         Some("not-the-running-turn"),

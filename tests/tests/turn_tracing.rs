@@ -186,6 +186,7 @@ async fn turn_notifications_and_spans_share_one_client_trace_with_exact_parent_l
     assert_eq!(chat.kind, SPAN_KIND_CLIENT, "{chat}");
     assert_attr(chat, "gen_ai.operation.name", "chat");
     assert_attr(chat, "gen_ai.provider.name", "skein");
+    assert_attr(chat, "skein.provider.id", "skein");
     assert_attr(chat, "gen_ai.request.model", "echo");
 
     // Every notification of the turn carries the turn span's context.
@@ -364,6 +365,23 @@ async fn failed_turn_closes_its_span_once_with_error_status_and_message(transpor
         "an errored turn span carries a status message: {turn}"
     );
     assert_attr(turn, "turn.status", "failed");
+    // One warning line says which turn failed and why.
+    let message = completed["params"]["turn"]["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    let warned: Vec<&String> = finished
+        .stderr()
+        .iter()
+        .filter(|l| l.contains("WARN") && l.contains("turn failed"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{:#?}", finished.stderr());
+    assert!(
+        warned[0].contains(&thread_id)
+            && warned[0].contains(&turn_id)
+            && warned[0].contains(message),
+        "{}",
+        warned[0]
+    );
 }
 
 async fn shutdown_mid_turn_delivers_interrupted_completion_and_closes_the_span_once(

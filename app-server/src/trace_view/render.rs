@@ -30,7 +30,8 @@ impl Style {
         }
     }
 
-    fn bold(self, text: &str) -> String {
+    /// Bold.
+    pub fn bold(self, text: &str) -> String {
         self.paint("1", text)
     }
 
@@ -196,13 +197,8 @@ fn status_styled(style: Style, status: TraceStatus, text: &str) -> String {
     }
 }
 
-/// Writes the `ls` table of (at most) `limit` traces, newest first.
-pub fn write_ls(
-    out: &mut dyn Write,
-    traces: &[Trace],
-    limit: usize,
-    style: Style,
-) -> std::io::Result<()> {
+/// Writes the `ls` table of `traces`, in the order given.
+pub fn write_ls(out: &mut dyn Write, traces: &[&Trace], style: Style) -> std::io::Result<()> {
     let header = [
         "STARTED (UTC)",
         "TRACE ID",
@@ -213,7 +209,6 @@ pub fn write_ls(
     ];
     let rows: Vec<(TraceStatus, [String; 6])> = traces
         .iter()
-        .take(limit)
         .map(|t| {
             let status = t.status();
             (

@@ -26,6 +26,8 @@ pub enum AttrValue {
     Bool(bool),
     /// `doubleValue`.
     Double(f64),
+    /// `arrayValue`.
+    Array(Vec<AttrValue>),
     /// Anything else (arrays, key-value lists, bytes, odd encodings),
     /// already rendered as text.
     Other(String),
@@ -38,11 +40,30 @@ impl fmt::Display for AttrValue {
             AttrValue::Int(i) => write!(f, "{i}"),
             AttrValue::Bool(b) => write!(f, "{b}"),
             AttrValue::Double(d) => write!(f, "{d}"),
+            AttrValue::Array(items) => {
+                let items: Vec<String> = items.iter().map(AttrValue::literal).collect();
+                write!(f, "[{}]", items.join(", "))
+            }
         }
     }
 }
 
 impl AttrValue {
+    /// The value as JSON: strings, numbers, booleans and arrays as
+    /// themselves (a non-finite double as `null`), anything else as the
+    /// text it was rendered to.
+    pub fn to_json(&self) -> Value {
+        match self {
+            AttrValue::String(s) | AttrValue::Other(s) => Value::String(s.clone()),
+            AttrValue::Int(i) => Value::from(*i),
+            AttrValue::Bool(b) => Value::Bool(*b),
+            AttrValue::Double(d) => {
+                serde_json::Number::from_f64(*d).map_or(Value::Null, Value::Number)
+            }
+            AttrValue::Array(items) => Value::Array(items.iter().map(AttrValue::to_json).collect()),
+        }
+    }
+
     /// The value as a typed literal: strings quoted, everything else as
     /// [`Display`](fmt::Display) shows it.
     pub fn literal(&self) -> String {
@@ -445,8 +466,7 @@ fn any_value(value: &Value) -> AttrValue {
         .and_then(|a| a.get("values"))
         .and_then(Value::as_array)
     {
-        let items: Vec<String> = values.iter().map(|v| any_value(v).literal()).collect();
-        return AttrValue::Other(format!("[{}]", items.join(", ")));
+        return AttrValue::Array(values.iter().map(any_value).collect());
     }
     if let Some(kvs) = obj.get("kvlistValue").and_then(|k| k.get("values")) {
         let items: Vec<String> = attributes(kvs)
@@ -813,7 +833,13 @@ mod tests {
         assert_eq!(span.attr("m"), Some(&AttrValue::Int(8)));
         assert_eq!(span.attr("b"), Some(&AttrValue::Bool(true)));
         assert_eq!(span.attr("d"), Some(&AttrValue::Double(0.5)));
-        assert_eq!(span.attr("a"), Some(&AttrValue::Other("[\"x\", 1]".into())));
+        let array = span.attr("a").expect("array");
+        assert_eq!(
+            array,
+            &AttrValue::Array(vec![AttrValue::String("x".into()), AttrValue::Int(1)])
+        );
+        assert_eq!(array.to_string(), "[\"x\", 1]");
+        assert_eq!(array.to_json(), serde_json::json!(["x", 1]));
         assert!(span.is_error());
         assert_eq!(span.status_message, "boom");
         assert_eq!(span.events.len(), 1);

@@ -1692,6 +1692,23 @@ impl Span {
         self.trace_id == other.trace_id && self.span_id == other.span_id
     }
 
+    /// A string attribute (`stringValue` only: an integer is `None`).
+    pub fn attr_string(&self, key: &str) -> Option<&str> {
+        self.attr(key)?.get("stringValue")?.as_str()
+    }
+
+    /// A string array attribute (`arrayValue` of `stringValue`s); `None`
+    /// for any other type.
+    pub fn attr_strings(&self, key: &str) -> Option<Vec<String>> {
+        self.attr(key)?
+            .get("arrayValue")?
+            .get("values")?
+            .as_array()?
+            .iter()
+            .map(|v| v.get("stringValue")?.as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// An integer attribute (`intValue`, which OTLP/JSON may render as a
     /// string).
     pub fn attr_int(&self, key: &str) -> Option<i64> {

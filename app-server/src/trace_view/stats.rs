@@ -1,0 +1,365 @@
+//! `skein trace stats`: counts, error rates and duration percentiles of
+//! finished spans, per request method, per model and per tool.
+//!
+//! - A request is a SERVER span with an `rpc.method`, grouped by it.
+//! - A model call is a span with `gen_ai.operation.name = chat`, grouped by
+//!   `gen_ai.request.model`, with its token totals.
+//! - A tool call is a span with `gen_ai.operation.name = execute_tool`,
+//!   grouped by `gen_ai.tool.name`.
+//!
+//! Spans still in progress are left out: they have no duration or outcome
+//! yet. Percentiles are nearest-rank.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use serde_json::json;
+use skein_otel::names::{attr, value};
+
+use super::json::write_line;
+use super::render::format_duration;
+use super::store::{AttrValue, Span, SpanKind, Trace};
+
+/// What a group of spans is grouped by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Group {
+    /// Request spans, by `rpc.method`.
+    Method,
+    /// `chat` spans, by `gen_ai.request.model`.
+    Model,
+    /// `execute_tool` spans, by `gen_ai.tool.name`.
+    Tool,
+}
+
+impl Group {
+    /// `method`, `model` or `tool` (the `group` field of `--json`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Group::Method => "method",
+            Group::Model => "model",
+            Group::Tool => "tool",
+        }
+    }
+
+    fn heading(self) -> &'static str {
+        match self {
+            Group::Method => "REQUEST METHOD",
+            Group::Model => "MODEL (chat)",
+            Group::Tool => "TOOL (execute_tool)",
+        }
+    }
+}
+
+/// The figures of one group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Row {
+    /// Finished spans.
+    pub count: u64,
+    /// Those with an ERROR status.
+    pub errors: u64,
+    /// Their durations, in nanoseconds.
+    durations: Vec<u64>,
+    /// `gen_ai.usage.input_tokens`, summed.
+    pub input_tokens: u64,
+    /// `gen_ai.usage.output_tokens`, summed.
+    pub output_tokens: u64,
+}
+
+impl Row {
+    /// `errors / count`.
+    pub fn error_rate(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.count as f64
+        }
+    }
+
+    /// The nearest-rank percentile `p` (0 to 100) of the durations.
+    pub fn percentile(&self, p: u32) -> Option<u64> {
+        let mut sorted = self.durations.clone();
+        sorted.sort_unstable();
+        let n = sorted.len();
+        if n == 0 {
+            return None;
+        }
+        let rank = (u64::from(p) * n as u64).div_ceil(100).max(1);
+        let index = usize::try_from(rank).map_or(n - 1, |r| (r - 1).min(n - 1));
+        sorted.get(index).copied()
+    }
+}
+
+/// Statistics over a set of traces.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    rows: BTreeMap<(Group, String), Row>,
+}
+
+fn tokens(span: &Span, key: &str) -> u64 {
+    match span.attr(key) {
+        Some(AttrValue::Int(n)) => u64::try_from(*n).unwrap_or_default(),
+        _ => 0,
+    }
+}
+
+fn group_of(span: &Span) -> Option<(Group, String)> {
+    let operation = span
+        .attr(attr::GEN_AI_OPERATION_NAME)
+        .map(|v| v.to_string());
+    match operation.as_deref() {
+        Some(value::GEN_AI_OPERATION_CHAT) => {
+            let model = span.attr(attr::GEN_AI_REQUEST_MODEL).map(|v| v.to_string());
+            return Some((Group::Model, model.unwrap_or_else(|| span.name.clone())));
+        }
+        Some(value::GEN_AI_OPERATION_EXECUTE_TOOL) => {
+            let tool = span.attr(attr::GEN_AI_TOOL_NAME).map(|v| v.to_string());
+            return Some((Group::Tool, tool.unwrap_or_else(|| span.name.clone())));
+        }
+        _ => {}
+    }
+    if span.kind == SpanKind::Server {
+        return span
+            .attr(attr::RPC_METHOD)
+            .map(|m| (Group::Method, m.to_string()));
+    }
+    None
+}
+
+impl Stats {
+    /// The statistics of the finished spans of `traces` that started at or
+    /// after `since_unix_nano`.
+    pub fn of<'a>(traces: impl IntoIterator<Item = &'a Trace>, since_unix_nano: u64) -> Self {
+        let mut stats = Stats::default();
+        for span in traces.into_iter().flat_map(|t| &t.spans) {
+            if span.start_unix_nano < since_unix_nano {
+                continue;
+            }
+            let Some(duration) = span.duration_nanos() else {
+                continue;
+            };
+            let Some(key) = group_of(span) else {
+                continue;
+            };
+            let row = stats.rows.entry(key).or_default();
+            row.count += 1;
+            row.errors += u64::from(span.is_error());
+            row.durations.push(duration);
+            row.input_tokens += tokens(span, attr::GEN_AI_USAGE_INPUT_TOKENS);
+            row.output_tokens += tokens(span, attr::GEN_AI_USAGE_OUTPUT_TOKENS);
+        }
+        stats
+    }
+
+    /// The rows: methods, then models, then tools, each by name.
+    pub fn rows(&self) -> impl Iterator<Item = (Group, &str, &Row)> {
+        self.rows
+            .iter()
+            .map(|((group, name), row)| (*group, name.as_str(), row))
+    }
+
+    /// Whether no span was counted.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+fn percent(rate: f64) -> String {
+    format!("{:.1}%", rate * 100.0)
+}
+
+/// Writes one table per group that has rows.
+pub fn write_text(out: &mut dyn Write, stats: &Stats) -> std::io::Result<()> {
+    let mut first = true;
+    for group in [Group::Method, Group::Model, Group::Tool] {
+        let rows: Vec<(&str, &Row)> = stats
+            .rows()
+            .filter(|(g, _, _)| *g == group)
+            .map(|(_, name, row)| (name, row))
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        if !first {
+            writeln!(out)?;
+        }
+        first = false;
+        let mut header = vec![
+            group.heading(),
+            "COUNT",
+            "ERRORS",
+            "ERR%",
+            "P50",
+            "P95",
+            "P99",
+        ];
+        if group == Group::Model {
+            header.extend(["TOKENS IN", "TOKENS OUT"]);
+        }
+        let lines: Vec<Vec<String>> = rows
+            .iter()
+            .map(|(name, row)| {
+                let p = |q| row.percentile(q).map_or("-".to_owned(), format_duration);
+                let mut cells = vec![
+                    (*name).to_owned(),
+                    row.count.to_string(),
+                    row.errors.to_string(),
+                    percent(row.error_rate()),
+                    p(50),
+                    p(95),
+                    p(99),
+                ];
+                if group == Group::Model {
+                    cells.push(row.input_tokens.to_string());
+                    cells.push(row.output_tokens.to_string());
+                }
+                cells
+            })
+            .collect();
+        let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+        for line in &lines {
+            for (w, cell) in widths.iter_mut().zip(line) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let format_row = |cells: &[String]| {
+            let padded: Vec<String> = cells
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let pad = " ".repeat(widths[i].saturating_sub(c.chars().count()));
+                    // The name left-aligned, the figures right-aligned.
+                    if i == 0 {
+                        format!("{c}{pad}")
+                    } else {
+                        format!("{pad}{c}")
+                    }
+                })
+                .collect();
+            padded.join("  ").trim_end().to_owned()
+        };
+        let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+        writeln!(out, "{}", format_row(&header))?;
+        for line in &lines {
+            writeln!(out, "{}", format_row(line))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes one JSON object per row: `group` (`method`, `model` or `tool`),
+/// `name`, `count`, `errors`, `error_rate`, `p50_ns`, `p95_ns`, `p99_ns`,
+/// `input_tokens`, `output_tokens`.
+pub fn write_json(out: &mut dyn Write, stats: &Stats) -> std::io::Result<()> {
+    for (group, name, row) in stats.rows() {
+        write_line(
+            out,
+            &json!({
+                "group": group.as_str(),
+                "name": name,
+                "count": row.count,
+                "errors": row.errors,
+                "error_rate": row.error_rate(),
+                "p50_ns": row.percentile(50),
+                "p95_ns": row.percentile(95),
+                "p99_ns": row.percentile(99),
+                "input_tokens": row.input_tokens,
+                "output_tokens": row.output_tokens,
+            }),
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(attrs: &[(&str, AttrValue)], kind: SpanKind, error: bool) -> Span {
+        Span {
+            trace_id: "t".repeat(32),
+            span_id: "s".repeat(16),
+            parent_span_id: None,
+            name: "x".to_owned(),
+            kind,
+            start_unix_nano: 1_000,
+            end_unix_nano: Some(3_000),
+            attributes: attrs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+            status_code: if error {
+                super::super::store::StatusCode::Error
+            } else {
+                super::super::store::StatusCode::Unset
+            },
+            status_message: String::new(),
+            events: vec![],
+            links: vec![],
+        }
+    }
+
+    #[test]
+    fn spans_are_grouped_by_method_model_and_tool() {
+        let s = |v: &str| AttrValue::String(v.to_owned());
+        let trace = Trace::new(
+            "t".repeat(32),
+            vec![
+                span(&[("rpc.method", s("turn/start"))], SpanKind::Server, false),
+                span(
+                    &[
+                        ("gen_ai.operation.name", s("chat")),
+                        ("gen_ai.request.model", s("m1")),
+                        ("gen_ai.usage.input_tokens", AttrValue::Int(5)),
+                        ("gen_ai.usage.output_tokens", AttrValue::Int(7)),
+                    ],
+                    SpanKind::Client,
+                    false,
+                ),
+                span(
+                    &[
+                        ("gen_ai.operation.name", s("execute_tool")),
+                        ("gen_ai.tool.name", s("get_time")),
+                    ],
+                    SpanKind::Internal,
+                    true,
+                ),
+                // A client's request span is not a request Skein served.
+                span(&[("rpc.method", s("tools/call"))], SpanKind::Client, false),
+            ],
+        );
+        let stats = Stats::of([&trace], 0);
+        let rows: Vec<(Group, &str, u64, u64, u64)> = stats
+            .rows()
+            .map(|(g, n, r)| (g, n, r.count, r.errors, r.input_tokens + r.output_tokens))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (Group::Method, "turn/start", 1, 0, 0),
+                (Group::Model, "m1", 1, 0, 12),
+                (Group::Tool, "get_time", 1, 1, 0),
+            ]
+        );
+        assert!(Stats::of([&trace], 1_001).is_empty());
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let row = Row {
+            count: 10,
+            durations: (1..=10).rev().collect(),
+            ..Row::default()
+        };
+        assert_eq!(row.percentile(50), Some(5));
+        assert_eq!(row.percentile(95), Some(10));
+        assert_eq!(row.percentile(99), Some(10));
+        assert_eq!(row.percentile(0), Some(1));
+        let one = Row {
+            count: 1,
+            durations: vec![7],
+            ..Row::default()
+        };
+        assert_eq!(one.percentile(50), Some(7));
+        assert_eq!(Row::default().percentile(50), None);
+    }
+}
