@@ -632,8 +632,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "config.toml keys Codex defines and Skein does not use; ignored"
         );
     }
-    if let Some(file) = telemetry.store_file() {
-        tracing::info!(file = %file.display(), "writing spans to the local trace store");
+    // One line says where spans go, so a user knows whether export is on.
+    let destinations = telemetry.destinations();
+    match telemetry.store_file() {
+        Some(file) => tracing::info!(file = %file.display(), "{destinations}"),
+        None if sdk_disabled_by_env() => {
+            tracing::info!("{destinations} (OTEL_SDK_DISABLED=true)")
+        }
+        None => tracing::info!("{destinations}"),
     }
     skein_app_server::descriptors::raise_and_check(skein_app_server::descriptors::Limits {
         websocket: matches!(

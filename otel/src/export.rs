@@ -657,11 +657,21 @@ fn batch_delay(env: Option<&str>) -> Duration {
     }
 }
 
+/// Where an OTLP pipeline sends its spans, as resolved from the flags and
+/// the environment: for the startup line that says where spans go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtlpDestination {
+    /// The spans' endpoint (with `/v1/traces` for the HTTP protocols).
+    pub endpoint: String,
+    /// The protocol.
+    pub protocol: OtlpProtocol,
+}
+
 /// Builds the OTLP pipeline for `settings`, counting into a fresh
-/// `otlp` stats record.
+/// `otlp` stats record; also says where it sends.
 pub fn otlp_processor(
     settings: &OtlpSettings,
-) -> Result<(CountingProcessor, Arc<ExportStats>), ExportSetupError> {
+) -> Result<(CountingProcessor, Arc<ExportStats>, OtlpDestination), ExportSetupError> {
     let protocol = settings.resolved_protocol()?;
     if let Some(endpoint) = &settings.endpoint {
         check_endpoint("--otlp-endpoint", endpoint)?;
@@ -671,12 +681,16 @@ pub fn otlp_processor(
     let delay = batch_delay(std::env::var("OTEL_BSP_SCHEDULE_DELAY").ok().as_deref());
     let otlp_error = ExportSetupError::otlp(protocol);
     let last_error = Arc::new(LastHttpError::default());
-    let health = Arc::new(ExportHealth::new(
-        "spans",
-        match protocol {
+    let destination = OtlpDestination {
+        endpoint: match protocol {
             OtlpProtocol::Grpc => connection.grpc_endpoint(settings.endpoint.as_deref()),
             _ => connection.http_endpoint(settings.endpoint.as_deref(), "/v1/traces"),
         },
+        protocol,
+    };
+    let health = Arc::new(ExportHealth::new(
+        "spans",
+        destination.endpoint.clone(),
         Arc::clone(&last_error),
     ));
     let processor = match protocol {
@@ -704,7 +718,7 @@ pub fn otlp_processor(
             CountingProcessor::with_health(exporter, Arc::clone(&stats), delay, Some(health))
         }
     };
-    Ok((processor, stats))
+    Ok((processor, stats, destination))
 }
 
 #[cfg(test)]

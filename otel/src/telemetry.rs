@@ -27,7 +27,7 @@ use tracing_subscriber::filter::{EnvFilter, FilterExt, Targets, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::export::{ExportSetupError, ExportStats, OtlpSettings, otlp_processor};
+use crate::export::{ExportSetupError, ExportStats, OtlpDestination, OtlpSettings, otlp_processor};
 use crate::local_store::{LocalStore, LocalStoreProcessor, Retention};
 use crate::metrics::{self, Instruments, metrics_disabled_by_env, otlp_meter_provider};
 use crate::names::value;
@@ -108,6 +108,7 @@ pub struct Telemetry {
     provider: SdkTracerProvider,
     meter_provider: Option<SdkMeterProvider>,
     store_file: Option<PathBuf>,
+    otlp: Option<OtlpDestination>,
     pipelines: Vec<Arc<ExportStats>>,
 }
 
@@ -115,6 +116,35 @@ impl Telemetry {
     /// The local store file this process writes, when the store is on.
     pub fn store_file(&self) -> Option<&PathBuf> {
         self.store_file.as_ref()
+    }
+
+    /// Where OTLP export sends spans, when it is on.
+    pub fn otlp_destination(&self) -> Option<&OtlpDestination> {
+        self.otlp.as_ref()
+    }
+
+    /// One sentence saying where this process's spans go: the local
+    /// store's directory, the OTLP endpoint and protocol, or nowhere.
+    pub fn destinations(&self) -> String {
+        let store = self.store_file.as_ref().map(|file| {
+            let dir = file.parent().unwrap_or(file.as_path());
+            format!("the local trace store in {}", dir.display())
+        });
+        let otlp = self
+            .otlp
+            .as_ref()
+            .map(|d| format!("OTLP {} at {}", d.protocol, d.endpoint));
+        match (store, otlp) {
+            (Some(store), Some(otlp)) => format!("spans go to {store} and to {otlp}"),
+            (Some(store), None) => {
+                format!("spans go to {store}; OTLP export is off (no endpoint set)")
+            }
+            (None, Some(otlp)) => format!("spans go to {otlp}; the local trace store is off"),
+            (None, None) => {
+                "spans are not recorded: the local trace store and OTLP export are both off"
+                    .to_owned()
+            }
+        }
     }
 
     /// Flushes finished spans and stops the exporters, waiting at most
@@ -232,6 +262,7 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let mut builder = SdkTracerProvider::builder().with_resource(resource.clone());
 
     let mut store_file = None;
+    let mut otlp = None;
     let mut pipelines = Vec::new();
     let mut meter_provider = None;
     if !config.disabled {
@@ -247,7 +278,8 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
             pipelines.push(stats);
         }
         if config.otlp.enabled() {
-            let (processor, stats) = otlp_processor(&config.otlp)?;
+            let (processor, stats, destination) = otlp_processor(&config.otlp)?;
+            otlp = Some(destination);
             builder = builder.with_span_processor(processor);
             pipelines.push(stats);
             if !metrics_disabled_by_env() {
@@ -299,6 +331,7 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         provider,
         meter_provider,
         store_file,
+        otlp,
         pipelines,
     })
 }

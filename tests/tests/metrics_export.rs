@@ -281,3 +281,31 @@ async fn metrics_and_traces_reach_an_otlp_http_receiver_with_their_attributes() 
         );
     }
 }
+
+/// At startup one line says where spans go: the local store's directory,
+/// and the OTLP endpoint and protocol when export is on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_says_where_spans_go() {
+    let receiver = Receiver::start().await;
+    let mut server = Server::start_with(
+        Transport::Stdio,
+        ServerOptions::default()
+            .arg("--otlp-endpoint")
+            .arg(&receiver.url),
+    )
+    .await;
+    let line = server.wait_for_stderr(|l| l.contains("spans go to")).await;
+    let store = format!("the local trace store in {}", server.trace_dir().display());
+    assert!(line.contains(&store), "expected {store:?} in: {line}");
+    let otlp = format!("OTLP http/protobuf at {}/v1/traces", receiver.url);
+    assert!(line.contains(&otlp), "expected {otlp:?} in: {line}");
+    server.shutdown().await;
+
+    // Without an endpoint the line says export is off.
+    let mut server = Server::start(Transport::Stdio).await;
+    let line = server.wait_for_stderr(|l| l.contains("spans go to")).await;
+    let store = format!("the local trace store in {}", server.trace_dir().display());
+    assert!(line.contains(&store), "expected {store:?} in: {line}");
+    assert!(line.contains("OTLP export is off"), "{line}");
+    server.shutdown().await;
+}
