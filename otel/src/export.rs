@@ -246,15 +246,35 @@ impl ExportStats {
 /// How often a failure episode that goes on is summarized again.
 const STILL_FAILING_EVERY: Duration = Duration::from_secs(60);
 
-/// The reason of the last failed HTTP request of an exporter: the OTLP
-/// HTTP exporter's own error says only "network error".
+/// The last failed HTTP request of an exporter: the OTLP HTTP exporter's
+/// own error says only "network error" or the status code.
 #[derive(Debug, Default)]
-pub(crate) struct LastHttpError(Mutex<Option<String>>);
+pub(crate) struct LastHttpError(Mutex<Option<HttpFailure>>);
+
+/// Why one HTTP export request failed.
+#[derive(Debug)]
+struct HttpFailure {
+    /// The error and its sources, or the refusing status.
+    reason: String,
+    /// The status of a response that refused the export.
+    status: Option<u16>,
+}
 
 impl LastHttpError {
-    fn take(&self) -> Option<String> {
+    fn take(&self) -> Option<HttpFailure> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
+
+    fn set(&self, failure: HttpFailure) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure);
+    }
+}
+
+/// True when `status` says the backend takes no data of this kind at this
+/// path (Phoenix answers `405` on `/v1/metrics`), rather than failing for
+/// now.
+fn refuses_signal(status: u16) -> bool {
+    matches!(status, 404 | 405)
 }
 
 /// The HTTP client handed to an OTLP HTTP exporter: Skein's reqwest
@@ -276,9 +296,18 @@ impl opentelemetry_http::HttpClient for ReportingHttpClient {
         opentelemetry_http::HttpError,
     > {
         let result = self.inner.send_bytes(request).await;
-        if let Err(err) = &result {
-            *self.last_error.0.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some(error_chain(err.as_ref()));
+        match &result {
+            Err(err) => self.last_error.set(HttpFailure {
+                reason: error_chain(err.as_ref()),
+                status: None,
+            }),
+            Ok(response) if !response.status().is_success() => {
+                self.last_error.set(HttpFailure {
+                    reason: format!("the backend answered HTTP {}", response.status()),
+                    status: Some(response.status().as_u16()),
+                });
+            }
+            Ok(_) => {}
         }
         result
     }
@@ -306,7 +335,15 @@ struct Episode {
     lost: u64,
     reason: String,
     last_summary: Instant,
+    /// The backend refuses this signal altogether: said once, never
+    /// summarized again.
+    refused: bool,
 }
+
+/// The signal name of span export, for [`ExportHealth::new`].
+pub(crate) const SIGNAL_SPANS: &str = "spans";
+/// The signal name of metric export, for [`ExportHealth::new`].
+pub(crate) const SIGNAL_METRICS: &str = "metrics";
 
 impl ExportHealth {
     pub(crate) fn new(signal: &'static str, endpoint: String, last: Arc<LastHttpError>) -> Self {
@@ -324,19 +361,33 @@ impl ExportHealth {
 
     /// An export of `lost` items failed with `err`.
     pub(crate) fn failed(&self, err: &dyn fmt::Display, lost: u64) {
-        let reason = match self.last_http_error.take() {
-            Some(http) => format!("{err}: {http}"),
+        let http = self.last_http_error.take();
+        let refused = http
+            .as_ref()
+            .and_then(|h| h.status)
+            .filter(|&status| refuses_signal(status));
+        let reason = match http {
+            Some(http) => format!("{err}: {}", http.reason),
             None => err.to_string(),
         };
         let mut episode = self.episode();
         match episode.as_mut() {
             None => {
-                tracing::warn!(
-                    signal = self.signal,
-                    endpoint = %self.endpoint,
-                    %reason,
-                    "OTLP export failed; its data is dropped and counted, and further failures are summarized until export works again"
-                );
+                match (refused, self.signal) {
+                    // A backend that takes no metrics refuses every export
+                    // alike: said once, with the way to stop sending them.
+                    (Some(status), SIGNAL_METRICS) => tracing::warn!(
+                        "the OTLP backend refuses metrics (HTTP {status} on {}): they are \
+                         dropped; set OTEL_METRICS_EXPORTER=none to stop sending them",
+                        self.endpoint
+                    ),
+                    _ => tracing::warn!(
+                        signal = self.signal,
+                        endpoint = %self.endpoint,
+                        %reason,
+                        "OTLP export failed; its data is dropped and counted, and further failures are summarized until export works again"
+                    ),
+                }
                 let now = Instant::now();
                 *episode = Some(Episode {
                     started: now,
@@ -344,13 +395,14 @@ impl ExportHealth {
                     lost,
                     reason,
                     last_summary: now,
+                    refused: refused.is_some() && self.signal == SIGNAL_METRICS,
                 });
             }
             Some(ongoing) => {
                 ongoing.failed_exports += 1;
                 ongoing.lost += lost;
                 ongoing.reason = reason;
-                if ongoing.last_summary.elapsed() >= STILL_FAILING_EVERY {
+                if !ongoing.refused && ongoing.last_summary.elapsed() >= STILL_FAILING_EVERY {
                     ongoing.last_summary = Instant::now();
                     tracing::warn!(
                         signal = self.signal,
@@ -381,9 +433,20 @@ impl ExportHealth {
         );
     }
 
+    /// True while the backend refuses this signal altogether (said once
+    /// already).
+    pub(crate) fn refused(&self) -> bool {
+        self.episode().as_ref().is_some_and(|e| e.refused)
+    }
+
     /// At shutdown: summarizes an episode still going on.
     pub(crate) fn report_at_shutdown(&self) {
-        let Some(ongoing) = self.episode().take() else {
+        let mut episode = self.episode();
+        // A refusal was said once, and stays known (see `refused`).
+        if episode.as_ref().is_none_or(|e| e.refused) {
+            return;
+        }
+        let Some(ongoing) = episode.take() else {
             return;
         };
         tracing::warn!(
@@ -586,6 +649,45 @@ impl<E: PushMetricExporter> PushMetricExporter for OwnRuntimeExporter<E> {
     }
 }
 
+/// A metric exporter whose failures are reported as episodes, like
+/// spans' (a backend that refuses metrics is named once).
+#[derive(Debug)]
+pub struct ReportingMetricExporter<E> {
+    inner: E,
+    health: Arc<ExportHealth>,
+}
+
+impl<E> ReportingMetricExporter<E> {
+    pub(crate) fn new(inner: E, health: Arc<ExportHealth>) -> Self {
+        Self { inner, health }
+    }
+}
+
+impl<E: PushMetricExporter> PushMetricExporter for ReportingMetricExporter<E> {
+    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        let result = self.inner.export(metrics).await;
+        match &result {
+            Ok(()) => self.health.succeeded(),
+            Err(err) => self.health.failed(err, 1),
+        }
+        result
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        let result = self.inner.shutdown_with_timeout(timeout);
+        self.health.report_at_shutdown();
+        result
+    }
+
+    fn temporality(&self) -> Temporality {
+        self.inner.temporality()
+    }
+}
+
 /// Sets up an HTTP exporter builder (spans or metrics) for `protocol`:
 /// the flag endpoint when there is one (else the exporter reads the
 /// standard environment), the timeout, and the HTTP client that carries
@@ -689,7 +791,7 @@ pub fn otlp_processor(
         protocol,
     };
     let health = Arc::new(ExportHealth::new(
-        "spans",
+        SIGNAL_SPANS,
         destination.endpoint.clone(),
         Arc::clone(&last_error),
     ));

@@ -30,8 +30,8 @@ use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use skein_protocol::{TokenUsage, TurnKind, TurnStatus};
 
 use crate::export::{
-    ExportSetupError, ExportStats, OtlpProtocol, OtlpSettings, OwnRuntimeExporter, configure_grpc,
-    configure_http,
+    ExportHealth, ExportSetupError, ExportStats, LastHttpError, OtlpProtocol, OtlpSettings,
+    OwnRuntimeExporter, ReportingMetricExporter, SIGNAL_METRICS, configure_grpc, configure_http,
 };
 use crate::names::{attr, metric, value};
 use crate::otlp_connection::{Connection, Signal};
@@ -314,11 +314,20 @@ pub fn metrics_disabled_by_env() -> bool {
 pub fn otlp_meter_provider(
     settings: &OtlpSettings,
     resource: Resource,
-) -> Result<SdkMeterProvider, ExportSetupError> {
+) -> Result<(SdkMeterProvider, MetricsHealth), ExportSetupError> {
     let protocol = settings.resolved_protocol()?;
     let connection = Connection::from_env(Signal::Metrics)?;
     let otlp_error = ExportSetupError::otlp(protocol);
     let builder = SdkMeterProvider::builder().with_resource(resource);
+    let last_error = Arc::new(LastHttpError::default());
+    let health = Arc::new(ExportHealth::new(
+        SIGNAL_METRICS,
+        match protocol {
+            OtlpProtocol::Grpc => connection.grpc_endpoint(settings.endpoint.as_deref()),
+            _ => connection.http_endpoint(settings.endpoint.as_deref(), "/v1/metrics"),
+        },
+        Arc::clone(&last_error),
+    ));
     let provider = match protocol {
         OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
             let exporter = configure_http(
@@ -326,10 +335,11 @@ pub fn otlp_meter_provider(
                 protocol,
                 settings.signal_endpoint(protocol, "/v1/metrics"),
                 &connection,
-                Arc::default(),
+                last_error,
             )?
             .build()
             .map_err(otlp_error)?;
+            let exporter = ReportingMetricExporter::new(exporter, Arc::clone(&health));
             builder
                 .with_reader(PeriodicReader::builder(exporter).build())
                 .build()
@@ -344,12 +354,25 @@ pub fn otlp_meter_provider(
                 .build()
                 .map_err(otlp_error)
             })?;
+            let exporter = ReportingMetricExporter::new(exporter, Arc::clone(&health));
             builder
                 .with_reader(PeriodicReader::builder(exporter).build())
                 .build()
         }
     };
-    Ok(provider)
+    Ok((provider, MetricsHealth(health)))
+}
+
+/// How metric export fares, for the shutdown's report.
+#[derive(Debug, Clone)]
+pub struct MetricsHealth(Arc<ExportHealth>);
+
+impl MetricsHealth {
+    /// True when the backend refuses metrics altogether (and has been told
+    /// about once): a failing final export is then no news.
+    pub fn refused(&self) -> bool {
+        self.0.refused()
+    }
 }
 
 #[cfg(test)]

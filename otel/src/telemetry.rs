@@ -29,7 +29,9 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::export::{ExportSetupError, ExportStats, OtlpDestination, OtlpSettings, otlp_processor};
 use crate::local_store::{LocalStore, LocalStoreProcessor, Retention};
-use crate::metrics::{self, Instruments, metrics_disabled_by_env, otlp_meter_provider};
+use crate::metrics::{
+    self, Instruments, MetricsHealth, metrics_disabled_by_env, otlp_meter_provider,
+};
 use crate::names::value;
 
 /// The log target silenced unless the log filter names it.
@@ -107,6 +109,7 @@ pub fn sdk_disabled_by_env() -> bool {
 pub struct Telemetry {
     provider: SdkTracerProvider,
     meter_provider: Option<SdkMeterProvider>,
+    metrics_health: Option<MetricsHealth>,
     store_file: Option<PathBuf>,
     otlp: Option<OtlpDestination>,
     pipelines: Vec<Arc<ExportStats>>,
@@ -205,6 +208,12 @@ impl Telemetry {
                 });
             match spawned.map(|_| done_rx.recv_timeout(budget)) {
                 Ok(Ok(Ok(()))) => {}
+                // A backend that refuses metrics was named once already.
+                Ok(Ok(Err(_)))
+                    if self
+                        .metrics_health
+                        .as_ref()
+                        .is_some_and(MetricsHealth::refused) => {}
                 Ok(Ok(Err(err))) => tracing::warn!(%err, "exporting the final metrics failed"),
                 Ok(Err(_)) => tracing::warn!(
                     ?budget,
@@ -265,6 +274,7 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let mut otlp = None;
     let mut pipelines = Vec::new();
     let mut meter_provider = None;
+    let mut metrics_health = None;
     if !config.disabled {
         if let Some(dir) = config.trace_dir {
             let stats = ExportStats::new("local store");
@@ -283,7 +293,9 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
             builder = builder.with_span_processor(processor);
             pipelines.push(stats);
             if !metrics_disabled_by_env() {
-                meter_provider = Some(otlp_meter_provider(&config.otlp, resource)?);
+                let (provider, health) = otlp_meter_provider(&config.otlp, resource)?;
+                meter_provider = Some(provider);
+                metrics_health = Some(health);
             }
         }
     }
@@ -330,6 +342,7 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     Ok(Telemetry {
         provider,
         meter_provider,
+        metrics_health,
         store_file,
         otlp,
         pipelines,

@@ -309,3 +309,55 @@ async fn startup_says_where_spans_go() {
     assert!(line.contains("OTLP export is off"), "{line}");
     server.shutdown().await;
 }
+
+/// A backend that refuses metrics (Phoenix answers `405` on
+/// `/v1/metrics`) is named once, with the endpoint and the variable that
+/// stops metric export; spans still go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_refusing_metrics_is_named_once() {
+    let receiver = Receiver::start_refusing_metrics().await;
+    let mut server = Server::start_with(
+        Transport::Stdio,
+        ServerOptions::default()
+            .arg("--otlp-endpoint")
+            .arg(&receiver.url)
+            // Several metric exports while the server runs.
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "100"),
+    )
+    .await;
+    let refused = "/v1/metrics -> 405 Method Not Allowed";
+    let line = server
+        .wait_for_stderr(|l| l.contains("OTEL_METRICS_EXPORTER=none"))
+        .await;
+    let endpoint = format!("{}/v1/metrics", receiver.url);
+    assert!(line.contains(&endpoint), "expected {endpoint:?} in: {line}");
+    assert!(line.contains("405"), "{line}");
+    // Wait for more refused exports, then check the line came once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while receiver.count(refused) < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected several refused metric exports; got {:?}",
+            receiver.summary()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut client = server.connect().await;
+    client.initialize("refused-metrics", "1.0.0").await;
+    let finished = server.shutdown().await;
+    let stderr = finished.stderr();
+    let mentions: Vec<&String> = stderr
+        .iter()
+        .filter(|l| l.to_lowercase().contains("metrics"))
+        .collect();
+    assert_eq!(
+        mentions.len(),
+        1,
+        "the refusal must be said once and nothing else logged about metrics: {stderr:#?}"
+    );
+    assert!(
+        !receiver.bodies("/v1/traces").is_empty(),
+        "spans must still be exported: {:?}",
+        receiver.summary()
+    );
+}

@@ -3,6 +3,8 @@
 //! `Content-Length`, keep-alive honoured), answers `200` with an empty
 //! protobuf body, and keeps every body. A body is stored before it is
 //! answered, so once the exporting process has exited everything is in.
+//! [`Receiver::start_refusing_metrics`] answers `405` on `/v1/metrics`, as
+//! Phoenix does.
 
 use std::sync::{Arc, Mutex};
 
@@ -40,6 +42,17 @@ impl Drop for Receiver {
 impl Receiver {
     /// Listens on a free loopback port.
     pub async fn start() -> Receiver {
+        Receiver::listen(false).await
+    }
+
+    /// Like [`Receiver::start`], but refuses metrics: a `POST /v1/metrics`
+    /// is read and answered `405 Method Not Allowed` (a backend that takes
+    /// traces only, like Phoenix), and kept as `/v1/metrics -> 405 ...`.
+    pub async fn start_refusing_metrics() -> Receiver {
+        Receiver::listen(true).await
+    }
+
+    async fn listen(refuse_metrics: bool) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the OTLP receiver");
@@ -50,7 +63,7 @@ impl Receiver {
             while let Ok((stream, _)) = listener.accept().await {
                 let store = Arc::clone(&store);
                 tokio::spawn(async move {
-                    if let Err(err) = serve_connection(stream, store).await {
+                    if let Err(err) = serve_connection(stream, store, refuse_metrics).await {
                         eprintln!("OTLP receiver: connection failed: {err}");
                     }
                 });
@@ -85,6 +98,17 @@ impl Receiver {
             .collect()
     }
 
+    /// How many requests were received on `path` (refused ones under
+    /// `path -> status`).
+    pub fn count(&self, path: &str) -> usize {
+        self.received
+            .lock()
+            .expect("receiver lock")
+            .iter()
+            .filter(|r| r.path == path)
+            .count()
+    }
+
     /// `METHOD path` of every request, for failure messages.
     pub fn summary(&self) -> Vec<String> {
         self.received
@@ -100,6 +124,7 @@ impl Receiver {
 async fn serve_connection(
     stream: TcpStream,
     store: Arc<Mutex<Vec<Received>>>,
+    refuse_metrics: bool,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream);
     loop {
@@ -143,14 +168,19 @@ async fn serve_connection(
             ("POST", Some(length), false) => {
                 let mut body = vec![0; length];
                 reader.read_exact(&mut body).await?;
-                let known = path == "/v1/metrics" || path == "/v1/traces";
-                store.lock().expect("receiver lock").push(Received {
-                    method: method.clone(),
-                    path: path.clone(),
-                    body,
-                    headers: headers.clone(),
-                });
-                if known { "200 OK" } else { "404 Not Found" }
+                if refuse_metrics && path == "/v1/metrics" {
+                    // Read, so the connection stays usable; kept below.
+                    "405 Method Not Allowed"
+                } else {
+                    let known = path == "/v1/metrics" || path == "/v1/traces";
+                    store.lock().expect("receiver lock").push(Received {
+                        method: method.clone(),
+                        path: path.clone(),
+                        body,
+                        headers: headers.clone(),
+                    });
+                    if known { "200 OK" } else { "404 Not Found" }
+                }
             }
             ("POST", None, false) => "411 Length Required",
             _ => "405 Method Not Allowed",
@@ -169,7 +199,10 @@ async fn serve_connection(
         let stream = reader.get_mut();
         stream.write_all(response.as_bytes()).await?;
         stream.flush().await?;
-        if !status.starts_with("200") && !status.starts_with("404") {
+        let body_read = status.starts_with("200")
+            || status.starts_with("404")
+            || (refuse_metrics && path == "/v1/metrics" && content_length.is_some());
+        if !body_read {
             // The body was not read: the connection cannot be reused.
             return Ok(());
         }
