@@ -7,8 +7,9 @@
 //! Skein's model is the local mock (`support::mock_llm`) and its tool
 //! server the real `mcp-server-time`, so nothing needs the network. The
 //! Codex CLI comes from `SKEIN_CODEX_BIN` (else `.ci/run`'s npm cache),
-//! `mcp-server-time` as in `mcp_tools.rs`; without them the test skips
-//! loudly, except under `CI=true`, where it fails.
+//! `mcp-server-time` as in `mcp_tools.rs`; without them the test fails
+//! saying how to install them, unless `SKEIN_TESTS_ALLOW_MISSING` names
+//! `codex` (and `mcp`), never under `CI=true`: see `support::tool_missing`.
 //!
 //! Every wait is on the screen's contents (or on the mock model), with a
 //! generous timeout; the screen is in the panic message when one passes.

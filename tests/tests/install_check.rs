@@ -566,7 +566,8 @@ async fn doctor_start_mcp_starts_each_server_and_lists_its_tools() {
         "-c".to_owned(),
         "mcp_servers.broken.command=\"false\"".to_owned(),
     ];
-    let venv = support::mcp_venv();
+    // Optional: the broken server is checked either way.
+    let venv = support::find_mcp_venv();
     if let Some((time_bin, _)) = &venv {
         args.push("-c".to_owned());
         args.push(format!(

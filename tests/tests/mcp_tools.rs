@@ -822,12 +822,10 @@ async fn the_official_openai_python_client_accepts_the_stand_in_api() {
         .await
         .is_ok_and(|s| s.success());
     if !has_openai {
-        assert!(
-            !std::env::var("CI").is_ok_and(|v| v == "true"),
-            "CI=true but the openai package is missing from the MCP virtualenv"
-        );
-        eprintln!(
-            "\n\n*** SKIPPING: the openai package is not in the MCP virtualenv (run .ci/run) ***\n"
+        support::tool_missing(
+            support::Tool::Mcp,
+            "the openai package is not in the MCP virtualenv",
+            support::MCP_VENV_INSTALL,
         );
         return;
     }
@@ -1076,4 +1074,63 @@ async fn a_missing_mcp_command_is_failed_in_the_status_list_with_an_error_start_
         turn.status_code, STATUS_CODE_ERROR,
         "the turn itself did not fail: {turn}"
     );
+}
+
+/// A test whose MCP servers are missing is never a silent pass: outside CI
+/// it fails, saying how to install them, unless `SKEIN_TESTS_ALLOW_MISSING`
+/// names `mcp`; under `CI=true` it fails whatever that says. Checked by
+/// running one MCP test of this very binary as a child, as `cargo test`
+/// would, with the virtualenv pointed at nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_without_its_mcp_servers_fails_unless_skipping_is_asked_for() {
+    let empty_cache = tempfile::tempdir().expect("temp dir");
+    let run = |ci: bool, allow: Option<&str>| {
+        let mut command =
+            tokio::process::Command::new(std::env::current_exe().expect("the test binary's path"));
+        command
+            .args([
+                "--exact",
+                "a_tool_turn_runs_get_current_time_and_sends_the_result_back_to_the_model",
+            ])
+            .env("SKEIN_MCP_SERVER_TIME_BIN", "/nonexistent/mcp-server-time")
+            .env("SKEIN_MCP_PYTHON", "/nonexistent/python")
+            .env("XDG_CACHE_HOME", empty_cache.path())
+            .env_remove("CI")
+            .env_remove("SKEIN_TESTS_ALLOW_MISSING");
+        if ci {
+            command.env("CI", "true");
+        }
+        if let Some(allow) = allow {
+            command.env("SKEIN_TESTS_ALLOW_MISSING", allow);
+        }
+        async move {
+            let out = command.output().await.expect("run the test binary");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (out.status.success(), text)
+        }
+    };
+
+    let (passed, out) = run(false, None).await;
+    assert!(!passed, "a test without its MCP servers passed:\n{out}");
+    assert!(
+        out.contains("1 failed") && out.contains(".ci/run") && out.contains("pip install mcp=="),
+        "the failure says how to install the servers:\n{out}"
+    );
+
+    let (passed, out) = run(false, Some("codex,mcp")).await;
+    assert!(
+        passed,
+        "SKEIN_TESTS_ALLOW_MISSING=codex,mcp skips it:\n{out}"
+    );
+
+    let (passed, out) = run(true, Some("all")).await;
+    assert!(
+        !passed,
+        "under CI=true a missing server always fails:\n{out}"
+    );
+    assert!(out.contains("CI=true but"), "{out}");
 }

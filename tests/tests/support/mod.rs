@@ -94,12 +94,73 @@ pub fn next_request_id() -> i64 {
     NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed)
 }
 
-/// The MCP virtualenv's `mcp-server-time` and `python` (the real tool
-/// servers of the MCP tests): `SKEIN_MCP_SERVER_TIME_BIN` and
-/// `SKEIN_MCP_PYTHON`, else `~/.cache/skein-ci/mcp-venv`, as `.ci/run`
-/// installs it. `None` (after a loud message) when missing outside CI;
-/// under `CI=true` a missing virtualenv fails the test.
-pub fn mcp_venv() -> Option<(PathBuf, PathBuf)> {
+/// The variable that lets tests whose tools are missing pass without
+/// running, outside CI: a comma-separated list of [`Tool`] names, or `all`.
+pub const ALLOW_MISSING_VAR: &str = "SKEIN_TESTS_ALLOW_MISSING";
+
+/// An outside program some end-to-end tests need, which `.ci/run`
+/// installs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    /// The MCP virtualenv: `mcp-server-time`, the Python `mcp` SDK and
+    /// the `openai` client.
+    Mcp,
+    /// The Codex CLI and tmux.
+    Codex,
+    /// Arize Phoenix.
+    Phoenix,
+}
+
+impl Tool {
+    /// Its name in [`ALLOW_MISSING_VAR`].
+    pub fn name(self) -> &'static str {
+        match self {
+            Tool::Mcp => "mcp",
+            Tool::Codex => "codex",
+            Tool::Phoenix => "phoenix",
+        }
+    }
+}
+
+fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// A test cannot run because `tool` is missing (`what` says what exactly,
+/// `install` how to get it). libtest captures the output of a passing
+/// test, so a test that returned early would show as passed having done
+/// nothing. So it fails, saying how to install the tool, unless
+/// [`ALLOW_MISSING_VAR`] names the tool: then (never under `CI=true`) it
+/// returns, and the caller skips the test, which the user asked for.
+pub fn tool_missing(tool: Tool, what: &str, install: &str) {
+    if under_ci() {
+        panic!("CI=true but {what}: {install}");
+    }
+    let allowed = std::env::var(ALLOW_MISSING_VAR).is_ok_and(|list| {
+        list.split(',')
+            .map(str::trim)
+            .any(|name| name == "all" || name == tool.name())
+    });
+    if allowed {
+        eprintln!(
+            "\n*** SKIPPING ({ALLOW_MISSING_VAR} names {}): {what} ***\n",
+            tool.name()
+        );
+        return;
+    }
+    panic!(
+        "{what}, so this test cannot run.\n\
+         To install it: {install}.\n\
+         To leave out the tests that need it on purpose, set {ALLOW_MISSING_VAR}={} \
+         (a comma-separated list of mcp, codex, phoenix, or all): they then pass without running.",
+        tool.name()
+    );
+}
+
+/// The MCP virtualenv's `mcp-server-time` and `python`, when installed:
+/// `SKEIN_MCP_SERVER_TIME_BIN` and `SKEIN_MCP_PYTHON`, else
+/// `~/.cache/skein-ci/mcp-venv`, as `.ci/run` installs it.
+pub fn find_mcp_venv() -> Option<(PathBuf, PathBuf)> {
     let from_env = |var: &str| std::env::var_os(var).map(PathBuf::from);
     let venv = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
@@ -111,26 +172,36 @@ pub fn mcp_venv() -> Option<(PathBuf, PathBuf)> {
     let python = from_env("SKEIN_MCP_PYTHON")
         .or_else(|| venv.as_ref().map(|v| v.join("python")))
         .filter(|p| p.is_file());
-    match (time, python) {
-        (Some(time), Some(python)) => Some((time, python)),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI=true but the MCP virtualenv is missing: run .ci/run to install it")
-        }
-        _ => {
-            eprintln!(
-                "\n\n*** SKIPPING MCP TEST: mcp-server-time / the Python mcp SDK not found \
-                 (set SKEIN_MCP_SERVER_TIME_BIN and SKEIN_MCP_PYTHON, or run .ci/run) ***\n"
-            );
-            None
-        }
+    time.zip(python)
+}
+
+/// How to install the MCP virtualenv by hand.
+pub const MCP_VENV_INSTALL: &str = "run .ci/run, or: python3 -m venv ~/.cache/skein-ci/mcp-venv && \
+     ~/.cache/skein-ci/mcp-venv/bin/pip install mcp==2.3.0 mcp-server-time==2026.10.19 openai==3.54.0 \
+     (or set SKEIN_MCP_SERVER_TIME_BIN and SKEIN_MCP_PYTHON)";
+
+/// The MCP virtualenv's `mcp-server-time` and `python` (the real tool
+/// servers of the MCP tests), for a test that needs them: when missing,
+/// the test fails saying how to install them, or is skipped (`None`) when
+/// [`ALLOW_MISSING_VAR`] names `mcp` (see [`tool_missing`]).
+pub fn mcp_venv() -> Option<(PathBuf, PathBuf)> {
+    let found = find_mcp_venv();
+    if found.is_none() {
+        tool_missing(
+            Tool::Mcp,
+            "the MCP virtualenv (mcp-server-time, the Python mcp SDK) is not installed",
+            MCP_VENV_INSTALL,
+        );
     }
+    found
 }
 
 /// The Codex CLI (`@openai/codex`, the pinned version `.ci/run`
 /// installs) and tmux, for the tests that drive the real Codex TUI:
 /// `SKEIN_CODEX_BIN`, else the npm prefix `.ci/run` caches
-/// (`~/.cache/skein-ci/codex-npm`). Without them the tests skip with a
-/// loud message, except under `CI=true`, where they fail.
+/// (`~/.cache/skein-ci/codex-npm`). When missing, the test fails saying
+/// how to install them, or is skipped (`None`) when [`ALLOW_MISSING_VAR`]
+/// names `codex` (see [`tool_missing`]).
 pub fn codex_tui() -> Option<PathBuf> {
     let cached = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
@@ -146,15 +217,15 @@ pub fn codex_tui() -> Option<PathBuf> {
         .is_ok_and(|out| out.status.success());
     match codex {
         Some(codex) if tmux => Some(codex),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => panic!(
-            "CI=true but the Codex CLI or tmux is missing (SKEIN_CODEX_BIN set: {}, tmux found: {tmux}): \
-             run .ci/run to install them",
-            std::env::var_os("SKEIN_CODEX_BIN").is_some()
-        ),
         _ => {
-            eprintln!(
-                "\n\n*** SKIPPING CODEX TUI TEST: the Codex CLI or tmux not found \
-                 (set SKEIN_CODEX_BIN, install tmux, or run .ci/run) ***\n"
+            tool_missing(
+                Tool::Codex,
+                &format!(
+                    "the Codex CLI or tmux is missing (Codex CLI found: {}, tmux found: {tmux})",
+                    codex.is_some()
+                ),
+                "run .ci/run, or: npm install --prefix ~/.cache/skein-ci/codex-npm \
+                 @openai/codex@0.169.0 (or set SKEIN_CODEX_BIN), and install tmux",
             );
             None
         }
