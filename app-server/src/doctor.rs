@@ -225,6 +225,23 @@ fn check_providers(config: &Config, report: &mut Report) {
 
 fn check_mcp(config: &Config, start: bool, report: &mut Report) {
     for (name, server) in &config.mcp_servers {
+        if let Some(url) = &server.url {
+            // Reached over streamable HTTP: nothing to find on PATH.
+            let token_unset = server
+                .bearer_token_env_var
+                .as_ref()
+                .filter(|var| std::env::var(var).map_or(true, |v| v.trim().is_empty()));
+            match token_unset {
+                Some(var) => report.push(
+                    "mcp_url",
+                    name.clone(),
+                    Status::Fail,
+                    format!("{url}: the variable {var} (bearer_token_env_var) is not set"),
+                ),
+                None => report.push("mcp_url", name.clone(), Status::Ok, url.clone()),
+            }
+            continue;
+        }
         match find_command(&server.command, &server.env) {
             Some(path) => report.push(
                 "mcp_command",

@@ -193,8 +193,17 @@ pub struct EffectiveProvider {
 /// One `[mcp_servers.<name>]` table as Skein uses it.
 #[derive(Clone, Debug, Serialize)]
 pub struct EffectiveMcpServer {
-    /// The program.
+    /// The program (empty for a server reached by `url`).
     pub command: String,
+    /// The streamable HTTP endpoint of a server reached by URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The variable holding its bearer token (the name only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bearer_token_env_var: Option<String>,
+    /// Its extra HTTP headers' names; every value is `[REDACTED]`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub http_headers: BTreeMap<String, &'static str>,
     /// Its arguments.
     pub args: Vec<String>,
     /// The extra environment variables' names; every value is
@@ -247,6 +256,13 @@ pub fn effective_config(config: &Config) -> EffectiveConfig {
             .map(|(name, server)| {
                 let entry = EffectiveMcpServer {
                     command: server.command.clone(),
+                    url: server.url.clone(),
+                    bearer_token_env_var: server.bearer_token_env_var.clone(),
+                    http_headers: server
+                        .http_headers
+                        .keys()
+                        .map(|k| (k.clone(), REDACTED))
+                        .collect(),
                     args: server.args.clone(),
                     env: server.env.keys().map(|k| (k.clone(), REDACTED)).collect(),
                     tool_timeout_ms: server.tool_timeout_ms.unwrap_or(DEFAULT_TOOL_TIMEOUT_MS),

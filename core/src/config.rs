@@ -200,12 +200,24 @@ pub struct ProviderConfig {
     pub request_timeout_ms: Option<u64>,
 }
 
-/// One `[mcp_servers.<name>]` table: a server started over stdio.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+/// One `[mcp_servers.<name>]` table: a server started over stdio
+/// (`command`), or one reached over streamable HTTP (`url`, Codex's keys).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct McpServerConfig {
-    /// The program.
+    /// The program (empty for a server reached by `url`).
+    #[serde(default)]
     pub command: String,
+    /// The server's streamable HTTP endpoint, instead of `command`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The variable holding a bearer token sent as `Authorization` to a
+    /// `url` server.
+    #[serde(default)]
+    pub bearer_token_env_var: Option<String>,
+    /// Extra HTTP headers sent to a `url` server.
+    #[serde(default)]
+    pub http_headers: BTreeMap<String, String>,
     /// Its arguments.
     #[serde(default)]
     pub args: Vec<String>,
@@ -215,6 +227,13 @@ pub struct McpServerConfig {
     /// Timeout of one tool call, in milliseconds.
     #[serde(default)]
     pub tool_timeout_ms: Option<u64>,
+}
+
+impl McpServerConfig {
+    /// What reaches the server: its `url`, else its command.
+    pub fn endpoint(&self) -> &str {
+        self.url.as_deref().unwrap_or(&self.command)
+    }
 }
 
 /// The `[otel]` table: Skein's keys, and Codex's (see
@@ -975,11 +994,30 @@ impl Config {
             ));
         }
         for (name, server) in &raw.mcp_servers {
-            if server.command.trim().is_empty() {
-                return Err(value_error(
-                    format!("mcp_servers.{name}.command"),
-                    "must not be empty".into(),
-                ));
+            match &server.url {
+                Some(url) => {
+                    if !server.command.is_empty() || !server.args.is_empty() {
+                        return Err(value_error(
+                            format!("mcp_servers.{name}.url"),
+                            "give either `command` (stdio) or `url` (streamable HTTP), not both"
+                                .into(),
+                        ));
+                    }
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        return Err(value_error(
+                            format!("mcp_servers.{name}.url"),
+                            format!("{url:?} must start with http:// or https://"),
+                        ));
+                    }
+                }
+                None if server.command.trim().is_empty() => {
+                    return Err(value_error(
+                        format!("mcp_servers.{name}.command"),
+                        "must not be empty (or give `url` for a server over streamable HTTP)"
+                            .into(),
+                    ));
+                }
+                None => {}
             }
         }
         if raw.max_tool_rounds == Some(0) {
@@ -1305,6 +1343,32 @@ env = { TZ = "UTC" }
         assert_eq!(local.env_key.as_deref(), Some("LOCAL_API_KEY"));
         assert!(!format!("{local:?}").contains("sk-local"));
         assert_eq!(config.mcp_servers["time"].env["TZ"], "UTC");
+    }
+
+    #[test]
+    fn an_mcp_server_is_a_command_or_a_url_never_both() {
+        let config = load(
+            "[mcp_servers.web]\nurl = \"https://mcp.example.com/mcp\"\nbearer_token_env_var = \"T\"\nhttp_headers = { \"X-A\" = \"b\" }\n",
+            &[],
+        )
+        .expect("a url server");
+        let web = &config.mcp_servers["web"];
+        assert_eq!(web.endpoint(), "https://mcp.example.com/mcp");
+        assert_eq!(web.http_headers["X-A"], "b");
+        for (toml, key) in [
+            (
+                "[mcp_servers.web]\nurl = \"https://x/mcp\"\ncommand = \"srv\"\n",
+                "mcp_servers.web.url",
+            ),
+            (
+                "[mcp_servers.web]\nurl = \"ftp://x/mcp\"\n",
+                "mcp_servers.web.url",
+            ),
+            ("[mcp_servers.web]\nargs = []\n", "mcp_servers.web.command"),
+        ] {
+            let err = load(toml, &[]).expect_err(toml).to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
     }
 
     #[test]

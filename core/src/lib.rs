@@ -19,6 +19,7 @@ pub mod conversation;
 mod engine;
 pub mod events;
 pub mod mcp;
+mod mcp_http;
 pub mod models;
 pub mod providers;
 pub mod records;

@@ -1,4 +1,5 @@
-//! MCP tool servers: started lazily over stdio, shared by every thread.
+//! MCP tool servers: started lazily over stdio (or reached over streamable
+//! HTTP, `mcp_http`), shared by every thread.
 //!
 //! Each `[mcp_servers.<name>]` is a child process spoken to with `rmcp`, the
 //! official Rust MCP SDK. A server starts on first use (the first turn that
@@ -430,7 +431,7 @@ impl Server {
                 tracing::warn!(
                     parent: &span,
                     server = %self.name,
-                    command = %self.config.command,
+                    command = %self.config.endpoint(),
                     error = %err,
                     "MCP server failed to start"
                 );
@@ -442,10 +443,32 @@ impl Server {
 
     /// The span of one start, a child of the current span.
     fn start_span(&self) -> tracing::Span {
-        crate::spans::mcp_server_start_span(&self.name, &self.config.command)
+        crate::spans::mcp_server_start_span(&self.name, self.config.endpoint())
     }
 
     async fn start(&self) -> Result<Connection, StartError> {
+        let info = ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("skein", env!("CARGO_PKG_VERSION")),
+        );
+        let service = match &self.config.url {
+            Some(url) => {
+                let transport = crate::mcp_http::transport(url, &self.config)
+                    .map_err(|e| StartError::Initialize(e.to_string()))?;
+                rmcp::serve_client(info, transport)
+                    .await
+                    .map_err(|e| StartError::Initialize(e.to_string()))?
+            }
+            None => self.start_child(info).await?,
+        };
+        self.connected(service).await
+    }
+
+    /// Spawns the server's command and initializes it over stdio.
+    async fn start_child(
+        &self,
+        info: ClientConfig,
+    ) -> Result<RunningService<RoleClient, ClientConfig>, StartError> {
         let mut command = tokio::process::Command::new(&self.config.command);
         command.args(&self.config.args).envs(&self.config.env);
         let (transport, stderr) = TokioChildProcess::builder(command)
@@ -464,13 +487,16 @@ impl Server {
                 }
             });
         }
-        let info = ClientConfig::new(
-            ClientCapabilities::default(),
-            Implementation::new("skein", env!("CARGO_PKG_VERSION")),
-        );
-        let service = rmcp::serve_client(info, transport)
+        rmcp::serve_client(info, transport)
             .await
-            .map_err(|e| StartError::Initialize(e.to_string()))?;
+            .map_err(|e| StartError::Initialize(e.to_string()))
+    }
+
+    /// Lists an initialized server's tools.
+    async fn connected(
+        &self,
+        service: RunningService<RoleClient, ClientConfig>,
+    ) -> Result<Connection, StartError> {
         let protocol_version = service
             .peer()
             .peer_info()
@@ -534,8 +560,7 @@ mod tests {
         let config = McpServerConfig {
             command: command.to_owned(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
-            env: BTreeMap::new(),
-            tool_timeout_ms: None,
+            ..McpServerConfig::default()
         };
         McpManager::new(&BTreeMap::from([(name.to_owned(), config)]))
     }

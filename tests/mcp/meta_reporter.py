@@ -1,10 +1,14 @@
 """A test MCP server, written with the official Python `mcp` SDK. Runs
-over stdio.
+over stdio, or over streamable HTTP on 127.0.0.1 with `--http PORT` (at
+`/mcp`).
 
 Tools:
 - `report_meta`: answers with the `params._meta` object of the `tools/call`
   request that invoked it, as JSON text, so a test can check the trace
   context a client sent;
+- `report_headers`: answers with the HTTP headers that carried the
+  `tools/call` request (`traceparent`, `tracestate`, `authorization`,
+  `x-skein-test`; absent ones left out), as JSON text;
 - `echo`: answers with its `text` argument;
 - `wait_for_cancel`: says on stderr that it started (with its request id),
   then waits until its request is cancelled and says so;
@@ -56,6 +60,14 @@ def report_meta(ctx: Context) -> str:
 
 
 @server.tool()
+def report_headers(ctx: Context) -> str:
+    """Report the HTTP headers this tools/call request came with."""
+    headers = ctx.headers or {}
+    wanted = ["traceparent", "tracestate", "authorization", "x-skein-test"]
+    return json.dumps({k: headers[k] for k in wanted if k in headers})
+
+
+@server.tool()
 def echo(text: str) -> str:
     """Answer with the text given."""
     return text
@@ -104,4 +116,7 @@ def break_for_good() -> str:
 
 
 if __name__ == "__main__":
-    server.run()
+    if len(sys.argv) == 3 and sys.argv[1] == "--http":
+        server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
+    else:
+        server.run()

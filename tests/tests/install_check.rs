@@ -596,3 +596,33 @@ async fn doctor_start_mcp_starts_each_server_and_lists_its_tools() {
         );
     }
 }
+
+/// A `url` MCP server has no command to find: doctor checks that the
+/// variable its bearer token comes from is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_the_bearer_token_variable_of_a_url_mcp_server() {
+    let home = SkeinHome::new();
+    let args = [
+        "-c",
+        "mcp_servers.web.url=\"https://mcp.example.com/mcp\"",
+        "-c",
+        "mcp_servers.web.bearer_token_env_var=\"SKEIN_TEST_WEB_TOKEN\"",
+    ];
+    let (ok, report) = doctor_json(&home, &args, &[]).await;
+    assert!(!ok, "{report:#}");
+    let web = check(&report, "mcp_url", "web");
+    assert_eq!(web["status"], "fail", "{web}");
+    assert!(
+        web["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("SKEIN_TEST_WEB_TOKEN"),
+        "{web}"
+    );
+    let (_, report) = doctor_json(&home, &args, &[("SKEIN_TEST_WEB_TOKEN", "t")]).await;
+    assert_eq!(
+        check(&report, "mcp_url", "web")["status"],
+        "ok",
+        "{report:#}"
+    );
+}

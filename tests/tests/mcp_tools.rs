@@ -1,13 +1,15 @@
 //! End-to-end tests of tool turns: the real `skein` binary, a local
 //! stand-in for the paid model API (`support::mock_llm`), and real MCP
 //! servers over stdio: `mcp-server-time` from PyPI,
-//! `tests/mcp/meta_reporter.py` written with the official Python `mcp` SDK,
-//! and `tests/mcp/malformed_reply.py`, a raw server that garbles replies.
+//! `tests/mcp/meta_reporter.py` written with the official Python `mcp` SDK
+//! (also served over streamable HTTP), and `tests/mcp/malformed_reply.py`,
+//! a raw server that garbles replies.
 //!
 //! Both come from the virtualenv `.ci/run` installs: `SKEIN_MCP_SERVER_TIME_BIN`
 //! and `SKEIN_MCP_PYTHON`, else `~/.cache/skein-ci/mcp-venv`. Without them
-//! the tests skip with a loud message, except under `CI=true`, where they
-//! fail.
+//! the tests fail saying how to install them, unless
+//! `SKEIN_TESTS_ALLOW_MISSING` names `mcp` (never under `CI=true`): see
+//! `support::tool_missing`.
 
 #[macro_use]
 mod support;
@@ -1133,4 +1135,129 @@ async fn a_test_without_its_mcp_servers_fails_unless_skipping_is_asked_for() {
         "under CI=true a missing server always fails:\n{out}"
     );
     assert!(out.contains("CI=true but"), "{out}");
+}
+
+/// An MCP server over streamable HTTP (`url`, with Codex's
+/// `bearer_token_env_var` and `http_headers`): the official Python SDK's
+/// server gets the `tools/call` with the span context in `params._meta`
+/// and in the `traceparent` / `tracestate` HTTP headers, with the bearer
+/// token and the configured header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_server_over_streamable_http_gets_the_trace_context_in_meta_and_headers() {
+    let Some((_, python)) = mcp_venv() else {
+        return;
+    };
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let mut http_server = tokio::process::Command::new(&python)
+        .arg(meta_reporter_script())
+        .args(["--http", &port.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the HTTP MCP server");
+    // Ready once it accepts connections.
+    let ready = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            if let Ok(Some(status)) = http_server.try_wait() {
+                panic!("the HTTP MCP server exited: {status}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        ready.is_ok(),
+        "the HTTP MCP server did not listen on {port}"
+    );
+
+    let mock = MockLlm::start(vec![
+        Reply::Stream(tool_call_chunks("call_meta", "report_meta", &json!({}))),
+        Reply::Stream(text_chunks(&["meta"], 1, 1)),
+        Reply::Stream(tool_call_chunks(
+            "call_headers",
+            "report_headers",
+            &json!({}),
+        )),
+        Reply::Stream(text_chunks(&["headers"], 1, 1)),
+    ])
+    .await;
+    let mut options = ServerOptions::default()
+        .env("MOCK_API_KEY", "sk-test")
+        .env("HTTP_MCP_TOKEN", "secret-token");
+    for arg in mock.config_args() {
+        options = options.arg(&arg);
+    }
+    let options = options
+        .arg("-c")
+        .arg(&format!(
+            "mcp_servers.web.url=\"http://127.0.0.1:{port}/mcp\""
+        ))
+        .arg("-c")
+        .arg("mcp_servers.web.bearer_token_env_var=\"HTTP_MCP_TOKEN\"")
+        .arg("-c")
+        .arg("mcp_servers.web.http_headers={ \"X-Skein-Test\" = \"yes\" }");
+    let mut server = Server::start_with(Transport::Stdio, options).await;
+    let mut client = connect(&mut server).await;
+    let thread_id = client.start_thread().await;
+    let parent = TraceContext::random();
+    let tracestate = "vendor=abc";
+    let carrier = json!({"traceparent": parent.traceparent(), "tracestate": tracestate});
+    let mut reported = Vec::new();
+    for text in ["report your meta", "report your headers"] {
+        let turn_id = client
+            .request(
+                "turn/start",
+                support::turn_start_params(&thread_id, text),
+                Some(carrier.clone()),
+            )
+            .await
+            .turn_id();
+        let item = tool_item_completed(&mut client).await;
+        let text = item["params"]["item"]["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a text result: {item}"))
+            .to_owned();
+        reported.push(serde_json::from_str::<Value>(&text).expect("the report is JSON"));
+        client.wait_for_turn_completed(&turn_id).await;
+    }
+    client.close().await;
+    let finished = server.shutdown().await;
+    let (meta, headers) = (&reported[0], &reported[1]);
+
+    let span_of = |name: &str| -> Span {
+        let calls: Vec<&Span> = finished.spans.iter().filter(|s| s.name == name).collect();
+        let [call] = calls.as_slice() else {
+            panic!("one {name} span expected:\n{}", finished.dump());
+        };
+        (*call).clone()
+    };
+    let meta_call = span_of("tools/call report_meta");
+    let in_meta = TraceContext::parse(meta["traceparent"].as_str().unwrap_or_default())
+        .unwrap_or_else(|| panic!("a traceparent in _meta: {meta}"));
+    assert_eq!(in_meta.trace_id, parent.trace_id, "{meta}");
+    assert_eq!(in_meta.span_id, meta_call.span_id, "{meta}");
+    assert_eq!(meta["tracestate"], tracestate, "{meta}");
+
+    let headers_call = span_of("tools/call report_headers");
+    let in_header = TraceContext::parse(headers["traceparent"].as_str().unwrap_or_default())
+        .unwrap_or_else(|| panic!("a traceparent header: {headers}"));
+    assert_eq!(in_header.trace_id, parent.trace_id, "{headers}");
+    assert_eq!(
+        in_header.span_id, headers_call.span_id,
+        "the header names the tools/call span: {headers}"
+    );
+    assert_eq!(headers["tracestate"], tracestate, "{headers}");
+    assert_eq!(headers["authorization"], "Bearer secret-token", "{headers}");
+    assert_eq!(headers["x-skein-test"], "yes", "{headers}");
 }
