@@ -139,6 +139,8 @@ struct TurnResult {
     status: TurnStatus,
     error: Option<String>,
     usage: TokenUsage,
+    /// What the turn's model calls cost, when the model has a price.
+    cost: Option<spans::Cost>,
     /// The answer (partial when cut short).
     output: String,
     /// Agent messages, steered input and tool calls, for history.
@@ -257,6 +259,7 @@ async fn run_in_span(mut turn: Turn, span: tracing::Span) -> Ending {
             status: TurnStatus::Failed,
             error: Some(message),
             usage: TokenUsage::default(),
+            cost: None,
             output: String::new(),
             items: Vec::new(),
         },
@@ -266,6 +269,7 @@ async fn run_in_span(mut turn: Turn, span: tracing::Span) -> Ending {
         status,
         error,
         usage,
+        cost,
         output,
         items,
     } = result;
@@ -293,6 +297,9 @@ async fn run_in_span(mut turn: Turn, span: tracing::Span) -> Ending {
     };
     span.record(attr::TURN_STATUS, status.as_str());
     spans::record_usage(&span, usage);
+    if let Some(cost) = &cost {
+        spans::record_cost(&span, cost);
+    }
     if let Some(message) = &error {
         spans::record_error(&span, message);
     }
@@ -387,6 +394,7 @@ fn tool_table(tools: Vec<McpTool>) -> (Vec<ToolSpec>, BTreeMap<String, McpTool>)
 struct Progress {
     items: Vec<TurnItem>,
     usage: TokenUsage,
+    cost: Option<spans::Cost>,
     output: Vec<String>,
 }
 
@@ -396,6 +404,7 @@ impl Progress {
             status,
             error,
             usage: self.usage,
+            cost: self.cost,
             output: self
                 .output
                 .into_iter()
@@ -639,6 +648,24 @@ async fn run_model(turn: &mut Turn, turn_span: &tracing::Span) -> TurnResult {
             .to_owned();
         record_response(&chat, &response, config, &finish);
         let usage = response.usage.unwrap_or_default();
+        // A cost only from reported usage: none is better than a made-up 0.
+        if let Some(price) = config.price(&turn.model.provider, &turn.model.name)
+            && let Some(reported) = response.usage
+        {
+            let cost = spans::Cost {
+                amount: price.cost(
+                    reported.input_tokens,
+                    response.cached_input_tokens.unwrap_or(0),
+                    reported.output_tokens,
+                ),
+                currency: price.currency().to_owned(),
+            };
+            spans::record_cost(&chat, &cost);
+            match &mut progress.cost {
+                Some(total) => total.amount += cost.amount,
+                None => progress.cost = Some(cost),
+            }
+        }
         record_model_metrics(
             &turn.model,
             duration,
