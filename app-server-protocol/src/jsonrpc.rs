@@ -816,6 +816,7 @@ impl OutgoingNotification {
         let trace = self.trace.as_ref().map_or(0, |t| {
             48 + t.traceparent.as_ref().map_or(0, String::len)
                 + t.tracestate.as_ref().map_or(0, String::len)
+                + t.baggage.as_ref().map_or(0, |b| 12 + b.len())
         });
         40 + self.notification.method().len() + self.notification.params_len_hint() + trace
     }
@@ -1016,6 +1017,7 @@ mod tests {
             trace: Some(W3cTraceContext {
                 traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
                 tracestate: Some("vendor=x".into()),
+                baggage: Some("user.id=u-42".into()),
             }),
         };
         let parsed: Value = serde_json::from_str(&traced.to_json()).expect("json");
@@ -1034,6 +1036,7 @@ mod tests {
                 "trace": {
                     "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
                     "tracestate": "vendor=x",
+                    "baggage": "user.id=u-42",
                 },
             })
         );

@@ -195,6 +195,10 @@ pub struct OtelConfig {
     /// Limit on one recorded content attribute, in bytes.
     #[serde(default)]
     pub max_content_bytes: Option<usize>,
+    /// W3C baggage keys copied onto every span of a request that carries
+    /// them, and of the turns it starts (values through `redact`).
+    #[serde(default)]
+    pub baggage_attributes: Vec<String>,
     /// Codex's switch of content capture: `true` records content as
     /// `capture_content` does.
     #[serde(default)]
@@ -654,6 +658,13 @@ impl ContentPolicy {
         })
     }
 
+    /// A value recorded whether or not content capture is on (a baggage
+    /// attribute): redacted by the patterns and truncated to the limit;
+    /// `None` when redaction failed.
+    pub fn redact_value_text(&self, text: &str) -> Option<String> {
+        Some(self.truncate(self.redact(text)?))
+    }
+
     /// `text` with every match of every pattern replaced; `None` if a
     /// replacement failed (the value is then dropped, never kept raw).
     fn redact(&self, text: &str) -> Option<String> {
@@ -935,6 +946,14 @@ impl Config {
             })?;
             redact.push(compiled);
         }
+        for (i, key) in raw.otel.baggage_attributes.iter().enumerate() {
+            if skein_otel::baggage::parse_baggage(&format!("{key}=v")).is_err() {
+                return Err(value_error(
+                    format!("otel.baggage_attributes[{i}]"),
+                    format!("{key:?} is not a baggage key (an RFC 7230 token)"),
+                ));
+            }
+        }
         if raw.otel.max_content_bytes == Some(0) {
             return Err(value_error(
                 "otel.max_content_bytes".into(),
@@ -1151,6 +1170,21 @@ mod tests {
         .expect_err("a negative price");
         assert!(
             err.to_string().contains("prices.\"m\".input_per_mtok"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn baggage_attributes_must_be_baggage_keys() {
+        let config = load(
+            "[otel]\nbaggage_attributes = [\"user.id\", \"session.id\"]\n",
+            &[],
+        )
+        .expect("load");
+        assert_eq!(config.otel.baggage_attributes, ["user.id", "session.id"]);
+        let err = load("", &["otel.baggage_attributes=[\"user id\"]"]).expect_err("a space");
+        assert!(
+            err.to_string().contains("otel.baggage_attributes[0]"),
             "{err}"
         );
     }

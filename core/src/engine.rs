@@ -204,7 +204,12 @@ async fn run_in_span(mut turn: Turn, span: tracing::Span) -> Ending {
     let context = skein_otel::local_store::start_in_progress(&span);
     turn.trace = context
         .as_ref()
-        .and_then(skein_otel::carrier_for_span_context);
+        .and_then(skein_otel::carrier_for_span_context)
+        .map(|mut carrier| {
+            // The request's baggage goes on with every notification.
+            carrier.baggage = skein_otel::baggage_of_span(&span).map(|b| b.header);
+            carrier
+        });
     let (trace_id, span_id) = context
         .as_ref()
         .map(skein_otel::span_ids)

@@ -35,7 +35,7 @@ pub(crate) fn dispatch_span(submission: &Submission, thread_id: &str) -> tracing
         { attr::OP } = kind,
     );
     if let Some(parent) = &submission.trace {
-        skein_otel::set_remote_parent(&span, parent.clone());
+        skein_otel::set_submission_parent(&span, parent);
     }
     span
 }
