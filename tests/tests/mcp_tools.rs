@@ -1077,3 +1077,101 @@ async fn a_missing_mcp_command_is_failed_in_the_status_list_with_an_error_start_
         "the turn itself did not fail: {turn}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baggage_from_the_envelope_reaches_the_model_api_the_mcp_server_notifications_and_listed_keys_every_span()
+ {
+    let Some((_, python)) = mcp_venv() else {
+        return;
+    };
+    let mock = MockLlm::start(vec![
+        Reply::Stream(tool_call_chunks("call_meta", "report_meta", &json!({}))),
+        Reply::Stream(text_chunks(&["done"], 1, 1)),
+    ])
+    .await;
+    let mut server = start_with_reporter(
+        &mock,
+        &python,
+        ServerOptions::default()
+            .arg("-c")
+            .arg("otel.baggage_attributes=[\"user.id\"]"),
+    )
+    .await;
+    let mut client = connect(&mut server).await;
+    let thread_id = client.start_thread().await;
+    let parent = TraceContext::random();
+    let baggage = "user.id=u-42,exp=b";
+    let turn_id = client
+        .request(
+            "turn/start",
+            support::turn_start_params(&thread_id, "report your meta"),
+            Some(json!({"traceparent": parent.traceparent(), "baggage": baggage})),
+        )
+        .await
+        .turn_id();
+    let item = tool_item_completed(&mut client).await;
+    let text = item["params"]["item"]["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a text result: {item}"))
+        .to_owned();
+    let meta: Value = serde_json::from_str(&text).expect("the reported _meta is JSON");
+    assert_eq!(meta["baggage"], baggage, "the MCP server's _meta: {meta}");
+    client.wait_for_turn_completed(&turn_id).await;
+
+    let requests = mock.wait_for_requests(2).await;
+    for request in &requests {
+        assert_eq!(
+            request.headers.get("baggage").map(String::as_str),
+            Some(baggage),
+            "every model API call carries the baggage: {:?}",
+            request.headers
+        );
+    }
+    let notifications: Vec<&Value> = client
+        .received()
+        .iter()
+        .filter(|m| support::notification_turn_id(m) == Some(turn_id.as_str()))
+        .collect();
+    assert!(!notifications.is_empty());
+    for n in notifications {
+        assert_eq!(n["trace"]["baggage"], baggage, "{n}");
+    }
+    client.close().await;
+    let finished = server.shutdown().await;
+
+    let spans: Vec<&Span> = finished
+        .spans
+        .iter()
+        .filter(|s| s.trace_id == parent.trace_id)
+        .collect();
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    for expected in [
+        "turn/start",
+        "op.dispatch.user_turn",
+        "invoke_agent skein",
+        CHAT,
+        "execute_tool report_meta",
+        "tools/call report_meta",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} in the turn's trace:\n{}",
+            finished.dump()
+        );
+    }
+    for span in &spans {
+        assert_attr(span, "user.id", "u-42");
+        assert!(
+            span.attr("exp").is_none(),
+            "an unlisted key is never copied: {span}"
+        );
+    }
+    // Nothing outside the request carries it.
+    for span in finished
+        .spans
+        .iter()
+        .filter(|s| s.trace_id != parent.trace_id)
+    {
+        assert!(span.attr("user.id").is_none(), "{span}");
+    }
+}
