@@ -2,12 +2,14 @@
 //! stand-in for the paid model API (`support::mock_llm`), and real MCP
 //! servers over stdio: `mcp-server-time` from PyPI,
 //! `tests/mcp/meta_reporter.py` written with the official Python `mcp` SDK,
-//! and `tests/mcp/malformed_reply.py`, a raw server that garbles replies.
+//! and `tests/mcp/malformed_reply.py`, a raw server that garbles replies;
+//! and `skein-rmcp`'s `weather_server` example, an rmcp server wrapped in
+//! `TracedServer` (built by the test, `support::weather_server_bin`).
 //!
-//! Both come from the virtualenv `.ci/run` installs: `SKEIN_MCP_SERVER_TIME_BIN`
-//! and `SKEIN_MCP_PYTHON`, else `~/.cache/skein-ci/mcp-venv`. Without them
-//! the tests skip with a loud message, except under `CI=true`, where they
-//! fail.
+//! The Python ones come from the virtualenv `.ci/run` installs:
+//! `SKEIN_MCP_SERVER_TIME_BIN` and `SKEIN_MCP_PYTHON`, else
+//! `~/.cache/skein-ci/mcp-venv`. Without them those tests skip with a loud
+//! message, except under `CI=true`, where they fail.
 
 #[macro_use]
 mod support;
@@ -18,8 +20,8 @@ use std::time::Instant;
 use serde_json::{Value, json};
 use support::mock_llm::{MockLlm, Reply, text_chunks, tool_call_chunks};
 use support::{
-    Client, SPAN_KIND_CLIENT, SPAN_KIND_INTERNAL, STATUS_CODE_ERROR, Server, ServerOptions, Span,
-    TraceContext, Transport, mcp_venv,
+    Client, SPAN_KIND_CLIENT, SPAN_KIND_INTERNAL, SPAN_KIND_SERVER, STATUS_CODE_ERROR, Server,
+    ServerOptions, Span, TraceContext, Transport, mcp_venv,
 };
 
 const CHAT: &str = "chat mock-model";
@@ -1174,4 +1176,140 @@ async fn baggage_from_the_envelope_reaches_the_model_api_the_mcp_server_notifica
     {
         assert!(span.attr("user.id").is_none(), "{span}");
     }
+}
+
+/// The spans `skein-rmcp`'s `weather_server` wrote to its store in `dir`,
+/// once `ready` holds of them (or [`support::TIMEOUT`] passed: the caller's
+/// assertions then say what is missing).
+async fn rmcp_server_spans(dir: &Path, ready: impl Fn(&[Span]) -> bool) -> Vec<Span> {
+    let deadline = Instant::now() + support::TIMEOUT;
+    loop {
+        let spans = support::read_live_spans(dir);
+        if ready(&spans) || Instant::now() > deadline {
+            return spans;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Done-when (b) of the rmcp layer: a real rmcp server wrapped in
+/// `skein_rmcp::TracedServer` (the crate's `weather_server` example),
+/// called by Skein during a turn. Each call gives exactly one SERVER span
+/// in the server's own store, in the client's trace, whose parent is
+/// Skein's `tools/call` CLIENT span for that call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traced_rmcp_server_called_during_a_turn_records_one_server_span_per_call_under_skeins_client_span()
+ {
+    let weather_server = support::weather_server_bin();
+    let store = tempfile::tempdir().expect("a directory for the rmcp server's spans");
+    let mock = MockLlm::start(vec![
+        Reply::Stream(tool_call_chunks(
+            "call_weather",
+            "get_weather",
+            &json!({"city": "Oslo"}),
+        )),
+        Reply::Stream(tool_call_chunks("call_fail", "fail", &json!({}))),
+        Reply::Stream(text_chunks(&["Sunny, and a tool failed."], 1, 1)),
+    ])
+    .await;
+    let args = ["--trace-dir".to_owned(), store.path().display().to_string()];
+    let mut server = Server::start_with(
+        Transport::Stdio,
+        options(&mock, "weather", &weather_server, &args),
+    )
+    .await;
+    let mut client = connect(&mut server).await;
+    let thread_id = client.start_thread().await;
+    let parent = TraceContext::random();
+    let turn_id = client
+        .start_turn(&thread_id, "What is the weather in Oslo?", Some(&parent))
+        .await
+        .turn_id();
+    let completed = client.wait_for_turn_completed(&turn_id).await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "completed",
+        "{completed}"
+    );
+    let requests = mock.wait_for_requests(3).await;
+    let tool_message = &requests[1].body["messages"][2];
+    assert_eq!(tool_message["content"], "sunny in Oslo", "{tool_message}");
+    client.close().await;
+    let finished = server.shutdown().await;
+
+    let calls = |spans: &[Span], name: &str| -> usize {
+        spans
+            .iter()
+            .filter(|s| s.name == name && s.kind == SPAN_KIND_SERVER)
+            .count()
+    };
+    let served = rmcp_server_spans(store.path(), |spans| {
+        calls(spans, "tools/call get_weather") >= 1 && calls(spans, "tools/call fail") >= 1
+    })
+    .await;
+    let dump = || {
+        served
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for span in &served {
+        assert_eq!(span.kind, SPAN_KIND_SERVER, "{span}");
+    }
+    // rmcp's handshake is traced too: the initialized notification.
+    assert!(
+        served.iter().any(|s| s.name == "notifications/initialized"),
+        "the rmcp server's spans:\n{}",
+        dump()
+    );
+    for (tool, call_id) in [("get_weather", "call_weather"), ("fail", "call_fail")] {
+        let name = format!("tools/call {tool}");
+        let server_spans: Vec<&Span> = served.iter().filter(|s| s.name == name).collect();
+        let [server_span] = server_spans.as_slice() else {
+            panic!(
+                "exactly one {name} SERVER span expected; the rmcp server's spans:\n{}",
+                dump()
+            );
+        };
+        let client_spans: Vec<&Span> = finished
+            .spans
+            .iter()
+            .filter(|s| s.name == name && s.kind == SPAN_KIND_CLIENT)
+            .collect();
+        let [client_span] = client_spans.as_slice() else {
+            panic!("one {name} CLIENT span expected:\n{}", finished.dump());
+        };
+        let execute = finished.parent_of(client_span);
+        assert_eq!(execute.name, format!("execute_tool {tool}"), "{execute}");
+        assert_attr(execute, "gen_ai.tool.call.id", call_id);
+        assert_eq!(client_span.trace_id, parent.trace_id, "{client_span}");
+        assert_eq!(
+            server_span.trace_id, parent.trace_id,
+            "the server span is in Skein's trace: {server_span}"
+        );
+        assert_eq!(
+            server_span.parent_span_id.as_deref(),
+            Some(client_span.span_id.as_str()),
+            "the server span's parent is Skein's {name} CLIENT span\n\
+             server: {server_span}\nclient: {client_span}"
+        );
+        assert_attr(server_span, "mcp.method.name", "tools/call");
+        assert_attr(server_span, "gen_ai.tool.name", tool);
+        assert_attr(server_span, "network.transport", "pipe");
+        let request_id = client_span
+            .attr_str("jsonrpc.request.id")
+            .unwrap_or_else(|| panic!("no jsonrpc.request.id: {client_span}"));
+        assert_attr(server_span, "jsonrpc.request.id", &request_id);
+    }
+    let fail = served
+        .iter()
+        .find(|s| s.name == "tools/call fail")
+        .expect("checked above");
+    assert_attr(fail, "error.type", "tool_error");
+    assert_eq!(fail.status_code, STATUS_CODE_ERROR, "{fail}");
+    let weather = served
+        .iter()
+        .find(|s| s.name == "tools/call get_weather")
+        .expect("checked above");
+    assert_eq!(weather.attr("error.type"), None, "{weather}");
 }
