@@ -828,6 +828,7 @@ impl OutgoingNotification {
         let trace = self.trace.as_ref().map_or(0, |t| {
             48 + t.traceparent.as_ref().map_or(0, String::len)
                 + t.tracestate.as_ref().map_or(0, String::len)
+                + t.baggage.as_ref().map_or(0, |b| 12 + b.len())
         });
         // `"emittedAtMs":` and up to 20 digits take 35 bytes.
         75 + self.notification.method().len() + self.notification.params_len_hint() + trace
@@ -1038,6 +1039,7 @@ mod tests {
             trace: Some(W3cTraceContext {
                 traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
                 tracestate: Some("vendor=x".into()),
+                baggage: Some("user.id=u-42".into()),
             }),
             emitted_at_ms: 1_767_225_600_123,
         };
@@ -1058,6 +1060,7 @@ mod tests {
                 "trace": {
                     "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
                     "tracestate": "vendor=x",
+                    "baggage": "user.id=u-42",
                 },
             })
         );

@@ -492,6 +492,22 @@ fn parse_age(text: &str) -> Result<Duration, String> {
     Ok(age)
 }
 
+/// The span processor copying `[otel] baggage_attributes` onto spans, its
+/// values through the content redaction patterns; none when no key is
+/// listed.
+fn baggage_attributes(
+    config: &skein_core::Config,
+) -> Option<skein_otel::baggage::BaggageAttributes> {
+    if config.otel.baggage_attributes.is_empty() {
+        return None;
+    }
+    let content = config.content.clone();
+    Some(skein_otel::baggage::BaggageAttributes::new(
+        config.otel.baggage_attributes.iter().cloned(),
+        std::sync::Arc::new(move |value| content.redact_value_text(value)),
+    ))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -603,6 +619,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             protocol: args.otlp_protocol,
         },
         disabled: sdk_disabled_by_env(),
+        baggage_attributes: baggage_attributes(&config),
         ..TelemetryConfig::default()
     })?;
     for unknown in &config.unknown_keys {

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use clap::Parser;
+use serde_json::{Value, json};
 use skein_app_server::trace_view::follow::Follower;
 use skein_app_server::trace_view::render::{self, Style};
 use skein_app_server::trace_view::store::Store;
@@ -379,4 +380,119 @@ fn follow_waits_for_a_store_to_appear() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(shown.contains("5b8aa5a2"), "{shown:?}");
+}
+
+/// A finished CLIENT `chat` span of `model`, with its tokens and, if
+/// given, `skein.usage.cost` and its currency, as the local store
+/// encodes it (OTLP/JSON).
+fn chat_span(span_id: &str, model: &str, tokens: (i64, i64), cost: Option<(f64, &str)>) -> Value {
+    let mut attributes = vec![
+        json!({"key": "gen_ai.operation.name", "value": {"stringValue": "chat"}}),
+        json!({"key": "gen_ai.request.model", "value": {"stringValue": model}}),
+        json!({"key": "gen_ai.usage.input_tokens", "value": {"intValue": tokens.0.to_string()}}),
+        json!({"key": "gen_ai.usage.output_tokens", "value": {"intValue": tokens.1.to_string()}}),
+    ];
+    if let Some((amount, currency)) = cost {
+        attributes.push(json!({"key": "skein.usage.cost", "value": {"doubleValue": amount}}));
+        attributes
+            .push(json!({"key": "skein.usage.cost.currency", "value": {"stringValue": currency}}));
+    }
+    json!({
+        "traceId": "c0571234567890abcdef1234567890ab",
+        "spanId": span_id,
+        "parentSpanId": "00000000000000aa",
+        "name": format!("chat {model}"),
+        "kind": 3,
+        "startTimeUnixNano": "1741064772000000000",
+        "endTimeUnixNano": "1741064772002000000",
+        "attributes": attributes,
+        "status": {"code": 0},
+    })
+}
+
+/// `stats` sums `skein.usage.cost` per model and currency beside the
+/// token totals; a turn span's total is not a model call's, and a model
+/// without prices shows none.
+#[test]
+fn stats_shows_cost_totals_per_model_beside_tokens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let turn = json!({
+        "traceId": "c0571234567890abcdef1234567890ab",
+        "spanId": "00000000000000aa",
+        "name": "invoke_agent skein",
+        "kind": 1,
+        "startTimeUnixNano": "1741064771000000000",
+        "endTimeUnixNano": "1741064773000000000",
+        "attributes": [
+            {"key": "gen_ai.operation.name", "value": {"stringValue": "invoke_agent"}},
+            {"key": "skein.usage.cost", "value": {"doubleValue": 0.5025}},
+            {"key": "skein.usage.cost.currency", "value": {"stringValue": "USD"}},
+        ],
+        "status": {"code": 0},
+    });
+    let spans = vec![
+        turn,
+        chat_span(
+            "0000000000000001",
+            "priced",
+            (100, 20),
+            Some((0.0021, "USD")),
+        ),
+        chat_span("0000000000000002", "priced", (30, 5), Some((0.0004, "USD"))),
+        chat_span("0000000000000003", "euro", (1000, 100), Some((0.5, "EUR"))),
+        chat_span("0000000000000004", "unpriced", (7, 3), None),
+    ];
+    let line = json!({"resourceSpans": [{
+        "resource": {"attributes": [
+            {"key": "service.name", "value": {"stringValue": "skein-app-server"}},
+        ]},
+        "scopeSpans": [{"scope": {"name": "skein"}, "spans": spans}],
+    }]});
+    std::fs::write(
+        dir.path().join("spans-1741064772000-77.jsonl"),
+        format!("{line}\n"),
+    )
+    .expect("write the store file");
+    let stats = |json: bool| {
+        let mut args = vec!["stats"];
+        if json {
+            args.push("--json");
+        }
+        let argv = ["skein-trace"]
+            .into_iter()
+            .chain(args)
+            .chain(["--dir", path_str(dir.path())]);
+        let cli = Cli::try_parse_from(argv).expect("arguments parse");
+        let mut out = Vec::new();
+        run(cli.command, &mut out).expect("stats");
+        String::from_utf8(out).expect("output is UTF-8")
+    };
+
+    let text = stats(false);
+    assert_eq!(
+        text,
+        "MODEL (chat)  COUNT  ERRORS  ERR%     P50     P95     P99  TOKENS IN  TOKENS OUT        COST\n\
+         euro              1       0  0.0%  2.00ms  2.00ms  2.00ms       1000         100    0.50 EUR\n\
+         priced            2       0  0.0%  2.00ms  2.00ms  2.00ms        130          25  0.0025 USD\n\
+         unpriced          1       0  0.0%  2.00ms  2.00ms  2.00ms          7           3           -\n",
+        "{text}"
+    );
+
+    let rows: Vec<Value> = stats(true)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("no row {name}: {rows:?}"))
+    };
+    let usd = row("priced")["cost"]["USD"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("a USD cost: {rows:?}"));
+    assert!((usd - 0.0025).abs() < 1e-12, "{usd}");
+    assert_eq!(row("priced")["input_tokens"], 130, "{rows:?}");
+    assert_eq!(row("euro")["cost"], json!({"EUR": 0.5}), "{rows:?}");
+    assert_eq!(row("unpriced")["cost"], json!({}), "{rows:?}");
+    assert_eq!(rows.len(), 3, "the turn span is no model call: {rows:?}");
 }

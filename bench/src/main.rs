@@ -74,6 +74,10 @@ struct Args {
     #[arg(long, default_value_t = 5_000)]
     rss_connections: usize,
 
+    /// MCP: pipelined `tools/call` requests per run.
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
+    mcp_calls: u64,
+
     /// Also run jsonrpsee with its RPC tracing middleware (`--middleware`).
     #[arg(long)]
     jsonrpsee_middleware: bool,
@@ -111,6 +115,9 @@ enum Scenario {
     Stream,
     /// Memory with many idle connections.
     Rss,
+    /// An rmcp server answering `tools/call`, with and without
+    /// `skein-rmcp`'s layer (not in the default set: `--only mcp`).
+    Mcp,
 }
 
 fn parse_shape(s: &str) -> Result<Shape, String> {
@@ -187,6 +194,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         baseline_jsonrpsee: args.baseline_jsonrpsee.clone(),
         ceiling: find("bench-ceiling")?,
         line_echo: find("bench-line-echo")?,
+        rmcp: find("bench-rmcp")?,
         results: work.path().join("canned.json"),
     };
     let canned = Arc::new(capture_canned(&bins).await?);
@@ -311,6 +319,31 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 results.rss.entry(target).or_default().push(sample);
             }
         }
+        if args.only.contains(&Scenario::Mcp) {
+            for traced in [true, false] {
+                let name = if traced {
+                    "with layer"
+                } else {
+                    "without layer"
+                };
+                eprintln!("rep {rep}: mcp rmcp {name}…");
+                let sample = harness::mcp::run(&bins.rmcp, traced, args.mcp_calls)
+                    .await
+                    .map_err(|e| format!("{e:#}"));
+                log_sample(&sample, |s| {
+                    format!(
+                        "{:.1} µs CPU/call, {:.0} calls/s{}",
+                        s.cpu_us_per_call,
+                        s.calls_per_s,
+                        s.spans
+                            .map(|n| format!(", {n} spans exported"))
+                            .unwrap_or_default()
+                    )
+                });
+                measurement_failed |= sample.is_err();
+                results.mcp.entry(traced).or_default().push(sample);
+            }
+        }
     }
 
     let settings = Settings {
@@ -320,6 +353,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         stdio_requests: args.stdio_requests,
         stream_deltas: args.stream_deltas,
         rss_connections: args.rss_connections,
+        mcp_calls: args.mcp_calls,
         command: command_line(),
     };
     let report = results.markdown(&Machine::describe(), &settings);

@@ -179,8 +179,47 @@ impl WireApi {
     }
 }
 
+/// One `[model_providers.<id>.prices."<model>"]` table: what a model's
+/// tokens cost, per million.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPrice {
+    /// Price of a million input tokens (those not read from a cache).
+    pub input_per_mtok: f64,
+    /// Price of a million cached input tokens; the input price when unset.
+    #[serde(default)]
+    pub cached_input_per_mtok: Option<f64>,
+    /// Price of a million output tokens.
+    pub output_per_mtok: f64,
+    /// The currency of the prices; [`DEFAULT_CURRENCY`] when unset.
+    #[serde(default)]
+    pub currency: Option<String>,
+}
+
+/// The currency of prices that name none.
+pub const DEFAULT_CURRENCY: &str = "USD";
+
+impl ModelPrice {
+    /// What a model call cost: `input_tokens` of which `cached_input_tokens`
+    /// were read from the provider's cache, and `output_tokens`.
+    pub fn cost(&self, input_tokens: u64, cached_input_tokens: u64, output_tokens: u64) -> f64 {
+        let cached = cached_input_tokens.min(input_tokens);
+        let fresh = input_tokens - cached;
+        let cached_price = self.cached_input_per_mtok.unwrap_or(self.input_per_mtok);
+        (fresh as f64 * self.input_per_mtok
+            + cached as f64 * cached_price
+            + output_tokens as f64 * self.output_per_mtok)
+            / 1_000_000.0
+    }
+
+    /// The currency, `USD` unless given.
+    pub fn currency(&self) -> &str {
+        self.currency.as_deref().unwrap_or(DEFAULT_CURRENCY)
+    }
+}
+
 /// One `[model_providers.<id>]` table.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     /// Name shown to people.
@@ -198,6 +237,9 @@ pub struct ProviderConfig {
     /// milliseconds.
     #[serde(default)]
     pub request_timeout_ms: Option<u64>,
+    /// Prices per model name, for `skein.usage.cost` on spans.
+    #[serde(default)]
+    pub prices: BTreeMap<String, ModelPrice>,
 }
 
 /// One `[mcp_servers.<name>]` table: a server started over stdio
@@ -252,6 +294,10 @@ pub struct OtelConfig {
     /// Limit on one recorded content attribute, in bytes.
     #[serde(default)]
     pub max_content_bytes: Option<usize>,
+    /// W3C baggage keys copied onto every span of a request that carries
+    /// them, and of the turns it starts (values through `redact`).
+    #[serde(default)]
+    pub baggage_attributes: Vec<String>,
     /// Codex's switch of content capture: `true` records content as
     /// `capture_content` does.
     #[serde(default)]
@@ -625,7 +671,7 @@ struct RawConfig {
 }
 
 /// A provider ready to use: its id and settings, the key resolved.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq)]
 pub struct Provider {
     /// The id (`skein.provider.id`).
     pub id: String,
@@ -645,6 +691,8 @@ pub struct Provider {
     /// Whether this is the built-in `openai` provider (no table in the
     /// file).
     pub builtin: bool,
+    /// Prices per model name (none for models not listed).
+    pub prices: BTreeMap<String, ModelPrice>,
 }
 
 impl Provider {
@@ -683,6 +731,7 @@ impl std::fmt::Debug for Provider {
             .field("api_key", &self.api_key.as_ref().map(|_| "[set]"))
             .field("request_timeout", &self.request_timeout)
             .field("builtin", &self.builtin)
+            .field("prices", &self.prices)
             .finish()
     }
 }
@@ -738,6 +787,13 @@ impl ContentPolicy {
             ),
             other => other.clone(),
         })
+    }
+
+    /// A value recorded whether or not content capture is on (a baggage
+    /// attribute): redacted by the patterns and truncated to the limit;
+    /// `None` when redaction failed.
+    pub fn redact_value_text(&self, text: &str) -> Option<String> {
+        Some(self.truncate(self.redact(text)?))
     }
 
     /// `text` with every match of every pattern replaced; `None` if a
@@ -833,6 +889,7 @@ fn builtin_providers(env: &dyn Fn(&str) -> Option<String>) -> BTreeMap<String, P
         wire_api: WireApi::Chat,
         request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
         builtin: true,
+        prices: BTreeMap::new(),
     };
     BTreeMap::from([(OPENAI_PROVIDER.to_owned(), openai)])
 }
@@ -857,6 +914,11 @@ impl Config {
             .filter(|p| p.env_key.is_some() && p.api_key.is_none())
             .filter(|p| !p.builtin || p.id == self.model_provider)
             .collect()
+    }
+
+    /// The price of `model` at provider `provider`, if configured.
+    pub fn price(&self, provider: &str, model: &str) -> Option<&ModelPrice> {
+        self.providers.get(provider)?.prices.get(model)
     }
 
     /// Loads `path` (absent is fine) with `overrides` (`key=value`) on top,
@@ -936,6 +998,33 @@ impl Config {
                     ));
                 }
             }
+            for (model, price) in &p.prices {
+                let rates = [
+                    ("input_per_mtok", Some(price.input_per_mtok)),
+                    ("cached_input_per_mtok", price.cached_input_per_mtok),
+                    ("output_per_mtok", Some(price.output_per_mtok)),
+                ];
+                for (key, rate) in rates {
+                    if let Some(rate) = rate
+                        && !(rate.is_finite() && rate >= 0.0)
+                    {
+                        return Err(value_error(
+                            format!("model_providers.{id}.prices.{model:?}.{key}"),
+                            format!("{rate} is not a price: give a finite number, 0 or more"),
+                        ));
+                    }
+                }
+                if price
+                    .currency
+                    .as_deref()
+                    .is_some_and(|c| c.trim().is_empty())
+                {
+                    return Err(value_error(
+                        format!("model_providers.{id}.prices.{model:?}.currency"),
+                        "must not be empty".into(),
+                    ));
+                }
+            }
             let api_key = p.env_key.as_deref().and_then(env).filter(|k| !k.is_empty());
             providers.insert(
                 id.clone(),
@@ -950,6 +1039,7 @@ impl Config {
                         p.request_timeout_ms.unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS),
                     ),
                     builtin: false,
+                    prices: p.prices,
                 },
             );
         }
@@ -1053,6 +1143,14 @@ impl Config {
                 }
             })?;
             redact.push(compiled);
+        }
+        for (i, key) in raw.otel.baggage_attributes.iter().enumerate() {
+            if skein_otel::baggage::parse_baggage(&format!("{key}=v")).is_err() {
+                return Err(value_error(
+                    format!("otel.baggage_attributes[{i}]"),
+                    format!("{key:?} is not a baggage key (an RFC 7230 token)"),
+                ));
+            }
         }
         if raw.otel.max_content_bytes == Some(0) {
             return Err(value_error(
@@ -1306,6 +1404,50 @@ mod tests {
             "LOCAL_API_KEY" => Some("sk-local".into()),
             _ => None,
         })
+    }
+
+    #[test]
+    fn prices_are_read_per_model_and_a_bad_one_is_refused_naming_its_key() {
+        let config = load(
+            "[model_providers.local]\nbase_url = \"http://127.0.0.1:1/v1\"\n\
+             [model_providers.local.prices.\"gpt-4.1\"]\n\
+             input_per_mtok = 2.0\noutput_per_mtok = 8.0\n",
+            &[],
+        )
+        .expect("load");
+        let price = config.price("local", "gpt-4.1").expect("priced");
+        assert_eq!(price.currency(), "USD");
+        // Cached input at the input price when no cached price is given.
+        let cost = price.cost(1_000, 400, 500);
+        assert!((cost - (1_000.0 * 2.0 + 500.0 * 8.0) / 1e6).abs() < 1e-15);
+        assert!(config.price("local", "other").is_none());
+        assert!(config.price("openai", "gpt-4.1").is_none());
+
+        let err = load(
+            "[model_providers.local]\nbase_url = \"http://127.0.0.1:1/v1\"\n\
+             [model_providers.local.prices.m]\ninput_per_mtok = -1.0\noutput_per_mtok = 8.0\n",
+            &[],
+        )
+        .expect_err("a negative price");
+        assert!(
+            err.to_string().contains("prices.\"m\".input_per_mtok"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn baggage_attributes_must_be_baggage_keys() {
+        let config = load(
+            "[otel]\nbaggage_attributes = [\"user.id\", \"session.id\"]\n",
+            &[],
+        )
+        .expect("load");
+        assert_eq!(config.otel.baggage_attributes, ["user.id", "session.id"]);
+        let err = load("", &["otel.baggage_attributes=[\"user id\"]"]).expect_err("a space");
+        assert!(
+            err.to_string().contains("otel.baggage_attributes[0]"),
+            "{err}"
+        );
     }
 
     #[test]

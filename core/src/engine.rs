@@ -140,6 +140,8 @@ struct TurnResult {
     status: TurnStatus,
     error: Option<String>,
     usage: TokenUsage,
+    /// What the turn's model calls cost, when the model has a price.
+    cost: Option<spans::Cost>,
     /// The answer (partial when cut short).
     output: String,
     /// Agent messages, steered input and tool calls, for history.
@@ -208,7 +210,12 @@ async fn run_in_span(mut turn: Turn, span: tracing::Span) -> Ending {
     let context = skein_otel::local_store::start_in_progress(&span);
     turn.trace = context
         .as_ref()
-        .and_then(skein_otel::carrier_for_span_context);
+        .and_then(skein_otel::carrier_for_span_context)
+        .map(|mut carrier| {
+            // The request's baggage goes on with every notification.
+            carrier.baggage = skein_otel::baggage_of_span(&span).map(|b| b.header);
+            carrier
+        });
     let (trace_id, span_id) = context
         .as_ref()
         .map(skein_otel::span_ids)
@@ -278,6 +285,7 @@ async fn run_in_span(mut turn: Turn, span: tracing::Span) -> Ending {
             status: TurnStatus::Failed,
             error: Some(message),
             usage: TokenUsage::default(),
+            cost: None,
             output: String::new(),
             items: Vec::new(),
         },
@@ -287,6 +295,7 @@ async fn run_in_span(mut turn: Turn, span: tracing::Span) -> Ending {
         status,
         error,
         usage,
+        cost,
         output,
         items,
     } = result;
@@ -315,6 +324,9 @@ async fn run_in_span(mut turn: Turn, span: tracing::Span) -> Ending {
     };
     span.record(attr::TURN_STATUS, status.as_str());
     spans::record_usage(&span, usage);
+    if let Some(cost) = &cost {
+        spans::record_cost(&span, cost);
+    }
     if let Some(message) = &error {
         spans::record_error(&span, message);
     }
@@ -462,6 +474,7 @@ fn tool_table(tools: Vec<McpTool>) -> (Vec<ToolSpec>, BTreeMap<String, McpTool>)
 struct Progress {
     items: Vec<TurnItem>,
     usage: TokenUsage,
+    cost: Option<spans::Cost>,
     output: Vec<String>,
 }
 
@@ -471,6 +484,7 @@ impl Progress {
             status,
             error,
             usage: self.usage,
+            cost: self.cost,
             output: self
                 .output
                 .into_iter()
@@ -716,6 +730,24 @@ async fn run_model(turn: &mut Turn, turn_span: &tracing::Span) -> TurnResult {
             .to_owned();
         record_response(&chat, &response, config, &finish);
         let usage = response.usage.unwrap_or_default();
+        // A cost only from reported usage: none is better than a made-up 0.
+        if let Some(price) = config.price(&turn.model.provider, &turn.model.name)
+            && let Some(reported) = response.usage
+        {
+            let cost = spans::Cost {
+                amount: price.cost(
+                    reported.input_tokens,
+                    response.cached_input_tokens.unwrap_or(0),
+                    reported.output_tokens,
+                ),
+                currency: price.currency().to_owned(),
+            };
+            spans::record_cost(&chat, &cost);
+            match &mut progress.cost {
+                Some(total) => total.amount += cost.amount,
+                None => progress.cost = Some(cost),
+            }
+        }
         record_model_metrics(
             &turn.model,
             duration,

@@ -68,6 +68,9 @@ pub struct ModelResponse {
     pub response_model: Option<String>,
     /// Token usage, when the model reported it.
     pub usage: Option<TokenUsage>,
+    /// Of the input tokens, those the provider read from its prompt cache
+    /// (`prompt_tokens_details.cached_tokens`), when reported.
+    pub cached_input_tokens: Option<u64>,
     /// Time from sending the request to the first chunk.
     pub time_to_first_chunk: Option<Duration>,
 }

@@ -35,7 +35,7 @@ pub(crate) fn dispatch_span(submission: &Submission, thread_id: &str) -> tracing
         { attr::OP } = kind,
     );
     if let Some(parent) = &submission.trace {
-        skein_otel::set_remote_parent(&span, parent.clone());
+        skein_otel::set_submission_parent(&span, parent);
     }
     span
 }
@@ -64,6 +64,8 @@ pub(crate) fn turn_span(
         { attr::TURN_STATUS } = Empty,
         { attr::GEN_AI_USAGE_INPUT_TOKENS } = Empty,
         { attr::GEN_AI_USAGE_OUTPUT_TOKENS } = Empty,
+        { attr::SKEIN_USAGE_COST } = Empty,
+        { attr::SKEIN_USAGE_COST_CURRENCY } = Empty,
     )
 }
 
@@ -86,6 +88,8 @@ pub(crate) fn chat_span(model: &ModelInfo) -> tracing::Span {
         { attr::GEN_AI_RESPONSE_ID } = Empty,
         { attr::GEN_AI_USAGE_INPUT_TOKENS } = Empty,
         { attr::GEN_AI_USAGE_OUTPUT_TOKENS } = Empty,
+        { attr::SKEIN_USAGE_COST } = Empty,
+        { attr::SKEIN_USAGE_COST_CURRENCY } = Empty,
         { attr::SERVER_ADDRESS } = Empty,
         { attr::SERVER_PORT } = Empty,
         { attr::HTTP_REQUEST_RESEND_COUNT } = Empty,
@@ -99,6 +103,19 @@ pub(crate) fn chat_span(model: &ModelInfo) -> tracing::Span {
 pub(crate) fn record_usage(span: &tracing::Span, usage: TokenUsage) {
     span.record(attr::GEN_AI_USAGE_INPUT_TOKENS, clamp(usage.input_tokens));
     span.record(attr::GEN_AI_USAGE_OUTPUT_TOKENS, clamp(usage.output_tokens));
+}
+
+/// Records a cost (of a model call, or a turn's total) and its currency.
+pub(crate) fn record_cost(span: &tracing::Span, cost: &Cost) {
+    span.record(attr::SKEIN_USAGE_COST, cost.amount);
+    span.record(attr::SKEIN_USAGE_COST_CURRENCY, cost.currency.as_str());
+}
+
+/// What model calls cost, in one currency.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Cost {
+    pub(crate) amount: f64,
+    pub(crate) currency: String,
 }
 
 pub(crate) fn record_error(span: &tracing::Span, message: &str) {

@@ -77,7 +77,7 @@ impl ThreadHandle {
         let submission = Submission {
             id: uuid::Uuid::now_v7().to_string(),
             op,
-            trace: skein_otel::current_span_context(),
+            trace: skein_otel::current_submission_trace(),
         };
         let id = submission.id.clone();
         self.entry
@@ -1001,7 +1001,7 @@ mod tests {
             .await
             .expect("submit");
         let submission = rx.recv().await.expect("submission");
-        assert_eq!(submission.trace, Some(expected.clone()));
+        assert_eq!(submission.trace, Some(expected.clone().into()));
         assert_eq!(expected.trace_id().to_string(), CLIENT_TRACE);
         drop(capture);
     }
@@ -1014,7 +1014,7 @@ mod tests {
             op: Op::Interrupt {
                 turn_id: "turn-1".into(),
             },
-            trace: Some(client_context()),
+            trace: Some(client_context().into()),
         };
         drop(dispatch_span(&submission, "thread-1"));
         let spans = capture.named("op.dispatch.interrupt");
@@ -1059,7 +1059,7 @@ mod tests {
                 kind: TurnKind::Review,
                 input: String::new(),
             },
-            trace: Some(client_context()),
+            trace: Some(client_context().into()),
         };
         let dispatch = dispatch_span(&submission, "thread-1");
         let turn = dispatch

@@ -9,7 +9,12 @@
 //! tool does, `isError: true`). Spans are printed to stderr, one line each,
 //! by a small exporter (stdout is the MCP channel); swap in any exporter
 //! (OTLP, say) in `main`: the wrapper only uses the provider it is given.
+//!
+//! With `--trace-dir DIR`, spans are also written to a Skein local trace
+//! store in `DIR` (OTLP/JSON lines), which `skein trace ls --dir DIR`
+//! reads; Skein's end-to-end tests call this server that way.
 
+use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use rmcp::model::{
@@ -18,6 +23,7 @@ use rmcp::model::{
 };
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{ErrorData, ServerHandler, ServiceExt as _};
+use skein_otel::local_store::{LocalStore, LocalStoreProcessor};
 
 /// The server: nothing here knows about tracing.
 #[derive(Clone)]
@@ -94,9 +100,24 @@ impl SpanExporter for StderrExporter {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(StderrExporter)
-        .build();
+    let mut provider = SdkTracerProvider::builder()
+        .with_resource(
+            Resource::builder()
+                .with_service_name("weather_server")
+                .build(),
+        )
+        .with_simple_exporter(StderrExporter);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match (arg.as_str(), args.next()) {
+            ("--trace-dir", Some(dir)) => {
+                let store = LocalStore::new(dir)?;
+                provider = provider.with_span_processor(LocalStoreProcessor::new(store));
+            }
+            _ => return Err("usage: weather_server [--trace-dir DIR]".into()),
+        }
+    }
+    let provider = provider.build();
     let server = skein_rmcp::TracedServer::new(Weather).with_tracer_provider(&provider);
     let running = server.serve(rmcp::transport::stdio()).await?;
     running.waiting().await?;

@@ -118,46 +118,42 @@ impl<'a> Transport<'a> {
         self.http?.headers.get(name)?.to_str().ok()
     }
 
-    /// `traceparent` / `tracestate` of the HTTP request, as a carrier.
+    /// `traceparent` / `tracestate` / `baggage` of the HTTP request, as a
+    /// carrier.
     fn header_carrier(&self) -> Option<Value> {
-        carrier(
-            self.header(skein_otel::w3c::TRACEPARENT),
-            self.header(skein_otel::w3c::TRACESTATE),
+        carrier_of_values(
+            CARRIER_FIELDS.map(|name| self.header(name).map(|s| Value::String(s.to_owned()))),
         )
     }
 }
 
-/// A carrier object with the two W3C fields that are present; `None` with
-/// neither.
-fn carrier(traceparent: Option<&str>, tracestate: Option<&str>) -> Option<Value> {
-    carrier_of_values(
-        traceparent.map(|s| Value::String(s.to_owned())),
-        tracestate.map(|s| Value::String(s.to_owned())),
-    )
-}
+/// The W3C fields a carrier is made of.
+const CARRIER_FIELDS: [&str; 3] = [
+    skein_otel::w3c::TRACEPARENT,
+    skein_otel::w3c::TRACESTATE,
+    skein_otel::baggage::BAGGAGE,
+];
 
-fn carrier_of_values(traceparent: Option<Value>, tracestate: Option<Value>) -> Option<Value> {
-    if traceparent.is_none() && tracestate.is_none() {
+/// A carrier object with the W3C fields ([`CARRIER_FIELDS`], in order)
+/// that are present; `None` with none.
+fn carrier_of_values(values: [Option<Value>; 3]) -> Option<Value> {
+    if values.iter().all(Option::is_none) {
         return None;
     }
     let mut object = serde_json::Map::new();
-    if let Some(v) = traceparent {
-        object.insert(skein_otel::w3c::TRACEPARENT.to_owned(), v);
-    }
-    if let Some(v) = tracestate {
-        object.insert(skein_otel::w3c::TRACESTATE.to_owned(), v);
+    for (name, value) in CARRIER_FIELDS.into_iter().zip(values) {
+        if let Some(v) = value {
+            object.insert(name.to_owned(), v);
+        }
     }
     Some(Value::Object(object))
 }
 
-/// The `traceparent` / `tracestate` members of a `_meta` object, as a
-/// carrier (copying only those two values, whatever their JSON type, so
-/// that a wrong type is reported as such).
+/// The `traceparent` / `tracestate` / `baggage` members of a `_meta`
+/// object, as a carrier (copying only those values, whatever their JSON
+/// type, so that a wrong type is reported as such).
 fn meta_carrier(meta: &JsonObject) -> Option<Value> {
-    carrier_of_values(
-        meta.get(skein_otel::w3c::TRACEPARENT).cloned(),
-        meta.get(skein_otel::w3c::TRACESTATE).cloned(),
-    )
+    carrier_of_values(CARRIER_FIELDS.map(|name| meta.get(name).cloned()))
 }
 
 /// The method of a request as a static name, or, for a request rmcp does

@@ -13,7 +13,10 @@ order:
 3. `tools/call fail` (a tool error: `isError: true`);
 4. `no/such/method` (answered with -32601);
 5. outside the context, `tools/call get_weather` with an invalid
-   `_meta.traceparent` (still succeeds).
+   `_meta.traceparent` (still succeeds);
+6. `tools/call whoami` with `_meta.baggage` `user.id=u-42,exp=b` (answered
+   with the baggage the handler's context carries), then with an invalid
+   `_meta.baggage` (answered `none`).
 
 Exits 0 when every answer was as expected; a failure is printed to stderr.
 """
@@ -69,6 +72,21 @@ async def main():
                 "get_weather", {"city": "Oslo"}, meta={"traceparent": "00-not-a-trace-context"}
             )
             check(not bad.is_error, f"get_weather with an invalid carrier failed: {bad}")
+            caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            tagged = await session.call_tool(
+                "whoami", {}, meta={"traceparent": caller, "baggage": "user.id=u-42,exp=b"}
+            )
+            check(
+                tagged.content[0].text == "user.id=u-42,exp=b",
+                f"whoami with baggage answered {tagged}",
+            )
+            untagged = await session.call_tool(
+                "whoami", {}, meta={"traceparent": caller, "baggage": "user.id=u 42"}
+            )
+            check(
+                not untagged.is_error and untagged.content[0].text == "none",
+                f"whoami with an invalid baggage answered {untagged}",
+            )
             print("python_client: all answers as expected", file=sys.stderr, flush=True)
             # Leaving `stdio_server` would wait for the server to close our
             # stdin, and the server waits for us: end here.

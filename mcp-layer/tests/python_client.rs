@@ -51,6 +51,7 @@ impl ServerHandler for Weather {
         };
         Ok(ListToolsResult::with_all_items(vec![
             Tool::new("get_weather", "The weather in a city", schema.clone()),
+            Tool::new("whoami", "The caller's baggage", schema.clone()),
             Tool::new("fail", "Always fails", schema),
         ]))
     }
@@ -68,6 +69,14 @@ impl ServerHandler for Weather {
             .unwrap_or("nowhere")
             .to_owned();
         Ok(match &*request.name {
+            // The baggage the handler's context carries, as received.
+            "whoami" => {
+                let cx = opentelemetry::Context::current();
+                let baggage = skein_otel::baggage::baggage_of(&cx)
+                    .map(|b| b.header.clone())
+                    .unwrap_or_else(|| "none".to_owned());
+                CallToolResult::success(vec![ContentBlock::text(baggage)])
+            }
             "get_weather" => {
                 CallToolResult::success(vec![ContentBlock::text(format!("sunny in {city}"))])
             }
@@ -131,6 +140,10 @@ async fn python_sdk_calls_give_one_server_span_each_in_the_callers_trace() {
     let Some(python) = python() else { return };
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
+        .with_span_processor(skein_otel::baggage::BaggageAttributes::new(
+            ["user.id".to_owned()],
+            std::sync::Arc::new(|v: &str| Some(v.to_owned())),
+        ))
         .with_simple_exporter(exporter.clone())
         .build();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python_client.py");
@@ -159,6 +172,7 @@ async fn python_sdk_calls_give_one_server_span_each_in_the_callers_trace() {
 
     let spans = spans_when(&exporter, |spans| {
         named(spans, "tools/call get_weather").len() == 2
+            && named(spans, "tools/call whoami").len() == 2
             && !named(spans, "notifications/initialized").is_empty()
     })
     .await;
@@ -243,4 +257,22 @@ async fn python_sdk_calls_give_one_server_span_each_in_the_callers_trace() {
         Some("notifications/initialized")
     );
     assert_eq!(attr(initialized[0], "jsonrpc.request.id"), None);
+
+    // `_meta.baggage`: in the handler's context (the client checked the
+    // answer) and, for the listed key only, on the span; an invalid one is
+    // ignored whole, with an event, and the call still parented.
+    let whoami = named(&spans, "tools/call whoami");
+    assert_eq!(whoami.len(), 2, "{names:?}");
+    let (tagged, bad) = if attr(whoami[0], "user.id").is_some() {
+        (whoami[0], whoami[1])
+    } else {
+        (whoami[1], whoami[0])
+    };
+    assert_eq!(attr(tagged, "user.id").as_deref(), Some("u-42"));
+    assert_eq!(attr(tagged, "exp"), None);
+    assert!(tagged.events.is_empty());
+    assert_eq!(bad.parent_span_id.to_string(), CALLER_SPAN);
+    assert_eq!(attr(bad, "user.id"), None);
+    let events: Vec<&str> = bad.events.iter().map(|e| e.name.as_ref()).collect();
+    assert_eq!(events, ["skein.carrier.invalid"]);
 }

@@ -11,9 +11,10 @@ use std::sync::OnceLock;
 use opentelemetry::Context;
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use serde_json::Value;
-use skein_protocol::W3cTraceContext;
+use skein_protocol::{SubmissionTrace, W3cBaggage, W3cTraceContext};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::baggage::{self, BaggageError};
 use crate::w3c::{self, W3cError};
 
 /// Where a carrier came from, in precedence order.
@@ -64,6 +65,10 @@ pub enum CarrierError {
     /// The traceparent broke the W3C grammar.
     #[error("invalid traceparent: {0}")]
     Traceparent(#[from] W3cError),
+    /// The `baggage` member broke W3C Baggage: it is ignored as a whole
+    /// (the carrier's traceparent is still used).
+    #[error("invalid baggage: {0}")]
+    Baggage(#[from] BaggageError),
 }
 
 /// Reads a carrier object (`{"traceparent": ..., "tracestate": ...}`) of
@@ -76,6 +81,7 @@ pub fn carrier_from_json(value: &Value) -> Result<Option<W3cTraceContext>, Carri
         carrier_fields(value)?.map(|(traceparent, tracestate)| W3cTraceContext {
             traceparent: traceparent.map(str::to_owned),
             tracestate: tracestate.map(str::to_owned),
+            baggage: None,
         }),
     )
 }
@@ -152,6 +158,7 @@ pub fn env_carrier() -> Option<&'static W3cTraceContext> {
         let carrier = W3cTraceContext {
             traceparent: std::env::var("TRACEPARENT").ok(),
             tracestate: std::env::var("TRACESTATE").ok(),
+            baggage: None,
         };
         (!carrier.is_empty()).then_some(carrier)
     })
@@ -165,6 +172,9 @@ pub struct ParentChoice {
     pub parent: Option<SpanContext>,
     /// Which source it came from.
     pub source: Option<CarrierSource>,
+    /// The W3C baggage of the first candidate with a `baggage` member,
+    /// when valid.
+    pub baggage: Option<W3cBaggage>,
     /// The carriers that were present but invalid, tried before the chosen
     /// one, with the reason each was ignored. The caller logs them, in the
     /// context it knows (the request, say).
@@ -199,20 +209,36 @@ pub fn choose_parent<'a>(
 
 /// Like [`choose_parent`], without the environment's carrier: the first
 /// valid carrier among `candidates`, or none.
+///
+/// Baggage is read from the first candidate that has a `baggage` member
+/// (whichever carrier gave the parent); an invalid one is listed in
+/// [`ParentChoice::rejected`] and ignored as a whole.
 pub fn choose_parent_among<'a>(
     candidates: impl IntoIterator<Item = (CarrierSource, Option<&'a Value>)>,
 ) -> ParentChoice {
     let mut choice = ParentChoice::default();
+    let mut baggage_seen = false;
     for (source, raw) in candidates {
         let Some(raw) = raw else { continue };
-        match span_context_from_json(raw) {
-            Ok(Some(parent)) => {
-                choice.parent = Some(parent);
-                choice.source = Some(source);
-                return choice;
+        if !baggage_seen && raw.get(baggage::BAGGAGE).is_some_and(|b| !b.is_null()) {
+            baggage_seen = true;
+            match baggage::baggage_from_json(raw) {
+                Ok(found) => choice.baggage = found,
+                Err(reason) => choice.rejected.push((source, reason.into())),
             }
-            Ok(None) => {}
-            Err(reason) => choice.rejected.push((source, reason)),
+        }
+        if choice.parent.is_none() {
+            match span_context_from_json(raw) {
+                Ok(Some(parent)) => {
+                    choice.parent = Some(parent);
+                    choice.source = Some(source);
+                }
+                Ok(None) => {}
+                Err(reason) => choice.rejected.push((source, reason)),
+            }
+        }
+        if choice.parent.is_some() && baggage_seen {
+            break;
         }
     }
     choice
@@ -246,9 +272,22 @@ pub fn span_context_of(span: &tracing::Span) -> Option<SpanContext> {
 }
 
 /// The carrier for a tracing span: its trace id and span id as a
-/// `traceparent`, and its `tracestate`.
+/// `traceparent`, its `tracestate`, and the baggage its context carries.
 pub fn carrier_for_span(span: &tracing::Span) -> Option<W3cTraceContext> {
-    span_context_of(span).and_then(|sc| carrier_for_span_context(&sc))
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    if !sc.is_valid() {
+        return None;
+    }
+    let mut carrier = carrier_for_span_context(&sc)?;
+    carrier.baggage = baggage::baggage_of(&cx).map(|b| b.header.clone());
+    Some(carrier)
+}
+
+/// The baggage the context of a tracing span carries (its own parent's,
+/// handed down from the request that started the work).
+pub fn baggage_of_span(span: &tracing::Span) -> Option<W3cBaggage> {
+    baggage::baggage_of(&span.context()).cloned()
 }
 
 /// The carrier for a span context.
@@ -256,6 +295,7 @@ pub fn carrier_for_span_context(sc: &SpanContext) -> Option<W3cTraceContext> {
     w3c::to_headers(sc).map(|(traceparent, tracestate)| W3cTraceContext {
         traceparent: Some(traceparent),
         tracestate,
+        baggage: None,
     })
 }
 
@@ -303,27 +343,76 @@ pub fn current_span_context() -> Option<SpanContext> {
     })
 }
 
+/// What a submission continues ([`SubmissionTrace`]): the current span's
+/// context as [`current_span_context`] finds it, with the baggage of the
+/// same context.
+pub fn current_submission_trace() -> Option<SubmissionTrace> {
+    let span = tracing::Span::current();
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() {
+        return Some(SubmissionTrace {
+            span: sc,
+            baggage: baggage::baggage_of(&cx).cloned(),
+        });
+    }
+    let cx = Context::current();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| SubmissionTrace {
+        span: sc,
+        baggage: baggage::baggage_of(&cx).cloned(),
+    })
+}
+
+/// Makes a submission's context the OTel parent of a freshly created
+/// tracing span, its baggage included (so every span beneath it, and every
+/// carrier written from them, has it). Must be called before the span is
+/// entered or its context read.
+pub fn set_submission_parent(span: &tracing::Span, trace: &SubmissionTrace) {
+    let cx = baggage::with_baggage(
+        Context::new().with_remote_span_context(trace.span.clone()),
+        trace.baggage.clone(),
+    );
+    if let Err(err) = span.set_parent(cx) {
+        tracing::debug!(%err, "could not set a span's remote parent");
+    }
+}
+
 /// Adds an OTel span link from a not-yet-started span to `target`.
 pub fn add_link(span: &tracing::Span, target: SpanContext) {
     span.add_link(target);
 }
 
 /// Writes `span`'s context into an outbound request as the W3C
-/// `traceparent` and `tracestate` fields, through `set(name, value)`: HTTP
-/// headers of a model API call, or `params._meta` of an MCP request. The
-/// one place where Skein's context leaves the process.
+/// `traceparent`, `tracestate` and `baggage` fields, through `set(name,
+/// value)`: HTTP headers of a model API call, or `params._meta` of an MCP
+/// request. The one place where Skein's context leaves the process.
 pub fn inject(span: &tracing::Span, set: impl FnMut(&'static str, String)) {
-    if let Some(sc) = span_context_of(span) {
-        inject_span_context(&sc, set);
-    }
+    inject_context(&span.context(), set);
 }
 
 /// [`inject`] for the current context: the current `tracing` span's, else
 /// the current OpenTelemetry context's ([`current_span_context`]). Writes
 /// nothing outside any span.
 pub fn inject_current(set: impl FnMut(&'static str, String)) {
-    if let Some(sc) = current_span_context() {
-        inject_span_context(&sc, set);
+    let span = tracing::Span::current();
+    let cx = span.context();
+    if cx.span().span_context().is_valid() {
+        inject_context(&cx, set);
+    } else {
+        inject_context(&Context::current(), set);
+    }
+}
+
+/// [`inject`] for an OTel context: its span's fields, then its baggage.
+fn inject_context(cx: &Context, mut set: impl FnMut(&'static str, String)) {
+    let sc = cx.span().span_context().clone();
+    if !sc.is_valid() {
+        return;
+    }
+    inject_span_context(&sc, &mut set);
+    if let Some(baggage) = baggage::baggage_of(cx) {
+        set(baggage::BAGGAGE, baggage.header.clone());
     }
 }
 
@@ -403,6 +492,7 @@ mod tests {
         let c = W3cTraceContext {
             traceparent: None,
             tracestate: Some("a=b".into()),
+            baggage: None,
         };
         assert_eq!(
             span_context_from_carrier(&c),
@@ -438,6 +528,7 @@ mod tests {
         let parent = span_context_from_carrier(&W3cTraceContext {
             traceparent: Some(TP.into()),
             tracestate: Some("congo=t61rcWkgMzE".into()),
+            baggage: None,
         })
         .expect("valid");
         let span = tracing::info_span!("call");
@@ -470,6 +561,7 @@ mod tests {
         let c = W3cTraceContext {
             traceparent: Some(TP.into()),
             tracestate: Some("congo=t61rcWkgMzE".into()),
+            baggage: None,
         };
         let sc = span_context_from_carrier(&c).expect("valid");
         assert_eq!(carrier_for_span_context(&sc), Some(c));

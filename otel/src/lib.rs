@@ -4,6 +4,7 @@
 //! exporter; they call in here.
 //!
 //! - [`w3c`]: strict W3C Trace Context Level 2 parsing and rendering.
+//! - [`baggage`]: strict W3C Baggage parsing, and baggage in a context.
 //! - [`carrier`]: carriers from JSON and the environment, choosing a parent
 //!   among them, parenting spans, and the current span back to a carrier.
 //! - [`rpc`]: the request-span factory, shared by every JSON-RPC server
@@ -22,6 +23,7 @@
 //! - [`owner_only`]: creating directories and files only their owner can
 //!   use (the trace store here, thread history in core).
 
+pub mod baggage;
 pub mod carrier;
 pub mod export;
 pub mod local_store;
@@ -35,9 +37,10 @@ pub mod telemetry;
 pub mod w3c;
 
 pub use carrier::{
-    CarrierError, CarrierSource, ParentChoice, SpanIds, add_link, carrier_for_span,
-    carrier_for_span_context, choose_parent, choose_parent_among, current_span_context, inject,
-    inject_current, inject_span_context, set_remote_parent, set_string_array,
-    span_context_from_ids, span_context_of, span_ids,
+    CarrierError, CarrierSource, ParentChoice, SpanIds, add_link, baggage_of_span,
+    carrier_for_span, carrier_for_span_context, choose_parent, choose_parent_among,
+    current_span_context, current_submission_trace, inject, inject_current, inject_span_context,
+    set_remote_parent, set_string_array, set_submission_parent, span_context_from_ids,
+    span_context_of, span_ids,
 };
 pub use telemetry::{Telemetry, TelemetryConfig, TelemetryError};

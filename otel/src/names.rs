@@ -110,6 +110,12 @@ pub mod attr {
     pub const GEN_AI_USAGE_INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
     /// Tokens written.
     pub const GEN_AI_USAGE_OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
+    /// What a model call (on a `chat` span) or a whole turn (on the turn
+    /// span) cost, from the configured prices; a double. No semantic
+    /// convention exists for cost yet.
+    pub const SKEIN_USAGE_COST: &str = "skein.usage.cost";
+    /// The currency of [`SKEIN_USAGE_COST`] (`USD` unless configured).
+    pub const SKEIN_USAGE_COST_CURRENCY: &str = "skein.usage.cost.currency";
     /// Which tokens a `gen_ai.client.token.usage` point counts: `input` or
     /// `output`.
     pub const GEN_AI_TOKEN_TYPE: &str = "gen_ai.token.type";

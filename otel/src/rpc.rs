@@ -252,6 +252,8 @@ pub struct RequestSpan<S: OtelSpan = SdkSpan> {
     /// `thread.id` and `turn.id` found so far, written once when the span
     /// ends (the SDK appends a key set twice instead of replacing it).
     ids: Ids,
+    /// The caller's W3C baggage, carried in [`RequestSpan::context`].
+    baggage: Option<crate::baggage::W3cBaggage>,
 }
 
 /// The `thread.id` / `turn.id` a request span will record.
@@ -275,10 +277,13 @@ impl<S: OtelSpan> RequestSpan<S> {
         self.span.span_context()
     }
 
-    /// An OTel context whose active span is this one, to attach while the
-    /// call runs.
+    /// An OTel context whose active span is this one, with the caller's
+    /// baggage (if any), to attach while the call runs.
     pub fn context(&self) -> OtelContext {
-        OtelContext::new().with_remote_span_context(self.span.span_context().clone())
+        crate::baggage::with_baggage(
+            OtelContext::new().with_remote_span_context(self.span.span_context().clone()),
+            self.baggage.clone(),
+        )
     }
 
     /// Marks the span as failed by a JSON-RPC error: ERROR status with the
@@ -436,6 +441,9 @@ impl RequestSpanBuilder<'_> {
             Some(parent) => OtelContext::new().with_remote_span_context(parent),
             None => OtelContext::new(),
         };
+        // With the baggage in the parent context, span processors see it
+        // when the request span starts (`[otel] baggage_attributes`).
+        let parent = crate::baggage::with_baggage(parent, choice.baggage.clone());
         let name: Cow<'static, str> = match (self.lookup, self.mcp.and_then(|m| m.target)) {
             (MethodLookup::Unknown, _) => Cow::Borrowed(value::UNKNOWN_METHOD_SPAN_NAME),
             (MethodLookup::Known(name), Some(target)) => {
@@ -473,6 +481,7 @@ impl RequestSpanBuilder<'_> {
             span,
             mcp: self.mcp.is_some(),
             ids: Ids::default(),
+            baggage: choice.baggage,
         };
         (span, timer)
     }
@@ -774,6 +783,54 @@ mod tests {
                 .iter()
                 .any(|kv| kv.key.as_str() == attr::CARRIER_SOURCE
                     && kv.value.as_str().contains("envelope"))
+        );
+    }
+
+    #[test]
+    fn baggage_is_carried_in_the_calls_context_and_a_bad_one_ignored_whole_with_an_event() {
+        let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(crate::baggage::BaggageAttributes::new(
+                ["user.id".to_owned()],
+                std::sync::Arc::new(|v: &str| Some(v.replace("secret", "[REDACTED]"))),
+            ))
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let tracer = provider.tracer("test");
+        let builder = RequestSpanBuilder::new("turn/start", "svc");
+        let good = serde_json::json!({"traceparent": TP, "baggage": "user.id=u-secret,exp=b"});
+        let (span, _) = builder.start_span(&tracer, [(CarrierSource::Envelope, Some(&good))]);
+        let cx = span.context();
+        assert_eq!(
+            crate::baggage::baggage_of(&cx).map(|b| b.header.as_str()),
+            Some("user.id=u-secret,exp=b")
+        );
+        drop(span);
+        // Bad baggage: the whole value is ignored, the traceparent kept.
+        let bad = serde_json::json!({"traceparent": TP, "baggage": "user.id=u 42"});
+        let (span, _) = builder.start_span(&tracer, [(CarrierSource::ParamsMeta, Some(&bad))]);
+        assert_eq!(crate::baggage::baggage_of(&span.context()), None);
+        drop(span);
+
+        let spans = exporter.get_finished_spans().expect("spans");
+        let [good, bad] = spans.as_slice() else {
+            panic!("two spans: {spans:?}");
+        };
+        assert_eq!(attr_of(good, "user.id").as_deref(), Some("u-[REDACTED]"));
+        assert_eq!(attr_of(good, "exp"), None, "only listed keys");
+        assert!(good.events.events.is_empty());
+        assert_eq!(bad.parent_span_id.to_string(), "b7ad6b7169203331");
+        assert_eq!(attr_of(bad, "user.id"), None);
+        let [event] = bad.events.events.as_slice() else {
+            panic!("one event: {:?}", bad.events);
+        };
+        assert_eq!(event.name, event::INVALID_CARRIER);
+        assert!(
+            event
+                .attributes
+                .iter()
+                .any(|kv| kv.key.as_str() == attr::CARRIER_ERROR
+                    && kv.value.as_str().contains("invalid baggage"))
         );
     }
 

@@ -56,6 +56,9 @@ pub struct TelemetryConfig {
     pub otlp: OtlpSettings,
     /// Export nothing at all (`OTEL_SDK_DISABLED=true`).
     pub disabled: bool,
+    /// Baggage keys copied onto every span as attributes (`[otel]
+    /// baggage_attributes`); `None` copies none.
+    pub baggage_attributes: Option<crate::baggage::BaggageAttributes>,
 }
 
 impl Default for TelemetryConfig {
@@ -67,6 +70,7 @@ impl Default for TelemetryConfig {
             log_filter: None,
             otlp: OtlpSettings::default(),
             disabled: false,
+            baggage_attributes: None,
         }
     }
 }
@@ -269,6 +273,11 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     }
     let resource = resource.build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource.clone());
+    // First, so the attributes are on a span before any pipeline sees it
+    // (the local store's in-progress record is written on start).
+    if let Some(processor) = config.baggage_attributes {
+        builder = builder.with_span_processor(processor);
+    }
 
     let mut store_file = None;
     let mut otlp = None;

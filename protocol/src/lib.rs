@@ -25,6 +25,49 @@ pub struct W3cTraceContext {
     /// The `tracestate` value: vendor-specific key/value pairs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracestate: Option<String>,
+    /// The W3C `baggage` value: the caller's tags (a user, a session...)
+    /// that travel with the trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baggage: Option<String>,
+}
+
+/// W3C Baggage, validated (see `skein_otel::baggage`): the header as
+/// received, sent on unchanged, and its members with their values decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct W3cBaggage {
+    /// The header value, as received (valid per W3C Baggage).
+    pub header: String,
+    /// Each list-member's key and percent-decoded value, in order.
+    pub members: Vec<(String, String)>,
+}
+
+impl W3cBaggage {
+    /// The decoded value of the first member named `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.members
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The trace context a submission continues, held as is inside the
+/// process: the caller's span and the baggage that came with it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubmissionTrace {
+    /// The caller's span (the request span, for a client's request).
+    pub span: SpanContext,
+    /// The caller's W3C baggage, if any.
+    pub baggage: Option<W3cBaggage>,
+}
+
+impl From<SpanContext> for SubmissionTrace {
+    fn from(span: SpanContext) -> Self {
+        Self {
+            span,
+            baggage: None,
+        }
+    }
 }
 
 impl W3cTraceContext {
@@ -33,6 +76,7 @@ impl W3cTraceContext {
         Self {
             traceparent: Some(traceparent.into()),
             tracestate: None,
+            baggage: None,
         }
     }
 
@@ -49,13 +93,14 @@ pub struct Submission {
     pub id: String,
     /// What to do.
     pub op: Op,
-    /// The span context the work continues, held as is: the submission
-    /// stays inside the process, so the context is never rendered to a W3C
-    /// carrier and parsed back. Filled from the current span by the thread
-    /// handle's `submit`. Not serialized: where work crosses a process
-    /// boundary the context travels as a [`W3cTraceContext`] instead.
+    /// The span context the work continues, and its baggage, held as is:
+    /// the submission stays inside the process, so the context is never
+    /// rendered to a W3C carrier and parsed back. Filled from the current
+    /// span by the thread handle's `submit`. Not serialized: where work
+    /// crosses a process boundary the context travels as a
+    /// [`W3cTraceContext`] instead.
     #[serde(skip)]
-    pub trace: Option<SpanContext>,
+    pub trace: Option<SubmissionTrace>,
 }
 
 /// One piece of user input to a turn.
@@ -374,9 +419,9 @@ mod tests {
                 kind: TurnKind::Regular,
                 input: "hi".into(),
             },
-            trace: Some(context.clone()),
+            trace: Some(context.clone().into()),
         };
-        assert_eq!(sub.clone().trace, Some(context));
+        assert_eq!(sub.clone().trace, Some(context.into()));
         let json = serde_json::to_string(&sub).expect("serialize");
         assert!(!json.contains("trace"), "{json}");
         let back: Submission = serde_json::from_str(&json).expect("deserialize");

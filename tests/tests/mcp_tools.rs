@@ -3,13 +3,15 @@
 //! servers over stdio: `mcp-server-time` from PyPI,
 //! `tests/mcp/meta_reporter.py` written with the official Python `mcp` SDK
 //! (also served over streamable HTTP), and `tests/mcp/malformed_reply.py`,
-//! a raw server that garbles replies.
+//! a raw server that garbles replies; and `skein-rmcp`'s `weather_server`
+//! example, an rmcp server wrapped in `TracedServer` (built by the test,
+//! `support::weather_server_bin`).
 //!
-//! Both come from the virtualenv `.ci/run` installs: `SKEIN_MCP_SERVER_TIME_BIN`
-//! and `SKEIN_MCP_PYTHON`, else `~/.cache/skein-ci/mcp-venv`. Without them
-//! the tests fail saying how to install them, unless
-//! `SKEIN_TESTS_ALLOW_MISSING` names `mcp` (never under `CI=true`): see
-//! `support::tool_missing`.
+//! The Python ones come from the virtualenv `.ci/run` installs:
+//! `SKEIN_MCP_SERVER_TIME_BIN` and `SKEIN_MCP_PYTHON`, else
+//! `~/.cache/skein-ci/mcp-venv`. Without them those tests fail saying how to
+//! install them, unless `SKEIN_TESTS_ALLOW_MISSING` names `mcp` (never under
+//! `CI=true`): see `support::tool_missing`.
 
 #[macro_use]
 mod support;
@@ -20,8 +22,8 @@ use std::time::Instant;
 use serde_json::{Value, json};
 use support::mock_llm::{MockLlm, Reply, text_chunks, tool_call_chunks};
 use support::{
-    Client, SPAN_KIND_CLIENT, SPAN_KIND_INTERNAL, STATUS_CODE_ERROR, Server, ServerOptions, Span,
-    TraceContext, Transport, mcp_venv,
+    Client, SPAN_KIND_CLIENT, SPAN_KIND_INTERNAL, SPAN_KIND_SERVER, STATUS_CODE_ERROR, Server,
+    ServerOptions, Span, TraceContext, Transport, mcp_venv,
 };
 
 const CHAT: &str = "chat mock-model";
@@ -1260,4 +1262,238 @@ async fn an_mcp_server_over_streamable_http_gets_the_trace_context_in_meta_and_h
     assert_eq!(headers["tracestate"], tracestate, "{headers}");
     assert_eq!(headers["authorization"], "Bearer secret-token", "{headers}");
     assert_eq!(headers["x-skein-test"], "yes", "{headers}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baggage_from_the_envelope_reaches_the_model_api_the_mcp_server_notifications_and_listed_keys_every_span()
+ {
+    let Some((_, python)) = mcp_venv() else {
+        return;
+    };
+    let mock = MockLlm::start(vec![
+        Reply::Stream(tool_call_chunks("call_meta", "report_meta", &json!({}))),
+        Reply::Stream(text_chunks(&["done"], 1, 1)),
+    ])
+    .await;
+    let mut server = start_with_reporter(
+        &mock,
+        &python,
+        ServerOptions::default()
+            .arg("-c")
+            .arg("otel.baggage_attributes=[\"user.id\"]"),
+    )
+    .await;
+    let mut client = connect(&mut server).await;
+    let thread_id = client.start_thread().await;
+    let parent = TraceContext::random();
+    let baggage = "user.id=u-42,exp=b";
+    let turn_id = client
+        .request(
+            "turn/start",
+            support::turn_start_params(&thread_id, "report your meta"),
+            Some(json!({"traceparent": parent.traceparent(), "baggage": baggage})),
+        )
+        .await
+        .turn_id();
+    let item = tool_item_completed(&mut client).await;
+    let text = item["params"]["item"]["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a text result: {item}"))
+        .to_owned();
+    let meta: Value = serde_json::from_str(&text).expect("the reported _meta is JSON");
+    assert_eq!(meta["baggage"], baggage, "the MCP server's _meta: {meta}");
+    client.wait_for_turn_completed(&turn_id).await;
+
+    let requests = mock.wait_for_requests(2).await;
+    for request in &requests {
+        assert_eq!(
+            request.headers.get("baggage").map(String::as_str),
+            Some(baggage),
+            "every model API call carries the baggage: {:?}",
+            request.headers
+        );
+    }
+    let notifications: Vec<&Value> = client
+        .received()
+        .iter()
+        .filter(|m| support::notification_turn_id(m) == Some(turn_id.as_str()))
+        .collect();
+    assert!(!notifications.is_empty());
+    for n in notifications {
+        assert_eq!(n["trace"]["baggage"], baggage, "{n}");
+    }
+    client.close().await;
+    let finished = server.shutdown().await;
+
+    let spans: Vec<&Span> = finished
+        .spans
+        .iter()
+        .filter(|s| s.trace_id == parent.trace_id)
+        .collect();
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    for expected in [
+        "turn/start",
+        "op.dispatch.user_turn",
+        "invoke_agent skein",
+        CHAT,
+        "execute_tool report_meta",
+        "tools/call report_meta",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} in the turn's trace:\n{}",
+            finished.dump()
+        );
+    }
+    for span in &spans {
+        assert_attr(span, "user.id", "u-42");
+        assert!(
+            span.attr("exp").is_none(),
+            "an unlisted key is never copied: {span}"
+        );
+    }
+    // Nothing outside the request carries it.
+    for span in finished
+        .spans
+        .iter()
+        .filter(|s| s.trace_id != parent.trace_id)
+    {
+        assert!(span.attr("user.id").is_none(), "{span}");
+    }
+}
+
+/// The spans `skein-rmcp`'s `weather_server` wrote to its store in `dir`,
+/// once `ready` holds of them (or [`support::TIMEOUT`] passed: the caller's
+/// assertions then say what is missing).
+async fn rmcp_server_spans(dir: &Path, ready: impl Fn(&[Span]) -> bool) -> Vec<Span> {
+    let deadline = Instant::now() + support::TIMEOUT;
+    loop {
+        let spans = support::read_live_spans(dir);
+        if ready(&spans) || Instant::now() > deadline {
+            return spans;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Done-when (b) of the rmcp layer: a real rmcp server wrapped in
+/// `skein_rmcp::TracedServer` (the crate's `weather_server` example),
+/// called by Skein during a turn. Each call gives exactly one SERVER span
+/// in the server's own store, in the client's trace, whose parent is
+/// Skein's `tools/call` CLIENT span for that call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traced_rmcp_server_called_during_a_turn_records_one_server_span_per_call_under_skeins_client_span()
+ {
+    let weather_server = support::weather_server_bin();
+    let store = tempfile::tempdir().expect("a directory for the rmcp server's spans");
+    let mock = MockLlm::start(vec![
+        Reply::Stream(tool_call_chunks(
+            "call_weather",
+            "get_weather",
+            &json!({"city": "Oslo"}),
+        )),
+        Reply::Stream(tool_call_chunks("call_fail", "fail", &json!({}))),
+        Reply::Stream(text_chunks(&["Sunny, and a tool failed."], 1, 1)),
+    ])
+    .await;
+    let args = ["--trace-dir".to_owned(), store.path().display().to_string()];
+    let mut server = Server::start_with(
+        Transport::Stdio,
+        options(&mock, "weather", &weather_server, &args),
+    )
+    .await;
+    let mut client = connect(&mut server).await;
+    let thread_id = client.start_thread().await;
+    let parent = TraceContext::random();
+    let turn_id = client
+        .start_turn(&thread_id, "What is the weather in Oslo?", Some(&parent))
+        .await
+        .turn_id();
+    let completed = client.wait_for_turn_completed(&turn_id).await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "completed",
+        "{completed}"
+    );
+    let requests = mock.wait_for_requests(3).await;
+    let tool_message = &requests[1].body["messages"][2];
+    assert_eq!(tool_message["content"], "sunny in Oslo", "{tool_message}");
+    client.close().await;
+    let finished = server.shutdown().await;
+
+    let calls = |spans: &[Span], name: &str| -> usize {
+        spans
+            .iter()
+            .filter(|s| s.name == name && s.kind == SPAN_KIND_SERVER)
+            .count()
+    };
+    let served = rmcp_server_spans(store.path(), |spans| {
+        calls(spans, "tools/call get_weather") >= 1 && calls(spans, "tools/call fail") >= 1
+    })
+    .await;
+    let dump = || {
+        served
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for span in &served {
+        assert_eq!(span.kind, SPAN_KIND_SERVER, "{span}");
+    }
+    // rmcp's handshake is traced too: the initialized notification.
+    assert!(
+        served.iter().any(|s| s.name == "notifications/initialized"),
+        "the rmcp server's spans:\n{}",
+        dump()
+    );
+    for (tool, call_id) in [("get_weather", "call_weather"), ("fail", "call_fail")] {
+        let name = format!("tools/call {tool}");
+        let server_spans: Vec<&Span> = served.iter().filter(|s| s.name == name).collect();
+        let [server_span] = server_spans.as_slice() else {
+            panic!(
+                "exactly one {name} SERVER span expected; the rmcp server's spans:\n{}",
+                dump()
+            );
+        };
+        let client_spans: Vec<&Span> = finished
+            .spans
+            .iter()
+            .filter(|s| s.name == name && s.kind == SPAN_KIND_CLIENT)
+            .collect();
+        let [client_span] = client_spans.as_slice() else {
+            panic!("one {name} CLIENT span expected:\n{}", finished.dump());
+        };
+        let execute = finished.parent_of(client_span);
+        assert_eq!(execute.name, format!("execute_tool {tool}"), "{execute}");
+        assert_attr(execute, "gen_ai.tool.call.id", call_id);
+        assert_eq!(client_span.trace_id, parent.trace_id, "{client_span}");
+        assert_eq!(
+            server_span.trace_id, parent.trace_id,
+            "the server span is in Skein's trace: {server_span}"
+        );
+        assert_eq!(
+            server_span.parent_span_id.as_deref(),
+            Some(client_span.span_id.as_str()),
+            "the server span's parent is Skein's {name} CLIENT span\n\
+             server: {server_span}\nclient: {client_span}"
+        );
+        assert_attr(server_span, "mcp.method.name", "tools/call");
+        assert_attr(server_span, "gen_ai.tool.name", tool);
+        assert_attr(server_span, "network.transport", "pipe");
+        let request_id = client_span
+            .attr_str("jsonrpc.request.id")
+            .unwrap_or_else(|| panic!("no jsonrpc.request.id: {client_span}"));
+        assert_attr(server_span, "jsonrpc.request.id", &request_id);
+    }
+    let fail = served
+        .iter()
+        .find(|s| s.name == "tools/call fail")
+        .expect("checked above");
+    assert_attr(fail, "error.type", "tool_error");
+    assert_eq!(fail.status_code, STATUS_CODE_ERROR, "{fail}");
+    let weather = served
+        .iter()
+        .find(|s| s.name == "tools/call get_weather")
+        .expect("checked above");
+    assert_eq!(weather.attr("error.type"), None, "{weather}");
 }

@@ -718,3 +718,113 @@ async fn a_request_past_its_timeout_fails_the_turn_and_closes_the_connection() {
     let chat = chat_spans(&finished, finished.turn_span(&turn_id))[0].clone();
     assert_attr(&chat, "error.type", "timeout");
 }
+
+/// The `skein.usage.cost` of `span`, which must be a double when present.
+fn cost_of(span: &Span) -> Option<f64> {
+    let value = span.attr("skein.usage.cost")?;
+    let double = value
+        .get("doubleValue")
+        .unwrap_or_else(|| panic!("skein.usage.cost is not a double: {span}"));
+    match double {
+        Value::String(s) => s.parse().ok(),
+        other => other.as_f64(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_priced_model_records_the_cost_of_each_call_and_of_the_turn_and_an_unpriced_one_none() {
+    // Round one asks for a tool no server offers (usage 10 in, 5 out); round
+    // two answers (1,200 in, of which 200 cached, and 300 out).
+    let mut answer = text_chunks(&["priced"], 1_200, 300);
+    if let Some(usage) = answer.last_mut().and_then(|c| c.get_mut("usage")) {
+        usage["prompt_tokens_details"] = json!({"cached_tokens": 200});
+    }
+    let mock = MockLlm::start(vec![
+        Reply::Stream(support::mock_llm::tool_call_chunks(
+            "call-1",
+            "not_offered",
+            &json!({}),
+        )),
+        Reply::Stream(answer),
+        Reply::Stream(text_chunks(&["unpriced"], 1_000, 1_000)),
+    ])
+    .await;
+    let home = support::SkeinHome::new();
+    std::fs::write(
+        home.path().join("config.toml"),
+        "[model_providers.mock.prices.\"mock-model\"]\n\
+         input_per_mtok = 2.0\n\
+         cached_input_per_mtok = 0.5\n\
+         output_per_mtok = 8.0\n\
+         currency = \"EUR\"\n",
+    )
+    .expect("write config.toml");
+    let (server, mut client) = start(&mock, ServerOptions::default().home(&home)).await;
+    let thread_id = client
+        .request("thread/start", json!({}), None)
+        .await
+        .thread_id();
+    let priced = client
+        .start_turn(&thread_id, "what does it cost", None)
+        .await;
+    let priced_turn = priced.turn_id();
+    client.wait_for_turn_completed(&priced_turn).await;
+    let unpriced = client
+        .request(
+            "turn/start",
+            json!({"threadId": thread_id, "input": [{"type": "text", "text": "and this"}],
+                   "model": "other-model", "modelProvider": "mock"}),
+            None,
+        )
+        .await;
+    let unpriced_turn = unpriced.turn_id();
+    let completed = client.wait_for_turn_completed(&unpriced_turn).await;
+    assert_eq!(
+        completed["params"]["usage"],
+        json!({"inputTokens": 1000, "outputTokens": 1000}),
+        "token usage notifications are unchanged: {completed}"
+    );
+    client.close().await;
+    let finished = server.shutdown().await;
+
+    let turn = finished.turn_span(&priced_turn);
+    let chats = chat_spans(&finished, turn);
+    let [first, second] = chats.as_slice() else {
+        panic!("expected two {CHAT:?} spans:\n{}", finished.dump());
+    };
+    let (first, second) = if first.start_time_unix_nano <= second.start_time_unix_nano {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    // (10 × 2.0 + 5 × 8.0) / 1e6
+    let first_cost = 60.0 / 1e6;
+    // ((1,200 − 200) × 2.0 + 200 × 0.5 + 300 × 8.0) / 1e6 = 4,500 / 1e6
+    let second_cost = 4_500.0 / 1e6;
+    for (span, expected) in [
+        (*first, first_cost),
+        (*second, second_cost),
+        (turn, first_cost + second_cost),
+    ] {
+        let cost = cost_of(span).unwrap_or_else(|| panic!("no cost on {span}"));
+        assert!(
+            (cost - expected).abs() < 1e-12,
+            "cost {cost}, expected {expected}: {span}"
+        );
+        assert_attr(span, "skein.usage.cost.currency", "EUR");
+    }
+
+    let turn = finished.turn_span(&unpriced_turn);
+    let chats = chat_spans(&finished, turn);
+    assert_eq!(chats.len(), 0, "the other model's span is named for it");
+    let others: Vec<&Span> = finished
+        .children_of(&turn.span_id)
+        .into_iter()
+        .filter(|s| s.name == "chat other-model")
+        .collect();
+    assert_eq!(others.len(), 1, "{}", finished.dump());
+    for span in others.into_iter().chain([turn]) {
+        assert!(span.attr("skein.usage.cost").is_none(), "{span}");
+        assert!(span.attr("skein.usage.cost.currency").is_none(), "{span}");
+    }
+}

@@ -76,8 +76,9 @@ pub enum TraceCommand {
     Follow(FollowArgs),
 
     /// Count, error rate and p50/p95/p99 duration of finished spans per
-    /// request method, per model (`chat` spans, with token totals) and per
-    /// tool (`execute_tool` spans).
+    /// request method, per model (`chat` spans, with token totals, and cost
+    /// totals per currency when prices were configured) and per tool
+    /// (`execute_tool` spans).
     Stats(StatsArgs),
 }
 

@@ -3,7 +3,9 @@
 //!
 //! - A request is a SERVER span with an `rpc.method`, grouped by it.
 //! - A model call is a span with `gen_ai.operation.name = chat`, grouped by
-//!   `gen_ai.request.model`, with its token totals.
+//!   `gen_ai.request.model`, with its token totals and, where prices were
+//!   configured, its cost totals (`skein.usage.cost`, per
+//!   `skein.usage.cost.currency`).
 //! - A tool call is a span with `gen_ai.operation.name = execute_tool`,
 //!   grouped by `gen_ai.tool.name`.
 //!
@@ -14,6 +16,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use serde_json::json;
+use skein_core::config::DEFAULT_CURRENCY;
 use skein_otel::names::{attr, value};
 
 use super::json::write_line;
@@ -51,7 +54,7 @@ impl Group {
 }
 
 /// The figures of one group.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Row {
     /// Finished spans.
     pub count: u64,
@@ -63,6 +66,9 @@ pub struct Row {
     pub input_tokens: u64,
     /// `gen_ai.usage.output_tokens`, summed.
     pub output_tokens: u64,
+    /// `skein.usage.cost`, summed per `skein.usage.cost.currency` (empty
+    /// when no span had a cost: no price was configured).
+    pub costs: BTreeMap<String, f64>,
 }
 
 impl Row {
@@ -100,6 +106,44 @@ fn tokens(span: &Span, key: &str) -> u64 {
         Some(AttrValue::Int(n)) => u64::try_from(*n).unwrap_or_default(),
         _ => 0,
     }
+}
+
+/// The span's `skein.usage.cost` and its currency, if it has a cost.
+fn cost(span: &Span) -> Option<(String, f64)> {
+    let amount = match span.attr(attr::SKEIN_USAGE_COST)? {
+        AttrValue::Double(amount) => *amount,
+        AttrValue::Int(amount) => *amount as f64,
+        _ => return None,
+    };
+    let currency = match span.attr(attr::SKEIN_USAGE_COST_CURRENCY) {
+        Some(AttrValue::String(currency)) => currency.clone(),
+        _ => DEFAULT_CURRENCY.to_owned(),
+    };
+    amount.is_finite().then_some((currency, amount))
+}
+
+/// Sums of money as `0.0042 USD`, one per currency, joined by ` + `.
+fn format_costs(costs: &BTreeMap<String, f64>) -> String {
+    if costs.is_empty() {
+        return "-".to_owned();
+    }
+    costs
+        .iter()
+        .map(|(currency, amount)| format!("{} {currency}", format_amount(*amount)))
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
+/// At most six decimals (a model call often costs a fraction of a cent),
+/// trailing zeros dropped down to two: `0.00011`, `12.50`, `3.00`.
+fn format_amount(amount: f64) -> String {
+    let mut text = format!("{amount:.6}");
+    // `{:.6}` always writes the point and six decimals.
+    let keep = text.find('.').map_or(text.len(), |dot| dot + 3);
+    while text.len() > keep && text.ends_with('0') {
+        text.pop();
+    }
+    text
 }
 
 fn group_of(span: &Span) -> Option<(Group, String)> {
@@ -146,6 +190,9 @@ impl Stats {
             row.durations.push(duration);
             row.input_tokens += tokens(span, attr::GEN_AI_USAGE_INPUT_TOKENS);
             row.output_tokens += tokens(span, attr::GEN_AI_USAGE_OUTPUT_TOKENS);
+            if let Some((currency, amount)) = cost(span) {
+                *row.costs.entry(currency).or_default() += amount;
+            }
         }
         stats
     }
@@ -167,7 +214,8 @@ fn percent(rate: f64) -> String {
     format!("{:.1}%", rate * 100.0)
 }
 
-/// Writes one table per group that has rows.
+/// Writes one table per group that has rows. The model table has a COST
+/// column when any model call had a cost.
 pub fn write_text(out: &mut dyn Write, stats: &Stats) -> std::io::Result<()> {
     let mut first = true;
     for group in [Group::Method, Group::Model, Group::Tool] {
@@ -192,8 +240,12 @@ pub fn write_text(out: &mut dyn Write, stats: &Stats) -> std::io::Result<()> {
             "P95",
             "P99",
         ];
+        let with_cost = group == Group::Model && rows.iter().any(|(_, r)| !r.costs.is_empty());
         if group == Group::Model {
             header.extend(["TOKENS IN", "TOKENS OUT"]);
+        }
+        if with_cost {
+            header.push("COST");
         }
         let lines: Vec<Vec<String>> = rows
             .iter()
@@ -211,6 +263,9 @@ pub fn write_text(out: &mut dyn Write, stats: &Stats) -> std::io::Result<()> {
                 if group == Group::Model {
                     cells.push(row.input_tokens.to_string());
                     cells.push(row.output_tokens.to_string());
+                }
+                if with_cost {
+                    cells.push(format_costs(&row.costs));
                 }
                 cells
             })
@@ -248,7 +303,8 @@ pub fn write_text(out: &mut dyn Write, stats: &Stats) -> std::io::Result<()> {
 
 /// Writes one JSON object per row: `group` (`method`, `model` or `tool`),
 /// `name`, `count`, `errors`, `error_rate`, `p50_ns`, `p95_ns`, `p99_ns`,
-/// `input_tokens`, `output_tokens`.
+/// `input_tokens`, `output_tokens`, `cost` (an object of currency to
+/// summed `skein.usage.cost`, empty when none).
 pub fn write_json(out: &mut dyn Write, stats: &Stats) -> std::io::Result<()> {
     for (group, name, row) in stats.rows() {
         write_line(
@@ -264,6 +320,7 @@ pub fn write_json(out: &mut dyn Write, stats: &Stats) -> std::io::Result<()> {
                 "p99_ns": row.percentile(99),
                 "input_tokens": row.input_tokens,
                 "output_tokens": row.output_tokens,
+                "cost": row.costs,
             }),
         )?;
     }
@@ -341,6 +398,18 @@ mod tests {
             ]
         );
         assert!(Stats::of([&trace], 1_001).is_empty());
+    }
+
+    #[test]
+    fn amounts_keep_up_to_six_decimals_and_at_least_two() {
+        assert_eq!(format_amount(0.00011), "0.00011");
+        assert_eq!(format_amount(12.5), "12.50");
+        assert_eq!(format_amount(3.0), "3.00");
+        assert_eq!(format_amount(0.0000004), "0.00");
+        let costs: BTreeMap<String, f64> =
+            [("EUR".to_owned(), 1.25), ("USD".to_owned(), 0.002)].into();
+        assert_eq!(format_costs(&costs), "1.25 EUR + 0.002 USD");
+        assert_eq!(format_costs(&BTreeMap::new()), "-");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The harness's stages: start servers, drive load, check stores, report.
 
+pub mod mcp;
 pub mod report;
 pub mod rss;
 pub mod servers;

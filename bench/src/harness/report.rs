@@ -74,6 +74,8 @@ pub struct Results {
     pub stream: BTreeMap<(&'static str, Target), Vec<Sample<StreamSample>>>,
     /// Memory, by server.
     pub rss: BTreeMap<Target, Vec<Sample<RssSample>>>,
+    /// The MCP row: an rmcp server with (`true`) and without the layer.
+    pub mcp: BTreeMap<bool, Vec<Sample<super::mcp::McpSample>>>,
     /// Store checks, in run order.
     pub checks: Vec<CheckRecord>,
 }
@@ -93,6 +95,8 @@ pub struct Settings {
     pub stream_deltas: usize,
     /// Idle connections.
     pub rss_connections: usize,
+    /// MCP `tools/call` requests per run.
+    pub mcp_calls: u64,
     /// The command line.
     pub command: String,
 }
@@ -241,6 +245,9 @@ impl Results {
         if !self.rss.is_empty() {
             self.rss_table(&mut out, settings);
         }
+        if !self.mcp.is_empty() {
+            self.mcp_table(&mut out, settings);
+        }
         if !self.checks.is_empty() {
             self.checks_table(&mut out);
         }
@@ -362,6 +369,38 @@ impl Results {
                 a.label(),
                 b.label(),
                 lines.join("; ")
+            );
+        }
+    }
+
+    fn mcp_table(&self, out: &mut String, settings: &Settings) {
+        let _ = writeln!(
+            out,
+            "\n**MCP: an rmcp server answering {} pipelined `tools/call` over stdio** \
+             (server CPU, user + system, per call; spans of the traced server go to a batch \
+             processor whose exporter discards them)\n",
+            thousands(settings.mcp_calls as f64)
+        );
+        let _ = writeln!(out, "| server | CPU µs/call | calls/s | / without layer |");
+        let _ = writeln!(out, "| --- | ---: | ---: | ---: |");
+        let cpu = |traced: bool| {
+            self.mcp
+                .get(&traced)
+                .and_then(|s| median(ok_values(s, |v| Some(v.cpu_us_per_call))))
+        };
+        for (traced, samples) in self.mcp.iter().rev() {
+            let label = if *traced {
+                "rmcp + skein-rmcp TracedServer"
+            } else {
+                "rmcp, no layer"
+            };
+            let _ = writeln!(
+                out,
+                "| {label} | {}{} | {} | {} |",
+                cpu(*traced).map_or("–".into(), |v| format!("{v:.1}")),
+                failure_note(samples),
+                rate_cell(&ok_values(samples, |v| Some(v.calls_per_s))),
+                ratio(cpu(*traced), cpu(false))
             );
         }
     }

@@ -35,6 +35,8 @@ pub struct Bins {
     pub ceiling: PathBuf,
     /// `bench-line-echo`.
     pub line_echo: PathBuf,
+    /// `bench-rmcp`.
+    pub rmcp: PathBuf,
     /// The canned results file the comparison servers answer with.
     pub results: PathBuf,
 }

@@ -260,6 +260,10 @@ impl OpenAiClient {
                     .map(str::to_owned);
             }
             if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
+                out.cached_input_tokens = usage
+                    .get("prompt_tokens_details")
+                    .and_then(|d| d.get("cached_tokens"))
+                    .and_then(Value::as_u64);
                 out.usage = Some(TokenUsage {
                     input_tokens: usage
                         .get("prompt_tokens")

@@ -258,6 +258,40 @@ pub fn skein_bin() -> PathBuf {
 }
 
 fn build_skein() -> PathBuf {
+    cargo_build(
+        &["--package", "skein-app-server", "--bin", "skein"],
+        "skein",
+    )
+}
+
+/// The `weather_server` example of `skein-rmcp`: a real rmcp server over
+/// stdio wrapped in `TracedServer`, which writes its spans to a Skein
+/// local store under the directory given as `--trace-dir DIR`. Built on
+/// first use with the test's profile (Cargo builds `CARGO_BIN_EXE_*` only
+/// for binaries of the tests' own package), or `SKEIN_WEATHER_SERVER_BIN`.
+pub fn weather_server_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(path) = std::env::var_os("SKEIN_WEATHER_SERVER_BIN") {
+            let path = PathBuf::from(path);
+            assert!(
+                path.is_file(),
+                "SKEIN_WEATHER_SERVER_BIN={} does not point to a file",
+                path.display()
+            );
+            return path;
+        }
+        cargo_build(
+            &["--package", "skein-rmcp", "--example", "weather_server"],
+            "weather_server",
+        )
+    })
+    .clone()
+}
+
+/// Runs `cargo build <target_args>` with the profile the test binary was
+/// built with, and returns the executable of the target named `name`.
+fn cargo_build(target_args: &[&str], name: &str) -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     // target/<profile-dir>/deps/<test-exe>: the profile directory names the
     // profile ("debug" is the dev profile).
@@ -293,7 +327,8 @@ fn build_skein() -> PathBuf {
         }
     }
     let output = command
-        .args(["build", "--package", "skein-app-server", "--bin", "skein"])
+        .arg("build")
+        .args(target_args)
         .args([
             "--profile",
             &profile,
@@ -303,17 +338,17 @@ fn build_skein() -> PathBuf {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stderr(std::process::Stdio::inherit())
         .output()
-        .expect("running cargo to build the skein binary");
+        .unwrap_or_else(|e| panic!("running cargo to build {name}: {e}"));
     assert!(
         output.status.success(),
-        "cargo could not build the skein binary (see its errors above)"
+        "cargo could not build {name} (see its errors above)"
     );
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|msg| msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "skein")
+        .filter(|msg| msg["reason"] == "compiler-artifact" && msg["target"]["name"] == name)
         .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
-        .expect("cargo reported no executable for the skein binary")
+        .unwrap_or_else(|| panic!("cargo reported no executable for {name}"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
