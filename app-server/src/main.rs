@@ -45,8 +45,9 @@ enum Command {
     /// parent requests that carry no carrier of their own.
     Serve(Box<ServeArgs>),
 
-    /// Read the local trace store: list traces, view one as a span tree,
-    /// or follow spans as servers write them.
+    /// Read the local trace store: list traces, view one (or a thread's
+    /// turns) as a span tree, sum them up per method, model and tool, or
+    /// follow spans as servers write them.
     ///
     /// The store is the directory `skein serve` writes: --dir, else
     /// SKEIN_TRACE_DIR, else $SKEIN_HOME/traces. Times are UTC. Output is
