@@ -271,11 +271,9 @@ struct ServeArgs {
     #[arg(long)]
     ws_allow_unauthenticated: bool,
 
-    /// Most open WebSocket connections. Past it, an upgrade gets HTTP 503
-    /// with `Retry-After`; open connections are unaffected.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    max_connections: usize,
+    /// The limits on connections, running turns and loaded threads.
+    #[command(flatten)]
+    limits: LimitArgs,
 
     /// Most WebSocket connections before their upgrade (still sending their
     /// request head, 5 s at most, or being answered), which
@@ -287,26 +285,6 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PENDING_CONNECTIONS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_pending_connections: usize,
-
-    /// Most turns running at once, across all threads. Past it,
-    /// `turn/start`, `review/start` and `thread/compact/start` get error
-    /// -32001 "server overloaded; retry later" with `data.retryAfterMs`.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_RUNNING_TURNS,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    max_running_turns: usize,
-
-    /// Most threads kept loaded in memory. Past it, stored threads that no
-    /// connection follows and no turn runs are unloaded as soon as that is
-    /// so (they stay on disk, their locks are released; `thread/resume`
-    /// loads them again). Ephemeral threads are never unloaded. On Linux a
-    /// loaded thread holds its history file open only while it appends a
-    /// record, so running turns, not loaded threads, count toward open
-    /// files (elsewhere each loaded stored thread holds one). The soft
-    /// limit on open files is raised to the hard one at startup, with a
-    /// warning when connections + history files + 64 cannot fit in it.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_LOADED_THREADS,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    max_loaded_threads: usize,
 
     /// Close a WebSocket connection whose client sent nothing for this many
     /// seconds. After half of it without input the server sends a
@@ -327,6 +305,50 @@ struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     ws_message_timeout: u64,
+}
+
+/// The limits `skein serve` enforces, which `skein doctor` checks the
+/// descriptor budget against: the same flags on both.
+#[derive(Debug, Args)]
+struct LimitArgs {
+    /// Most open WebSocket connections. Past it, an upgrade gets HTTP 503
+    /// with `Retry-After`; open connections are unaffected.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_connections: usize,
+
+    /// Most turns running at once, across all threads. Past it,
+    /// `turn/start`, `review/start` and `thread/compact/start` get error
+    /// -32001 "server overloaded; retry later" with `data.retryAfterMs`.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_RUNNING_TURNS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_running_turns: usize,
+
+    /// Most threads kept loaded in memory. Past it, stored threads that no
+    /// connection follows and no turn runs are unloaded as soon as that is
+    /// so (they stay on disk, their locks are released; `thread/resume`
+    /// loads them again). Ephemeral threads are never unloaded. On Linux a
+    /// loaded thread holds its history file open only while it appends a
+    /// record, so running turns, not loaded threads, count toward open
+    /// files (elsewhere each loaded stored thread holds one). The soft
+    /// limit on open files is raised to the hard one at startup, with a
+    /// warning when connections + history files + 64 cannot fit in it.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_LOADED_THREADS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_loaded_threads: usize,
+}
+
+impl LimitArgs {
+    /// The limits the descriptor budget counts, for a server listening on
+    /// `listen`.
+    fn descriptor_limits(&self, listen: &ListenAddr) -> skein_app_server::descriptors::Limits {
+        skein_app_server::descriptors::Limits {
+            websocket: !matches!(listen, ListenAddr::Stdio),
+            max_connections: self.max_connections,
+            max_running_turns: self.max_running_turns,
+            max_loaded_threads: self.max_loaded_threads,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -354,20 +376,9 @@ struct DoctorArgs {
     #[arg(long, value_name = "URL", default_value = "stdio://")]
     listen: ListenAddr,
 
-    /// As `skein serve --max-connections`.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    max_connections: usize,
-
-    /// As `skein serve --max-running-turns`.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_RUNNING_TURNS,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    max_running_turns: usize,
-
-    /// As `skein serve --max-loaded-threads`.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_LOADED_THREADS,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    max_loaded_threads: usize,
+    /// The limits serve would run with, as `skein serve` takes them.
+    #[command(flatten)]
+    limits: LimitArgs,
 
     /// Also start each MCP server (as a turn would, through core's MCP
     /// client), list its tools, and stop it.
@@ -391,12 +402,7 @@ fn doctor(args: DoctorArgs) -> anyhow::Result<bool> {
             endpoint: args.otlp_endpoint,
             protocol: args.otlp_protocol,
         },
-        limits: skein_app_server::descriptors::Limits {
-            websocket: !matches!(args.listen, ListenAddr::Stdio),
-            max_connections: args.max_connections,
-            max_running_turns: args.max_running_turns,
-            max_loaded_threads: args.max_loaded_threads,
-        },
+        limits: args.limits.descriptor_limits(&args.listen),
         start_mcp: args.start_mcp,
     };
     let report = skein_app_server::doctor::run(&options);
@@ -462,7 +468,7 @@ fn websocket_options(args: &ServeArgs) -> anyhow::Result<WebSocketOptions> {
     Ok(WebSocketOptions {
         auth,
         allow_unauthenticated: args.ws_allow_unauthenticated,
-        max_connections: args.max_connections,
+        max_connections: args.limits.max_connections,
         max_pending_connections: args.max_pending_connections,
         idle_timeout: args.ws_idle_timeout.map(Duration::from_secs),
         message_timeout: Duration::from_secs(args.ws_message_timeout),
@@ -659,15 +665,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => tracing::info!("{destinations}"),
     }
-    skein_app_server::descriptors::raise_and_check(skein_app_server::descriptors::Limits {
-        websocket: matches!(
-            args.listen,
-            skein_app_server::ListenAddr::WebSocket(_) | skein_app_server::ListenAddr::Unix(_)
-        ),
-        max_connections: args.max_connections,
-        max_running_turns: args.max_running_turns,
-        max_loaded_threads: args.max_loaded_threads,
-    });
+    skein_app_server::descriptors::raise_and_check(args.limits.descriptor_limits(&args.listen));
 
     let config = ServerConfig {
         listen: args.listen,
@@ -678,8 +676,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             echo_delay: Duration::from_millis(args.echo_delay_ms),
             store: Some(open_thread_store()?),
             config: std::sync::Arc::new(config),
-            max_running_turns: Some(args.max_running_turns),
-            max_loaded_threads: Some(args.max_loaded_threads),
+            max_running_turns: Some(args.limits.max_running_turns),
+            max_loaded_threads: Some(args.limits.max_loaded_threads),
         },
         websocket,
     };
