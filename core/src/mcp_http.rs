@@ -10,13 +10,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use reqwest::header::{HeaderName, HeaderValue};
-use rmcp::model::ClientJsonRpcMessage;
+use rmcp::model::{ClientJsonRpcMessage, GetMeta, JsonRpcMessage, MetaObject};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::common::client_side_sse::BoxedSseResponse;
 use rmcp::transport::streamable_http_client::{
     StreamableHttpClient, StreamableHttpClientTransportConfig, StreamableHttpError,
     StreamableHttpPostResponse, StreamableHttpResponseLimits,
 };
+use skein_otel::w3c;
 
 use crate::config::McpServerConfig;
 
@@ -81,17 +82,20 @@ pub(crate) fn transport(
 pub(crate) struct TraceHeaderClient(reqwest::Client);
 
 /// `headers` plus the `traceparent` / `tracestate` of `message`'s
-/// `params._meta`, when it has them.
+/// `params._meta`, when it has them. Read from the typed message's meta:
+/// the message is not serialized a second time to find them.
 fn with_trace_headers(
     message: &ClientJsonRpcMessage,
     mut headers: HashMap<HeaderName, HeaderValue>,
 ) -> HashMap<HeaderName, HeaderValue> {
-    let Ok(value) = serde_json::to_value(message) else {
-        return headers;
+    let meta: &MetaObject = match message {
+        JsonRpcMessage::Request(request) => request.request.get_meta(),
+        JsonRpcMessage::Notification(notification) => notification.notification.get_meta(),
+        JsonRpcMessage::Response(_) | JsonRpcMessage::Error(_) => return headers,
     };
-    for key in ["traceparent", "tracestate"] {
-        let carried = value
-            .pointer(&format!("/params/_meta/{key}"))
+    for key in [w3c::TRACEPARENT, w3c::TRACESTATE] {
+        let carried = meta
+            .get(key)
             .and_then(serde_json::Value::as_str)
             .and_then(|v| HeaderValue::from_str(v).ok());
         if let Some(carried) = carried {
@@ -209,5 +213,51 @@ impl StreamableHttpClient for TraceHeaderClient {
                 max_sse_event_size,
             )
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmcp::model::{
+        CallToolRequest, CallToolRequestParams, ClientRequest, JsonRpcRequest, JsonRpcVersion2_0,
+        RequestId,
+    };
+    use serde_json::Value;
+
+    fn call_with_meta(entries: &[(&str, &str)]) -> ClientJsonRpcMessage {
+        let mut request =
+            ClientRequest::CallToolRequest(CallToolRequest::new(CallToolRequestParams::new("t")));
+        for (key, value) in entries {
+            request
+                .get_meta_mut()
+                .insert((*key).to_owned(), Value::from(*value));
+        }
+        JsonRpcMessage::Request(JsonRpcRequest {
+            jsonrpc: JsonRpcVersion2_0,
+            id: RequestId::Number(1),
+            request,
+        })
+    }
+
+    #[test]
+    fn the_meta_trace_context_becomes_headers_beside_the_given_ones() {
+        const TP: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let given = HashMap::from([(
+            HeaderName::from_static("x-given"),
+            HeaderValue::from_static("yes"),
+        )]);
+        let headers = with_trace_headers(
+            &call_with_meta(&[("traceparent", TP), ("tracestate", "k=v"), ("other", "x")]),
+            given.clone(),
+        );
+        assert_eq!(headers.len(), 3, "{headers:?}");
+        let header = |name: &'static str| headers[&HeaderName::from_static(name)].clone();
+        assert_eq!(header("traceparent"), TP);
+        assert_eq!(header("tracestate"), "k=v");
+        assert_eq!(header("x-given"), "yes");
+
+        let untouched = with_trace_headers(&call_with_meta(&[]), given.clone());
+        assert_eq!(untouched, given);
     }
 }
