@@ -97,24 +97,7 @@ async fn connect_with_token(url: &str, token: &str) -> Ws {
 
 /// Sends `initialize` and waits for its result.
 async fn initialize(ws: &mut Ws) -> Value {
-    let request = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-        "params": {"clientInfo": {"name": "hardening", "version": "1"}}});
-    ws.send(Message::text(request.to_string()))
-        .await
-        .expect("send initialize");
-    loop {
-        let message = tokio::time::timeout(TIMEOUT, ws.next())
-            .await
-            .expect("initialize answered in time")
-            .expect("connection open")
-            .expect("read frame");
-        if let Message::Text(text) = message {
-            let value: Value = serde_json::from_str(&text).expect("JSON");
-            if value["id"] == json!(1) {
-                return value;
-            }
-        }
-    }
+    support::ws_initialize(ws, "hardening").await
 }
 
 fn status_line(response: &str) -> &str {
@@ -1413,28 +1396,6 @@ async fn the_open_file_limit_is_raised_to_the_hard_one_and_a_budget_that_cannot_
     );
 }
 
-/// Sends a request over `ws` and waits for its answer.
-async fn ws_request(ws: &mut Ws, method: &str, params: Value) -> Value {
-    let id = support::next_request_id();
-    let request = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-    ws.send(Message::text(request.to_string()))
-        .await
-        .unwrap_or_else(|e| panic!("send {method}: {e}"));
-    loop {
-        let message = tokio::time::timeout(TIMEOUT, ws.next())
-            .await
-            .unwrap_or_else(|_| panic!("{method} answered in time"))
-            .unwrap_or_else(|| panic!("connection open until {method} is answered"))
-            .unwrap_or_else(|e| panic!("read the answer to {method}: {e}"));
-        if let Message::Text(text) = message {
-            let value: Value = serde_json::from_str(&text).expect("JSON");
-            if value["id"] == json!(id) {
-                return value;
-            }
-        }
-    }
-}
-
 /// One attacker of [`idle_connections_do_not_lock_valid_clients_out`]: holds
 /// an idle TCP connection (it never sends a byte), and when the server
 /// closes it opens another, at most one per `period`, starting after
@@ -1513,7 +1474,7 @@ async fn idle_connections_do_not_lock_valid_clients_out() {
             init.get("result").is_some(),
             "valid client {client}: {init}"
         );
-        let started = ws_request(&mut ws, "thread/start", json!({})).await;
+        let started = support::ws_request(&mut ws, "thread/start", json!({})).await;
         assert!(
             started["result"]["thread"]["id"].is_string(),
             "valid client {client}: {started}"

@@ -8,15 +8,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::error::Error as WsError;
 
@@ -122,24 +120,7 @@ async fn initialize<S>(ws: &mut WebSocketStream<S>) -> Value
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let request = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-        "params": {"clientInfo": {"name": "unix-socket-test", "version": "1"}}});
-    ws.send(Message::text(request.to_string()))
-        .await
-        .expect("send initialize");
-    loop {
-        let message = tokio::time::timeout(TIMEOUT, ws.next())
-            .await
-            .expect("initialize answered in time")
-            .expect("connection open")
-            .expect("read frame");
-        if let Message::Text(text) = message {
-            let value: Value = serde_json::from_str(&text).expect("JSON");
-            if value["id"] == json!(1) {
-                return value;
-            }
-        }
-    }
+    support::ws_initialize(ws, "unix-socket-test").await
 }
 
 fn mode(path: &Path) -> u32 {

@@ -94,6 +94,46 @@ pub fn next_request_id() -> i64 {
     NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Sends `method` over a WebSocket opened by hand (over TCP or a Unix
+/// socket, without [`Client`]) and waits for its answer, skipping
+/// notifications and other answers.
+pub async fn ws_request<S>(ws: &mut WebSocketStream<S>, method: &str, params: Value) -> Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let id = next_request_id();
+    let request = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+    ws.send(Message::text(request.to_string()))
+        .await
+        .unwrap_or_else(|e| panic!("send {method}: {e}"));
+    loop {
+        let message = tokio::time::timeout(TIMEOUT, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("{method} answered in time"))
+            .unwrap_or_else(|| panic!("connection open until {method} is answered"))
+            .unwrap_or_else(|e| panic!("read the answer to {method}: {e}"));
+        if let Message::Text(text) = message {
+            let value: Value = serde_json::from_str(&text).expect("JSON");
+            if value["id"] == json!(id) {
+                return value;
+            }
+        }
+    }
+}
+
+/// [`ws_request`] of `initialize` by client `name`: its answer.
+pub async fn ws_initialize<S>(ws: &mut WebSocketStream<S>, name: &str) -> Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    ws_request(
+        ws,
+        "initialize",
+        json!({"clientInfo": {"name": name, "version": "1"}}),
+    )
+    .await
+}
+
 /// The variable that lets tests whose tools are missing pass without
 /// running, outside CI: a comma-separated list of [`Tool`] names, or `all`.
 pub const ALLOW_MISSING_VAR: &str = "SKEIN_TESTS_ALLOW_MISSING";
