@@ -77,6 +77,16 @@ async fn tool_item_completed(client: &mut Client) -> Value {
         .await
 }
 
+/// The JSON a reporting tool answered with: the first text content of the
+/// next completed `mcpToolCall` item.
+async fn reported_json(client: &mut Client) -> Value {
+    let item = tool_item_completed(client).await;
+    let text = item["params"]["item"]["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a text result: {item}"));
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("the report is not JSON ({e}): {item}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tool_turn_runs_get_current_time_and_sends_the_result_back_to_the_model() {
     let Some((time_bin, _)) = mcp_venv() else {
@@ -224,12 +234,7 @@ async fn the_mcp_request_carries_the_tools_call_span_context_in_params_meta() {
         )
         .await
         .turn_id();
-    let item = tool_item_completed(&mut client).await;
-    let text = item["params"]["item"]["result"]["content"][0]["text"]
-        .as_str()
-        .unwrap_or_else(|| panic!("a text result: {item}"))
-        .to_owned();
-    let meta: Value = serde_json::from_str(&text).expect("the reported _meta is JSON");
+    let meta = reported_json(&mut client).await;
     let traceparent = meta["traceparent"]
         .as_str()
         .unwrap_or_else(|| panic!("no traceparent in _meta: {meta}"));
@@ -1225,12 +1230,7 @@ async fn an_mcp_server_over_streamable_http_gets_the_trace_context_in_meta_and_h
             )
             .await
             .turn_id();
-        let item = tool_item_completed(&mut client).await;
-        let text = item["params"]["item"]["result"]["content"][0]["text"]
-            .as_str()
-            .unwrap_or_else(|| panic!("a text result: {item}"))
-            .to_owned();
-        reported.push(serde_json::from_str::<Value>(&text).expect("the report is JSON"));
+        reported.push(reported_json(&mut client).await);
         client.wait_for_turn_completed(&turn_id).await;
     }
     client.close().await;
@@ -1295,12 +1295,7 @@ async fn baggage_from_the_envelope_reaches_the_model_api_the_mcp_server_notifica
         )
         .await
         .turn_id();
-    let item = tool_item_completed(&mut client).await;
-    let text = item["params"]["item"]["result"]["content"][0]["text"]
-        .as_str()
-        .unwrap_or_else(|| panic!("a text result: {item}"))
-        .to_owned();
-    let meta: Value = serde_json::from_str(&text).expect("the reported _meta is JSON");
+    let meta = reported_json(&mut client).await;
     assert_eq!(meta["baggage"], baggage, "the MCP server's _meta: {meta}");
     client.wait_for_turn_completed(&turn_id).await;
 
