@@ -17,7 +17,7 @@ use tower::{Service, ServiceExt};
 
 use crate::processor::MessageProcessor;
 use crate::server::EVENT_DRAIN_TIMEOUT;
-use crate::session::{ConnectionSession, HeldSpan, OUTBOUND_QUEUE, OutboundItem, Transport};
+use crate::session::{ConnectionSession, OUTBOUND_QUEUE, OutboundItem, Transport};
 use crate::tracing_layer::{RequestTracing, RpcCall, TracedReply};
 
 /// The service every request goes through: the router wrapped in request
@@ -168,7 +168,7 @@ impl ConnectionHandler {
                 let reply = self.process_incoming(incoming).await?;
                 Some(OutboundItem {
                     text: reply.message.to_json(),
-                    spans: reply.span.map(HeldSpan::Request).into_iter().collect(),
+                    spans: reply.span.into_iter().collect(),
                     ends_turn: None,
                 })
             }
@@ -179,7 +179,7 @@ impl ConnectionHandler {
                     if let Some(reply) = self.process_incoming(incoming).await {
                         text.push(if text.is_empty() { b'[' } else { b',' });
                         reply.message.write_json(&mut text);
-                        spans.extend(reply.span.map(HeldSpan::Request));
+                        spans.extend(reply.span);
                     }
                 }
                 // A batch of notifications only gets no reply at all.

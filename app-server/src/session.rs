@@ -43,8 +43,8 @@ impl Transport {
 pub struct OutboundItem {
     /// The JSON text, without a trailing newline.
     pub text: String,
-    /// Spans that end when this item is written.
-    pub spans: Vec<HeldSpan>,
+    /// Request spans that end when this item (their response) is written.
+    pub spans: Vec<RequestSpan>,
     /// The turn this item is the `turn/completed` notification of, if it
     /// is one: taking it for writing settles what the connection owes the
     /// client for that turn (see [`ConnectionSession::owe_turn`]).
@@ -60,18 +60,6 @@ impl OutboundItem {
             ends_turn: None,
         }
     }
-}
-
-/// A span held open until the message that completes it is written.
-// A request span is held unboxed: boxing it would cost an allocation per
-// request, to save a few hundred bytes of copying.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-pub enum HeldSpan {
-    /// A request span, completed by its response.
-    Request(RequestSpan),
-    /// A core span (a turn's), completed by the event's notification.
-    Event(tracing::Span),
 }
 
 /// Default of `--client-stall-timeout`: how long a connection's writer may

@@ -18,7 +18,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::connection::ConnectionHandler;
 use crate::server::ServerContext;
-use crate::session::{HeldSpan, OutboundItem, StallReporter, Transport};
+use skein_otel::rpc::RequestSpan;
+
+use crate::session::{OutboundItem, StallReporter, Transport};
 use crate::transport::too_large_error;
 
 /// One read from a line-delimited stream.
@@ -281,7 +283,7 @@ pub async fn serve_lines<W>(
 #[derive(Debug, Default)]
 struct Batch {
     bytes: Vec<u8>,
-    spans: Vec<HeldSpan>,
+    spans: Vec<RequestSpan>,
 }
 
 /// What became of a batch handed to the writer.
@@ -570,14 +572,14 @@ mod tests {
     async fn a_span_handed_to_the_writer_ends_only_after_its_bytes_are_written() {
         use opentelemetry::trace::TracerProvider as _;
         use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
-        use tracing_subscriber::layer::SubscriberExt;
+        use skein_otel::rpc::RequestSpanBuilder;
 
         let exporter = InMemorySpanExporter::default();
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(exporter.clone())
             .build();
-        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
-        let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+        let (span, _timer) = RequestSpanBuilder::new("model/list", "test")
+            .start_span(&provider.tracer("test"), std::iter::empty());
         let ended = || exporter.get_finished_spans().expect("spans").len();
 
         // A message larger than the pipe's buffer: the write cannot finish
@@ -588,7 +590,7 @@ mod tests {
         let text = "x".repeat(1024 * 1024);
         tx.send(Batch {
             bytes: format!("{text}\n").into_bytes(),
-            spans: vec![HeldSpan::Event(tracing::info_span!("held"))],
+            spans: vec![span],
         })
         .await
         .expect("queue");

@@ -57,7 +57,9 @@ use crate::connection::ConnectionHandler;
 use crate::limits::{AcceptBackoff, Admission, PENDING_DESCRIPTOR_SHARE, PendingSlot, RETRY_AFTER};
 use crate::memory::{Trimmer, release_free_memory};
 use crate::server::{EVENT_DRAIN_TIMEOUT, ServerContext};
-use crate::session::{HeldSpan, OutboundItem, StallReporter, Transport};
+use skein_otel::rpc::RequestSpan;
+
+use crate::session::{OutboundItem, StallReporter, Transport};
 use crate::transport::too_large_error;
 use crate::transport::unfinished::{UnfinishedError, UnfinishedMessages};
 use skein_app_server_protocol::ErrorObject;
@@ -865,7 +867,7 @@ struct Stall {
 struct FrameWriter {
     stall: Stall,
     /// Request spans of the messages being written.
-    written: Vec<Vec<HeldSpan>>,
+    written: Vec<Vec<RequestSpan>>,
 }
 
 /// The client is gone or stopped reading; nothing more can be written.
