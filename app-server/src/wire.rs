@@ -258,16 +258,6 @@ fn tool_call_status(status: ToolCallStatus) -> McpToolCallStatus {
     }
 }
 
-/// The status an `McpToolCallCompleted` event names (`completed` or
-/// `failed`); anything else counts as failed.
-fn event_tool_call_status(status: &str) -> McpToolCallStatus {
-    match status {
-        "completed" => McpToolCallStatus::Completed,
-        "inProgress" => McpToolCallStatus::InProgress,
-        _ => McpToolCallStatus::Failed,
-    }
-}
-
 /// A turn as `turn/started` and `turn/completed` carry it: no items.
 pub fn turn_summary(id: String, status: TurnStatus, error: Option<String>) -> Turn {
     Turn {
@@ -380,7 +370,7 @@ pub fn notification(event: Event) -> Option<ServerNotification> {
                 item_id,
                 server,
                 tool,
-                event_tool_call_status(&status),
+                tool_call_status(status),
                 arguments,
                 result,
                 error,
@@ -668,7 +658,7 @@ mod tests {
                 server: "time".into(),
                 tool: "now".into(),
                 arguments: json!("{bad"),
-                status: "failed".into(),
+                status: ToolCallStatus::Failed,
                 result: None,
                 error: Some("the arguments are not valid JSON".into())
             }),

@@ -954,7 +954,7 @@ async fn run_tool_call(
         server: server.clone(),
         tool: tool_name.to_owned(),
         arguments: arguments.clone(),
-        status: status.as_str().to_owned(),
+        status,
         result: result.clone(),
         error: error.clone(),
     });

@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+pub use skein_protocol::ToolCallStatus;
 use skein_protocol::{ItemKind, TokenUsage, TurnKind, TurnStatus};
 
 use skein_otel::names::value;
@@ -189,29 +190,6 @@ pub struct ThreadPage {
 pub struct StartedTurn {
     /// The new turn's id.
     pub turn_id: String,
-}
-
-/// How a tool call went.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum ToolCallStatus {
-    /// Running.
-    InProgress,
-    /// The tool answered (its result may still be an error result).
-    Completed,
-    /// The call could not be made or the tool reported an error.
-    Failed,
-}
-
-impl ToolCallStatus {
-    /// The status as clients name it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ToolCallStatus::InProgress => "inProgress",
-            ToolCallStatus::Completed => "completed",
-            ToolCallStatus::Failed => "failed",
-        }
-    }
 }
 
 /// An item of a turn after the user's input.

@@ -182,6 +182,29 @@ impl Op {
     }
 }
 
+/// How a tool call went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ToolCallStatus {
+    /// Running.
+    InProgress,
+    /// The tool answered (its result may still be an error result).
+    Completed,
+    /// The call could not be made or the tool reported an error.
+    Failed,
+}
+
+impl ToolCallStatus {
+    /// The status as clients name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToolCallStatus::InProgress => "inProgress",
+            ToolCallStatus::Completed => "completed",
+            ToolCallStatus::Failed => "failed",
+        }
+    }
+}
+
 /// How a turn ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -348,8 +371,8 @@ pub enum EventMsg {
         tool: String,
         /// The arguments.
         arguments: serde_json::Value,
-        /// `completed` or `failed`.
-        status: String,
+        /// `Completed` or `Failed`.
+        status: ToolCallStatus,
         /// The MCP `CallToolResult`, when the tool answered.
         result: Option<serde_json::Value>,
         /// Why it failed, when it did.
