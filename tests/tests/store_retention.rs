@@ -234,9 +234,9 @@ async fn a_store_that_cannot_be_written_drops_spans_and_the_server_keeps_serving
     client.request("model/list", json!({}), None).await.result();
     wait_until("a store file", || !store_files(&dir).is_empty()).await;
     // The directory becomes a regular file: no new store file can be
-    // created.
-    std::fs::remove_dir_all(&dir).expect("remove store");
-    std::fs::write(&dir, b"not a directory").expect("write");
+    // created. The server keeps rotating meanwhile and recreates a missing
+    // directory, so move it aside and claim the name until the file wins.
+    replace_dir_with_file(&dir);
     for _ in 0..5 {
         client.request("model/list", json!({}), None).await.result();
     }
@@ -253,6 +253,33 @@ async fn a_store_that_cannot_be_written_drops_spans_and_the_server_keeps_serving
         .find(|l| l.contains("spans were dropped") && l.contains("local store"))
         .unwrap_or_else(|| panic!("no dropped-spans warning:\n{stderr}"));
     assert!(!dropped.contains("dropped=0"), "{dropped}");
+}
+
+/// Puts a regular file where the directory `dir` is, while a running server
+/// may recreate the directory at any moment: the directory is renamed aside
+/// (atomic, whatever it holds) and the name claimed with `create_new`, again
+/// if the server got there first.
+fn replace_dir_with_file(dir: &Path) {
+    use std::io::Write;
+    for attempt in 0..100 {
+        if dir.is_dir() {
+            let aside = dir.with_extension(format!("aside-{attempt}"));
+            std::fs::rename(dir, &aside).expect("move the store aside");
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dir)
+        {
+            Ok(mut file) => {
+                file.write_all(b"not a directory").expect("write");
+                return;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => panic!("cannot create {}: {e}", dir.display()),
+        }
+    }
+    panic!("the server kept recreating {}", dir.display());
 }
 
 /// A real full disk: a 64 KiB tmpfs. Mounting needs CAP_SYS_ADMIN; without
