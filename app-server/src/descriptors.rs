@@ -90,54 +90,37 @@ pub struct FileLimit {
     pub hard: u64,
 }
 
-/// Descriptors the configured limits can need at once: one per connection
-/// (WebSocket only), one per loaded thread, and [`RESERVED`].
-pub fn needed(websocket: bool, max_connections: usize, max_loaded_threads: usize) -> u64 {
-    let connections = if websocket { max_connections } else { 1 };
-    u64::try_from(connections.saturating_add(max_loaded_threads))
-        .unwrap_or(u64::MAX)
-        .saturating_add(RESERVED)
-}
-
 /// Raises the soft limit on open files as far as the hard limit allows.
 /// `None` where the limit cannot be read.
 #[cfg(unix)]
 pub fn raise_to_hard() -> Option<FileLimit> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the struct it is given, which lives here.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+    let Some(limit) = current() else {
         tracing::warn!(
             err = %std::io::Error::last_os_error(),
             "cannot read the limit on open files"
         );
         return None;
-    }
-    let was = limit.rlim_cur;
-    if limit.rlim_cur < limit.rlim_max {
+    };
+    if limit.soft < limit.hard {
         let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
+            rlim_cur: limit.hard,
+            rlim_max: limit.hard,
         };
         // SAFETY: setrlimit reads the struct it is given, which lives here.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            limit = raised;
-        } else {
-            tracing::warn!(
-                soft = was,
-                hard = limit.rlim_max,
-                err = %std::io::Error::last_os_error(),
-                "cannot raise the limit on open files to the hard limit"
-            );
+            return Some(FileLimit {
+                soft: limit.hard,
+                ..limit
+            });
         }
+        tracing::warn!(
+            soft = limit.soft,
+            hard = limit.hard,
+            err = %std::io::Error::last_os_error(),
+            "cannot raise the limit on open files to the hard limit"
+        );
     }
-    Some(FileLimit {
-        was,
-        soft: limit.rlim_cur,
-        hard: limit.rlim_max,
-    })
+    Some(limit)
 }
 
 /// Not available here.

@@ -70,29 +70,6 @@ impl ConnectionLimit {
     }
 }
 
-/// The soft limit on open files of this process (`None`: unknown or
-/// unlimited).
-#[cfg(unix)]
-pub fn open_file_limit() -> Option<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the struct it is given, which lives here.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0
-        || limit.rlim_cur == libc::RLIM_INFINITY
-    {
-        return None;
-    }
-    Some(limit.rlim_cur)
-}
-
-/// Not available here.
-#[cfg(not(unix))]
-pub fn open_file_limit() -> Option<u64> {
-    None
-}
-
 /// How many connections may be before their upgrade at once:
 /// `--max-pending-connections`, but at most a [`PENDING_DESCRIPTOR_SHARE`]
 /// share of `open_files` (the soft limit on open files), and at least one.

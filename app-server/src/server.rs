@@ -17,7 +17,7 @@ use tower::Layer;
 use crate::connection::RpcService;
 use crate::limits::{
     ConnectionLimit, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING_CONNECTIONS, PendingConnections,
-    RefusalLogs, open_file_limit, pending_cap,
+    RefusalLogs, pending_cap,
 };
 use crate::processor::MessageProcessor;
 use crate::tracing_layer::RequestTracingLayer;
@@ -230,7 +230,7 @@ impl ServerContext {
         // Read when serving starts, after any raise of the soft limit.
         self.pending = PendingConnections::new(pending_cap(
             options.max_pending_connections,
-            open_file_limit(),
+            crate::descriptors::current().map(|limit| limit.soft),
         ));
         self.ws_idle_timeout = options.idle_timeout;
         self.ws_message_timeout = options.message_timeout;
