@@ -148,24 +148,6 @@ impl IdMember {
         };
         IdMember::Invalid(invalid_id_type(type_name))
     }
-
-    /// Reads an id from a parsed value (which holds a number only as
-    /// `serde_json` does).
-    fn from_value(value: &Value) -> IdMember {
-        match value {
-            Value::Number(n) => match n.as_i64() {
-                Some(n) => IdMember::Valid(RequestId::Integer(n)),
-                None => match serde_json::value::to_raw_value(n) {
-                    Ok(raw) => IdMember::Valid(RequestId::Number(RawNumber(raw))),
-                    Err(err) => IdMember::Invalid(ErrorObject::invalid_request(format!(
-                        "`id` cannot be read: {err}"
-                    ))),
-                },
-            },
-            Value::String(s) => IdMember::Valid(RequestId::String(s.clone())),
-            other => IdMember::Invalid(invalid_id_type(json_type_name(other))),
-        }
-    }
 }
 
 /// The error for an `id` of the wrong JSON type.
@@ -567,19 +549,6 @@ fn not_an_object() -> Incoming {
         id: None,
         error: ErrorObject::invalid_request("a message must be a JSON object"),
     }
-}
-
-/// Classifies one JSON value as a request, notification, response or
-/// invalid message. (A numeric id is read from the [`Value`], which may
-/// have rounded it; [`parse_frame`] reads ids from the text instead.)
-pub fn classify(value: Value) -> Incoming {
-    let Value::Object(mut obj) = value else {
-        return not_an_object();
-    };
-    let id = obj
-        .remove("id")
-        .map_or(IdMember::Absent, |id| IdMember::from_value(&id));
-    classify_members(id, obj)
 }
 
 /// Classifies a JSON object, given its `id` and its other members.
