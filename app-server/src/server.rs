@@ -335,14 +335,10 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
     if let ListenAddr::WebSocket(addr) = config.listen
         && !addr.ip().is_loopback()
         && !config.websocket.auth.is_enabled()
-        && !config.websocket.allow_unauthenticated
     {
-        return Err(ServeError::Unauthenticated { addr });
-    }
-    if let ListenAddr::WebSocket(addr) = config.listen
-        && !addr.ip().is_loopback()
-        && !config.websocket.auth.is_enabled()
-    {
+        if !config.websocket.allow_unauthenticated {
+            return Err(ServeError::Unauthenticated { addr });
+        }
         tracing::warn!(
             %addr,
             "listening on a non-loopback address without authentication \
