@@ -237,9 +237,11 @@ fn admit(ctx: &ServerContext) -> Option<PendingSlot> {
 enum Route {
     Health,
     /// A WebSocket upgrade tokio-tungstenite will accept, with its
-    /// `Authorization` header if any.
+    /// `Authorization` header if any and the length of its head (bytes
+    /// after it are the client's first frames).
     Upgrade {
         authorization: Option<String>,
+        head_len: usize,
     },
     Forbidden,
     BadRequest(&'static str),
@@ -295,7 +297,10 @@ async fn handle_socket<S: Socket>(
             );
             write_response(&mut stream, "426 Upgrade Required", &headers, &body).await
         }
-        Route::Upgrade { authorization } => {
+        Route::Upgrade {
+            authorization,
+            head_len,
+        } => {
             if let Err(why) = ctx.ws_auth().check(authorization.as_deref()) {
                 if let Some(unlogged) = ctx.refusal_logs().unauthenticated.admit() {
                     tracing::info!(
@@ -341,10 +346,6 @@ async fn handle_socket<S: Socket>(
                 // gather writes up to 64 KiB before the flush sends them.
                 .read_buffer_size(WS_READ_BUFFER_BYTES)
                 .write_buffer_size(WS_WRITE_BUFFER_BYTES);
-            let head_len = head
-                .windows(4)
-                .position(|w| w == b"\r\n\r\n")
-                .map_or(head.len(), |at| at + 4);
             let unfinished = UnfinishedMessages::new(
                 ctx.ws_message_timeout(),
                 ctx.unfinished_budget().clone(),
@@ -414,8 +415,8 @@ fn could_be_http(partial: &[u8]) -> bool {
 fn route(head: &[u8]) -> Route {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADER_FIELDS];
     let mut request = httparse::Request::new(&mut headers);
-    match request.parse(head) {
-        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => {}
+    let head_len = match request.parse(head) {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => len,
         Ok(_) if head.len() > MAX_HEAD_BYTES => {
             return Route::HeadTooLarge("request head larger than 16 KiB\n");
         }
@@ -423,7 +424,7 @@ fn route(head: &[u8]) -> Route {
             return Route::HeadTooLarge("more than 64 header fields\n");
         }
         _ => return Route::BadRequest("malformed HTTP request\n"),
-    }
+    };
     let header = |name: &str| {
         request
             .headers
@@ -467,6 +468,7 @@ fn route(head: &[u8]) -> Route {
         }
         Some(_) => Route::Upgrade {
             authorization: header("authorization"),
+            head_len,
         },
     }
 }
@@ -1273,15 +1275,24 @@ mod tests {
         assert_eq!(
             route(&valid_upgrade("")),
             Route::Upgrade {
-                authorization: None
+                authorization: None,
+                head_len: valid_upgrade("").len(),
             }
         );
         assert_eq!(
             route(&valid_upgrade("Authorization: Bearer t\r\n")),
             Route::Upgrade {
-                authorization: Some("Bearer t".to_owned())
+                authorization: Some("Bearer t".to_owned()),
+                head_len: valid_upgrade("Authorization: Bearer t\r\n").len(),
             }
         );
+        // Bytes after the head (the client's first frames) are not part of it.
+        let mut with_frame = valid_upgrade("");
+        with_frame.extend_from_slice(&[0x81, 0x80, 1, 2, 3, 4]);
+        assert!(matches!(
+            route(&with_frame),
+            Route::Upgrade { head_len, .. } if head_len == valid_upgrade("").len()
+        ));
         assert_eq!(
             route(&valid_upgrade("Origin: http://evil\r\n")),
             Route::Forbidden
