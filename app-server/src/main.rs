@@ -242,7 +242,7 @@ struct ServeArgs {
     /// this one (compared in constant time). E.g. `--ws-token-sha256
     /// "$(printf %s "$TOKEN" | sha256sum | cut -d' ' -f1)"`.
     #[arg(long, value_name = "HEX", value_parser = parse_token_digest)]
-    ws_token_sha256: Option<String>,
+    ws_token_sha256: Option<[u8; 32]>,
 
     /// The HS256 shared secret, at least 32 bytes (file readable by its
     /// owner only).
@@ -448,7 +448,7 @@ fn websocket_options(args: &ServeArgs) -> anyhow::Result<WebSocketOptions> {
         }
         Some(WsAuthMode::CapabilityToken) => match (&args.ws_token_file, &args.ws_token_sha256) {
             (Some(path), _) => WsAuth::capability_token(path)?,
-            (None, Some(hex)) => WsAuth::capability_token_digest(hex)?,
+            (None, Some(digest)) => WsAuth::CapabilityTokenDigest { digest: *digest },
             (None, None) => anyhow::bail!(
                 "--ws-auth capability-token needs --ws-token-file PATH or --ws-token-sha256 HEX"
             ),
@@ -476,9 +476,8 @@ fn websocket_options(args: &ServeArgs) -> anyhow::Result<WebSocketOptions> {
 }
 
 /// `--ws-token-sha256`: 64 hexadecimal digits.
-fn parse_token_digest(text: &str) -> Result<String, String> {
-    skein_app_server::transport::auth::parse_sha256_hex(text).map_err(|e| e.to_string())?;
-    Ok(text.trim().to_owned())
+fn parse_token_digest(text: &str) -> Result<[u8; 32], String> {
+    skein_app_server::transport::auth::parse_sha256_hex(text).map_err(|e| e.to_string())
 }
 
 /// `--trace-max-*-size`: at least 1 KiB.

@@ -292,14 +292,6 @@ impl WsAuth {
         })
     }
 
-    /// Capability-token authentication with the token given as its SHA-256
-    /// digest, 64 hexadecimal digits (either case).
-    pub fn capability_token_digest(hex: &str) -> Result<Self, TokenDigestError> {
-        Ok(WsAuth::CapabilityTokenDigest {
-            digest: parse_sha256_hex(hex)?,
-        })
-    }
-
     /// Signed-bearer-token authentication.
     pub fn signed_bearer(settings: &SignedBearerSettings) -> Result<Self, AuthConfigError> {
         let secret = read_private_file("shared secret", &settings.secret_file)?;
@@ -417,7 +409,9 @@ mod tests {
         assert!(parse_sha256_hex(&format!("{}g", &hex[1..])).is_err());
         let digest: [u8; 32] = Sha256::digest(b"s3cret-token").into();
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        let auth = WsAuth::capability_token_digest(&hex).expect("auth");
+        let auth = WsAuth::CapabilityTokenDigest {
+            digest: parse_sha256_hex(&hex).expect("digest"),
+        };
         assert_eq!(auth.check(Some("Bearer s3cret-token")), Ok(()));
         assert_eq!(
             auth.check(Some("Bearer s3cret-tokeN")),
