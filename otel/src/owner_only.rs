@@ -60,7 +60,9 @@ pub fn restrict(file: &File) -> io::Result<()> {
     Ok(())
 }
 
-fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
+/// Sets the permission bits of `path` to `mode` (nothing where there are
+/// none).
+pub fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

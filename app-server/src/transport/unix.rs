@@ -13,7 +13,7 @@
 //! when the server stops (if it is still the one this process bound).
 
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use tokio::net::UnixListener;
@@ -110,11 +110,8 @@ pub async fn bind(path: &Path, default_dir: bool) -> Result<BoundSocket, UnixBin
     let dir_mode = std::fs::metadata(&dir).map_err(dir_error)?.mode() & 0o777;
     if dir_mode & 0o077 != 0 {
         if default_dir {
-            std::fs::set_permissions(
-                &dir,
-                std::fs::Permissions::from_mode(skein_otel::owner_only::DIR_MODE),
-            )
-            .map_err(dir_error)?;
+            skein_otel::owner_only::set_mode(&dir, skein_otel::owner_only::DIR_MODE)
+                .map_err(dir_error)?;
         } else {
             tracing::warn!(
                 dir = %dir.display(),
@@ -143,11 +140,8 @@ pub async fn bind(path: &Path, default_dir: bool) -> Result<BoundSocket, UnixBin
         Err(e) => return Err(bind_error(e)),
     }
     let listener = UnixListener::bind(path).map_err(bind_error)?;
-    std::fs::set_permissions(
-        path,
-        std::fs::Permissions::from_mode(skein_otel::owner_only::FILE_MODE),
-    )
-    .map_err(bind_error)?;
+    skein_otel::owner_only::set_mode(path, skein_otel::owner_only::FILE_MODE)
+        .map_err(bind_error)?;
     let meta = std::fs::symlink_metadata(path).map_err(bind_error)?;
     Ok(BoundSocket {
         listener: Some(listener),
