@@ -379,17 +379,9 @@ impl ThreadItem {
     }
 }
 
-/// How an MCP tool call is going.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum McpToolCallStatus {
-    /// Running.
-    InProgress,
-    /// The tool answered.
-    Completed,
-    /// The call could not be made, or the tool reported an error.
-    Failed,
-}
+/// How an MCP tool call is going: core's status, whose serialized names
+/// (`inProgress`, `completed`, `failed`) are Codex's.
+pub use skein_protocol::ToolCallStatus as McpToolCallStatus;
 
 /// What an MCP tool answered: its `CallToolResult`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -19,8 +19,8 @@ use skein_app_server_protocol::v2::{
     TurnError, TurnItemsView, TurnStartedNotification, UserInput,
 };
 use skein_core::{
-    ThreadInfo, ToolCallStatus, TurnItem, TurnRecord, answer_item_id, answer_item_kind,
-    steered_item_id, user_item_id,
+    ThreadInfo, TurnItem, TurnRecord, answer_item_id, answer_item_kind, steered_item_id,
+    user_item_id,
 };
 use skein_protocol::{Event, EventMsg, ItemKind, TokenUsage, TurnStatus};
 
@@ -190,7 +190,7 @@ pub fn item_to_wire(turn_id: &str, position: usize, item: &TurnItem) -> ThreadIt
             id.clone(),
             server.clone(),
             tool.clone(),
-            tool_call_status(*status),
+            *status,
             arguments.clone(),
             result.clone(),
             error.clone(),
@@ -247,14 +247,6 @@ pub fn mcp_result(result: Value) -> McpToolCallResult {
         structured_content: fields.remove("structuredContent").filter(|v| !v.is_null()),
         is_error: fields.remove("isError").and_then(|v| v.as_bool()),
         meta: fields.remove("_meta").filter(|v| !v.is_null()),
-    }
-}
-
-fn tool_call_status(status: ToolCallStatus) -> McpToolCallStatus {
-    match status {
-        ToolCallStatus::InProgress => McpToolCallStatus::InProgress,
-        ToolCallStatus::Completed => McpToolCallStatus::Completed,
-        ToolCallStatus::Failed => McpToolCallStatus::Failed,
     }
 }
 
@@ -366,15 +358,7 @@ pub fn notification(event: Event) -> Option<ServerNotification> {
         } => ServerNotification::ItemCompleted(ItemCompletedNotification {
             thread_id,
             turn_id,
-            item: mcp_tool_call_item(
-                item_id,
-                server,
-                tool,
-                tool_call_status(status),
-                arguments,
-                result,
-                error,
-            ),
+            item: mcp_tool_call_item(item_id, server, tool, status, arguments, result, error),
             completed_at_ms: at_ms,
         }),
         EventMsg::TurnCompleted {
@@ -658,7 +642,7 @@ mod tests {
                 server: "time".into(),
                 tool: "now".into(),
                 arguments: json!("{bad"),
-                status: ToolCallStatus::Failed,
+                status: skein_core::ToolCallStatus::Failed,
                 result: None,
                 error: Some("the arguments are not valid JSON".into())
             }),
