@@ -3,9 +3,9 @@
 
 use serde_json::json;
 use skein_app_server_protocol::v2::{
-    ServerNotification, SortDirection, ThreadArchiveParams, ThreadIdNotification,
-    ThreadLoadedListParams, ThreadLoadedListResponse, ThreadSetNameParams, ThreadTurnsListParams,
-    ThreadTurnsListResponse, ThreadUnarchiveResponse, TurnItemsView,
+    SortDirection, ThreadArchiveParams, ThreadLoadedListParams, ThreadLoadedListResponse,
+    ThreadSetNameParams, ThreadTurnsListParams, ThreadTurnsListResponse, ThreadUnarchiveResponse,
+    TurnItemsView,
 };
 use skein_app_server_protocol::{ErrorObject, OutgoingNotification};
 use skein_core::TurnRecord;
@@ -62,21 +62,12 @@ impl MessageProcessor {
         params: ThreadArchiveParams,
         session: &ConnectionSession,
     ) -> HandlerResult {
-        self.threads
+        let change = self
+            .threads
             .set_archived(&params.thread_id, true)
             .await
             .map_err(thread_error)?;
-        if !session.follows(&params.thread_id) {
-            let status = self.threads.status(&params.thread_id);
-            session.notify(Self::thread_event(
-                &params.thread_id,
-                EventMsg::ThreadStatusChanged { status },
-            ));
-            session.notify(Self::thread_event(
-                &params.thread_id,
-                EventMsg::ThreadArchived,
-            ));
-        }
+        Self::tell_caller(session, change.events, &params.thread_id);
         to_result(json!({}))
     }
 
@@ -87,19 +78,14 @@ impl MessageProcessor {
         params: ThreadArchiveParams,
         session: &ConnectionSession,
     ) -> HandlerResult {
-        let info = self
+        let change = self
             .threads
             .set_archived(&params.thread_id, false)
             .await
             .map_err(thread_error)?;
-        if !session.follows(&params.thread_id) {
-            session.notify(Self::thread_event(
-                &params.thread_id,
-                EventMsg::ThreadUnarchived,
-            ));
-        }
+        Self::tell_caller(session, change.events, &params.thread_id);
         to_result(ThreadUnarchiveResponse {
-            thread: self.wire_thread(&info, &[]),
+            thread: self.wire_thread(&change.info, &[]),
         })
     }
 
@@ -110,38 +96,32 @@ impl MessageProcessor {
         params: ThreadSetNameParams,
         session: &ConnectionSession,
     ) -> HandlerResult {
-        let info = self
+        let change = self
             .threads
             .set_name(&params.thread_id, &params.name)
             .await
             .map_err(thread_error)?;
-        if !session.follows(&params.thread_id) {
-            session.notify(Self::thread_event(
-                &params.thread_id,
-                EventMsg::ThreadNameUpdated { name: info.name },
-            ));
-        }
+        Self::tell_caller(session, change.events, &params.thread_id);
         to_result(json!({}))
     }
 
-    /// The notification for a thread event a handler sends the caller
-    /// itself (one that does not follow the thread): the same one the
-    /// followers get.
-    fn thread_event(thread_id: &str, msg: EventMsg) -> OutgoingNotification {
-        let event = Event {
-            thread_id: thread_id.to_owned(),
-            msg,
-            trace: None,
-            at_ms: 0,
-        };
-        let notification = crate::wire::notification(event).unwrap_or_else(|| {
-            // Only `ShutdownComplete` maps to nothing, and it is never sent
-            // here.
-            ServerNotification::ThreadArchived(ThreadIdNotification {
+    /// Sends the caller, when it does not follow thread `thread_id`, the
+    /// notifications of the `events` core sent the thread's followers.
+    fn tell_caller(session: &ConnectionSession, events: Vec<EventMsg>, thread_id: &str) {
+        if session.follows(thread_id) {
+            return;
+        }
+        for msg in events {
+            let event = Event {
                 thread_id: thread_id.to_owned(),
-            })
-        });
-        OutgoingNotification::new(notification)
+                msg,
+                trace: None,
+                at_ms: 0,
+            };
+            if let Some(notification) = crate::wire::notification(event) {
+                session.notify(OutgoingNotification::new(notification));
+            }
+        }
     }
 
     /// `thread/turns/list`: a page of the thread's turns, newest first by

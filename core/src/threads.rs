@@ -101,6 +101,15 @@ impl ThreadHandle {
     }
 }
 
+/// A change to a thread's metadata (its name, its archived flag).
+#[derive(Clone, Debug)]
+pub struct MetadataChange {
+    /// The thread as it is after the change.
+    pub info: ThreadInfo,
+    /// The events the change sent to the thread's followers, in order.
+    pub events: Vec<EventMsg>,
+}
+
 /// How long a thread a request took (loaded, or found loaded) is spared
 /// from unloading until someone subscribes: the request that took it
 /// subscribes right after.
@@ -457,7 +466,7 @@ impl ThreadManager {
 
     /// Names thread `id`, durably. Names are trimmed; an empty one is
     /// refused.
-    pub async fn set_name(&self, id: &str, name: &str) -> Result<ThreadInfo, ThreadError> {
+    pub async fn set_name(&self, id: &str, name: &str) -> Result<MetadataChange, ThreadError> {
         let name = name.trim();
         if name.is_empty() {
             return Err(ThreadError::EmptyName);
@@ -469,19 +478,20 @@ impl ThreadManager {
         let info = self
             .update(id, record, |info| info.name = Some(name.to_owned()))
             .await?;
-        self.emit_to_followers(
-            id,
-            &[EventMsg::ThreadNameUpdated {
-                name: info.name.clone(),
-            }],
-        );
-        Ok(info)
+        let events = vec![EventMsg::ThreadNameUpdated {
+            name: info.name.clone(),
+        }];
+        Ok(self.emit_to_followers(info, events))
     }
 
     /// Archives (or unarchives) thread `id`, durably: an archived thread
     /// is left out of [`ThreadManager::list`] unless archived threads are
     /// asked for.
-    pub async fn set_archived(&self, id: &str, archived: bool) -> Result<ThreadInfo, ThreadError> {
+    pub async fn set_archived(
+        &self,
+        id: &str,
+        archived: bool,
+    ) -> Result<MetadataChange, ThreadError> {
         let record = Record::ThreadArchived {
             archived,
             at: unix_now(),
@@ -489,31 +499,30 @@ impl ThreadManager {
         let info = self
             .update(id, record, |info| info.archived = archived)
             .await?;
-        if archived {
+        let events = if archived {
             // Skein keeps an archived thread loaded while it is followed:
             // its status is reported as it is, then the archiving.
-            let status = self.status(id);
-            self.emit_to_followers(
-                id,
-                &[
-                    EventMsg::ThreadStatusChanged { status },
-                    EventMsg::ThreadArchived,
-                ],
-            );
+            vec![
+                EventMsg::ThreadStatusChanged {
+                    status: self.status(id),
+                },
+                EventMsg::ThreadArchived,
+            ]
         } else {
-            self.emit_to_followers(id, &[EventMsg::ThreadUnarchived]);
-        }
-        Ok(info)
+            vec![EventMsg::ThreadUnarchived]
+        };
+        Ok(self.emit_to_followers(info, events))
     }
 
-    /// Sends `events` to every connection following thread `id`, when it
-    /// is loaded here (an unloaded thread has no followers).
-    fn emit_to_followers(&self, id: &str, events: &[EventMsg]) {
-        if let Ok(handle) = self.handle(id) {
-            for msg in events {
+    /// Sends `events` about thread `info` to every connection following
+    /// it, when it is loaded here (an unloaded thread has no followers).
+    fn emit_to_followers(&self, info: ThreadInfo, events: Vec<EventMsg>) -> MetadataChange {
+        if let Ok(handle) = self.handle(&info.id) {
+            for msg in &events {
                 handle.entry.emit(msg.clone(), None);
             }
         }
+        MetadataChange { info, events }
     }
 
     /// Records a metadata change: through the thread's own file when it is
@@ -1287,7 +1296,7 @@ mod tests {
         // A metadata change through a handle taken before the unload goes
         // to the store.
         let named = manager.set_name(&first.id, "kept").await.expect("name");
-        assert_eq!(named.name.as_deref(), Some("kept"));
+        assert_eq!(named.info.name.as_deref(), Some("kept"));
         // The file was released at once: loading it again is not `Busy`.
         let again = manager.load(&first.id).expect("load again");
         assert_eq!(again.id(), first.id);
