@@ -177,15 +177,15 @@ fn error_mark(span: &Span) -> Option<String> {
     })
 }
 
-fn width(text: &str) -> usize {
+pub(super) fn width(text: &str) -> usize {
     text.chars().count()
 }
 
-fn pad_right(text: &str, to: usize) -> String {
+pub(super) fn pad_right(text: &str, to: usize) -> String {
     format!("{text}{}", " ".repeat(to.saturating_sub(width(text))))
 }
 
-fn pad_left(text: &str, to: usize) -> String {
+pub(super) fn pad_left(text: &str, to: usize) -> String {
     format!("{}{text}", " ".repeat(to.saturating_sub(width(text))))
 }
 

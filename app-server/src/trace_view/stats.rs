@@ -20,7 +20,7 @@ use skein_core::config::DEFAULT_CURRENCY;
 use skein_otel::names::{attr, value};
 
 use super::json::write_line;
-use super::render::format_duration;
+use super::render::{format_duration, pad_left, pad_right, width};
 use super::store::{AttrValue, Span, SpanKind, Trace};
 
 /// What a group of spans is grouped by.
@@ -56,11 +56,10 @@ impl Group {
 /// The figures of one group.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Row {
-    /// Finished spans.
-    pub count: u64,
-    /// Those with an ERROR status.
+    /// Finished spans with an ERROR status.
     pub errors: u64,
-    /// Their durations, in nanoseconds.
+    /// The durations of the finished spans, in nanoseconds, shortest
+    /// first.
     durations: Vec<u64>,
     /// `gen_ai.usage.input_tokens`, summed.
     pub input_tokens: u64,
@@ -72,26 +71,28 @@ pub struct Row {
 }
 
 impl Row {
+    /// Finished spans.
+    pub fn count(&self) -> u64 {
+        self.durations.len() as u64
+    }
+
     /// `errors / count`.
     pub fn error_rate(&self) -> f64 {
-        if self.count == 0 {
-            0.0
-        } else {
-            self.errors as f64 / self.count as f64
+        match self.count() {
+            0 => 0.0,
+            count => self.errors as f64 / count as f64,
         }
     }
 
     /// The nearest-rank percentile `p` (0 to 100) of the durations.
     pub fn percentile(&self, p: u32) -> Option<u64> {
-        let mut sorted = self.durations.clone();
-        sorted.sort_unstable();
-        let n = sorted.len();
+        let n = self.durations.len();
         if n == 0 {
             return None;
         }
         let rank = (u64::from(p) * n as u64).div_ceil(100).max(1);
         let index = usize::try_from(rank).map_or(n - 1, |r| (r - 1).min(n - 1));
-        sorted.get(index).copied()
+        self.durations.get(index).copied()
     }
 }
 
@@ -185,7 +186,6 @@ impl Stats {
                 continue;
             };
             let row = stats.rows.entry(key).or_default();
-            row.count += 1;
             row.errors += u64::from(span.is_error());
             row.durations.push(duration);
             row.input_tokens += tokens(span, attr::GEN_AI_USAGE_INPUT_TOKENS);
@@ -193,6 +193,9 @@ impl Stats {
             if let Some((currency, amount)) = cost(span) {
                 *row.costs.entry(currency).or_default() += amount;
             }
+        }
+        for row in stats.rows.values_mut() {
+            row.durations.sort_unstable();
         }
         stats
     }
@@ -253,7 +256,7 @@ pub fn write_text(out: &mut dyn Write, stats: &Stats) -> std::io::Result<()> {
                 let p = |q| row.percentile(q).map_or("-".to_owned(), format_duration);
                 let mut cells = vec![
                     (*name).to_owned(),
-                    row.count.to_string(),
+                    row.count().to_string(),
                     row.errors.to_string(),
                     percent(row.error_rate()),
                     p(50),
@@ -270,10 +273,10 @@ pub fn write_text(out: &mut dyn Write, stats: &Stats) -> std::io::Result<()> {
                 cells
             })
             .collect();
-        let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+        let mut widths: Vec<usize> = header.iter().map(|h| width(h)).collect();
         for line in &lines {
             for (w, cell) in widths.iter_mut().zip(line) {
-                *w = (*w).max(cell.chars().count());
+                *w = (*w).max(width(cell));
             }
         }
         let format_row = |cells: &[String]| {
@@ -281,12 +284,11 @@ pub fn write_text(out: &mut dyn Write, stats: &Stats) -> std::io::Result<()> {
                 .iter()
                 .enumerate()
                 .map(|(i, c)| {
-                    let pad = " ".repeat(widths[i].saturating_sub(c.chars().count()));
                     // The name left-aligned, the figures right-aligned.
                     if i == 0 {
-                        format!("{c}{pad}")
+                        pad_right(c, widths[i])
                     } else {
-                        format!("{pad}{c}")
+                        pad_left(c, widths[i])
                     }
                 })
                 .collect();
@@ -312,7 +314,7 @@ pub fn write_json(out: &mut dyn Write, stats: &Stats) -> std::io::Result<()> {
             &json!({
                 "group": group.as_str(),
                 "name": name,
-                "count": row.count,
+                "count": row.count(),
                 "errors": row.errors,
                 "error_rate": row.error_rate(),
                 "p50_ns": row.percentile(50),
@@ -387,7 +389,7 @@ mod tests {
         let stats = Stats::of([&trace], 0);
         let rows: Vec<(Group, &str, u64, u64, u64)> = stats
             .rows()
-            .map(|(g, n, r)| (g, n, r.count, r.errors, r.input_tokens + r.output_tokens))
+            .map(|(g, n, r)| (g, n, r.count(), r.errors, r.input_tokens + r.output_tokens))
             .collect();
         assert_eq!(
             rows,
@@ -415,8 +417,7 @@ mod tests {
     #[test]
     fn nearest_rank_percentiles() {
         let row = Row {
-            count: 10,
-            durations: (1..=10).rev().collect(),
+            durations: (1..=10).collect(),
             ..Row::default()
         };
         assert_eq!(row.percentile(50), Some(5));
@@ -424,7 +425,6 @@ mod tests {
         assert_eq!(row.percentile(99), Some(10));
         assert_eq!(row.percentile(0), Some(1));
         let one = Row {
-            count: 1,
             durations: vec![7],
             ..Row::default()
         };
