@@ -121,12 +121,11 @@ pub fn thread_response(thread: Thread, info: &ThreadInfo, env: &ServerEnv) -> Th
 pub fn turn_to_wire(record: &TurnRecord) -> Turn {
     let mut items = Vec::with_capacity(1 + record.items.len().max(1));
     if !record.input.is_empty() {
-        items.push(ThreadItem::UserMessage {
-            id: user_item_id(&record.id),
-            content: vec![UserInput::Text {
-                text: record.input.clone(),
-            }],
-        });
+        items.push(answer_item(
+            user_item_id(&record.id),
+            ItemKind::UserMessage,
+            record.input.clone(),
+        ));
     }
     if record.items.is_empty() {
         items.push(answer_item(
@@ -166,18 +165,17 @@ fn shown(item: &TurnItem) -> bool {
 /// derived from the turn and the position, so it is the same on every read.
 pub fn item_to_wire(turn_id: &str, position: usize, item: &TurnItem) -> ThreadItem {
     match item {
-        TurnItem::UserMessage { id, text } => ThreadItem::UserMessage {
-            id: if id.is_empty() {
+        TurnItem::UserMessage { id, text } => {
+            let id = if id.is_empty() {
                 steered_item_id(turn_id, position)
             } else {
                 id.clone()
-            },
-            content: vec![UserInput::Text { text: text.clone() }],
-        },
-        TurnItem::AgentMessage { id, text } => ThreadItem::AgentMessage {
-            id: id.clone(),
-            text: text.clone(),
-        },
+            };
+            answer_item(id, ItemKind::UserMessage, text.clone())
+        }
+        TurnItem::AgentMessage { id, text } => {
+            answer_item(id.clone(), ItemKind::AgentMessage, text.clone())
+        }
         TurnItem::McpToolCall {
             id,
             server,
