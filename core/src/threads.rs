@@ -358,7 +358,7 @@ impl ThreadManager {
             .threads
             .insert(handle.entry.id.clone(), handle.clone());
         if let Some(max) = self.max_loaded_threads {
-            unload_idle(&mut registry, max, Some(&handle.entry.id));
+            unload_idle(&mut registry, max);
             if !self.unloader_started.swap(true, Ordering::AcqRel) {
                 tokio::spawn(unload_when_released(
                     Arc::downgrade(&self.registry),
@@ -784,18 +784,18 @@ async fn unload_when_released(registry: Weak<Mutex<Registry>>, released: Arc<Not
         if registry.shutting_down {
             return;
         }
-        again_at = unload_idle(&mut registry, max, None);
+        again_at = unload_idle(&mut registry, max);
     }
 }
 
 /// Unloads threads until at most `max` are loaded, oldest first: only
 /// stored threads (their history stays on disk) that no connection follows
-/// and no turn runs, never `keep`, and none a request took for a subscriber
-/// still to come. Each one's loop is told to stop; it then drops the
-/// thread, closing its file and releasing its lock. Returns when the
-/// earliest of the spared threads stops being spared, if that is all that
-/// keeps more than `max` loaded.
-fn unload_idle(registry: &mut Registry, max: usize, keep: Option<&str>) -> Option<Instant> {
+/// and no turn runs, and none a request took for a subscriber still to
+/// come (a thread just loaded counts as taken). Each one's loop is told to
+/// stop; it then drops the thread, closing its file and releasing its
+/// lock. Returns when the earliest of the spared threads stops being
+/// spared, if that is all that keeps more than `max` loaded.
+fn unload_idle(registry: &mut Registry, max: usize) -> Option<Instant> {
     let excess = registry.threads.len().saturating_sub(max);
     if excess == 0 {
         return None;
@@ -806,8 +806,7 @@ fn unload_idle(registry: &mut Registry, max: usize, keep: Option<&str>) -> Optio
         .values()
         .filter(|t| {
             let entry = &t.entry;
-            if keep == Some(entry.id.as_str())
-                || entry.file.is_none()
+            if entry.file.is_none()
                 || entry.events.subscriber_count() != 0
                 || entry.state().active_turn.is_some()
             {
