@@ -122,6 +122,16 @@ struct Registry {
     shutting_down: bool,
 }
 
+impl Registry {
+    /// Whether `handle` is the registry's handle of thread `id` (not one
+    /// unloaded since it was taken).
+    fn holds(&self, id: &str, handle: &ThreadHandle) -> bool {
+        self.threads
+            .get(id)
+            .is_some_and(|h| Arc::ptr_eq(&h.entry, &handle.entry))
+    }
+}
+
 /// All threads of this server. Cheap to clone; clones share state.
 #[derive(Clone)]
 pub struct ThreadManager {
@@ -373,10 +383,7 @@ impl ThreadManager {
     /// Whether `handle` is the thread's handle in the registry (not one
     /// unloaded since it was taken).
     fn is_loaded(&self, handle: &ThreadHandle) -> bool {
-        self.lock()
-            .threads
-            .get(handle.id())
-            .is_some_and(|h| Arc::ptr_eq(&h.entry, &handle.entry))
+        self.lock().holds(handle.id(), handle)
     }
 
     /// A thread's metadata (from the store when not loaded here).
@@ -633,11 +640,7 @@ impl ThreadManager {
             }
             // Claimed under the registry lock, which unloading takes too:
             // a thread still loaded now stays loaded while its turn runs.
-            if !registry
-                .threads
-                .get(id)
-                .is_some_and(|h| Arc::ptr_eq(&h.entry, &handle.entry))
-            {
+            if !registry.holds(id, &handle) {
                 return Err(ThreadError::NotFound(id.to_owned()));
             }
             let mut state = handle.entry.state();
