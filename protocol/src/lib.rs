@@ -194,17 +194,6 @@ pub enum ToolCallStatus {
     Failed,
 }
 
-impl ToolCallStatus {
-    /// The status as clients name it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ToolCallStatus::InProgress => "inProgress",
-            ToolCallStatus::Completed => "completed",
-            ToolCallStatus::Failed => "failed",
-        }
-    }
-}
-
 /// How a turn ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
