@@ -755,8 +755,7 @@ impl ContentPolicy {
         if !self.capture {
             return None;
         }
-        let text = self.redact(content)?;
-        Some(self.truncate(text))
+        self.redact_value_text(content)
     }
 
     /// The JSON text to record for `content`: every string in it (keys
