@@ -20,7 +20,8 @@ pub struct EventHub {
     subscribers: Mutex<Vec<Arc<Shared>>>,
     /// Subscriptions made so far.
     subscriptions: std::sync::atomic::AtomicU64,
-    /// Notified whenever a subscriber goes away.
+    /// Notified whenever a subscriber goes away, and by
+    /// [`EventHub::signal_release`].
     on_release: Option<Arc<Notify>>,
 }
 
@@ -52,7 +53,8 @@ impl EventHub {
     }
 
     /// A hub that notifies `on_release` whenever one of its subscribers
-    /// goes away (the thread registry then unloads what nobody follows).
+    /// goes away, and when [`EventHub::signal_release`] is called (the
+    /// thread registry then unloads what nobody follows).
     pub fn with_release_signal(on_release: Arc<Notify>) -> Self {
         Self {
             subscribers: Mutex::default(),
@@ -86,6 +88,14 @@ impl EventHub {
             shared.push(event.clone());
         }
         last.push(event);
+    }
+
+    /// Notifies the release signal, if the hub has one: something that
+    /// kept its thread loaded may have ended.
+    pub fn signal_release(&self) {
+        if let Some(on_release) = &self.on_release {
+            on_release.notify_one();
+        }
     }
 
     /// How many subscriptions were made so far.

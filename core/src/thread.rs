@@ -44,14 +44,13 @@ pub(crate) struct ThreadEntry {
     /// whose subscriber has not arrived yet is spared from unloading.
     /// `None` once it did subscribe (or said it already follows).
     taken: Mutex<Option<(Instant, u64)>>,
-    /// Notified when the thread may have become unloadable (its turn
-    /// ended); `None` when nothing unloads threads.
-    on_release: Option<Arc<Notify>>,
 }
 
 impl ThreadEntry {
     /// A thread loaded with `info` and `turns`, writing to `file`, and the
     /// receiving end of its submission queue (of `queue` submissions).
+    /// `on_release` (`None` when nothing unloads threads) is notified when
+    /// the thread may have become unloadable.
     pub(crate) fn new(
         info: ThreadInfo,
         turns: Vec<TurnRecord>,
@@ -72,12 +71,9 @@ impl ThreadEntry {
                 last_turn_span,
             }),
             submissions,
-            events: on_release
-                .clone()
-                .map_or_else(EventHub::new, EventHub::with_release_signal),
+            events: on_release.map_or_else(EventHub::new, EventHub::with_release_signal),
             file: file.map(|f| Mutex::new(Some(f))),
             taken: Mutex::new(Some((Instant::now(), 0))),
-            on_release,
         });
         (entry, rx)
     }
@@ -101,11 +97,10 @@ impl ThreadEntry {
         (self.events.subscriptions_made() == made && Instant::now() < until).then_some(until)
     }
 
-    /// Tells the registry the thread may have become unloadable.
+    /// Tells the registry the thread may have become unloadable (its turn
+    /// ended).
     pub(crate) fn signal_release(&self) {
-        if let Some(on_release) = &self.on_release {
-            on_release.notify_one();
-        }
+        self.events.signal_release();
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, ThreadState> {
