@@ -150,17 +150,7 @@ impl Writers {
         {
             let _ = thread_path;
             let mut lock = flock_at(slot(id), libc::F_WRLCK as libc::c_short);
-            // SAFETY: a valid descriptor and a pointer to a live `flock`.
-            let rc = unsafe {
-                libc::fcntl(
-                    std::os::fd::AsRawFd::as_raw_fd(&self.file),
-                    libc::F_OFD_GETLK,
-                    &raw mut lock,
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            self.fcntl(libc::F_OFD_GETLK, &mut lock)?;
             Ok(lock.l_type != libc::F_UNLCK as libc::c_short)
         }
         #[cfg(not(target_os = "linux"))]
@@ -176,13 +166,19 @@ impl Writers {
 
     #[cfg(target_os = "linux")]
     fn set_lock(&self, id: &str, kind: libc::c_short) -> io::Result<()> {
-        let lock = flock_at(slot(id), kind);
+        self.fcntl(libc::F_OFD_SETLK, &mut flock_at(slot(id), kind))
+    }
+
+    /// Runs the open-file-description lock command `cmd` (`F_OFD_GETLK`,
+    /// which fills in `lock`, or `F_OFD_SETLK`) on the lock file.
+    #[cfg(target_os = "linux")]
+    fn fcntl(&self, cmd: libc::c_int, lock: &mut libc::flock) -> io::Result<()> {
         // SAFETY: a valid descriptor and a pointer to a live `flock`.
         let rc = unsafe {
             libc::fcntl(
                 std::os::fd::AsRawFd::as_raw_fd(&self.file),
-                libc::F_OFD_SETLK,
-                &raw const lock,
+                cmd,
+                std::ptr::from_mut(lock),
             )
         };
         if rc == 0 {
