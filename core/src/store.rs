@@ -894,15 +894,14 @@ impl StoreError {
         }
         match self {
             StoreError::NotFound(_) | StoreError::Busy(_) => self.to_string(),
-            StoreError::Corrupt { path, reason } => {
-                format!("{}: not a thread file: {reason}", name(path))
+            // Each of these displays as "{path}: ...": the same message
+            // with the file's name in place of its path.
+            StoreError::Changed { path, .. }
+            | StoreError::Corrupt { path, .. }
+            | StoreError::Io { path, .. } => {
+                self.to_string()
+                    .replacen(&path.display().to_string(), &name(path), 1)
             }
-            StoreError::Io { path, source } => format!("{}: {source}", name(path)),
-            StoreError::Changed { path, what } => format!(
-                "{}: changed outside this skein process while it held the thread ({what}); \
-                 nothing was written; unload the thread and resume it to continue",
-                name(path)
-            ),
         }
     }
 }
