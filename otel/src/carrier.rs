@@ -266,19 +266,14 @@ pub fn set_string_array(span: &tracing::Span, key: &'static str, values: &[Strin
 
 /// The span context of a tracing span, when it has a valid one.
 pub fn span_context_of(span: &tracing::Span) -> Option<SpanContext> {
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
-    sc.is_valid().then_some(sc)
+    valid_span_context(&span.context())
 }
 
 /// The carrier for a tracing span: its trace id and span id as a
 /// `traceparent`, its `tracestate`, and the baggage its context carries.
 pub fn carrier_for_span(span: &tracing::Span) -> Option<W3cTraceContext> {
     let cx = span.context();
-    let sc = cx.span().span_context().clone();
-    if !sc.is_valid() {
-        return None;
-    }
+    let sc = valid_span_context(&cx)?;
     let mut carrier = carrier_for_span_context(&sc)?;
     carrier.baggage = baggage::baggage_of(&cx).map(|b| b.header.clone());
     Some(carrier)
@@ -332,34 +327,37 @@ pub fn span_context_from_ids(trace_id: &str, span_id: &str) -> Option<SpanContex
     sc.is_valid().then_some(sc)
 }
 
+/// The current context: the current `tracing` span's when its span is
+/// valid, else the current OpenTelemetry context.
+fn current_context() -> Context {
+    let cx = tracing::Span::current().context();
+    if cx.span().span_context().is_valid() {
+        cx
+    } else {
+        Context::current()
+    }
+}
+
+/// The valid span context of an OTel context, if it has one.
+fn valid_span_context(cx: &Context) -> Option<SpanContext> {
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then_some(sc)
+}
+
 /// The context of the current span (or, outside any tracing span, of the
 /// current OpenTelemetry context), for handing work to another task of
 /// this process without rendering it to a carrier.
 pub fn current_span_context() -> Option<SpanContext> {
-    span_context_of(&tracing::Span::current()).or_else(|| {
-        let cx = Context::current();
-        let sc = cx.span().span_context().clone();
-        sc.is_valid().then_some(sc)
-    })
+    valid_span_context(&current_context())
 }
 
 /// What a submission continues ([`SubmissionTrace`]): the current span's
 /// context as [`current_span_context`] finds it, with the baggage of the
 /// same context.
 pub fn current_submission_trace() -> Option<SubmissionTrace> {
-    let span = tracing::Span::current();
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
-    if sc.is_valid() {
-        return Some(SubmissionTrace {
-            span: sc,
-            baggage: baggage::baggage_of(&cx).cloned(),
-        });
-    }
-    let cx = Context::current();
-    let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| SubmissionTrace {
-        span: sc,
+    let cx = current_context();
+    valid_span_context(&cx).map(|span| SubmissionTrace {
+        span,
         baggage: baggage::baggage_of(&cx).cloned(),
     })
 }
@@ -395,21 +393,14 @@ pub fn inject(span: &tracing::Span, set: impl FnMut(&'static str, String)) {
 /// the current OpenTelemetry context's ([`current_span_context`]). Writes
 /// nothing outside any span.
 pub fn inject_current(set: impl FnMut(&'static str, String)) {
-    let span = tracing::Span::current();
-    let cx = span.context();
-    if cx.span().span_context().is_valid() {
-        inject_context(&cx, set);
-    } else {
-        inject_context(&Context::current(), set);
-    }
+    inject_context(&current_context(), set);
 }
 
 /// [`inject`] for an OTel context: its span's fields, then its baggage.
 fn inject_context(cx: &Context, mut set: impl FnMut(&'static str, String)) {
-    let sc = cx.span().span_context().clone();
-    if !sc.is_valid() {
+    let Some(sc) = valid_span_context(cx) else {
         return;
-    }
+    };
     inject_span_context(&sc, &mut set);
     if let Some(baggage) = baggage::baggage_of(cx) {
         set(baggage::BAGGAGE, baggage.header.clone());
