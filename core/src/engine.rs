@@ -208,14 +208,9 @@ async fn run_in_span(mut turn: Turn, span: tracing::Span) -> Ending {
     // Starting the turn span here records it in the local store as in
     // progress, so a running turn is visible before it ends.
     let context = skein_otel::local_store::start_in_progress(&span);
-    turn.trace = context
-        .as_ref()
-        .and_then(skein_otel::carrier_for_span_context)
-        .map(|mut carrier| {
-            // The request's baggage goes on with every notification.
-            carrier.baggage = skein_otel::baggage_of_span(&span).map(|b| b.header);
-            carrier
-        });
+    // The carrier holds the request's baggage, which goes on with every
+    // notification.
+    turn.trace = skein_otel::carrier_for_span(&span);
     let (trace_id, span_id) = context
         .as_ref()
         .map(skein_otel::span_ids)

@@ -279,12 +279,6 @@ pub fn carrier_for_span(span: &tracing::Span) -> Option<W3cTraceContext> {
     Some(carrier)
 }
 
-/// The baggage the context of a tracing span carries (its own parent's,
-/// handed down from the request that started the work).
-pub fn baggage_of_span(span: &tracing::Span) -> Option<W3cBaggage> {
-    baggage::baggage_of(&span.context()).cloned()
-}
-
 /// The carrier for a span context.
 pub fn carrier_for_span_context(sc: &SpanContext) -> Option<W3cTraceContext> {
     w3c::to_headers(sc).map(|(traceparent, tracestate)| W3cTraceContext {
