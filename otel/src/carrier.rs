@@ -220,11 +220,17 @@ pub fn choose_parent_among<'a>(
     let mut baggage_seen = false;
     for (source, raw) in candidates {
         let Some(raw) = raw else { continue };
-        if !baggage_seen && raw.get(baggage::BAGGAGE).is_some_and(|b| !b.is_null()) {
-            baggage_seen = true;
+        if !baggage_seen {
             match baggage::baggage_from_json(raw) {
-                Ok(found) => choice.baggage = found,
-                Err(reason) => choice.rejected.push((source, reason.into())),
+                Ok(None) => {}
+                Ok(Some(found)) => {
+                    baggage_seen = true;
+                    choice.baggage = Some(found);
+                }
+                Err(reason) => {
+                    baggage_seen = true;
+                    choice.rejected.push((source, reason.into()));
+                }
             }
         }
         if choice.parent.is_none() {
@@ -402,7 +408,7 @@ fn inject_context(cx: &Context, mut set: impl FnMut(&'static str, String)) {
 }
 
 /// [`inject`] for a span context.
-pub fn inject_span_context(sc: &SpanContext, mut set: impl FnMut(&'static str, String)) {
+fn inject_span_context(sc: &SpanContext, mut set: impl FnMut(&'static str, String)) {
     if let Some((traceparent, tracestate)) = w3c::to_headers(sc) {
         set(w3c::TRACEPARENT, traceparent);
         if let Some(tracestate) = tracestate {

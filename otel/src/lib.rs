@@ -39,7 +39,7 @@ pub mod w3c;
 pub use carrier::{
     CarrierError, CarrierSource, ParentChoice, SpanIds, add_link, carrier_for_span,
     carrier_for_span_context, choose_parent, choose_parent_among, current_span_context,
-    current_submission_trace, inject, inject_current, inject_span_context, set_remote_parent,
-    set_string_array, set_submission_parent, span_context_from_ids, span_context_of, span_ids,
+    current_submission_trace, inject, inject_current, set_remote_parent, set_string_array,
+    set_submission_parent, span_context_from_ids, span_context_of, span_ids,
 };
 pub use telemetry::{Telemetry, TelemetryConfig, TelemetryError};
