@@ -520,14 +520,14 @@ impl LocalStore {
         }
         if sweep_due {
             current.last_sweep = Some(Instant::now());
-            let swept = sweep(
+            let deleted = sweep(
                 &self.dir,
                 &current.path,
                 &self.retention,
                 SystemTime::now(),
                 &mut current.closed,
             );
-            self.stats.record_deleted(swept.spans);
+            self.stats.record_deleted(deleted);
         }
         let result = self.append_to_current(current, line);
         drop(dir_lock);
@@ -752,15 +752,6 @@ fn same_file(_open: &fs::Metadata, path: &Path) -> bool {
     path.exists()
 }
 
-/// What a sweep deleted.
-#[derive(Debug, Default)]
-pub struct Swept {
-    /// The deleted files.
-    pub files: Vec<PathBuf>,
-    /// The span records they held.
-    pub spans: u64,
-}
-
 /// A store file as a sweep found it.
 struct Found {
     path: PathBuf,
@@ -784,17 +775,18 @@ struct Found {
 ///
 /// `known` holds the span records of files this process wrote and
 /// closed; the records of any other file deleted are counted by reading
-/// it. Entries of files no longer in the directory are dropped.
+/// it. Entries of files no longer in the directory are dropped. Returns
+/// the span records the deleted files held.
 fn sweep(
     dir: &Path,
     own: &Path,
     retention: &Retention,
     now: SystemTime,
     known: &mut HashMap<PathBuf, u64>,
-) -> Swept {
-    let mut swept = Swept::default();
+) -> u64 {
+    let mut deleted = 0;
     let Ok(paths) = store_files(dir) else {
-        return swept;
+        return deleted;
     };
     known.retain(|path, _| paths.contains(path));
     let found: Vec<Found> = paths
@@ -841,15 +833,14 @@ fn sweep(
         match fs::remove_file(&file.path) {
             Ok(()) => {
                 total = total.saturating_sub(file.len);
-                swept.spans += spans;
-                swept.files.push(file.path);
+                deleted += spans;
             }
             Err(err) => {
                 tracing::debug!(%err, file = %file.path.display(), "could not delete an old store file");
             }
         }
     }
-    swept
+    deleted
 }
 
 /// Counts the span records of a store file: each has exactly one
