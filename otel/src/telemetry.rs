@@ -125,11 +125,6 @@ impl Telemetry {
         self.store_file.as_ref()
     }
 
-    /// Where OTLP export sends spans, when it is on.
-    pub fn otlp_destination(&self) -> Option<&OtlpDestination> {
-        self.otlp.as_ref()
-    }
-
     /// One sentence saying where this process's spans go: the local
     /// store's directory, the OTLP endpoint and protocol, or nowhere.
     pub fn destinations(&self) -> String {
