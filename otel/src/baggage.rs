@@ -12,6 +12,8 @@
 use opentelemetry::Context;
 pub use skein_protocol::W3cBaggage;
 
+use crate::w3c::{is_token_byte, trim_ows};
+
 /// The name of the `baggage` field (an HTTP header, a `_meta` key, a
 /// carrier member).
 pub const BAGGAGE: &str = "baggage";
@@ -206,33 +208,9 @@ impl opentelemetry_sdk::trace::SpanProcessor for BaggageAttributes {
     }
 }
 
-fn trim_ows(s: &str) -> &str {
-    s.trim_matches(|c| c == ' ' || c == '\t')
-}
-
 /// RFC 7230 `token`: one or more `tchar`.
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        })
+    !s.is_empty() && s.bytes().all(is_token_byte)
 }
 
 /// `baggage-octet`: printable US-ASCII except space, `"`, `,`, `;` and `\`.

@@ -39,6 +39,8 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
+use crate::w3c::is_token_byte;
+
 /// The export timeout when no variable sets one (the spec's default).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -583,11 +585,6 @@ fn check_headers(var: &str, value: &str) -> Result<(), ConnectionError> {
         }
     }
     Ok(())
-}
-
-/// A byte of an HTTP token (RFC 9110 §5.6.2), as header names are.
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// `%XX` escapes decoded; `None` for a `%` not followed by two hex digits.

@@ -353,8 +353,14 @@ fn lower_hex_digit(b: u8) -> Option<u8> {
 }
 
 /// Strips the optional whitespace (`OWS = *(SP / HTAB)`) around a list-member.
-fn trim_ows(s: &str) -> &str {
+pub(crate) fn trim_ows(s: &str) -> &str {
     s.trim_matches([' ', '\t'])
+}
+
+/// A `tchar`, a byte of an HTTP token (RFC 9110 §5.6.2), as header names
+/// and baggage keys are.
+pub(crate) fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Characters allowed after the first character of keys, tenant-ids and
