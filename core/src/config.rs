@@ -1144,7 +1144,7 @@ impl Config {
             redact.push(compiled);
         }
         for (i, key) in raw.otel.baggage_attributes.iter().enumerate() {
-            if skein_otel::baggage::parse_baggage(&format!("{key}=v")).is_err() {
+            if !skein_otel::baggage::is_baggage_key(key) {
                 return Err(value_error(
                     format!("otel.baggage_attributes[{i}]"),
                     format!("{key:?} is not a baggage key (an RFC 7230 token)"),

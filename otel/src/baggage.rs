@@ -125,6 +125,12 @@ pub fn parse_baggage(value: &str) -> Result<W3cBaggage, BaggageError> {
     })
 }
 
+/// Whether `key` can be the key of a baggage list-member with a value: an
+/// RFC 7230 token, short enough that `key=v` fits in [`MAX_BAGGAGE_LEN`].
+pub fn is_baggage_key(key: &str) -> bool {
+    is_token(key) && key.len() + "=v".len() <= MAX_BAGGAGE_LEN
+}
+
 /// Reads a carrier object's `baggage` member: `Ok(None)` when absent or
 /// `null`, an error when it is not a string or not valid.
 pub fn baggage_from_json(carrier: &serde_json::Value) -> Result<Option<W3cBaggage>, BaggageError> {
@@ -248,6 +254,16 @@ fn percent_decode(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_baggage_key_is_a_token_that_fits_a_member() {
+        assert!(is_baggage_key("user.id"));
+        for key in ["", "user id", " user.id", "user=x", "a=b,c", "a=b;p"] {
+            assert!(!is_baggage_key(key), "{key:?}");
+        }
+        assert!(is_baggage_key(&"k".repeat(MAX_BAGGAGE_LEN - 2)));
+        assert!(!is_baggage_key(&"k".repeat(MAX_BAGGAGE_LEN - 1)));
+    }
 
     #[test]
     fn members_are_read_with_ows_properties_and_percent_decoding() {
