@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use skein_core::Config;
-use skein_otel::export::{OtlpProtocol, OtlpSettings};
+use skein_otel::export::OtlpSettings;
 use skein_otel::otlp_connection::{Connection, Signal};
 
 use crate::descriptors;
@@ -479,10 +479,7 @@ fn check_otlp(config: Option<&Config>, settings: &OtlpSettings, report: &mut Rep
             return;
         }
     };
-    let endpoint = match protocol {
-        OtlpProtocol::Grpc => connection.grpc_endpoint(settings.endpoint.as_deref()),
-        _ => connection.http_endpoint(settings.endpoint.as_deref(), "/v1/traces"),
-    };
+    let endpoint = connection.endpoint(protocol, settings.endpoint.as_deref());
     let Some((host, port)) = host_port(&endpoint) else {
         report.push(
             "otlp_endpoint",

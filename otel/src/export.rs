@@ -123,16 +123,15 @@ impl OtlpSettings {
     /// endpoint is used as given and `/v1/traces` is appended to the base
     /// one).
     fn explicit_endpoint(&self, protocol: OtlpProtocol) -> Option<String> {
-        self.signal_endpoint(protocol, "/v1/traces")
+        self.signal_endpoint(protocol, Signal::Traces)
     }
 
-    /// Like `explicit_endpoint`, for the signal whose HTTP path is `path`
-    /// (`/v1/metrics`...).
-    pub(crate) fn signal_endpoint(&self, protocol: OtlpProtocol, path: &str) -> Option<String> {
+    /// Like `explicit_endpoint`, for `signal` (whose HTTP path is appended).
+    pub(crate) fn signal_endpoint(&self, protocol: OtlpProtocol, signal: Signal) -> Option<String> {
         let base = self.endpoint.as_deref()?;
         Some(match protocol {
             OtlpProtocol::Grpc => base.to_owned(),
-            _ => format!("{}{path}", base.trim_end_matches('/')),
+            _ => signal.http_url(base),
         })
     }
 }
@@ -320,8 +319,7 @@ impl opentelemetry_http::HttpClient for ReportingHttpClient {
 /// again, and one at shutdown if it never did.
 #[derive(Debug)]
 pub(crate) struct ExportHealth {
-    /// `spans` or `metrics`.
-    signal: &'static str,
+    signal: Signal,
     endpoint: String,
     last_http_error: Arc<LastHttpError>,
     episode: Mutex<Option<Episode>>,
@@ -340,19 +338,22 @@ struct Episode {
     refused: bool,
 }
 
-/// The signal name of span export, for [`ExportHealth::new`].
-pub(crate) const SIGNAL_SPANS: &str = "spans";
-/// The signal name of metric export, for [`ExportHealth::new`].
-pub(crate) const SIGNAL_METRICS: &str = "metrics";
-
 impl ExportHealth {
-    pub(crate) fn new(signal: &'static str, endpoint: String, last: Arc<LastHttpError>) -> Self {
+    /// The health of the exporter of `connection`'s signal over
+    /// `protocol`, sending to the endpoint the flag endpoint `flag` or the
+    /// environment gives.
+    pub(crate) fn new(connection: &Connection, protocol: OtlpProtocol, flag: Option<&str>) -> Self {
         Self {
-            signal,
-            endpoint,
-            last_http_error: last,
+            signal: connection.signal(),
+            endpoint: connection.endpoint(protocol, flag),
+            last_http_error: Arc::new(LastHttpError::default()),
             episode: Mutex::new(None),
         }
+    }
+
+    /// The endpoint the exporter sends to.
+    pub(crate) fn endpoint(&self) -> &str {
+        &self.endpoint
     }
 
     fn episode(&self) -> std::sync::MutexGuard<'_, Option<Episode>> {
@@ -376,13 +377,13 @@ impl ExportHealth {
                 match (refused, self.signal) {
                     // A backend that takes no metrics refuses every export
                     // alike: said once, with the way to stop sending them.
-                    (Some(status), SIGNAL_METRICS) => tracing::warn!(
+                    (Some(status), Signal::Metrics) => tracing::warn!(
                         "the OTLP backend refuses metrics (HTTP {status} on {}): they are \
                          dropped; set OTEL_METRICS_EXPORTER=none to stop sending them",
                         self.endpoint
                     ),
                     _ => tracing::warn!(
-                        signal = self.signal,
+                        signal = self.signal.label(),
                         endpoint = %self.endpoint,
                         %reason,
                         "OTLP export failed; its data is dropped and counted, and further failures are summarized until export works again"
@@ -395,7 +396,7 @@ impl ExportHealth {
                     lost,
                     reason,
                     last_summary: now,
-                    refused: refused.is_some() && self.signal == SIGNAL_METRICS,
+                    refused: refused.is_some() && self.signal == Signal::Metrics,
                 });
             }
             Some(ongoing) => {
@@ -405,7 +406,7 @@ impl ExportHealth {
                 if !ongoing.refused && ongoing.last_summary.elapsed() >= STILL_FAILING_EVERY {
                     ongoing.last_summary = Instant::now();
                     tracing::warn!(
-                        signal = self.signal,
+                        signal = self.signal.label(),
                         endpoint = %self.endpoint,
                         failed_exports = ongoing.failed_exports,
                         lost = ongoing.lost,
@@ -424,7 +425,7 @@ impl ExportHealth {
             return;
         };
         tracing::info!(
-            signal = self.signal,
+            signal = self.signal.label(),
             endpoint = %self.endpoint,
             failed_exports = ended.failed_exports,
             lost = ended.lost,
@@ -450,7 +451,7 @@ impl ExportHealth {
             return;
         };
         tracing::warn!(
-            signal = self.signal,
+            signal = self.signal.label(),
             endpoint = %self.endpoint,
             failed_exports = ongoing.failed_exports,
             lost = ongoing.lost,
@@ -691,18 +692,18 @@ impl<E: PushMetricExporter> PushMetricExporter for ReportingMetricExporter<E> {
 /// Sets up an HTTP exporter builder (spans or metrics) for `protocol`:
 /// the flag endpoint when there is one (else the exporter reads the
 /// standard environment), the timeout, and the HTTP client that carries
-/// the connection's TLS settings and keeps failures' reasons in
-/// `last_error`.
+/// the connection's TLS settings and keeps failures' reasons for
+/// `health`.
 pub(crate) fn configure_http<B: WithExportConfig + WithHttpConfig>(
     builder: B,
     protocol: OtlpProtocol,
     endpoint: Option<String>,
     connection: &Connection,
-    last_error: Arc<LastHttpError>,
+    health: &ExportHealth,
 ) -> Result<B, ExportSetupError> {
     let client = ReportingHttpClient {
         inner: connection.http_client()?,
-        last_error,
+        last_error: Arc::clone(&health.last_http_error),
     };
     let builder = builder
         .with_protocol(protocol.wire())
@@ -782,19 +783,15 @@ pub fn otlp_processor(
     let stats = ExportStats::new("otlp");
     let delay = batch_delay(std::env::var("OTEL_BSP_SCHEDULE_DELAY").ok().as_deref());
     let otlp_error = ExportSetupError::otlp(protocol);
-    let last_error = Arc::new(LastHttpError::default());
+    let health = Arc::new(ExportHealth::new(
+        &connection,
+        protocol,
+        settings.endpoint.as_deref(),
+    ));
     let destination = OtlpDestination {
-        endpoint: match protocol {
-            OtlpProtocol::Grpc => connection.grpc_endpoint(settings.endpoint.as_deref()),
-            _ => connection.http_endpoint(settings.endpoint.as_deref(), "/v1/traces"),
-        },
+        endpoint: health.endpoint().to_owned(),
         protocol,
     };
-    let health = Arc::new(ExportHealth::new(
-        SIGNAL_SPANS,
-        destination.endpoint.clone(),
-        Arc::clone(&last_error),
-    ));
     let processor = match protocol {
         OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
             let builder = configure_http(
@@ -802,7 +799,7 @@ pub fn otlp_processor(
                 protocol,
                 settings.explicit_endpoint(protocol),
                 &connection,
-                last_error,
+                &health,
             )?;
             let exporter = builder.build().map_err(otlp_error)?;
             CountingProcessor::with_health(exporter, Arc::clone(&stats), delay, Some(health))

@@ -30,8 +30,8 @@ use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use skein_protocol::{TokenUsage, TurnKind, TurnStatus};
 
 use crate::export::{
-    ExportHealth, ExportSetupError, ExportStats, LastHttpError, OtlpProtocol, OtlpSettings,
-    OwnRuntimeExporter, ReportingMetricExporter, SIGNAL_METRICS, configure_grpc, configure_http,
+    ExportHealth, ExportSetupError, ExportStats, OtlpProtocol, OtlpSettings, OwnRuntimeExporter,
+    ReportingMetricExporter, configure_grpc, configure_http,
 };
 use crate::names::{attr, metric, value};
 use crate::otlp_connection::{Connection, Signal};
@@ -319,23 +319,19 @@ pub fn otlp_meter_provider(
     let connection = Connection::from_env(Signal::Metrics)?;
     let otlp_error = ExportSetupError::otlp(protocol);
     let builder = SdkMeterProvider::builder().with_resource(resource);
-    let last_error = Arc::new(LastHttpError::default());
     let health = Arc::new(ExportHealth::new(
-        SIGNAL_METRICS,
-        match protocol {
-            OtlpProtocol::Grpc => connection.grpc_endpoint(settings.endpoint.as_deref()),
-            _ => connection.http_endpoint(settings.endpoint.as_deref(), "/v1/metrics"),
-        },
-        Arc::clone(&last_error),
+        &connection,
+        protocol,
+        settings.endpoint.as_deref(),
     ));
     let provider = match protocol {
         OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
             let exporter = configure_http(
                 opentelemetry_otlp::MetricExporter::builder().with_http(),
                 protocol,
-                settings.signal_endpoint(protocol, "/v1/metrics"),
+                settings.signal_endpoint(protocol, Signal::Metrics),
                 &connection,
-                last_error,
+                &health,
             )?
             .build()
             .map_err(otlp_error)?;

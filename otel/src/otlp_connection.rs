@@ -39,6 +39,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
+use crate::export::OtlpProtocol;
 use crate::w3c::is_token_byte;
 
 /// The export timeout when no variable sets one (the spec's default).
@@ -63,6 +64,29 @@ impl Signal {
         match self {
             Signal::Traces => "TRACES",
             Signal::Metrics => "METRICS",
+        }
+    }
+
+    /// The path an HTTP exporter of this signal posts to under a base
+    /// endpoint.
+    pub fn http_path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/v1/traces",
+            Signal::Metrics => "/v1/metrics",
+        }
+    }
+
+    /// `base` with [`Signal::http_path`] appended (one `/` between them).
+    pub fn http_url(self, base: &str) -> String {
+        format!("{}{}", base.trim_end_matches('/'), self.http_path())
+    }
+
+    /// What this signal exports, as messages name it: `spans` or
+    /// `metrics`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Signal::Traces => "spans",
+            Signal::Metrics => "metrics",
         }
     }
 
@@ -424,22 +448,36 @@ impl Connection {
         })
     }
 
+    /// The signal these settings are for.
+    pub fn signal(&self) -> Signal {
+        self.signal
+    }
+
     /// The export timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
 
-    /// The URL an HTTP exporter posts to, as the exporter resolves it (for
-    /// messages): `flag` with `path` (`/v1/traces`) appended, else the
-    /// signal's variable as given, else the generic one with `path`, else
-    /// the default `http://localhost:4318` with `path`.
-    pub fn http_endpoint(&self, flag: Option<&str>, path: &str) -> String {
-        let with_path = |base: &str| format!("{}{path}", base.trim_end_matches('/'));
+    /// The endpoint an exporter of `protocol` sends to, as the exporter
+    /// resolves it (for messages), with the flag endpoint `flag` when one
+    /// is given: [`Connection::grpc_endpoint`] for gRPC, else the HTTP URL.
+    pub fn endpoint(&self, protocol: OtlpProtocol, flag: Option<&str>) -> String {
+        match protocol {
+            OtlpProtocol::Grpc => self.grpc_endpoint(flag),
+            OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => self.http_endpoint(flag),
+        }
+    }
+
+    /// The URL an HTTP exporter posts to: `flag` with the signal's path
+    /// (`/v1/traces`) appended, else the signal's variable as given, else
+    /// the generic one with the path, else the default
+    /// `http://localhost:4318` with the path.
+    fn http_endpoint(&self, flag: Option<&str>) -> String {
         match (flag, &self.env_endpoint) {
-            (Some(flag), _) => with_path(flag),
+            (Some(flag), _) => self.signal.http_url(flag),
             (None, Some(env)) if self.env_endpoint_is_signal => env.clone(),
-            (None, Some(env)) => with_path(env),
-            (None, None) => with_path("http://localhost:4318"),
+            (None, Some(env)) => self.signal.http_url(env),
+            (None, None) => self.signal.http_url("http://localhost:4318"),
         }
     }
 
