@@ -312,11 +312,7 @@ impl<S: OtelSpan> RequestSpan<S> {
         if !self.span.is_recording() {
             return;
         }
-        let method_key = if self.mcp {
-            attr::MCP_METHOD_NAME
-        } else {
-            attr::RPC_METHOD
-        };
+        let method_key = method_key(self.mcp);
         if known {
             self.span
                 .set_attribute(KeyValue::new(method_key, method.to_owned()));
@@ -496,17 +492,7 @@ impl RequestSpanBuilder<'_> {
         attrs.push(KeyValue::new(attr::RPC_SYSTEM, value::JSONRPC));
         attrs.push(KeyValue::new(attr::RPC_SYSTEM_NAME, value::JSONRPC));
         attrs.push(KeyValue::new(attr::RPC_SERVICE, self.service_name.clone()));
-        match self.lookup {
-            MethodLookup::Known(name) => attrs.push(KeyValue::new(attr::RPC_METHOD, name)),
-            MethodLookup::Unknown => {
-                attrs.push(KeyValue::new(attr::RPC_METHOD, value::METHOD_OTHER));
-                attrs.push(KeyValue::new(
-                    attr::RPC_METHOD_ORIGINAL,
-                    truncate_for_display(self.method, MAX_ORIGINAL_METHOD_LEN).into_owned(),
-                ));
-            }
-            MethodLookup::Deferred => {}
-        }
+        self.push_method(&mut attrs);
         if let Some(transport) = self.transport {
             attrs.push(KeyValue::new(attr::RPC_TRANSPORT, transport));
         }
@@ -541,17 +527,26 @@ impl RequestSpanBuilder<'_> {
     }
 }
 
+/// The attribute that names the method: `mcp.method.name` on an MCP span,
+/// `rpc.method` on any other.
+fn method_key(mcp: bool) -> &'static str {
+    if mcp {
+        attr::MCP_METHOD_NAME
+    } else {
+        attr::RPC_METHOD
+    }
+}
+
 impl RequestSpanBuilder<'_> {
-    /// The attributes an MCP request span starts with (the MCP semantic
-    /// conventions): `mcp.method.name` (unless the lookup is deferred, when
-    /// [`RequestSpan::settle_method`] records it), the request id, the
-    /// target's attribute, protocol, session and network.
-    fn mcp_attributes(&self, mcp: &McpRequest<'_>) -> Vec<KeyValue> {
-        let mut attrs = Vec::with_capacity(12);
+    /// The method's attributes as the lookup gives them: the known name
+    /// under [`method_key`]; for an unknown method `_OTHER` there and the
+    /// name as sent in `rpc.method_original`; nothing when deferred.
+    fn push_method(&self, attrs: &mut Vec<KeyValue>) {
+        let key = method_key(self.mcp.is_some());
         match self.lookup {
-            MethodLookup::Known(name) => attrs.push(KeyValue::new(attr::MCP_METHOD_NAME, name)),
+            MethodLookup::Known(name) => attrs.push(KeyValue::new(key, name)),
             MethodLookup::Unknown => {
-                attrs.push(KeyValue::new(attr::MCP_METHOD_NAME, value::METHOD_OTHER));
+                attrs.push(KeyValue::new(key, value::METHOD_OTHER));
                 attrs.push(KeyValue::new(
                     attr::RPC_METHOD_ORIGINAL,
                     truncate_for_display(self.method, MAX_ORIGINAL_METHOD_LEN).into_owned(),
@@ -559,6 +554,15 @@ impl RequestSpanBuilder<'_> {
             }
             MethodLookup::Deferred => {}
         }
+    }
+
+    /// The attributes an MCP request span starts with (the MCP semantic
+    /// conventions): `mcp.method.name` (unless the lookup is deferred, when
+    /// [`RequestSpan::settle_method`] records it), the request id, the
+    /// target's attribute, protocol, session and network.
+    fn mcp_attributes(&self, mcp: &McpRequest<'_>) -> Vec<KeyValue> {
+        let mut attrs = Vec::with_capacity(12);
+        self.push_method(&mut attrs);
         if let Some(id) = self.request_id {
             let id: StringValue = id.to_shared().into();
             attrs.push(KeyValue::new(attr::JSONRPC_REQUEST_ID, id));
