@@ -409,12 +409,13 @@ impl OtelConfig {
     /// default address. `environment` is added to
     /// `OTEL_RESOURCE_ATTRIBUTES` unless that names it already.
     pub fn export_env(&self, env: &dyn Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+        use skein_otel::otlp_connection::Signal;
         let set = |name: &str| env(name).is_some_and(|v| !v.trim().is_empty());
         let mut out = Vec::new();
         let traces = self
             .trace_exporter
             .as_ref()
-            .is_some_and(|kind| signal_env(kind, "TRACES", &set, &mut out));
+            .is_some_and(|kind| signal_env(kind, Signal::Traces, &set, &mut out));
         match &self.metrics_exporter {
             Some(OtelExporterKind::None | OtelExporterKind::Statsig) => {
                 if !set("OTEL_METRICS_EXPORTER") {
@@ -422,13 +423,14 @@ impl OtelConfig {
                 }
             }
             Some(kind) => {
-                signal_env(kind, "METRICS", &set, &mut out);
+                signal_env(kind, Signal::Metrics, &set, &mut out);
             }
             None => {
+                let [metrics_endpoint, endpoint] = Signal::Metrics.vars("ENDPOINT");
                 if traces
                     && !set("OTEL_METRICS_EXPORTER")
-                    && !set("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
-                    && !set("OTEL_EXPORTER_OTLP_ENDPOINT")
+                    && !set(&metrics_endpoint)
+                    && !set(&endpoint)
                 {
                     out.push(("OTEL_METRICS_EXPORTER".into(), "none".into()));
                 }
@@ -461,7 +463,7 @@ impl OtelConfig {
 /// [`OtelConfig::export_env`]); true when it set the signal's endpoint.
 fn signal_env(
     kind: &OtelExporterKind,
-    signal: &str,
+    signal: skein_otel::otlp_connection::Signal,
     set: &dyn Fn(&str) -> bool,
     out: &mut Vec<(String, String)>,
 ) -> bool {
@@ -488,8 +490,8 @@ fn signal_env(
         } => (endpoint, "grpc", headers, tls),
     };
     let mut put = |what: &str, value: String| {
-        let specific = format!("OTEL_EXPORTER_OTLP_{signal}_{what}");
-        if !set(&specific) && !set(&format!("OTEL_EXPORTER_OTLP_{what}")) {
+        let [specific, generic] = signal.vars(what);
+        if !set(&specific) && !set(&generic) {
             out.push((specific, value));
             true
         } else {

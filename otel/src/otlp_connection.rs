@@ -92,7 +92,7 @@ impl Signal {
 
     /// The signal-specific variable of `setting` (`CERTIFICATE`...), then
     /// the generic one: the order in which they are consulted.
-    fn vars(self, setting: &str) -> [String; 2] {
+    pub fn vars(self, setting: &str) -> [String; 2] {
         [
             format!("{PREFIX}{}_{setting}", self.infix()),
             format!("{PREFIX}{setting}"),
