@@ -196,28 +196,22 @@ fn check_config(options: &DoctorOptions, report: &mut Report) -> Option<Config> 
 }
 
 fn check_providers(config: &Config, report: &mut Report) {
-    let missing: Vec<&str> = config
-        .providers_without_key()
-        .iter()
-        .map(|p| p.id.as_str())
-        .collect();
     for provider in config.providers.values() {
         // The built-in openai matters only as the default.
         if provider.builtin && provider.id != config.model_provider {
             continue;
         }
-        let status = if missing.contains(&provider.id.as_str()) {
-            Status::Fail
-        } else {
-            Status::Ok
-        };
-        let detail = match (&provider.env_key, &provider.api_key) {
-            (Some(var), Some(_)) => format!("{var} is set ({})", provider.base_url),
-            (None, _) => format!(
-                "no env_key: requests carry no API key ({})",
-                provider.base_url
+        let (status, detail) = match (&provider.env_key, &provider.api_key) {
+            (Some(var), Some(_)) => (Status::Ok, format!("{var} is set ({})", provider.base_url)),
+            (None, _) => (
+                Status::Ok,
+                format!(
+                    "no env_key: requests carry no API key ({})",
+                    provider.base_url
+                ),
             ),
-            (Some(_), None) => provider.key_hint(),
+            // The key it names is missing.
+            (Some(_), None) => (Status::Fail, provider.key_hint()),
         };
         report.push("provider_key", provider.id.clone(), status, detail);
     }
