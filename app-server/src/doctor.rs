@@ -423,28 +423,32 @@ fn writable_dir(dir: &Path) -> bool {
     }
 }
 
+/// Codex's `[otel]` exporters of `config` as the standard `OTEL_*`
+/// variables the export reads (`OtelConfig::export_env`), with
+/// `flag_endpoint` (`--otlp-endpoint`) standing for
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`: a variable set in the environment, and
+/// the flag, win over the table. `skein serve` sets them before telemetry
+/// starts; doctor checks what they give.
+pub fn otel_config_env(config: &Config, flag_endpoint: Option<&str>) -> Vec<(String, String)> {
+    config.otel.export_env(&|name| {
+        if name == "OTEL_EXPORTER_OTLP_ENDPOINT" && flag_endpoint.is_some() {
+            return flag_endpoint.map(str::to_owned);
+        }
+        std::env::var(name).ok()
+    })
+}
+
 fn check_otlp(config: Option<&Config>, settings: &OtlpSettings, report: &mut Report) {
     // Codex's [otel] exporters count as `serve` counts them: as the
     // standard variables, where the environment and the flag say nothing.
     let from_config = config.map_or_else(Vec::new, |c| {
-        c.otel.export_env(&|name| {
-            if name == "OTEL_EXPORTER_OTLP_ENDPOINT" && settings.endpoint.is_some() {
-                return settings.endpoint.clone();
-            }
-            std::env::var(name).ok()
-        })
+        otel_config_env(c, settings.endpoint.as_deref())
     });
-    let lookup = |name: &str| {
-        from_config
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-            .or_else(|| std::env::var(name).ok())
-            .filter(|v| !v.trim().is_empty())
-    };
-    let enabled = settings.endpoint.is_some()
-        || lookup("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
-        || lookup("OTEL_EXPORTER_OTLP_ENDPOINT").is_some();
+    // The table sets the spans' endpoint only where neither the flag nor
+    // the environment names one.
+    let [traces_endpoint, _] = Signal::Traces.vars("ENDPOINT");
+    let enabled =
+        settings.enabled() || from_config.iter().any(|(name, _)| *name == traces_endpoint);
     if !enabled {
         report.push(
             "otlp_endpoint",

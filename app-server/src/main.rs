@@ -598,13 +598,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     // Codex's [otel] exporters, as the standard variables the export reads
     // (any variable already set, and --otlp-endpoint, win).
-    let flag_endpoint = args.otlp_endpoint.clone();
-    let from_config = config.otel.export_env(&|name| {
-        if name == "OTEL_EXPORTER_OTLP_ENDPOINT" && flag_endpoint.is_some() {
-            return flag_endpoint.clone();
-        }
-        std::env::var(name).ok()
-    });
+    let from_config =
+        skein_app_server::doctor::otel_config_env(&config, args.otlp_endpoint.as_deref());
     for (name, value) in &from_config {
         // SAFETY: no other thread exists yet: the runtime, telemetry and
         // every client are started below.
