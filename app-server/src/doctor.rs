@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::Serialize;
 use skein_core::Config;
 use skein_otel::export::OtlpSettings;
-use skein_otel::otlp_connection::{Connection, Signal};
+use skein_otel::otlp_connection::Signal;
 
 use crate::descriptors;
 
@@ -463,15 +463,9 @@ fn check_otlp(config: Option<&Config>, settings: &OtlpSettings, report: &mut Rep
         // (the MCP runtime, if any, has been shut down).
         unsafe { std::env::set_var(name, value) };
     }
-    let protocol = match settings.resolved_protocol() {
-        Ok(protocol) => protocol,
-        Err(err) => {
-            report.push("otlp_endpoint", "", Status::Fail, err.to_string());
-            return;
-        }
-    };
-    let connection = match Connection::from_env(Signal::Traces) {
-        Ok(connection) => connection,
+    // The protocol, connection and endpoint the span exporter would use.
+    let (protocol, connection) = match settings.traces_connection() {
+        Ok(resolved) => resolved,
         Err(err) => {
             report.push("otlp_endpoint", "", Status::Fail, err.to_string());
             return;

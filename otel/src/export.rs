@@ -118,6 +118,23 @@ impl OtlpSettings {
         }
     }
 
+    /// The protocol and the connection of span export, as
+    /// [`otlp_processor`] resolves them: [`OtlpSettings::resolved_protocol`],
+    /// the flag endpoint's scheme checked, then the traces settings of the
+    /// environment ([`Connection::from_env`]).
+    ///
+    /// # Errors
+    ///
+    /// An unknown protocol name, a flag endpoint with a scheme other than
+    /// `http` or `https`, or a connection setting that cannot be used.
+    pub fn traces_connection(&self) -> Result<(OtlpProtocol, Connection), ExportSetupError> {
+        let protocol = self.resolved_protocol()?;
+        if let Some(endpoint) = &self.endpoint {
+            check_endpoint("--otlp-endpoint", endpoint)?;
+        }
+        Ok((protocol, Connection::from_env(Signal::Traces)?))
+    }
+
     /// The endpoint to give the exporter when a flag sets it; `None` lets
     /// the exporter read the standard environment (where a signal-specific
     /// endpoint is used as given and `/v1/traces` is appended to the base
@@ -775,11 +792,7 @@ pub struct OtlpDestination {
 pub fn otlp_processor(
     settings: &OtlpSettings,
 ) -> Result<(CountingProcessor, Arc<ExportStats>, OtlpDestination), ExportSetupError> {
-    let protocol = settings.resolved_protocol()?;
-    if let Some(endpoint) = &settings.endpoint {
-        check_endpoint("--otlp-endpoint", endpoint)?;
-    }
-    let connection = Connection::from_env(Signal::Traces)?;
+    let (protocol, connection) = settings.traces_connection()?;
     let stats = ExportStats::new("otlp");
     let delay = batch_delay(std::env::var("OTEL_BSP_SCHEDULE_DELAY").ok().as_deref());
     let otlp_error = ExportSetupError::otlp(protocol);
