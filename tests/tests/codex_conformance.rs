@@ -296,11 +296,7 @@ async fn every_method_and_notification_conforms_to_the_codex_schemas(transport: 
     // Steered once the model is answering: steered before its first round,
     // the word would be that round's input, and the echo model would answer
     // it alone and end the turn before the reads below.
-    client
-        .wait_for_notification("the long turn's first delta", |n| {
-            n["method"] == "item/agentMessage/delta" && n["params"]["turnId"] == json!(long_id)
-        })
-        .await;
+    client.wait_for_first_delta(&long_id).await;
     let steered = call(
         &mut client,
         &mut seen,

@@ -62,11 +62,7 @@ async fn steer_accepts_codex_expected_turn_id_and_skeins_turn_id(transport: Tran
     // Steer once the model is answering: input steered in before its first
     // round would be part of that round, and the echo model would answer
     // the steered word alone and end the turn before the interrupt below.
-    client
-        .wait_for_notification("the turn's first delta", |n| {
-            n["method"] == "item/agentMessage/delta" && n["params"]["turnId"] == json!(turn_id)
-        })
-        .await;
+    client.wait_for_first_delta(&turn_id).await;
 
     let codex = client
         .request(

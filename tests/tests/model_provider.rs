@@ -433,11 +433,7 @@ async fn interrupt_while_the_model_stalls_ends_the_turn_and_closes_the_model_con
     let (server, mut client) = start(&mock, options).await;
     let thread_id = client.start_thread().await;
     let turn_id = client.start_turn(&thread_id, "hi", None).await.turn_id();
-    client
-        .wait_for_notification("the first delta", |n| {
-            n["method"] == "item/agentMessage/delta" && notification_turn_id(n) == Some(&turn_id)
-        })
-        .await;
+    client.wait_for_first_delta(&turn_id).await;
     assert_eq!(
         mock.closes(),
         0,

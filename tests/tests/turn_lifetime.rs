@@ -158,16 +158,6 @@ async fn run_turn(client: &mut Client, thread_id: &str, text: &str) -> SeenTurn 
     wait_for_completion(client, &trace_id, &turn_id).await
 }
 
-/// Waits for the first `item/agentMessage/delta` of a turn: the turn is
-/// running and its model call is streaming.
-async fn wait_for_first_delta(client: &mut Client, turn_id: &str) {
-    client
-        .wait_for_notification(&format!("first delta of turn {turn_id}"), |n| {
-            n["method"] == "item/agentMessage/delta" && notification_turn_id(n) == Some(turn_id)
-        })
-        .await;
-}
-
 /// Whether the turn has ended in `spans` (store records, or spans an OTLP
 /// receiver got): `Ok` with its spans, or `Err` saying what is still
 /// missing. Panics on what no waiting can fix (a turn span of another
@@ -366,7 +356,7 @@ async fn interrupted_turn_ends_turn_dispatch_and_chat_spans_in_the_store_while_t
     let (server, mut client) = start_initialized(transport, options).await;
     let thread_id = client.start_thread().await;
     let (trace_id, turn_id) = start_traced_turn(&mut client, &thread_id, LONG_INPUT).await;
-    wait_for_first_delta(&mut client, &turn_id).await;
+    client.wait_for_first_delta(&turn_id).await;
     let interrupt = client
         .request(
             "turn/interrupt",
@@ -513,7 +503,7 @@ async fn websocket_client_gone_mid_turn_leaves_every_turn_span_ended_once_the_tu
     let (mut server, mut client) = start_initialized(Transport::WebSocket, options).await;
     let thread_id = client.start_thread().await;
     let (trace_id, turn_id) = start_traced_turn(&mut client, &thread_id, SLOW_INPUT).await;
-    wait_for_first_delta(&mut client, &turn_id).await;
+    client.wait_for_first_delta(&turn_id).await;
     // The turn span's context, from the notifications received so far.
     let turn_context = client
         .received()

@@ -57,16 +57,6 @@ async fn start_initialized(transport: Transport, echo_delay_ms: u64) -> (Server,
     (server, client)
 }
 
-/// Waits for the first `item/agentMessage/delta` of a turn: the turn is
-/// running and its model call is streaming.
-async fn wait_for_first_delta(client: &mut Client, turn_id: &str) -> Value {
-    client
-        .wait_for_notification(&format!("first delta of turn {turn_id}"), |n| {
-            n["method"] == "item/agentMessage/delta" && notification_turn_id(n) == Some(turn_id)
-        })
-        .await
-}
-
 /// `params.turn.status` of a `turn/completed` notification.
 fn completed_status(notification: &Value) -> &str {
     notification["params"]["turn"]["status"]
@@ -239,7 +229,7 @@ async fn request_span_ends_before_turn_span_which_starts_after_dispatch_and_ends
         .start_turn(&thread_id, LONG_INPUT, Some(&parent))
         .await;
     let turn_id = started.turn_id();
-    wait_for_first_delta(&mut client, &turn_id).await;
+    client.wait_for_first_delta(&turn_id).await;
     client
         .request(
             "turn/interrupt",
@@ -319,7 +309,7 @@ async fn interrupted_turn_closes_its_span_once_with_status_interrupted(transport
     let thread_id = client.start_thread().await;
     let started = client.start_turn(&thread_id, LONG_INPUT, None).await;
     let turn_id = started.turn_id();
-    wait_for_first_delta(&mut client, &turn_id).await;
+    client.wait_for_first_delta(&turn_id).await;
     let interrupt = client
         .request(
             "turn/interrupt",
@@ -391,7 +381,7 @@ async fn shutdown_mid_turn_delivers_interrupted_completion_and_closes_the_span_o
     let thread_id = client.start_thread().await;
     let started = client.start_turn(&thread_id, LONG_INPUT, None).await;
     let turn_id = started.turn_id();
-    wait_for_first_delta(&mut client, &turn_id).await;
+    client.wait_for_first_delta(&turn_id).await;
     // EOF on stdin (stdio) or SIGTERM (WebSocket) while the turn streams;
     // `shutdown` asserts exit code 0.
     let finished = server.shutdown().await;

@@ -1489,6 +1489,15 @@ impl Client {
         }
     }
 
+    /// Waits for the first `item/agentMessage/delta` of a turn: the turn is
+    /// running and its model call is streaming.
+    pub async fn wait_for_first_delta(&mut self, turn_id: &str) -> Value {
+        self.wait_for_notification(&format!("first delta of turn {turn_id}"), |n| {
+            n["method"] == "item/agentMessage/delta" && notification_turn_id(n) == Some(turn_id)
+        })
+        .await
+    }
+
     /// Waits for the `turn/completed` notification of this turn.
     pub async fn wait_for_turn_completed(&mut self, turn_id: &str) -> Value {
         self.wait_for_notification(&format!("turn/completed of turn {turn_id}"), |n| {
