@@ -5,14 +5,12 @@
 
 mod support;
 
-use std::process::Stdio;
-
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value;
 use prost::Message as _;
 
 use support::otlp_receiver::Receiver;
-use support::{Server, ServerOptions, SkeinHome, TIMEOUT, Transport, skein_bin};
+use support::{Server, ServerOptions, SkeinHome, Transport, serve_refused};
 
 /// A Codex user's file with a typo on line 3.
 const TYPO_CONFIG: &str = "model_reasoning_effort = \"high\"\n\
@@ -59,36 +57,12 @@ async fn strict_config_refuses_to_start_naming_the_key() {
     let config = home.path().join("config.toml");
     std::fs::write(&config, TYPO_CONFIG).expect("write config.toml");
     let run = |extra: &'static [&'static str]| {
-        let mut command = tokio::process::Command::new(skein_bin());
-        command
-            .args([
-                "serve",
-                "--listen",
-                "ws://127.0.0.1:0",
-                "--trace-dir",
-                "none",
-                "--strict-config",
-            ])
-            .args(extra)
-            .env("SKEIN_HOME", home.path())
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        async move {
-            tokio::time::timeout(TIMEOUT, command.output())
-                .await
-                .expect("skein exited in time")
-                .expect("run skein")
-        }
+        let mut args = vec!["--listen", "ws://127.0.0.1:0", "--strict-config"];
+        args.extend(extra);
+        let home = home.path().to_path_buf();
+        async move { serve_refused(&home, &args, &[]).await }
     };
-    let output = run(&[]).await;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success(),
-        "started despite the typo:\n{stderr}"
-    );
+    let stderr = run(&[]).await;
     assert!(
         stderr.contains(&format!("{}:3: unknown key `modle`", config.display())),
         "{stderr}"
@@ -98,9 +72,7 @@ async fn strict_config_refuses_to_start_naming_the_key() {
 
     // An unknown key given as -c is named by its override.
     std::fs::write(&config, "model_reasoning_effort = \"high\"\n").expect("rewrite");
-    let output = run(&["-c", "max_tool_round=4"]).await;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
+    let stderr = run(&["-c", "max_tool_round=4"]).await;
     assert!(
         stderr.contains("-c max_tool_round=4: unknown key `max_tool_round`"),
         "{stderr}"

@@ -310,8 +310,14 @@ async fn signed_bearer_tokens_check_expiry_not_before_issuer_and_audience() {
     }
 }
 
-/// A `skein serve` started by hand, for what [`Server`] cannot start: bad
-/// configurations and resource limits.
+/// Runs `skein serve --trace-dir none ARGS` logging at `info`, expecting it
+/// to refuse to start; returns its stderr.
+async fn refused(args: &[&str]) -> String {
+    let home = tempfile::tempdir().expect("tempdir");
+    support::serve_refused(home.path(), args, &[("RUST_LOG", "info")]).await
+}
+
+/// A `skein serve` started by hand, its stderr collected line by line.
 struct Spawned {
     child: Child,
     stderr: watch::Receiver<Vec<String>>,
@@ -370,17 +376,6 @@ impl Spawned {
         }
     }
 
-    /// Waits for the process to exit; returns whether it succeeded and its
-    /// stderr.
-    async fn exit(mut self) -> (bool, String) {
-        let status = tokio::time::timeout(TIMEOUT, self.child.wait())
-            .await
-            .expect("skein exited in time")
-            .expect("wait");
-        let _ = tokio::time::timeout(TIMEOUT, self.stderr.wait_for(|_| false)).await;
-        (status.success(), self.stderr.borrow().join("\n"))
-    }
-
     /// Waits for a stderr line containing `needle`.
     async fn wait_for(&mut self, needle: &str) -> String {
         let found = |lines: &Vec<String>| lines.iter().find(|l| l.contains(needle)).cloned();
@@ -431,8 +426,7 @@ async fn unusable_token_files_stop_startup() {
             "capability-token",
         ];
         args.extend(extra);
-        let (ok, stderr) = Spawned::start(&args, None).exit().await;
-        assert!(!ok, "started despite {args:?}:\n{stderr}");
+        let stderr = refused(&args).await;
         assert!(
             stderr.contains(expected),
             "expected {expected:?}:\n{stderr}"
@@ -440,20 +434,15 @@ async fn unusable_token_files_stop_startup() {
         assert!(!stderr.contains("listening on"), "{stderr}");
         assert!(!stderr.contains(TOKEN), "token printed:\n{stderr}");
     }
-    let (ok, stderr) = Spawned::start(
-        &[
-            "--listen",
-            "ws://127.0.0.1:0",
-            "--ws-auth",
-            "signed-bearer-token",
-            "--ws-shared-secret-file",
-            short.to_str().expect("path"),
-        ],
-        None,
-    )
-    .exit()
+    let stderr = refused(&[
+        "--listen",
+        "ws://127.0.0.1:0",
+        "--ws-auth",
+        "signed-bearer-token",
+        "--ws-shared-secret-file",
+        short.to_str().expect("path"),
+    ])
     .await;
-    assert!(!ok, "started with a short secret:\n{stderr}");
     assert!(stderr.contains("at least 32"), "{stderr}");
 }
 
@@ -462,22 +451,17 @@ async fn a_clock_skew_beyond_a_day_stops_startup() {
     let dir = tempfile::tempdir().expect("tempdir");
     let secret = secret_file(dir.path(), "secret", SECRET, 0o600);
     for skew in ["86401", "2000000000"] {
-        let (ok, stderr) = Spawned::start(
-            &[
-                "--listen",
-                "ws://127.0.0.1:0",
-                "--ws-auth",
-                "signed-bearer-token",
-                "--ws-shared-secret-file",
-                secret.to_str().expect("path"),
-                "--ws-max-clock-skew-seconds",
-                skew,
-            ],
-            None,
-        )
-        .exit()
+        let stderr = refused(&[
+            "--listen",
+            "ws://127.0.0.1:0",
+            "--ws-auth",
+            "signed-bearer-token",
+            "--ws-shared-secret-file",
+            secret.to_str().expect("path"),
+            "--ws-max-clock-skew-seconds",
+            skew,
+        ])
         .await;
-        assert!(!ok, "started with a clock skew of {skew}s:\n{stderr}");
         assert!(
             stderr.contains("--ws-max-clock-skew-seconds") && stderr.contains("86400"),
             "the error names the flag and its bound:\n{stderr}"
@@ -513,8 +497,7 @@ async fn startup_errors_give_the_os_error_once() {
         ),
     ];
     for (args, os_error) in cases {
-        let (ok, stderr) = Spawned::start(&args, None).exit().await;
-        assert!(!ok, "started despite {args:?}:\n{stderr}");
+        let stderr = refused(&args).await;
         let line = stderr
             .lines()
             .find(|line| line.starts_with("skein: error:"))
@@ -526,10 +509,7 @@ async fn startup_errors_give_the_os_error_once() {
 
 #[tokio::test]
 async fn a_public_address_without_auth_refuses_to_start() {
-    let (ok, stderr) = Spawned::start(&["--listen", "ws://0.0.0.0:0"], None)
-        .exit()
-        .await;
-    assert!(!ok, "listened publicly without auth:\n{stderr}");
+    let stderr = refused(&["--listen", "ws://0.0.0.0:0"]).await;
     assert!(stderr.contains("--ws-auth"), "{stderr}");
     assert!(stderr.contains("--ws-allow-unauthenticated"), "{stderr}");
     assert!(!stderr.contains("listening on"), "{stderr}");

@@ -104,15 +104,7 @@ fn the_readme_says_how_skein_gets_on_the_path_and_its_completions() {
 /// Starts `skein serve --listen LISTEN` and returns its stderr once it
 /// exits (it is expected to refuse to start).
 async fn serve_refused(home: &SkeinHome, listen: &str) -> String {
-    let output = run_skein(
-        home,
-        &["serve", "--listen", listen, "--trace-dir", "none"],
-        &[],
-    )
-    .await;
-    let stderr = text(&output.stderr);
-    assert!(!output.status.success(), "{listen} started:\n{stderr}");
-    stderr
+    support::serve_refused(home.path(), &["--listen", listen], &[]).await
 }
 
 #[tokio::test]

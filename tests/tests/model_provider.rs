@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use support::mock_llm::{MockLlm, Reply, text_chunks};
 use support::{
     Client, SPAN_KIND_CLIENT, STATUS_CODE_ERROR, Server, ServerOptions, Span, TraceContext,
-    Transport, notification_turn_id, skein_bin,
+    Transport, notification_turn_id, serve_refused,
 };
 
 /// The API key the mock provider is configured with.
@@ -573,47 +573,26 @@ async fn content_is_recorded_when_enabled_and_redacted_everywhere() {
     }
 }
 
-/// Runs `skein serve` with `SKEIN_HOME=home` and `args`, expecting it to
-/// refuse to start; returns its stderr.
-async fn refused_start(home: &std::path::Path, args: &[&str]) -> String {
-    let output = tokio::time::timeout(
-        support::TIMEOUT,
-        tokio::process::Command::new(skein_bin())
-            .arg("serve")
-            .arg("--trace-dir")
-            .arg("none")
-            .args(args)
-            .env("SKEIN_HOME", home)
-            .stdin(std::process::Stdio::null())
-            .output(),
-    )
-    .await
-    .expect("skein exits")
-    .expect("run skein");
-    assert!(!output.status.success(), "startup must fail");
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_error_stops_startup_naming_file_key_and_problem() {
     let home = tempfile::tempdir().expect("home");
     let file = home.path().join("config.toml");
     std::fs::write(&file, "model = \"x\"\nmodel_provider = \"nowhere\"\n").expect("write");
-    let stderr = refused_start(home.path(), &[]).await;
+    let stderr = serve_refused(home.path(), &[], &[]).await;
     assert!(stderr.contains(&file.display().to_string()), "{stderr}");
     assert!(stderr.contains("`model_provider`"), "{stderr}");
     assert!(stderr.contains("unknown provider \"nowhere\""), "{stderr}");
 
     std::fs::write(&file, "[model_providers.x]\nbase_url = 3\n").expect("write");
-    let stderr = refused_start(home.path(), &[]).await;
+    let stderr = serve_refused(home.path(), &[], &[]).await;
     assert!(stderr.contains("model_providers.x.base_url"), "{stderr}");
 
     std::fs::write(&file, "model = \n").expect("write");
-    let stderr = refused_start(home.path(), &[]).await;
+    let stderr = serve_refused(home.path(), &[], &[]).await;
     assert!(stderr.contains("not valid TOML"), "{stderr}");
 
     std::fs::remove_file(&file).expect("remove");
-    let stderr = refused_start(home.path(), &["-c", "otel.redact=[\"(unclosed\"]"]).await;
+    let stderr = serve_refused(home.path(), &["-c", "otel.redact=[\"(unclosed\"]"], &[]).await;
     assert!(
         stderr.contains("otel.redact[0]") && stderr.contains("does not compile"),
         "{stderr}"

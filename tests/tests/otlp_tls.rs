@@ -41,7 +41,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::codegen::{BoxFuture, Service, http};
 
-use support::{Finished, SPAN_KIND_SERVER, Server, ServerOptions, TIMEOUT, Transport};
+use support::{
+    Finished, SPAN_KIND_SERVER, Server, ServerOptions, SkeinHome, TIMEOUT, Transport, serve_refused,
+};
 
 /// The request whose span every export test looks for.
 const METHOD: &str = "model/list";
@@ -753,46 +755,13 @@ async fn mutual_tls_refuses_export_without_a_client_certificate_and_keeps_servin
 /// Runs `skein serve` exporting over `protocol` to an `https://` endpoint
 /// with `env`, expecting it to refuse to start; returns its stderr.
 async fn refused_start(protocol: &str, env: &[(&str, &str)]) -> String {
-    refused_serve(
-        &[
-            "--otlp-endpoint",
-            "https://127.0.0.1:9",
-            "--otlp-protocol",
-            protocol,
-        ],
-        env,
-    )
-    .await
-}
-
-/// Runs `skein serve --trace-dir none ARGS` with `env` (and no other
-/// `OTEL_` variable), expecting it to refuse to start; returns its stderr.
-async fn refused_serve(args: &[&str], env: &[(&str, &str)]) -> String {
-    let home = tempfile::tempdir().expect("SKEIN_HOME");
-    let mut command = tokio::process::Command::new(support::skein_bin());
-    command
-        .arg("serve")
-        .arg("--trace-dir")
-        .arg("none")
-        .args(args)
-        .env("SKEIN_HOME", home.path())
-        .stdin(std::process::Stdio::null());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("OTEL_") {
-            command.env_remove(&key);
-        }
-    }
-    command.envs(env.iter().copied());
-    let output = tokio::time::timeout(TIMEOUT, command.output())
-        .await
-        .expect("skein exits")
-        .expect("run skein");
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(
-        !output.status.success(),
-        "startup must fail with {args:?} {env:?}; stderr:\n{stderr}"
-    );
-    stderr
+    let args = [
+        "--otlp-endpoint",
+        "https://127.0.0.1:9",
+        "--otlp-protocol",
+        protocol,
+    ];
+    serve_refused(SkeinHome::new().path(), &args, env).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -829,7 +798,7 @@ async fn an_unusable_endpoint_headers_or_timeout_variable_stops_startup_naming_i
                 "OTEL_EXPORTER_OTLP_TIMEOUT=\"0\": expected a whole number of milliseconds, more than 0",
             ),
         ] {
-            let stderr = refused_serve(&[], &env).await;
+            let stderr = serve_refused(SkeinHome::new().path(), &[], &env).await;
             assert!(
                 stderr.contains(expected),
                 "{protocol} with {env:?}: expected {expected:?} in:\n{stderr}"
@@ -840,7 +809,12 @@ async fn an_unusable_endpoint_headers_or_timeout_variable_stops_startup_naming_i
             );
         }
     }
-    let stderr = refused_serve(&["--otlp-endpoint", "ftp://127.0.0.1:21"], &[]).await;
+    let stderr = serve_refused(
+        SkeinHome::new().path(),
+        &["--otlp-endpoint", "ftp://127.0.0.1:21"],
+        &[],
+    )
+    .await;
     assert!(
         stderr.contains("--otlp-endpoint=\"ftp://127.0.0.1:21\": an OTLP endpoint must be"),
         "{stderr}"

@@ -18,7 +18,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::error::Error as WsError;
 
-use support::{TIMEOUT, skein_bin};
+use support::{TIMEOUT, serve_refused, skein_bin};
 
 const TOKEN: &str = "unix-cap-token-7d1e5a9c3b";
 
@@ -185,9 +185,7 @@ async fn a_live_socket_is_refused_and_a_stale_one_replaced() {
     let mut first = Spawned::start(home.path(), &["--listen", &listen]);
     assert_eq!(first.socket().await, path, "the stale socket was replaced");
 
-    let second = Spawned::start(home.path(), &["--listen", &listen]);
-    let (ok, stderr) = second.exit().await;
-    assert!(!ok, "a second server started on a live socket:\n{stderr}");
+    let stderr = serve_refused(home.path(), &["--listen", &listen], &[("RUST_LOG", "info")]).await;
     assert!(
         stderr.contains(&format!("another server is listening on {listen}")),
         "{stderr}"
@@ -287,19 +285,15 @@ async fn a_token_digest_works_over_tcp_too() {
 async fn a_malformed_token_digest_is_a_cli_error() {
     let home = tempfile::tempdir().expect("tempdir");
     for bad in ["abc", &"g".repeat(64)] {
-        let spawned = Spawned::start(
-            home.path(),
-            &[
-                "--listen",
-                "unix://",
-                "--ws-auth",
-                "capability-token",
-                "--ws-token-sha256",
-                bad,
-            ],
-        );
-        let (ok, stderr) = spawned.exit().await;
-        assert!(!ok, "started with --ws-token-sha256 {bad}:\n{stderr}");
+        let args = [
+            "--listen",
+            "unix://",
+            "--ws-auth",
+            "capability-token",
+            "--ws-token-sha256",
+            bad,
+        ];
+        let stderr = serve_refused(home.path(), &args, &[("RUST_LOG", "info")]).await;
         assert!(stderr.contains("--ws-token-sha256"), "{stderr}");
         assert!(stderr.contains("64 hexadecimal digits"), "{stderr}");
         assert!(!stderr.contains("listening on"), "{stderr}");

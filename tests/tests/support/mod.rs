@@ -521,6 +521,52 @@ impl SkeinHome {
     }
 }
 
+/// Keeps the test's own telemetry settings (`OTEL_*`, `TRACEPARENT`,
+/// `TRACESTATE`) away from a `skein` child and turns colour off.
+fn scrub_env(command: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("OTEL_") {
+            command.env_remove(&key);
+        }
+    }
+    command
+        .env_remove("TRACEPARENT")
+        .env_remove("TRACESTATE")
+        .env("NO_COLOR", "1");
+}
+
+/// Runs `skein serve --trace-dir none ARGS` with `SKEIN_HOME=home`, no
+/// standard input and the environment [`Server::start_with`] scrubs, with
+/// `RUST_LOG` unset (the default filter) and then `env` on top; expects it
+/// to refuse to start within [`TIMEOUT`] and returns its stderr.
+pub async fn serve_refused(home: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut command = Command::new(skein_bin());
+    command
+        .arg("serve")
+        .arg("--trace-dir")
+        .arg("none")
+        .args(args);
+    scrub_env(&mut command);
+    command
+        .env_remove("RUST_LOG")
+        .env("SKEIN_HOME", home)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(TIMEOUT, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("skein serve {args:?} did not exit within {TIMEOUT:?}"))
+        .expect("run skein serve");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !output.status.success(),
+        "startup must fail with {args:?} {env:?}; stderr:\n{stderr}"
+    );
+    stderr
+}
+
 /// Extra settings for a server start.
 #[derive(Debug, Default, Clone)]
 pub struct ServerOptions {
@@ -690,17 +736,10 @@ impl Server {
         });
         command.arg("--trace-dir").arg(&trace_dir);
         command.args(&options.args);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("OTEL_") {
-                command.env_remove(&key);
-            }
-        }
+        scrub_env(&mut command);
         command
-            .env_remove("TRACEPARENT")
-            .env_remove("TRACESTATE")
             .env("SKEIN_HOME", home.path())
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1");
+            .env("RUST_LOG", "info");
         for (key, value) in &options.env {
             command.env(key, value);
         }
