@@ -7,7 +7,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
-use support::{SkeinHome, TIMEOUT, skein_bin};
+use support::{Server, ServerOptions, SkeinHome, TIMEOUT, Transport, skein_bin};
 
 /// The repository's root.
 fn repo_root() -> PathBuf {
@@ -127,47 +127,15 @@ async fn a_port_in_use_is_reported_once_with_the_os_error() {
 
 #[tokio::test]
 async fn ws_localhost_listens_on_loopback() {
-    let home = SkeinHome::new();
-    let mut child = tokio::process::Command::new(skein_bin())
-        .args([
-            "serve",
-            "--listen",
-            "ws://localhost:0",
-            "--trace-dir",
-            "none",
-        ])
-        .env("SKEIN_HOME", home.path())
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn skein");
-    use tokio::io::AsyncBufReadExt as _;
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = tokio::io::BufReader::new(stderr).lines();
-    let mut seen = Vec::new();
-    let listening = tokio::time::timeout(TIMEOUT, async {
-        while let Some(line) = lines.next_line().await.expect("read stderr") {
-            if let Some(addr) = line.strip_prefix("listening on ws://") {
-                return Some(addr.to_owned());
-            }
-            seen.push(line);
-        }
-        None
-    })
-    .await
-    .expect("skein listened in time");
-    let Some(addr) = listening else {
-        panic!("skein exited without listening:\n{}", seen.join("\n"));
-    };
+    let options = ServerOptions::default().listen("ws://localhost:0");
+    let server = Server::start_with(Transport::WebSocket, options).await;
+    let addr = server.ws_addr();
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
     // It answers there.
     let stream = tokio::net::TcpStream::connect(&addr).await;
     assert!(stream.is_ok(), "connect to {addr}: {stream:?}");
-    let _ = child.start_kill();
-    let _ = child.wait().await;
+    drop(stream);
+    server.shutdown().await;
 }
 
 #[tokio::test]
@@ -274,7 +242,6 @@ async fn model_echo_with_a_configured_provider_is_refused_as_ambiguous() {
 async fn an_unset_key_variable_is_warned_at_startup_and_named_by_a_401() {
     use serde_json::json;
     use support::mock_llm::{MockLlm, Reply, text_chunks};
-    use support::{Server, ServerOptions, Transport};
     let mock = MockLlm::start(vec![
         Reply::Status(
             401,

@@ -6,94 +6,34 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UnixStream;
-use tokio::process::{Child, Command};
-use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::error::Error as WsError;
 
-use support::{TIMEOUT, serve_refused, skein_bin};
+use support::{Server, ServerOptions, SkeinHome, TIMEOUT, Transport, serve_refused};
 
 const TOKEN: &str = "unix-cap-token-7d1e5a9c3b";
 
-/// A `skein serve` child with its stderr collected.
-struct Spawned {
-    child: Child,
-    stderr: watch::Receiver<Vec<String>>,
+/// Starts `skein serve --listen LISTEN ARGS` in `home`.
+async fn start(home: &SkeinHome, listen: &str, args: &[&str]) -> Server {
+    let options = args.iter().fold(
+        ServerOptions::default().home(home).listen(listen),
+        |o, a| o.arg(a),
+    );
+    Server::start_with(Transport::WebSocket, options).await
 }
 
-impl Spawned {
-    fn start(home: &Path, args: &[&str]) -> Spawned {
-        let mut command = Command::new(skein_bin());
-        command
-            .arg("serve")
-            .arg("--trace-dir")
-            .arg("none")
-            .args(args)
-            .env("SKEIN_HOME", home)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("OTEL_") {
-                command.env_remove(&key);
-            }
-        }
-        let mut child = command.spawn().expect("spawn skein");
-        let pipe = child.stderr.take().expect("stderr piped");
-        let (tx, stderr) = watch::channel(Vec::new());
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(pipe).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tx.send_modify(|all| all.push(line));
-            }
-        });
-        Spawned { child, stderr }
-    }
-
-    /// The socket path announced as `listening on unix://PATH`.
-    async fn socket(&mut self) -> PathBuf {
-        let found = |lines: &Vec<String>| {
-            lines.iter().find_map(|l| {
-                l.split_once("listening on unix://")
-                    .map(|(_, p)| p.trim().to_owned())
-            })
-        };
-        let _ = tokio::time::timeout(TIMEOUT, self.stderr.wait_for(|l| found(l).is_some())).await;
-        let lines = self.stderr.borrow().clone();
-        PathBuf::from(
-            found(&lines)
-                .unwrap_or_else(|| panic!("no `listening on unix://` line:\n{}", lines.join("\n"))),
-        )
-    }
-
-    /// SIGTERM, then the exit status and stderr.
-    async fn stop(self) -> (bool, String) {
-        let pid = self.child.id().expect("running") as libc::pid_t;
-        // SAFETY: signalling our own child by its pid.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-        self.exit().await
-    }
-
-    async fn exit(mut self) -> (bool, String) {
-        let status = tokio::time::timeout(TIMEOUT, self.child.wait())
-            .await
-            .expect("skein exited in time")
-            .expect("wait");
-        let _ = tokio::time::timeout(TIMEOUT, self.stderr.wait_for(|_| false)).await;
-        (status.success(), self.stderr.borrow().join("\n"))
-    }
+/// The socket path the server announced as `listening on unix://PATH`.
+fn socket(server: &Server) -> PathBuf {
+    let url = server.ws_url();
+    PathBuf::from(
+        url.strip_prefix("unix://")
+            .unwrap_or_else(|| panic!("not a unix:// address: {url}")),
+    )
 }
 
 type UnixWs = WebSocketStream<UnixStream>;
@@ -147,9 +87,9 @@ fn digest_hex(token: &str) -> String {
 
 #[tokio::test]
 async fn the_default_unix_socket_serves_websocket_owner_only_and_is_removed_at_exit() {
-    let home = tempfile::tempdir().expect("tempdir");
-    let mut server = Spawned::start(home.path(), &["--listen", "unix://"]);
-    let socket = server.socket().await;
+    let home = SkeinHome::new();
+    let server = start(&home, "unix://", &[]).await;
+    let socket = socket(&server);
     assert_eq!(socket, home.path().join("run").join("app-server.sock"));
     assert_eq!(mode(&socket), 0o600, "socket file owner-only");
     assert_eq!(
@@ -165,14 +105,13 @@ async fn the_default_unix_socket_serves_websocket_owner_only_and_is_removed_at_e
     assert!(init["result"]["userAgent"].is_string(), "{init}");
     drop(ws);
 
-    let (ok, stderr) = server.stop().await;
-    assert!(ok, "clean exit:\n{stderr}");
+    server.shutdown().await;
     assert!(!socket.exists(), "socket file removed at exit");
 }
 
 #[tokio::test]
 async fn a_live_socket_is_refused_and_a_stale_one_replaced() {
-    let home = tempfile::tempdir().expect("tempdir");
+    let home = SkeinHome::new();
     let dir = home.path().join("sockets");
     std::fs::create_dir(&dir).expect("mkdir");
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
@@ -182,8 +121,8 @@ async fn a_live_socket_is_refused_and_a_stale_one_replaced() {
     assert!(path.exists());
 
     let listen = format!("unix://{}", path.display());
-    let mut first = Spawned::start(home.path(), &["--listen", &listen]);
-    assert_eq!(first.socket().await, path, "the stale socket was replaced");
+    let first = start(&home, &listen, &[]).await;
+    assert_eq!(socket(&first), path, "the stale socket was replaced");
 
     let stderr = serve_refused(home.path(), &["--listen", &listen], &[("RUST_LOG", "info")]).await;
     assert!(
@@ -195,28 +134,27 @@ async fn a_live_socket_is_refused_and_a_stale_one_replaced() {
     let mut ws = connect_unix(&path, None).await.expect("upgrade");
     assert!(initialize(&mut ws).await["result"].is_object());
     drop(ws);
-    let (ok, stderr) = first.stop().await;
-    assert!(ok, "{stderr}");
+    first.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_token_digest_admits_its_token_and_refuses_others_with_401() {
-    let home = tempfile::tempdir().expect("tempdir");
+    let home = SkeinHome::new();
     let path = home.path().join("s").join("skein.sock");
     let listen = format!("unix://{}", path.display());
     let digest = digest_hex(TOKEN);
-    let mut server = Spawned::start(
-        home.path(),
+    let server = start(
+        &home,
+        &listen,
         &[
-            "--listen",
-            &listen,
             "--ws-auth",
             "capability-token",
             "--ws-token-sha256",
             &digest,
         ],
-    );
-    let socket = server.socket().await;
+    )
+    .await;
+    let socket = socket(&server);
 
     let missing = connect_unix(&socket, None).await.expect_err("no token");
     assert_eq!(status_of(&missing), Some(401), "{missing}");
@@ -235,34 +173,27 @@ async fn a_token_digest_admits_its_token_and_refuses_others_with_401() {
         .expect("right token");
     assert!(initialize(&mut ws).await["result"].is_object());
     drop(ws);
-    let (ok, stderr) = server.stop().await;
-    assert!(ok, "{stderr}");
+    let finished = server.shutdown().await;
+    let stderr = finished.stderr().join("\n");
     assert!(!stderr.contains(TOKEN), "token printed:\n{stderr}");
 }
 
 #[tokio::test]
 async fn a_token_digest_works_over_tcp_too() {
-    let home = tempfile::tempdir().expect("tempdir");
+    let home = SkeinHome::new();
     let digest = digest_hex(TOKEN).to_uppercase();
-    let mut server = Spawned::start(
-        home.path(),
+    let server = start(
+        &home,
+        "ws://127.0.0.1:0",
         &[
-            "--listen",
-            "ws://127.0.0.1:0",
             "--ws-auth",
             "capability-token",
             "--ws-token-sha256",
             &digest,
         ],
-    );
-    let found = |lines: &Vec<String>| {
-        lines.iter().find_map(|l| {
-            l.split_once("listening on ")
-                .map(|(_, u)| u.trim().to_owned())
-        })
-    };
-    let _ = tokio::time::timeout(TIMEOUT, server.stderr.wait_for(|l| found(l).is_some())).await;
-    let url = found(&server.stderr.borrow()).expect("listening line");
+    )
+    .await;
+    let url = server.ws_url().to_owned();
     let refused = tokio_tungstenite::connect_async(url.as_str())
         .await
         .expect_err("no token");
@@ -277,13 +208,12 @@ async fn a_token_digest_works_over_tcp_too() {
         .expect("right token");
     assert!(initialize(&mut ws).await["result"].is_object());
     drop(ws);
-    let (ok, stderr) = server.stop().await;
-    assert!(ok, "{stderr}");
+    server.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_malformed_token_digest_is_a_cli_error() {
-    let home = tempfile::tempdir().expect("tempdir");
+    let home = SkeinHome::new();
     for bad in ["abc", &"g".repeat(64)] {
         let args = [
             "--listen",
