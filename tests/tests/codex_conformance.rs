@@ -830,18 +830,10 @@ async fn history_of_model_turns_with_steering_tools_an_interrupt_and_a_compactio
         Reply::Stream(text_chunks(&["Asked the time; ", "it is noon."], 40, 6)),
     ])
     .await;
-    let mut options = ServerOptions::default().env("MOCK_API_KEY", "sk-test");
-    for arg in mock.config_args() {
-        options = options.arg(&arg);
-    }
-    let options = options
-        .arg("-c")
-        .arg(&format!(
-            "mcp_servers.time.command={}",
-            json!(time_bin.display().to_string())
-        ))
-        .arg("-c")
-        .arg("mcp_servers.time.args=[]");
+    let options = mock
+        .server_options()
+        .env("MOCK_API_KEY", "sk-test")
+        .mcp_server("time", &time_bin, &[]);
     let mut server = Server::start_with(Transport::Stdio, options.clone()).await;
     let mut client = server.connect().await;
     let mut seen = Vec::new();

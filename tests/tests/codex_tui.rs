@@ -197,16 +197,9 @@ fn composer(screen: &str) -> Option<&str> {
 /// Options running `mock` as Skein's model and `mcp-server-time` as its
 /// tool server `time`.
 fn options(mock: &MockLlm, time_bin: &Path) -> ServerOptions {
-    let mut options = ServerOptions::default().env("MOCK_API_KEY", "sk-test");
-    for arg in mock.config_args() {
-        options = options.arg(&arg);
-    }
-    options
-        .arg("-c")
-        .arg(&format!(
-            "mcp_servers.time.command={}",
-            json!(time_bin.display().to_string())
-        ))
+    mock.server_options()
+        .env("MOCK_API_KEY", "sk-test")
+        .mcp_server("time", time_bin, &[])
         .arg("-c")
         .arg("model_context_window=128000")
 }

@@ -253,10 +253,7 @@ async fn an_unset_key_variable_is_warned_at_startup_and_named_by_a_401() {
     .await;
     // The mock provider's env_key is MOCK_API_KEY, left unset here.
     assert!(std::env::var_os("MOCK_API_KEY").is_none());
-    let mut options = ServerOptions::default();
-    for arg in mock.config_args() {
-        options = options.arg(&arg);
-    }
+    let options = mock.server_options();
     let mut server = Server::start_with(Transport::Stdio, options).await;
     let warning = server
         .wait_for_stderr(|l| l.contains("WARN") && l.contains("MOCK_API_KEY"))

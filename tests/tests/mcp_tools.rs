@@ -35,19 +35,9 @@ fn meta_reporter_script() -> PathBuf {
 /// Options running `mock` as the default provider and one MCP server
 /// `name` started as `command args`.
 fn options(mock: &MockLlm, name: &str, command: &Path, args: &[String]) -> ServerOptions {
-    let mut options = ServerOptions::default().env("MOCK_API_KEY", "sk-test");
-    for arg in mock.config_args() {
-        options = options.arg(&arg);
-    }
-    let args: Vec<Value> = args.iter().map(|a| json!(a)).collect();
-    options
-        .arg("-c")
-        .arg(&format!(
-            "mcp_servers.{name}.command={}",
-            json!(command.display().to_string())
-        ))
-        .arg("-c")
-        .arg(&format!("mcp_servers.{name}.args={}", Value::Array(args)))
+    mock.server_options()
+        .env("MOCK_API_KEY", "sk-test")
+        .mcp_server(name, command, args)
 }
 
 async fn connect(server: &mut Server) -> Client {
@@ -1199,13 +1189,10 @@ async fn an_mcp_server_over_streamable_http_gets_the_trace_context_in_meta_and_h
         Reply::Stream(text_chunks(&["headers"], 1, 1)),
     ])
     .await;
-    let mut options = ServerOptions::default()
+    let options = mock
+        .server_options()
         .env("MOCK_API_KEY", "sk-test")
-        .env("HTTP_MCP_TOKEN", "secret-token");
-    for arg in mock.config_args() {
-        options = options.arg(&arg);
-    }
-    let options = options
+        .env("HTTP_MCP_TOKEN", "secret-token")
         .arg("-c")
         .arg(&format!(
             "mcp_servers.web.url=\"http://127.0.0.1:{port}/mcp\""

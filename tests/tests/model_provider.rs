@@ -25,11 +25,10 @@ const CHAT: &str = "chat mock-model";
 /// Starts Skein with `mock` as the default provider, then `options` (whose
 /// `-c` arguments come last, so they win).
 async fn start(mock: &MockLlm, options: ServerOptions) -> (Server, Client) {
-    let mut base = ServerOptions::default().env("MOCK_API_KEY", API_KEY);
-    for arg in mock.config_args() {
-        base = base.arg(&arg);
-    }
-    let options = base.merge(options);
+    let options = mock
+        .server_options()
+        .env("MOCK_API_KEY", API_KEY)
+        .merge(options);
     let mut server = Server::start_with(Transport::Stdio, options).await;
     let mut client = server.connect().await;
     client.initialize("e2e-model-provider", "0.0.1").await;

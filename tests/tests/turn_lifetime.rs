@@ -410,10 +410,7 @@ async fn model_api_error_turn_ends_turn_dispatch_and_chat_spans_in_the_store_whi
         json!({"error": {"message": "Incorrect API key provided"}}),
     )])
     .await;
-    let mut options = ServerOptions::default().env("MOCK_API_KEY", MOCK_API_KEY);
-    for arg in mock.config_args() {
-        options = options.arg(&arg);
-    }
+    let options = mock.server_options().env("MOCK_API_KEY", MOCK_API_KEY);
     let (server, mut client) = start_initialized(Transport::Stdio, options).await;
     let thread_id = client.start_thread().await;
     let seen = run_turn(&mut client, &thread_id, "hi").await;

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
-use super::TIMEOUT;
+use super::{ServerOptions, TIMEOUT};
 
 /// One scripted answer.
 #[derive(Debug, Clone)]
@@ -164,6 +164,14 @@ impl MockLlm {
             "-c".into(),
             "model_providers.mock.env_key=\"MOCK_API_KEY\"".into(),
         ]
+    }
+
+    /// Server options carrying [`MockLlm::config_args`]; the key variable
+    /// `MOCK_API_KEY` is the caller's to set (or leave unset).
+    pub fn server_options(&self) -> ServerOptions {
+        self.config_args()
+            .iter()
+            .fold(ServerOptions::default(), |options, arg| options.arg(arg))
     }
 
     /// Every request so far.

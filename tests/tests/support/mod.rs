@@ -642,6 +642,18 @@ impl ServerOptions {
         self.umask = Some(mask);
         self
     }
+
+    /// A stdio MCP server `name`, started as `command args`.
+    pub fn mcp_server(self, name: &str, command: &Path, args: &[String]) -> Self {
+        let args: Vec<Value> = args.iter().map(|a| json!(a)).collect();
+        self.arg("-c")
+            .arg(&format!(
+                "mcp_servers.{name}.command={}",
+                json!(command.display().to_string())
+            ))
+            .arg("-c")
+            .arg(&format!("mcp_servers.{name}.args={}", Value::Array(args)))
+    }
 }
 
 type SharedStdin = Arc<Mutex<Option<ChildStdin>>>;
