@@ -45,8 +45,12 @@ fn store_dir() -> PathBuf {
 
 /// Runs `skein trace ARGS --dir <fixture store>` and returns its output.
 fn trace(args: &[&str]) -> Result<String, TraceViewError> {
-    let dir = store_dir();
-    let dir = dir.to_str().expect("fixture path is UTF-8");
+    trace_in(&store_dir(), args)
+}
+
+/// Runs `skein trace ARGS --dir DIR` and returns its output.
+fn trace_in(dir: &Path, args: &[&str]) -> Result<String, TraceViewError> {
+    let dir = dir.to_str().expect("store path is UTF-8");
     let argv = ["skein-trace"]
         .iter()
         .chain(args)
@@ -453,22 +457,7 @@ fn stats_shows_cost_totals_per_model_beside_tokens() {
         format!("{line}\n"),
     )
     .expect("write the store file");
-    let stats = |json: bool| {
-        let mut args = vec!["stats"];
-        if json {
-            args.push("--json");
-        }
-        let argv = ["skein-trace"]
-            .into_iter()
-            .chain(args)
-            .chain(["--dir", path_str(dir.path())]);
-        let cli = Cli::try_parse_from(argv).expect("arguments parse");
-        let mut out = Vec::new();
-        run(cli.command, &mut out).expect("stats");
-        String::from_utf8(out).expect("output is UTF-8")
-    };
-
-    let text = stats(false);
+    let text = trace_in(dir.path(), &["stats"]).expect("stats");
     assert_eq!(
         text,
         "MODEL (chat)  COUNT  ERRORS  ERR%     P50     P95     P99  TOKENS IN  TOKENS OUT        COST\n\
@@ -478,7 +467,8 @@ fn stats_shows_cost_totals_per_model_beside_tokens() {
         "{text}"
     );
 
-    let rows: Vec<Value> = stats(true)
+    let rows: Vec<Value> = trace_in(dir.path(), &["stats", "--json"])
+        .expect("stats")
         .lines()
         .map(|line| serde_json::from_str(line).expect("a JSON line"))
         .collect();
