@@ -7,7 +7,6 @@ mod support;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value;
-use prost::Message as _;
 
 use support::otlp_receiver::Receiver;
 use support::{Server, ServerOptions, SkeinHome, Transport, serve_refused};
@@ -95,13 +94,11 @@ trace_exporter = {{ otlp-http = {{ endpoint = "{}/v1/traces", protocol = "binary
     )
 }
 
-/// Every span name and `deployment.environment.name` of the trace bodies.
-fn spans_and_environments(bodies: &[Vec<u8>]) -> (Vec<String>, Vec<String>) {
+/// Every span name and `deployment.environment.name` of the trace exports.
+fn spans_and_environments(requests: Vec<ExportTraceServiceRequest>) -> (Vec<String>, Vec<String>) {
     let mut names = Vec::new();
     let mut environments = Vec::new();
-    for body in bodies {
-        let request = ExportTraceServiceRequest::decode(body.as_slice())
-            .unwrap_or_else(|e| panic!("a /v1/traces body is not an OTLP request: {e}"));
+    for request in requests {
         for resource_spans in request.resource_spans {
             for attribute in resource_spans
                 .resource
@@ -145,13 +142,13 @@ async fn a_codex_otel_table_exports_spans_where_it_says() {
     let stderr = one_request(&home, ServerOptions::default()).await;
     let stderr = stderr.join("\n");
 
-    let bodies = receiver.bodies("/v1/traces");
+    let requests = receiver.trace_requests();
     assert!(
-        !bodies.is_empty(),
+        !requests.is_empty(),
         "no spans reached the endpoint of [otel] trace_exporter: {:?}\n{stderr}",
         receiver.summary()
     );
-    let (names, environments) = spans_and_environments(&bodies);
+    let (names, environments) = spans_and_environments(requests);
     assert!(names.iter().any(|n| n == "initialize"), "{names:?}");
     assert!(
         !environments.is_empty() && environments.iter().all(|e| e == "staging"),
@@ -197,7 +194,7 @@ async fn the_standard_variables_win_over_the_codex_otel_table() {
             ),
     )
     .await;
-    let (names, environments) = spans_and_environments(&from_env.bodies("/v1/traces"));
+    let (names, environments) = spans_and_environments(from_env.trace_requests());
     assert!(
         names.iter().any(|n| n == "initialize"),
         "{names:?}\n{}",

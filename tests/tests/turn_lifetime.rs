@@ -35,9 +35,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
-use prost::Message as _;
 use serde_json::{Value, json};
 
 use support::mock_llm::{MockLlm, Reply};
@@ -584,13 +582,9 @@ async fn kill_9_one_second_after_turn_completed_leaves_the_whole_turn_ended_in_t
 /// Every span of every `/v1/traces` body `receiver` has received so far.
 fn received_spans(receiver: &Receiver) -> Vec<Span> {
     receiver
-        .bodies("/v1/traces")
-        .iter()
-        .flat_map(|body| {
-            ExportTraceServiceRequest::decode(body.as_slice())
-                .unwrap_or_else(|e| panic!("a /v1/traces body is not an OTLP request: {e}"))
-                .resource_spans
-        })
+        .trace_requests()
+        .into_iter()
+        .flat_map(|request| request.resource_spans)
         .flat_map(|r| r.scope_spans)
         .flat_map(|s| s.spans)
         .map(span_from_proto)

@@ -8,6 +8,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message as _;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -84,6 +86,18 @@ impl Receiver {
             .iter()
             .filter(|r| r.path == path)
             .map(|r| r.body.clone())
+            .collect()
+    }
+
+    /// The `/v1/traces` bodies decoded as OTLP export requests; panics on a
+    /// body that is not one.
+    pub fn trace_requests(&self) -> Vec<ExportTraceServiceRequest> {
+        self.bodies("/v1/traces")
+            .iter()
+            .map(|body| {
+                ExportTraceServiceRequest::decode(body.as_slice())
+                    .unwrap_or_else(|e| panic!("a /v1/traces body is not an OTLP request: {e}"))
+            })
             .collect()
     }
 
