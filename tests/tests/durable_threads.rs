@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use support::{
     Client, INVALID_REQUEST, Response, Server, ServerOptions, SkeinHome, TraceContext, Transport,
-    notification_turn_id,
+    mode_of, notification_turn_id,
 };
 
 /// Echo delay that keeps a turn open until the test kills the server (far
@@ -1168,16 +1168,6 @@ async fn after_a_full_disk_is_freed_the_next_completed_turn_survives_a_restart_a
     assert_completed_turn(&turns[1], &after);
     stop(server, client).await;
     drop(disk);
-}
-
-/// The permission bits of `path`.
-fn mode_of(path: &Path) -> u32 {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
-        .permissions()
-        .mode()
-        & 0o777
 }
 
 /// Every directory under `dir` (itself included) and every file, with its

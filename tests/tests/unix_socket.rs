@@ -14,7 +14,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::error::Error as WsError;
 
-use support::{Server, ServerOptions, SkeinHome, TIMEOUT, Transport, serve_refused};
+use support::{Server, ServerOptions, SkeinHome, TIMEOUT, Transport, mode_of, serve_refused};
 
 const TOKEN: &str = "unix-cap-token-7d1e5a9c3b";
 
@@ -63,14 +63,6 @@ where
     support::ws_initialize(ws, "unix-socket-test").await
 }
 
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path)
-        .expect("metadata")
-        .permissions()
-        .mode()
-        & 0o777
-}
-
 fn status_of(err: &WsError) -> Option<u16> {
     match err {
         WsError::Http(response) => Some(response.status().as_u16()),
@@ -91,9 +83,9 @@ async fn the_default_unix_socket_serves_websocket_owner_only_and_is_removed_at_e
     let server = start(&home, "unix://", &[]).await;
     let socket = socket(&server);
     assert_eq!(socket, home.path().join("run").join("app-server.sock"));
-    assert_eq!(mode(&socket), 0o600, "socket file owner-only");
+    assert_eq!(mode_of(&socket), 0o600, "socket file owner-only");
     assert_eq!(
-        mode(socket.parent().expect("folder")),
+        mode_of(socket.parent().expect("folder")),
         0o700,
         "folder owner-only"
     );

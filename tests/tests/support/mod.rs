@@ -567,6 +567,16 @@ pub async fn serve_refused(home: &Path, args: &[&str], env: &[(&str, &str)]) -> 
     stderr
 }
 
+/// The permission bits of `path`.
+pub fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
 /// Extra settings for a server start.
 #[derive(Debug, Default, Clone)]
 pub struct ServerOptions {
