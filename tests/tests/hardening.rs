@@ -1422,8 +1422,12 @@ async fn idle_connections_do_not_lock_valid_clients_out() {
     const ATTACKERS: u32 = 400;
     const PERIOD: Duration = Duration::from_secs(6);
     const VALID_CLIENTS: usize = 9;
-    let mut server = Spawned::start(&["--listen", "ws://127.0.0.1:0"], Some(256));
-    let addr = server.addr().await;
+    let mut server = Server::start_with(
+        Transport::WebSocket,
+        ServerOptions::default().open_files(256, 256),
+    )
+    .await;
+    let addr = server.ws_addr();
 
     let established = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
     let mut attackers = tokio::task::JoinSet::new();
@@ -1464,8 +1468,7 @@ async fn idle_connections_do_not_lock_valid_clients_out() {
     // The attack did fill the connections before their upgrade (a quarter
     // of 256 descriptors), and that was logged.
     server
-        .wait_for("too many connections before their upgrade")
+        .wait_for_stderr(|l| l.contains("too many connections before their upgrade"))
         .await;
     attackers.shutdown().await;
-    server.child.kill().await.expect("kill");
 }
